@@ -1,0 +1,30 @@
+import os
+
+# No test may touch the network: any hub access must fail at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tiny_models import make_hf_clip_dir, make_open_clip_dir  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache folder, so no test sees another's cached values."""
+    monkeypatch.setenv("VLMCLS_CACHE", str(tmp_path / "vlmcls-cache"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """Folder of a tiny open_clip model, loadable as 'local-dir:<folder>'."""
+    return make_open_clip_dir(tmp_path_factory.mktemp("tiny_open_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory):
+    """Folder of a tiny transformers CLIP model, loadable as 'hf:<folder>'."""
+    return make_hf_clip_dir(tmp_path_factory.mktemp("tiny_hf_clip"))

@@ -1,0 +1,222 @@
+"""The Python API: build a :class:`Classifier` once, call it on images and classes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from .cache import Store
+from .embeddings import Encoder, ImageFeatures
+from .errors import ConfigError
+from .images import ImageRecord, list_images
+from .models import ModelBackend, load_model
+from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
+from .templates import apply_templates, load_templates
+
+__all__ = ["Classifier", "ClassificationResult", "Prediction", "load_classes", "as_records"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+# How each method aggregates its sentences by default (REFERENCE.md): CLIP ensembles renormalise the mean
+# embedding; CbD and WaffleCLIP average similarities.
+DEFAULT_AGGREGATION = {"name": "mean_embedding", "templates": "mean_embedding", "cbd": "mean_similarity", "waffle": "mean_similarity"}
+
+
+def load_classes(spec: str | Path | Sequence[str]) -> list[str]:
+    """Class names from a list, a file (one per line, '#' comments) or a comma-separated string."""
+    if isinstance(spec, (list, tuple)):
+        names = [str(n).strip() for n in spec]
+    else:
+        text = str(spec)
+        path = Path(text).expanduser()
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        elif "," in text or not (path.suffix or "/" in text):
+            names = [n.strip() for n in text.split(",")]
+        else:
+            raise ConfigError(f"classes file '{text}' does not exist. Give a file (one class per line) or 'cat,dog,bird'.")
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"no class names in '{spec}'.")
+    seen: set[str] = set()
+    dupes = sorted({n for n in names if n in seen or seen.add(n)})
+    if dupes:
+        raise ConfigError(f"duplicate class names: {', '.join(repr(d) for d in dupes)}. Each class must be named once.")
+    return names
+
+
+def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source_options: Any) -> list[ImageRecord]:
+    """Image records from a source (folder, list file, image file, dataset) or an iterable of paths/records."""
+    if isinstance(images, (str, Path)):
+        return list_images(images, **source_options)
+    records = []
+    for i, item in enumerate(images):
+        if isinstance(item, ImageRecord):
+            records.append(item)
+        else:
+            records.append(ImageRecord(id=str(item), path=Path(item), label=None, source_index=i))
+    return records
+
+
+@dataclass
+class Prediction:
+    """One row of output: an image, its top-k and the error that stopped it, if any."""
+
+    id: str
+    path: str | None
+    label: str | None  # top-1 class, None for an error row
+    top_k: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), best first
+    error: str | None = None
+    true_label: str | None = None  # from a class sub-folder or dataset column, when known
+    explanation: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "path": self.path if self.path is not None else self.id,
+            "label": self.label,
+            "top_k": [{"label": c, "prob": round(p, 6)} for c, p in self.top_k],
+            "error": self.error,
+        }
+        if self.true_label is not None:
+            row["true_label"] = self.true_label
+        if self.explanation is not None:
+            row["explanation"] = self.explanation
+        return row
+
+
+@dataclass
+class ClassificationResult:
+    """Predictions for every input (error rows included) plus the matrices behind them."""
+
+    predictions: list[Prediction]  # input order
+    class_names: list[str]
+    logits: torch.Tensor  # [N_ok, C], rows aligned with the non-error predictions
+    probs: torch.Tensor  # [N_ok, C]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Prediction]:
+        return [p for p in self.predictions if p.error is not None]
+
+    @property
+    def ok(self) -> list[Prediction]:
+        return [p for p in self.predictions if p.error is None]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [p.to_dict() for p in self.predictions]
+
+
+class Classifier:
+    """Zero-shot classifier: one model, one embedding store, any images and classes.
+
+    >>> clf = Classifier("local-dir:vlmcls/data/demo_model")        # doctest: +SKIP
+    >>> result = clf.classify("photos/", ["cat", "dog"], top_k=2)   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | ModelBackend,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ):
+        self.model = load_model(model, device=device, precision=precision) if isinstance(model, str) else model
+        self.store = Store(cache_dir) if use_cache else None
+        self.encoder = Encoder(self.model, self.store)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    # -- building blocks ----------------------------------------------------------------------------
+    def encode_images(self, images, progress: ProgressFn | None = None, **source_options: Any) -> ImageFeatures:
+        records = as_records(images, **source_options)
+        return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress)
+
+    def class_texts(
+        self,
+        classes: Sequence[str],
+        method: str = "templates",
+        templates: str | Sequence[str] | None = None,
+        sentences: Mapping[str, Sequence[str]] | None = None,
+    ) -> ClassTexts:
+        """The sentences standing for each class under a method; ``sentences`` supplies them ready-made."""
+        if sentences is not None:
+            missing = [c for c in classes if c not in sentences]
+            if missing:
+                raise ConfigError(f"no sentences for classes: {', '.join(repr(m) for m in missing)}")
+            return ClassTexts.from_mapping({c: list(sentences[c]) or [c] for c in classes})
+        if method == "name":
+            return ClassTexts.from_mapping({c: [c] for c in classes})
+        if method == "templates":
+            tmpl = list(templates) if isinstance(templates, (list, tuple)) else load_templates(templates or "small")
+            return ClassTexts.from_mapping({c: apply_templates(tmpl, c) for c in classes})
+        raise ConfigError(f"unknown method '{method}'. Valid here: name, templates (or pass sentences=).")
+
+    def text_weights(self, class_texts: ClassTexts, aggregation: str) -> torch.Tensor:
+        text_feats = self.encoder.encode_texts(class_texts.texts)  # [T, D]
+        return class_text_weights(text_feats, class_texts.owner, len(class_texts.class_names), aggregation)  # [C, D]
+
+    def score(self, image_feats: torch.Tensor, text_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_feats [N, D], text_weights [C, D] -> (logits [N, C], probs [N, C]) with the model's scale."""
+        logits = compute_logits(image_feats, text_weights, self.model.logit_scale, self.model.logit_bias)
+        return logits, probabilities(logits, self.model.score_rule)
+
+    # -- the main job -------------------------------------------------------------------------------
+    def classify(
+        self,
+        images,
+        classes: str | Path | Sequence[str],
+        *,
+        method: str = "templates",
+        templates: str | Sequence[str] | None = None,
+        sentences: Mapping[str, Sequence[str]] | None = None,
+        aggregation: str | None = None,
+        top_k: int = 5,
+        progress: ProgressFn | None = None,
+        **source_options: Any,
+    ) -> ClassificationResult:
+        """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows."""
+        started = time.perf_counter()
+        class_names = load_classes(classes)
+        texts = self.class_texts(class_names, method, templates, sentences)
+        weights = self.text_weights(texts, aggregation or DEFAULT_AGGREGATION.get(method, "mean_similarity"))
+        feats = self.encode_images(images, progress=progress, **source_options)
+        result = self.predict(feats, weights, class_names, top_k)
+        result.stats.update(
+            images=len(feats.records) + len(feats.errors),
+            encoded=feats.encoded,
+            cached=len(feats.records) - feats.encoded,
+            errors=len(feats.errors),
+            texts=len(texts.texts),
+            method=method,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return result
+
+    def predict(self, feats: ImageFeatures, text_weights: torch.Tensor, class_names: list[str], k: int = 5) -> ClassificationResult:
+        """Predictions from features already computed (shared across methods by eval)."""
+        logits, probs = self.score(feats.feats, text_weights)  # [N, C]
+        values, indices = top_k(probs, k)
+        rows: list[tuple[int, Prediction]] = []
+        for n, rec in enumerate(feats.records):
+            ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
+            rows.append((rec.source_index, Prediction(rec.id, _path(rec), ranked[0][0], ranked, None, rec.label)))
+        for rec, reason in feats.errors:
+            rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
+        rows.sort(key=lambda r: r[0])
+        return ClassificationResult([p for _, p in rows], class_names, logits, probs)
+
+
+def _path(rec: ImageRecord) -> str | None:
+    return str(rec.path) if rec.path is not None else None

@@ -1,0 +1,164 @@
+"""The cache: one key function and one store for LLM answers and embeddings.
+
+Everything is kept in a diskcache ``Cache`` under ``$VLMCLS_CACHE``, or ``cache/`` when vlmcls runs from a
+checkout, or ``~/.cache/vlmcls``. Values are only ever ``str`` (JSON) or ``bytes`` (``.npy`` arrays loaded with
+``allow_pickle=False``): diskcache stores both raw, so nothing read back from the cache is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import CacheError
+
+__all__ = ["FORMAT_VERSION", "cache_key", "default_cache_dir", "Store", "file_digest"]
+
+log = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached value changes; it is part of every key.
+FORMAT_VERSION = 1
+
+_ENV_VAR = "VLMCLS_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """Where the cache lives: ``$VLMCLS_CACHE``, a checkout's ``cache/``, else ``~/.cache/vlmcls``."""
+    env = os.environ.get(_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "cache").is_dir():
+        return checkout / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vlmcls"
+
+
+def cache_key(kind: str, **parts: Any) -> str:
+    """The one cache-key function: ``kind:`` + sha256 of every input that changes the value.
+
+    ``parts`` must be JSON-serialisable; keys are sorted so argument order never matters.
+    """
+    payload = json.dumps(
+        {"v": FORMAT_VERSION, "kind": kind, **parts}, sort_keys=True, ensure_ascii=False, default=str
+    )
+    return f"{kind}:{hashlib.sha256(payload.encode('utf-8')).hexdigest()}"
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (content addressing: a renamed file keeps its key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _array_to_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _bytes_to_array(raw: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+class Store:
+    """A diskcache-backed store of JSON values and numpy arrays, keyed by :func:`cache_key`."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, size_limit_gb: float = 20.0):
+        import diskcache
+
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2**30))
+        except Exception as exc:  # sqlite or filesystem errors
+            raise CacheError(
+                f"cannot open the cache at '{self.directory}': {exc}. "
+                f"Point ${_ENV_VAR} at a writable folder."
+            ) from exc
+
+    # -- JSON ---------------------------------------------------------------------------------------
+    def get_json(self, key: str) -> Any | None:
+        raw = self._cache.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, str):
+            log.warning("cache entry %s is not JSON text; ignoring it", key)
+            return None
+        return json.loads(raw)
+
+    def set_json(self, key: str, value: Any) -> None:
+        self._cache.set(key, json.dumps(value, ensure_ascii=False))
+
+    # -- arrays -------------------------------------------------------------------------------------
+    def get_array(self, key: str) -> np.ndarray | None:
+        raw = self._cache.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, bytes):
+            log.warning("cache entry %s is not an array; ignoring it", key)
+            return None
+        return _bytes_to_array(raw)
+
+    def get_arrays(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """The arrays found for ``keys`` (missing keys are absent from the result)."""
+        found: dict[str, np.ndarray] = {}
+        for key in keys:
+            arr = self.get_array(key)
+            if arr is not None:
+                found[key] = arr
+        return found
+
+    def set_arrays(self, items: Mapping[str, np.ndarray]) -> None:
+        """Write many arrays in one transaction (one batch of a run: all or nothing)."""
+        with self._cache.transact():
+            for key, arr in items.items():
+                self._cache.set(key, _array_to_bytes(arr))
+
+    def set_array(self, key: str, array: np.ndarray) -> None:
+        self.set_arrays({key: array})
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def info(self) -> dict[str, Any]:
+        """Counts per kind of entry and the size on disk."""
+        kinds: dict[str, int] = {}
+        for key in self._cache.iterkeys():
+            kind = str(key).split(":", 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {
+            "directory": str(self.directory),
+            "entries": sum(kinds.values()),
+            "by_kind": kinds,
+            "size_bytes": int(self._cache.volume()),
+        }
+
+    def clear(self, kind: str | None = None) -> int:
+        """Remove every entry, or only those of one kind; returns how many were removed."""
+        if kind is None:
+            return int(self._cache.clear())
+        doomed = [k for k in self._cache.iterkeys() if str(k).startswith(f"{kind}:")]
+        for key in doomed:
+            self._cache.delete(key)
+        return len(doomed)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""The Typer app: thin commands that parse, call the API and render. Only this package prints or exits.
+
+Exit codes: 0 everything worked; 1 the run finished but some inputs failed (error rows are in the output);
+2 bad usage or configuration (nothing was computed); 3 a fatal error (model or cache could not be loaded).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from . import cache_cmd, classify_cmd
+from ._render import EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_OK, EXIT_USAGE
+
+__all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FATAL"]
+
+app = typer.Typer(
+    name="vlmcls",
+    help="Zero-shot image classification with vision-language models steered by an LLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("classify")(classify_cmd.classify)
+app.add_typer(cache_cmd.app, name="cache")
+
+
+def _register_optional() -> None:
+    """Sub-apps that live in their own files; each registers itself if present."""
+    import importlib
+
+    for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo")):
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(module):
+                continue
+            raise
+        if hasattr(mod, "register"):
+            mod.register(app)
+        elif name is not None:
+            app.add_typer(mod.app, name=name)
+
+
+_register_optional()
+
+
+@app.callback()
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def main() -> None:
+    """Console-script entry point (``vlmcls``)."""
+    app()

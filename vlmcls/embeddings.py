@@ -1,0 +1,129 @@
+"""Batched encoding with a content-addressed store, so nothing is encoded twice.
+
+This is the one place features are L2-normalised. Image features are keyed by model × weights × preprocessing ×
+file-content hash; text features by model × weights × text. Image features are written batch by batch, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cache import Store, cache_key
+from .errors import ImageError
+from .images import ImageRecord, content_key, iter_decoded_batches
+from .models import ModelBackend
+
+__all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
+    """Unit-length rows (the only normalisation in vlmcls)."""
+    return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+
+@dataclass
+class ImageFeatures:
+    """Features for the images that decoded, and the reasons for those that did not."""
+
+    records: list[ImageRecord]  # the images with features, in input order
+    feats: torch.Tensor  # [N, D], unit rows, aligned with records
+    errors: list[tuple[ImageRecord, str]] = field(default_factory=list)  # (image, reason)
+    encoded: int = 0  # how many were encoded now (the rest came from the store)
+
+
+class Encoder:
+    """Encodes images and texts through a model, reading and writing the embedding store."""
+
+    def __init__(self, model: ModelBackend, store: Store | None = None):
+        self.model = model
+        self.store = store
+
+    # -- texts --------------------------------------------------------------------------------------
+    def _text_key(self, text: str) -> str:
+        return cache_key("text", text=text, **self.model.text_key_parts)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """texts (T) -> unit features [T, D]; each distinct text is encoded once, ever."""
+        unique = list(dict.fromkeys(texts))
+        keys = {t: self._text_key(t) for t in unique}
+        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        missing = [t for t in unique if keys[t] not in found]
+        by_text: dict[str, np.ndarray] = {t: found[keys[t]] for t in unique if keys[t] in found}
+        if missing:
+            log.info("encoding %d new texts (%d cached)", len(missing), len(unique) - len(missing))
+            new = l2_normalize(self.model.encode_texts(missing, batch_size=batch_size)).numpy()  # [M, D]
+            fresh = {t: new[i] for i, t in enumerate(missing)}
+            by_text.update(fresh)
+            if self.store is not None:
+                self.store.set_arrays({keys[t]: v for t, v in fresh.items()})
+        return torch.from_numpy(np.stack([by_text[t] for t in texts]))  # [T, D]
+
+    # -- images -------------------------------------------------------------------------------------
+    def _image_key(self, digest: str) -> str:
+        return cache_key("image", content=digest, **self.model.image_key_parts)
+
+    def encode_images(
+        self,
+        records: Sequence[ImageRecord],
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> ImageFeatures:
+        """Features for every image that decodes; error rows for the rest. Cached images are not decoded."""
+        total = len(records)
+        keys: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        for i, rec in enumerate(records):
+            try:
+                keys[i] = self._image_key(content_key(rec))
+            except (OSError, ImageError) as exc:
+                errors[i] = _reason(exc)
+        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
+        todo = [i for i in keys if i not in feats]
+        done = len(feats) + len(errors)
+        if progress:
+            progress(done, total)
+        position = {id(records[i]): i for i in todo}
+        encoded = 0
+        workers = {} if num_workers is None else {"num_workers": num_workers}
+        for batch in iter_decoded_batches([records[i] for i in todo], self.model.preprocess, batch_size, **workers):
+            for rec, reason in batch.errors:
+                errors[position[id(rec)]] = reason
+            if batch.records_ok:
+                out = l2_normalize(self.model.encode_images(batch.pixels)).numpy()  # [B, D]
+                rows = {position[id(rec)]: out[j] for j, rec in enumerate(batch.records_ok)}
+                feats.update(rows)
+                encoded += len(rows)
+                if self.store is not None:
+                    self.store.set_arrays({keys[i]: v for i, v in rows.items()})
+            done += len(batch.records_ok) + len(batch.errors)
+            if progress:
+                progress(done, total)
+        ok = sorted(feats)
+        dim = next(iter(feats.values())).shape[-1] if feats else 0
+        stacked = torch.from_numpy(np.stack([feats[i] for i in ok])) if ok else torch.empty(0, dim)
+        return ImageFeatures(
+            records=[records[i] for i in ok],
+            feats=stacked,
+            errors=[(records[i], errors[i]) for i in sorted(errors)],
+            encoded=encoded,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,62 @@
+"""The one exception hierarchy of vlmcls.
+
+    VlmclsError                 base: catch this to catch everything vlmcls raises on purpose
+    ├── ConfigError             bad user input: flags, class lists, files, model ids
+    │   └── PromptError         a prompt file is missing, malformed, or has bad placeholders
+    ├── ModelLoadError          weights or configs could not be found or loaded
+    ├── ImageError              one image could not be read (becomes an error row, never stops a run)
+    ├── LLMError                the LLM endpoint failed after retries, or answered nothing usable
+    │   └── LLMResponseError    an answer came back but could not be parsed
+    ├── CacheError              the cache could not be read or written
+    └── MissingExtraError       an optional dependency is not installed (the message names the pip command)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VlmclsError",
+    "ConfigError",
+    "PromptError",
+    "ModelLoadError",
+    "ImageError",
+    "LLMError",
+    "LLMResponseError",
+    "CacheError",
+    "MissingExtraError",
+]
+
+
+class VlmclsError(Exception):
+    """Base class of every error vlmcls raises on purpose."""
+
+
+class ConfigError(VlmclsError, ValueError):
+    """Bad user input: a flag value, a class list, a file, a model id."""
+
+
+class PromptError(ConfigError):
+    """A prompt file is missing, malformed, or its placeholders are wrong."""
+
+
+class ModelLoadError(VlmclsError):
+    """Model weights or configuration could not be found or loaded."""
+
+
+class ImageError(VlmclsError):
+    """One image could not be decoded; reported as an error row."""
+
+
+class LLMError(VlmclsError):
+    """The LLM endpoint failed after all retries."""
+
+
+class LLMResponseError(LLMError):
+    """The LLM answered, but nothing usable could be parsed from the answer."""
+
+
+class CacheError(VlmclsError):
+    """The cache could not be read or written."""
+
+
+class MissingExtraError(VlmclsError, ImportError):
+    """An optional dependency is missing; the message names the install command."""

@@ -1,0 +1,334 @@
+"""Model backends behind one small protocol: open_clip and HF transformers (CLIP, SigLIP).
+
+A backend turns preprocessed pixels into image features and strings into text features. It does not normalise:
+:mod:`vlmcls.embeddings` is the one place features are L2-normalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import ConfigError, ModelLoadError
+from .model_ids import ModelSpec, parse_model_id
+
+__all__ = ["ModelBackend", "load_model", "resolve_device", "resolve_precision"]
+
+log = logging.getLogger(__name__)
+
+_OFFLINE_HINT = (
+    "If this machine cannot reach the hub, download the weights where you have network and point at the copy: "
+    "'local-dir:/path/folder' (open_clip_config.json + open_clip_model.safetensors), "
+    "'ARCH:/path/to/checkpoint.pt' (open_clip), or 'hf:/path/folder' (transformers save_pretrained)."
+)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; ``cuda[:N]``, ``mps`` and ``cpu`` are checked to exist."""
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device '{device}'. Valid: auto, cpu, cuda, cuda:N, mps.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}' asked for, but CUDA is not available here. Use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) present.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{device}' asked for, but MPS is not available here. Use --device cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device '{device}'. Valid: auto, cpu, cuda, cuda:N, mps.")
+    return dev
+
+
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """fp32 | fp16 | bf16; on CPU always fp32 (half precision is slower there and fp16 is inexact)."""
+    key = (precision or "fp32").strip().lower()
+    if key not in _PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
+    if device.type == "cpu" and key != "fp32":
+        log.warning("precision '%s' ignored on CPU: using fp32 (faster and exact there)", key)
+        return torch.float32
+    return _PRECISIONS[key]
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files_fingerprint(paths: Sequence[Path]) -> str:
+    """Content hash of weight/config files (memoised per process by path, size and mtime)."""
+    parts = []
+    for p in sorted(paths):
+        st = p.stat()
+        parts.append(f"{p.name}={_file_sha256(str(p), st.st_size, st.st_mtime_ns)}")
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()[:32]
+
+
+class ModelBackend(ABC):
+    """What the pipeline needs from a vision-language model."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype  # compute precision (autocast on accelerators)
+    preprocess: Callable  # PIL image -> tensor [3, H, W]
+    logit_scale: float  # multiplies cosine similarities (100 for CLIP)
+    logit_bias: float | None  # SigLIP's bias; None for CLIP
+    weights_fingerprint: str  # identifies the exact weights (tag, or a content hash of local files)
+    preprocess_fingerprint: str  # identifies preprocessing (resize, crop, mean/std)
+
+    @property
+    def score_rule(self) -> str:
+        """``softmax`` across classes (CLIP) or independent ``sigmoid`` per class (SigLIP)."""
+        return "sigmoid" if self.logit_bias is not None else "softmax"
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.canonical
+
+    @property
+    def image_key_parts(self) -> dict:
+        """Everything about the model that changes an image feature (for the embedding store key)."""
+        return {"model": self.model_id, "weights": self.weights_fingerprint, "preprocess": self.preprocess_fingerprint}
+
+    @property
+    def text_key_parts(self) -> dict:
+        return {"model": self.model_id, "weights": self.weights_fingerprint}
+
+    def _autocast(self):
+        if self.device.type == "cpu" or self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] -> features [B, D] (float32, on CPU, not normalised)."""
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """texts (T) -> features [T, D] (float32, on CPU, not normalised)."""
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, so each batch pads only to its own longest text."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class OpenClipBackend(ModelBackend):
+    """open_clip models: built-in architectures, pretrained tags, checkpoints, hf-hub: and local-dir:."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+        import open_clip
+
+        self.spec, self.device, self.dtype = spec, device, dtype
+        if spec.source == "builtin":
+            name, pretrained = spec.name, spec.pretrained
+        else:
+            name, pretrained = f"{spec.source}:{spec.name}", None
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load open_clip model '{spec.canonical}': {exc}. {_OFFLINE_HINT}") from exc
+        if spec.source == "builtin" and pretrained is None:
+            log.warning("model '%s' has no pretrained tag: its weights are random (fine for tests/benchmarks)", name)
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.preprocess_fingerprint = hashlib.sha256(repr(preprocess).encode()).hexdigest()[:16]
+        self.weights_fingerprint = self._weights_fingerprint()
+        self.logit_scale = float(model.logit_scale.exp().item())
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = float(bias.item()) if bias is not None else None
+        self._text = self._trimmable_text_tower()
+
+    def _weights_fingerprint(self) -> str:
+        spec = self.spec
+        if spec.source == "local-dir":
+            folder = Path(spec.name)
+            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
+            return _files_fingerprint(files)
+        if spec.source == "builtin" and spec.pretrained and Path(spec.pretrained).expanduser().is_file():
+            return _files_fingerprint([Path(spec.pretrained).expanduser()])
+        if spec.source == "builtin" and spec.pretrained is None:
+            # Random init differs per seed: identify these weights by a sample of every tensor.
+            h = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                h.update(name.encode())
+                h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+            return "random-" + h.hexdigest()[:32]
+        return f"{spec.source}:{spec.name}:{spec.pretrained}"
+
+    def _trimmable_text_tower(self):
+        """The text tower's parts when it is causal and pools at the end-of-text token, else None.
+
+        Then a token never attends to positions after it, so cutting every sequence to the batch's longest gives
+        exactly the features of the full 77-token pass, at a fraction of the cost.
+        """
+        m = self.model
+        tower = m.text if hasattr(m, "text") else m
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+        if not all(hasattr(tower, a) for a in needed) or getattr(tower, "attn_mask", None) is None:
+            return None
+        if getattr(tower, "cls_emb", None) is not None or getattr(tower, "use_pad_mask", False):
+            return None
+        pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+        if pool not in ("argmax", "eos", "first"):
+            return None
+        return tower, pool
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            feats = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return feats.float().cpu()
+
+    def _encode_tokens_trimmed(self, tokens: torch.Tensor) -> torch.Tensor:
+        tower, pool = self._text
+        positions = torch.arange(tokens.shape[1])
+        last_nonpad = ((tokens != 0) * positions).max(dim=1).values  # [B]
+        length = int(last_nonpad.max().item()) + 1
+        tokens = tokens[:, :length].to(self.device)  # [B, L]
+        cast = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:length].to(cast)  # [B, L, W]
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
+        eos = getattr(tower, "text_eos_id", getattr(tower, "eos_id", None))
+        pooled = text_global_pool(x, tokens, pool, eos_token_id=eos)  # [B, W]
+        proj = tower.text_projection
+        if proj is not None:
+            pooled = proj(pooled) if isinstance(proj, torch.nn.Module) else pooled @ proj
+        return pooled  # [B, D]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        if not texts:
+            raise ConfigError("no texts to encode")
+        tokens = self.tokenizer(list(texts))  # [T, ctx]
+        if self._text is None:
+            batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+        else:
+            lengths = ((tokens != 0) * torch.arange(tokens.shape[1])).max(dim=1).values.tolist()
+            batches = _length_sorted_batches(lengths, batch_size)
+        out: torch.Tensor | None = None
+        for idx in batches:
+            with self._autocast():
+                if self._text is None:
+                    feats = self.model.encode_text(tokens[idx].to(self.device))
+                else:
+                    feats = self._encode_tokens_trimmed(tokens[idx])
+            feats = feats.float().cpu()
+            if out is None:
+                out = torch.empty(len(texts), feats.shape[1])
+            out[idx] = feats
+        return out
+
+
+class HFBackend(ModelBackend):
+    """HF transformers CLIP and SigLIP (hub id or a save_pretrained folder)."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+        from transformers import AutoModel, AutoProcessor
+
+        self.spec, self.device, self.dtype = spec, device, dtype
+        try:
+            self.model = AutoModel.from_pretrained(spec.name).to(device).eval()
+            self.processor = AutoProcessor.from_pretrained(spec.name)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load transformers model '{spec.canonical}': {exc}. {_OFFLINE_HINT}") from exc
+        if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
+            raise ModelLoadError(
+                f"'{spec.canonical}' is a {type(self.model).__name__}, not a CLIP-style model with image and text towers."
+            )
+        self.is_siglip = "siglip" in type(self.model).__name__.lower()
+        text_cfg = getattr(self.model.config, "text_config", None)
+        self._siglip_length = int(getattr(text_cfg, "max_position_embeddings", 64) or 64)
+        self.tokenizer = self.processor.tokenizer
+        self.image_processor = self.processor.image_processor
+        self.preprocess = self._preprocess_one
+        self.preprocess_fingerprint = hashlib.sha256(self.image_processor.to_json_string().encode()).hexdigest()[:16]
+        self.weights_fingerprint = self._weights_fingerprint()
+        self.logit_scale = float(self.model.logit_scale.exp().item())
+        bias = getattr(self.model, "logit_bias", None)
+        self.logit_bias = float(bias.item()) if bias is not None else None
+
+    def _weights_fingerprint(self) -> str:
+        folder = Path(self.spec.name)
+        if self.spec.source == "folder":
+            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
+            return _files_fingerprint(files)
+        commit = getattr(self.model.config, "_commit_hash", None)
+        return f"hub:{self.spec.name}@{commit or 'main'}"
+
+    def _preprocess_one(self, image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+
+    @staticmethod
+    def _features(output) -> torch.Tensor:
+        # transformers < 5 returns a tensor; 5.x returns an output object whose pooler_output is projected
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            feats = self._features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+        return feats.float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        if not texts:
+            raise ConfigError("no texts to encode")
+        texts = list(texts)
+        if self.is_siglip:
+            # SigLIP was trained on max_length padding and pools the last position: padding must stay.
+            batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+        else:
+            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True)["input_ids"]]
+            batches = _length_sorted_batches(lengths, batch_size)
+        out: torch.Tensor | None = None
+        for idx in batches:
+            chunk = [texts[i] for i in idx]
+            if self.is_siglip:
+                enc = self.tokenizer(chunk, padding="max_length", max_length=self._siglip_length, truncation=True, return_tensors="pt")
+            else:
+                enc = self.tokenizer(chunk, padding=True, truncation=True, return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            with self._autocast():
+                feats = self._features(self.model.get_text_features(**enc)).float().cpu()
+            if out is None:
+                out = torch.empty(len(texts), feats.shape[1])
+            out[idx] = feats
+        return out
+
+
+def load_model(model_id: str, device: str = "auto", precision: str = "fp32") -> ModelBackend:
+    """Load a model by id (see :mod:`vlmcls.model_ids`) on a device, at a precision."""
+    spec = parse_model_id(model_id)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
+    return backend_cls(spec, dev, dtype)
