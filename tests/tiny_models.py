@@ -68,3 +68,27 @@ def make_hf_clip_dir(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def make_hf_siglip_dir(folder: Path, seed: int = 0) -> Path:
+    """A transformers SigLIP folder with a known logit scale (10) and bias (-2)."""
+    import math
+
+    from transformers import CLIPTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    torch.manual_seed(seed)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = SiglipConfig(
+        text_config={**small, "vocab_size": 49408, "max_position_embeddings": 16},
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+    )
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-2.0)
+    model.save_pretrained(folder)
+    vocab_file, merges_file = write_clip_bpe_tokenizer_files(folder / "_bpe")
+    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file))
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

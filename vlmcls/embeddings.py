@@ -27,8 +27,10 @@ ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
-    """Unit-length rows (the only normalisation in vlmcls)."""
-    return torch.nn.functional.normalize(feats.float(), dim=-1)
+    """Unit-length rows (the only normalisation in vlmcls); half precision is promoted to float32."""
+    if feats.dtype not in (torch.float32, torch.float64):
+        feats = feats.float()
+    return torch.nn.functional.normalize(feats, dim=-1)
 
 
 @dataclass

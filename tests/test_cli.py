@@ -1,0 +1,127 @@
+"""The CLI driven end to end on real files with tiny real models."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import imagegen
+from vlmcls.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """Class sub-folders of small JPEG/PNG photos plus the classic bad files."""
+    root = tmp_path / "photos"
+    imagegen.make_class_tree(root, {"cat": [(200, 30, 30), (180, 40, 20), (210, 60, 50)], "dog": [(20, 30, 200), (30, 60, 190)]})
+    imagegen.write_noise_jpeg(root / "loose.jpg")
+    imagegen.write_empty(root / "dog" / "empty.jpg")
+    imagegen.write_truncated_jpeg(root / "cat" / "truncated.jpg")
+    imagegen.write_text_as_image(root / "notes.png")
+    return root
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_classify_folder_to_jsonl_reports_bad_files_and_exits_1(tiny_open_clip, photo_folder, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    result = _invoke("classify", photo_folder, "--classes", "cat,dog,bird", "--model", f"local-dir:{tiny_open_clip}",
+                     "--output", out, "--top-k", "2", "--batch-size", "2")
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 9  # every input has a row, good or bad
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["empty.jpg"]["error"] == "empty file" and by_name["empty.jpg"]["label"] is None
+    assert "truncated" in by_name["truncated.jpg"]["error"]
+    assert by_name["notes.png"]["error"] == "not an image"
+    good = [r for r in rows if r["error"] is None]
+    assert len(good) == 6
+    for row in good:
+        assert row["label"] in {"cat", "dog", "bird"} and row["label"] == row["top_k"][0]["label"]
+        assert len(row["top_k"]) == 2 and row["top_k"][0]["prob"] >= row["top_k"][1]["prob"]
+    assert {r["true_label"] for r in good if "true_label" in r} == {"cat", "dog"}
+
+
+def test_classify_to_csv_with_class_file_and_templates_file(tiny_open_clip, photo_folder, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# my classes\ncat\n\ndog\n")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\na drawing of a {}.\n")
+    out = tmp_path / "pred.csv"
+    result = _invoke("classify", photo_folder / "cat", "--classes", classes, "--model", f"local-dir:{tiny_open_clip}",
+                     "--templates", templates, "--output", out)
+    assert result.exit_code == 1  # the truncated JPEG in cat/
+    header, *lines = out.read_text().splitlines()
+    assert header.split(",")[:4] == ["path", "label", "prob", "top_k"]
+    assert len(lines) == 4
+
+
+def test_all_good_images_exit_0_and_print_a_table(tiny_open_clip, tmp_path):
+    root = tmp_path / "ok"
+    imagegen.make_class_tree(root, {"a": [(1, 2, 3)], "b": [(200, 200, 200)]})
+    result = _invoke("classify", root, "--classes", "x,y", "--model", f"local-dir:{tiny_open_clip}")
+    assert result.exit_code == 0
+    assert "predictions" in result.output and "summary" in result.output
+
+
+def test_rerun_reads_the_embedding_store_and_resumes(tiny_open_clip, photo_folder, tmp_path):
+    from vlmcls import Classifier
+
+    clf = Classifier(f"local-dir:{tiny_open_clip}", batch_size=2)
+    cat_only = clf.classify(photo_folder / "cat", ["cat", "dog"])
+    assert cat_only.stats["encoded"] == 3
+    # A fresh process-like Classifier over the whole folder: the cat images come from the store.
+    again = Classifier(f"local-dir:{tiny_open_clip}", batch_size=2).classify(photo_folder, ["x", "y", "z"])
+    assert again.stats["encoded"] == 3 and again.stats["cached"] == 3
+    third = Classifier(f"local-dir:{tiny_open_clip}").classify(photo_folder, ["cat", "dog"])
+    assert third.stats["encoded"] == 0
+    first = {p.id: p.top_k for p in cat_only.predictions if p.error is None}
+    assert all(first[p.id] == p.top_k for p in third.predictions if p.id in first)
+
+
+def test_cache_info_and_clear(tiny_open_clip, photo_folder):
+    _invoke("classify", photo_folder / "dog", "--classes", "a,b", "--model", f"local-dir:{tiny_open_clip}", "-q")
+    info = _invoke("cache", "info")
+    assert info.exit_code == 0 and "image" in info.output and "text" in info.output
+    cleared = _invoke("cache", "clear", "--kind", "image", "--yes")
+    assert "removed 2 entries" in cleared.output
+    assert "image" not in _invoke("cache", "info").output.split("entries")[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--classes", "cat,cat"], "duplicate class names"),
+        (["--classes", "missing.txt"], "does not exist"),
+        (["--classes", "a,b", "--output", "x.xlsx"], "use one of .csv, .jsonl, .json"),
+        (["--classes", "a,b", "--templates", "nope"], "neither a named set"),
+        (["--classes", "a,b", "--device", "tpu"], "unknown device"),
+        (["--classes", "a,b", "--model", "ViT-B-23:openai"], "Did you mean"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(tiny_open_clip, photo_folder, args, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    if "--model" not in args:
+        args = [*args, "--model", f"local-dir:{tiny_open_clip}"]
+    result = runner.invoke(app, ["classify", str(photo_folder), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_python_cli_py_is_the_same_program(tiny_open_clip, photo_folder, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "p.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "cli.py"), "classify", str(photo_folder / "dog"), "--classes", "a,b",
+         "--model", f"local-dir:{tiny_open_clip}", "--output", str(out), "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr  # dog/empty.jpg
+    assert len(out.read_text().splitlines()) == 3

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from vlmcls.errors import ConfigError, ModelLoadError
+from vlmcls.models import load_model, resolve_device, resolve_precision
+
+TEXTS = [
+    "zorblax",
+    "a photo of a zorblax.",
+    "zorblax, which has a red colour",
+    "quimble, which is a small round object with stripes all over its surface and a thin dark outline",
+    "itap of a wextal!",  # '!' is token id 0, the same as padding: must not confuse the trimming
+    "a photo of the large " + "very " * 30 + "big quimble.",
+    "?",
+]
+
+
+def test_fast_text_encoding_equals_open_clip_encode_text(tiny_open_clip):
+    model = load_model(f"local-dir:{tiny_open_clip}", device="cpu")
+    assert model._text is not None, "the tiny CLIP has a causal text tower: trimming must be used"
+    fast = model.encode_texts(TEXTS, batch_size=3)  # [T, D], length-sorted small batches
+    with torch.inference_mode():
+        reference = model.model.encode_text(model.tokenizer(TEXTS))  # full 77-token pass
+    assert fast.shape == reference.shape
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_hf_text_encoding_in_length_sorted_batches_matches_one_batch(tiny_hf_clip):
+    model = load_model(f"hf:{tiny_hf_clip}", device="cpu")
+    sorted_batches = model.encode_texts(TEXTS, batch_size=2)
+    with torch.inference_mode():
+        enc = model.tokenizer(TEXTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        out = model.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    reference = out if isinstance(out, torch.Tensor) else out.pooler_output
+    torch.testing.assert_close(sorted_batches, reference, atol=1e-5, rtol=0)
+
+
+def test_backends_encode_images_to_the_projection_width(tiny_open_clip, tiny_hf_clip):
+    for model_id in (f"local-dir:{tiny_open_clip}", f"hf:{tiny_hf_clip}"):
+        model = load_model(model_id, device="cpu")
+        from PIL import Image
+
+        pixels = torch.stack([model.preprocess(Image.new("RGB", (50, 40), c)) for c in ("red", "blue")])
+        feats = model.encode_images(pixels)
+        assert feats.shape == (2, 32) and feats.dtype == torch.float32
+        assert model.score_rule == "softmax" and model.logit_scale == pytest.approx(1 / 0.07, rel=1e-3)
+
+
+def test_weights_fingerprint_follows_file_content(tmp_path):
+    from tiny_models import make_open_clip_dir
+
+    a = load_model(f"local-dir:{make_open_clip_dir(tmp_path / 'a', seed=1)}", device="cpu")
+    b = load_model(f"local-dir:{make_open_clip_dir(tmp_path / 'b', seed=2)}", device="cpu")
+    a2 = load_model(f"local-dir:{make_open_clip_dir(tmp_path / 'a2', seed=1)}", device="cpu")
+    assert a.weights_fingerprint != b.weights_fingerprint
+    assert a.weights_fingerprint == a2.weights_fingerprint  # same bytes elsewhere: same features, shareable
+
+
+def test_unreachable_weights_name_the_id_and_how_to_use_a_local_copy():
+    with pytest.raises(ModelLoadError) as info:
+        load_model("hf:nobody-here/no-such-model", device="cpu")
+    message = str(info.value)
+    assert "hf:nobody-here/no-such-model" in message and "local-dir:" in message and "hf:/path/folder" in message
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:zero", "tpu"])
+def test_bad_device_is_a_config_error(device):
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device(device)
+
+
+def test_cuda_asked_without_cuda_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="--device cpu"):
+        resolve_device("cuda:0")
+
+
+def test_precision_is_fp32_on_cpu_and_checked():
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.float32
+    with pytest.raises(ConfigError, match="fp32, fp16, bf16"):
+        resolve_precision("int8", torch.device("cpu"))
