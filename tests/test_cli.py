@@ -125,3 +125,14 @@ def test_python_cli_py_is_the_same_program(tiny_open_clip, photo_folder, tmp_pat
     )
     assert proc.returncode == 1, proc.stderr  # dog/empty.jpg
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_a_folder_of_only_bad_files_gives_only_error_rows(tiny_open_clip, tmp_path):
+    root = tmp_path / "bad"
+    imagegen.write_empty(root / "a.jpg")
+    imagegen.write_random_bytes(root / "b.png")
+    out = tmp_path / "o.jsonl"
+    result = _invoke("classify", root, "--classes", "x,y", "--model", f"local-dir:{tiny_open_clip}", "-o", out)
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["label"] for r in rows] == [None, None] and all(r["error"] for r in rows)

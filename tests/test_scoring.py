@@ -54,7 +54,7 @@ def test_siglip_is_scored_with_sigmoid_and_its_bias(tmp_path):
     assert clf.model.score_rule == "sigmoid" and clf.model.logit_bias == pytest.approx(-2.0)
     Image.new("RGB", (40, 40), "red").save(tmp_path / "red.png")
     result = clf.classify([tmp_path / "red.png"], ["apple", "sky", "grass"], method="name")
-    weights = clf.text_weights(clf.class_texts(["apple", "sky", "grass"], "name"), "mean_embedding")
+    weights = clf.text_weights(ClassTexts.from_mapping({c: [c] for c in ["apple", "sky", "grass"]}), "mean_embedding")
     feats = clf.encode_images([tmp_path / "red.png"]).feats
     expected = torch.sigmoid(10.0 * feats @ weights.T - 2.0)
     torch.testing.assert_close(result.probs, expected, atol=1e-5, rtol=0)

@@ -15,19 +15,15 @@ from .embeddings import Encoder, ImageFeatures
 from .errors import ConfigError
 from .images import ImageRecord, list_images
 from .models import ModelBackend, load_model
+from .refine import apply_refiners
+from .methods import MethodOptions, MethodOutput, run_method
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
-from .templates import apply_templates, load_templates
 
 __all__ = ["Classifier", "ClassificationResult", "Prediction", "load_classes", "as_records"]
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-# How each method aggregates its sentences by default (REFERENCE.md): CLIP ensembles renormalise the mean
-# embedding; CbD and WaffleCLIP average similarities.
-DEFAULT_AGGREGATION = {"name": "mean_embedding", "templates": "mean_embedding", "cbd": "mean_similarity", "waffle": "mean_similarity"}
-
 
 def load_classes(spec: str | Path | Sequence[str]) -> list[str]:
     """Class names from a list, a file (one per line, '#' comments) or a comma-separated string."""
@@ -101,6 +97,8 @@ class ClassificationResult:
     logits: torch.Tensor  # [N_ok, C], rows aligned with the non-error predictions
     probs: torch.Tensor  # [N_ok, C]
     stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)  # e.g. classes whose descriptors fell back to the name
+    label_metric: Any = None  # the Fréchet-mean metric when a label-space refiner ran (for expected squared distance)
 
     @property
     def errors(self) -> list[Prediction]:
@@ -143,26 +141,6 @@ class Classifier:
         records = as_records(images, **source_options)
         return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress)
 
-    def class_texts(
-        self,
-        classes: Sequence[str],
-        method: str = "templates",
-        templates: str | Sequence[str] | None = None,
-        sentences: Mapping[str, Sequence[str]] | None = None,
-    ) -> ClassTexts:
-        """The sentences standing for each class under a method; ``sentences`` supplies them ready-made."""
-        if sentences is not None:
-            missing = [c for c in classes if c not in sentences]
-            if missing:
-                raise ConfigError(f"no sentences for classes: {', '.join(repr(m) for m in missing)}")
-            return ClassTexts.from_mapping({c: list(sentences[c]) or [c] for c in classes})
-        if method == "name":
-            return ClassTexts.from_mapping({c: [c] for c in classes})
-        if method == "templates":
-            tmpl = list(templates) if isinstance(templates, (list, tuple)) else load_templates(templates or "small")
-            return ClassTexts.from_mapping({c: apply_templates(tmpl, c) for c in classes})
-        raise ConfigError(f"unknown method '{method}'. Valid here: name, templates (or pass sentences=).")
-
     def text_weights(self, class_texts: ClassTexts, aggregation: str) -> torch.Tensor:
         text_feats = self.encoder.encode_texts(class_texts.texts)  # [T, D]
         return class_text_weights(text_feats, class_texts.owner, len(class_texts.class_names), aggregation)  # [C, D]
@@ -179,6 +157,7 @@ class Classifier:
         classes: str | Path | Sequence[str],
         *,
         method: str = "templates",
+        options: MethodOptions | None = None,
         templates: str | Sequence[str] | None = None,
         sentences: Mapping[str, Sequence[str]] | None = None,
         aggregation: str | None = None,
@@ -186,36 +165,58 @@ class Classifier:
         progress: ProgressFn | None = None,
         **source_options: Any,
     ) -> ClassificationResult:
-        """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows."""
+        """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows.
+
+        ``method`` is one of :func:`vlmcls.methods.method_names`; ``options`` carries its settings
+        (``templates``, ``sentences`` and ``aggregation`` are shortcuts for the common ones).
+        """
         started = time.perf_counter()
         class_names = load_classes(classes)
-        texts = self.class_texts(class_names, method, templates, sentences)
-        weights = self.text_weights(texts, aggregation or DEFAULT_AGGREGATION.get(method, "mean_similarity"))
+        if options is None:
+            options = MethodOptions(
+                templates=list(templates) if isinstance(templates, (list, tuple)) else templates,
+                aggregation=aggregation,
+                sentences={k: list(v) for k, v in sentences.items()} if sentences is not None else None,
+            )
         feats = self.encode_images(images, progress=progress, **source_options)
-        result = self.predict(feats, weights, class_names, top_k)
+        result = self.predict(feats, class_names, method, options, top_k)
         result.stats.update(
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,
             cached=len(feats.records) - feats.encoded,
             errors=len(feats.errors),
-            texts=len(texts.texts),
-            method=method,
             seconds=round(time.perf_counter() - started, 3),
         )
         return result
 
-    def predict(self, feats: ImageFeatures, text_weights: torch.Tensor, class_names: list[str], k: int = 5) -> ClassificationResult:
-        """Predictions from features already computed (shared across methods by eval)."""
-        logits, probs = self.score(feats.feats, text_weights)  # [N, C]
-        values, indices = top_k(probs, k)
+    def predict(
+        self, feats: ImageFeatures, class_names: list[str], method: str = "templates",
+        options: MethodOptions | None = None, k: int = 5,
+    ) -> ClassificationResult:
+        """Predictions from image features already computed (eval shares them across methods)."""
+        options = options or MethodOptions()
+        frechet_labels = None
+        if feats.records:
+            out = run_method(method, self, feats.feats, class_names, options)
+            ref = options.refiners
+            if method not in ("tip", "tfup") and (ref.support is not None or ref.self_cache or ref.frechet):
+                out, frechet_labels = apply_refiners(self, feats.feats, class_names, out, options, method)
+        else:  # nothing decoded: every input is an error row
+            out = MethodOutput(torch.empty(0, len(class_names)), torch.empty(0, len(class_names)))
+        values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
         rows: list[tuple[int, Prediction]] = []
         for n, rec in enumerate(feats.records):
             ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
-            rows.append((rec.source_index, Prediction(rec.id, _path(rec), ranked[0][0], ranked, None, rec.label)))
+            explanation = out.explanations[n] if out.explanations else None
+            label = frechet_labels[n] if frechet_labels is not None else ranked[0][0]
+            rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
         for rec, reason in feats.errors:
             rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
         rows.sort(key=lambda r: r[0])
-        return ClassificationResult([p for _, p in rows], class_names, logits, probs)
+        metric = out.info.pop("label_metric", None)
+        stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
+                 "method_seconds": round(out.seconds, 4), **out.info}
+        return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings, metric)
 
 
 def _path(rec: ImageRecord) -> str | None:

@@ -18,7 +18,9 @@ __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FA
 
 app = typer.Typer(
     name="vlmcls",
-    help="Zero-shot image classification with vision-language models steered by an LLM.",
+    help="Zero-shot image classification with vision-language models steered by an LLM.\n\n"
+    "Exit codes: 0 all inputs classified; 1 finished, but some inputs failed (error rows are in the output); "
+    "2 bad usage or configuration (nothing computed); 3 fatal error (model or cache could not be loaded).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
