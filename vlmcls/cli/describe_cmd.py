@@ -1,0 +1,179 @@
+"""`vlmcls describe --classes F --output descriptors.json`: generate class descriptors alone (no images, no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..cache import Store
+from ..errors import ConfigError
+from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table
+from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
+
+__all__ = [
+    "app",
+    "register",
+    "describe",
+    "llm_config_from_options",
+    "render_usage",
+    "render_estimate",
+    "render_error_rows",
+    "LLM_MODEL_OPTION",
+    "BASE_URL_OPTION",
+    "API_KEY_ENV_OPTION",
+    "LLM_TIMEOUT_OPTION",
+    "LLM_RETRIES_OPTION",
+    "LLM_CONCURRENCY_OPTION",
+    "LLM_SEED_OPTION",
+    "REFRESH_OPTION",
+    "DRY_RUN_OPTION",
+    "DOMAIN_HINT_OPTION",
+]
+
+# The LLM flags, shared with `vlmcls classify` so every command spells them the same.
+LLM_MODEL_OPTION = typer.Option(
+    LLMConfig.model, "--llm-model", envvar="VLMCLS_LLM_MODEL", help="Chat model name at the endpoint."
+)
+BASE_URL_OPTION = typer.Option(
+    None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (default: $OPENAI_BASE_URL, else OpenAI)."
+)
+API_KEY_ENV_OPTION = typer.Option(
+    LLMConfig.api_key_env, "--api-key-env", help="NAME of the environment variable holding the API key (never the key)."
+)
+LLM_TIMEOUT_OPTION = typer.Option(LLMConfig.timeout_s, "--llm-timeout", min=0.1, help="Seconds to wait for one answer.")
+LLM_RETRIES_OPTION = typer.Option(LLMConfig.max_retries, "--llm-retries", min=0, help="Retries after 429, 5xx or timeouts.")
+LLM_CONCURRENCY_OPTION = typer.Option(LLMConfig.max_concurrency, "--llm-concurrency", min=1, help="Requests in flight at once.")
+LLM_SEED_OPTION = typer.Option(LLMConfig.seed, "--llm-seed", help="Sampling seed sent to the endpoint (temperature is 0).")
+REFRESH_OPTION = typer.Option(False, "--refresh", help="Ask the LLM again instead of reusing cached answers.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Only say how many LLM calls and about how many tokens this would spend.")
+DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class is, e.g. 'a kind of bird' (sent in the prompt).")
+
+app = typer.Typer(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
+
+
+def llm_config_from_options(
+    llm_model: str,
+    base_url: Optional[str],
+    api_key_env: str,
+    timeout: float,
+    retries: int,
+    concurrency: int,
+    seed: Optional[int],
+) -> LLMConfig:
+    """The LLM settings the CLI flags describe (the key itself is read from the environment later)."""
+    return LLMConfig(
+        model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout,
+        max_retries=retries, max_concurrency=concurrency, seed=seed,
+    )
+
+
+def render_estimate(estimate: CallEstimate, what: str) -> None:
+    """The --dry-run report: calls and approximate tokens (characters / 4), on stdout."""
+    console.print(key_value_table(f"dry run: {what}", {
+        "requests": estimate.requests,
+        "already cached": estimate.cached,
+        "LLM calls": estimate.to_call,
+        "prompt tokens (approx.)": f"~{estimate.approx_prompt_tokens:,}",
+        "completion tokens (at most)": f"~{estimate.approx_completion_tokens:,}",
+        "note": "tokens estimated as characters / 4; bad answers re-asked once would add calls",
+    }))
+
+
+def render_usage(usage: Usage, title: str = "LLM usage") -> None:
+    """The run summary's LLM lines, on stderr."""
+    console_err.print(key_value_table(title, {
+        "calls": usage.calls,
+        "cached answers": usage.cached,
+        "failed requests": usage.failed,
+        "prompt tokens": f"{usage.prompt_tokens:,}",
+        "completion tokens": f"{usage.completion_tokens:,}",
+        "total tokens": f"{usage.total_tokens:,}",
+    }))
+
+
+def render_error_rows(rows: list, title: str = "fell back") -> None:
+    """Error and warning rows as a table on stderr."""
+    if not rows:
+        return
+    table = Table(title=f"{title} ({len(rows)})", title_justify="left")
+    for column in ("item", "stage", "severity", "message"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        colour = "red" if row.severity == "error" else "yellow"
+        table.add_row(row.item, row.stage, f"[{colour}]{row.severity}[/{colour}]", row.message)
+    console_err.print(table)
+
+
+@app.callback(invoke_without_command=True)
+@handle_errors
+def describe(
+    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the descriptors here (.json); default: print them."),
+    method: str = typer.Option("cbd", "--method", help="cbd (ask the LLM) or waffle (random words and characters, no LLM)."),
+    waffle_pairs: int = typer.Option(15, "--waffle-pairs", min=1, help="waffle: random word/character pairs per class."),
+    waffle_seed: int = typer.Option(0, "--waffle-seed", help="waffle: seed of the random descriptors."),
+    domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
+    prompts: Optional[Path] = PROMPTS_DIR_OPTION,
+    prompt_file: Optional[Path] = PROMPT_FILE_OPTION,
+    llm_model: str = LLM_MODEL_OPTION,
+    base_url: Optional[str] = BASE_URL_OPTION,
+    api_key_env: str = API_KEY_ENV_OPTION,
+    llm_timeout: float = LLM_TIMEOUT_OPTION,
+    llm_retries: int = LLM_RETRIES_OPTION,
+    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
+    llm_seed: Optional[int] = LLM_SEED_OPTION,
+    refresh: bool = REFRESH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary tables."),
+) -> None:
+    """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
+    from ..api import load_classes  # the one class-list reader; imported here to keep `--help` fast
+    from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
+    from ..prompting import load_prompt
+
+    if output is not None and output.suffix.lower() != ".json":
+        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; descriptor files are .json.")
+    if method not in ("cbd", "waffle"):
+        raise ConfigError(f"method '{method}' cannot be generated here; use cbd or waffle.")
+    class_names = load_classes(classes)
+
+    if method == "waffle":
+        descriptors, rows, usage = DescriptorSet.waffle(class_names, waffle_pairs, waffle_seed), [], None
+    else:
+        prompt = load_prompt("descriptors", prompts, prompt_file)
+        config = llm_config_from_options(llm_model, base_url, api_key_env, llm_timeout, llm_retries,
+                                         llm_concurrency, llm_seed)
+        with Store(cache_dir) as store, LLMClient(config, store, refresh=refresh) as client:
+            if dry_run:
+                render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
+                                f"{len(class_names)} classes, {llm_model} at {client.base_url}")
+                return
+            descriptors, rows, usage = generate_descriptors(class_names, client, prompt, domain_hint)
+
+    if output is not None:
+        descriptors.to_json(output)
+    else:
+        typer.echo(json.dumps(descriptors.to_dict(), indent=2, ensure_ascii=False))
+    if not quiet:
+        summary = {"classes": len(class_names), "described": len(class_names) - len(rows), "fell back to the name": len(rows)}
+        if output is not None:
+            summary["written to"] = str(output)
+        console_err.print(key_value_table(f"descriptors ({method})", summary))
+        if usage is not None:
+            render_usage(usage)
+    render_error_rows(rows)
+    if rows:
+        raise typer.Exit(EXIT_INPUT_ERRORS)
+
+
+def register(root: typer.Typer) -> None:
+    """Add `describe` to the root app as a plain command."""
+    root.command("describe", help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")(
+        describe
+    )

@@ -1,0 +1,414 @@
+"""The LLM client: any OpenAI-compatible chat endpoint, with retries, a concurrency limit and a response cache.
+
+Every answer is stored in the cache the moment it arrives, keyed by the rendered messages, the model, the base
+URL and the sampling settings, so a re-run makes no calls and an interrupted run loses nothing. The API key is
+read from an environment variable when the first call is made; it never enters a cache key, a cached value, a
+log line or an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from .cache import Store, cache_key
+from .errors import ConfigError, LLMError, LLMResponseError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Messages",
+    "LLMConfig",
+    "Usage",
+    "Completion",
+    "CallEstimate",
+    "LLMClient",
+    "approx_tokens",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Sent to endpoints that need no key (Ollama, vLLM, llama.cpp): the SDK insists on some string.
+_NO_KEY_PLACEHOLDER = "no-key-needed"
+_RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
+_MAX_RETRY_AFTER_S = 120.0  # a server asking for longer is capped, not obeyed for an hour
+
+Messages = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": str}, ...]
+
+
+@dataclass
+class LLMConfig:
+    """How to reach the LLM and how to sample from it."""
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else the OpenAI API
+    api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key itself
+    timeout_s: float = 60.0  # per HTTP request; a slower answer counts as a failed attempt and is retried
+    max_retries: int = 4  # extra attempts after the first, for 429, 5xx, timeouts and connection errors
+    max_concurrency: int = 8  # requests in flight at once, across all threads using this client
+    temperature: float = 0.0  # deterministic answers make the cache meaningful
+    seed: int | None = 0  # honoured by OpenAI and vLLM; others ignore it
+    max_tokens: int | None = 512
+    backoff_base_s: float = 1.0  # first retry waits about this long (doubling after), unless Retry-After says
+    backoff_max_s: float = 30.0
+
+    def resolved_base_url(self) -> str:
+        """The endpoint actually used, normalised (it is part of every cache key)."""
+        url = self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        return url.rstrip("/")
+
+    def validate(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append("the model name is empty (pass --llm-model)")
+        if self.timeout_s <= 0:
+            problems.append(f"timeout '{self.timeout_s}' must be > 0 seconds")
+        if self.max_retries < 0:
+            problems.append(f"max_retries '{self.max_retries}' must be >= 0")
+        if self.max_concurrency < 1:
+            problems.append(f"max_concurrency '{self.max_concurrency}' must be >= 1")
+        if self.api_key_env.startswith(("sk-", "Bearer")):
+            problems.append("api_key_env must name an environment variable, not hold a key")
+        url = urlparse(self.resolved_base_url())
+        if url.scheme not in ("http", "https") or not url.netloc:
+            problems.append(f"base URL '{self.resolved_base_url()}' is not an http(s) URL such as {DEFAULT_BASE_URL}")
+        if problems:
+            raise ConfigError("invalid LLM settings: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class Usage:
+    """Token and call counts; on a client, the running totals (network calls only, cache hits counted apart)."""
+
+    calls: int = 0  # answers fetched over the network
+    cached: int = 0  # answers read from the cache
+    failed: int = 0  # requests that ended in an error after all retries
+    retries: int = 0  # extra attempts made after a retryable failure
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: "Usage") -> None:
+        for name in ("calls", "cached", "failed", "retries", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+
+@dataclass
+class Completion:
+    """One answer: its text, the tokens it cost when it was fetched, and whether it came from the cache."""
+
+    text: str
+    usage: Usage
+    cached: bool
+    key: str = ""
+    model: str = ""  # the model name the endpoint reported
+    finish_reason: str | None = None
+
+
+@dataclass
+class CallEstimate:
+    """What a run would spend (for --dry-run); tokens are approximate: characters / 4."""
+
+    requests: int  # distinct requests the run needs
+    cached: int  # of those, already answered in the cache
+    to_call: int  # requests that would go to the LLM
+    approx_prompt_tokens: int
+    approx_completion_tokens: int  # assumes max_tokens (or 300) per call: an upper-end guess
+
+    @property
+    def approx_total_tokens(self) -> int:
+        return self.approx_prompt_tokens + self.approx_completion_tokens
+
+
+def approx_tokens(text: str) -> int:
+    """A rough token count (4 characters per token, the usual rule of thumb for English)."""
+    return (len(text) + 3) // 4
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    """Seconds a server asked us to wait: ``retry-after-ms``, ``Retry-After`` in seconds or as an HTTP date."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class LLMClient:
+    """Ask an OpenAI-compatible chat endpoint, through the cache; safe to share between threads.
+
+    Use it as a context manager (or call :meth:`close`) so its keep-alive connections are closed.
+    """
+
+    def __init__(self, config: LLMConfig, store: Store | None, refresh: bool = False):
+        config.validate()
+        self.config = config
+        self.store = store  # None: no cache (every call goes to the network)
+        self.refresh = refresh  # True: ignore cached answers (they are overwritten by the new ones)
+        self.base_url = config.resolved_base_url()
+        self.usage = Usage()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._sdk_client: Any = None
+        self._secret: str | None = None  # kept only to scrub it from error text
+
+    def close(self) -> None:
+        """Close the HTTP connections (the store belongs to the caller and stays open)."""
+        with self._lock:
+            if self._sdk_client is not None:
+                self._sdk_client.close()
+                self._sdk_client = None
+
+    def __enter__(self) -> "LLMClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- keys and the SDK -------------------------------------------------------------------------------
+    def key_for(self, messages: Messages, variant: int = 0) -> str:
+        """The cache key of one request (the API key is deliberately not part of it)."""
+        parts: dict[str, Any] = dict(
+            messages=messages,
+            model=self.config.model,
+            base_url=self.base_url,
+            temperature=self.config.temperature,
+            seed=self._seed(variant),
+            max_tokens=self.config.max_tokens,
+        )
+        if variant:
+            parts["variant"] = variant
+        return cache_key("llm", **parts)
+
+    def _seed(self, variant: int) -> int | None:
+        return None if self.config.seed is None else self.config.seed + variant
+
+    def _sdk(self) -> Any:
+        """The openai SDK client, built on first network use so cached runs need neither key nor network."""
+        with self._lock:
+            if self._sdk_client is None:
+                import openai
+
+                key = os.environ.get(self.config.api_key_env, "").strip()
+                if not key:
+                    host = urlparse(self.base_url).hostname or ""
+                    if host.endswith("openai.com"):
+                        raise ConfigError(
+                            f"no API key: the environment variable '{self.config.api_key_env}' is not set, "
+                            f"and '{self.base_url}' requires one. Export it (export "
+                            f"{self.config.api_key_env}=...), or point --base-url at a local server."
+                        )
+                    log.debug("$%s is not set; sending a placeholder key to %s", self.config.api_key_env, self.base_url)
+                    key = _NO_KEY_PLACEHOLDER
+                else:
+                    self._secret = key
+                self._sdk_client = openai.OpenAI(
+                    base_url=self.base_url, api_key=key, timeout=self.config.timeout_s, max_retries=0
+                )
+            return self._sdk_client
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    # -- asking -----------------------------------------------------------------------------------------
+    def cached(self, messages: Messages, variant: int = 0) -> Completion | None:
+        """The cached answer to ``messages``, or None (always None with ``refresh``)."""
+        if self.store is None or self.refresh:
+            return None
+        key = self.key_for(messages, variant)
+        value = self.store.get_json(key)
+        if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+            return None
+        usage = value.get("usage") or {}
+        with self._lock:
+            self.usage.cached += 1
+        return Completion(
+            text=value["text"],
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+            ),
+            cached=True,
+            key=key,
+            model=str(value.get("model", "")),
+            finish_reason=value.get("finish_reason"),
+        )
+
+    def complete(self, messages: Messages, variant: int = 0) -> Completion:
+        """Answer one request: from the cache, else from the endpoint (then cached). Raises LLMError.
+
+        ``variant`` > 0 asks again with a different seed and its own cache entry (used to re-ask once after a
+        garbage answer, so a re-run replays both answers without calling).
+        """
+        hit = self.cached(messages, variant)
+        if hit is not None:
+            return hit
+        self._sdk()  # a missing key is a ConfigError for the whole run, raised before any thread starts
+        return self._fetch(messages, variant)
+
+    def complete_many(self, requests: Sequence[Messages], variant: int = 0) -> list[Completion | LLMError]:
+        """Answer many requests concurrently (at most ``max_concurrency`` in flight), in input order.
+
+        A request that fails after its retries comes back as its LLMError; the others still finish, and every
+        answer is cached as it arrives, so an interrupted run keeps what it already got.
+        """
+        keys = [self.key_for(m, variant) for m in requests]
+        answers: dict[str, Completion | LLMError] = {}
+        pending: dict[str, Messages] = {}  # one call per distinct request, however often it repeats
+        for key, messages in zip(keys, requests):
+            if key in answers or key in pending:
+                continue
+            hit = self.cached(messages, variant)
+            if hit is None:
+                pending[key] = messages
+            else:
+                answers[key] = hit
+        if pending:
+            self._sdk()
+            log.info("asking %s for %d answers (%d cached)", self.config.model, len(pending), len(answers))
+
+            def fetch(key: str) -> Completion | LLMError:
+                try:
+                    return self._fetch(pending[key], variant)
+                except LLMError as exc:
+                    return exc
+
+            workers = min(self.config.max_concurrency, len(pending))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmcls-llm") as pool:
+                answers.update(zip(pending, pool.map(fetch, pending)))
+        return [answers[key] for key in keys]
+
+    def estimate(self, requests: Sequence[Messages], variant: int = 0) -> CallEstimate:
+        """How many calls and roughly how many tokens ``requests`` would cost now (nothing is sent)."""
+        unique = {self.key_for(m, variant): m for m in requests}
+        to_call = [m for key, m in unique.items() if self.refresh or self.store is None or key not in self.store]
+        per_answer = self.config.max_tokens or 300
+        return CallEstimate(
+            requests=len(unique),
+            cached=len(unique) - len(to_call),
+            to_call=len(to_call),
+            approx_prompt_tokens=sum(approx_tokens(msg["content"]) + 4 for m in to_call for msg in m),
+            approx_completion_tokens=per_answer * len(to_call),
+        )
+
+    def _fetch(self, messages: Messages, variant: int) -> Completion:
+        """One request over the network with retries; the answer is cached before it is returned."""
+        import openai
+
+        sdk = self._sdk()
+        key = self.key_for(messages, variant)
+        extra: dict[str, Any] = {}
+        if self._seed(variant) is not None:
+            extra["seed"] = self._seed(variant)
+        if self.config.max_tokens is not None:
+            extra["max_tokens"] = self.config.max_tokens
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            retry_after: float | None = None
+            try:
+                with self._slots:
+                    response = sdk.chat.completions.create(
+                        model=self.config.model, messages=messages, temperature=self.config.temperature, **extra
+                    )
+                return self._store_answer(key, response)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                reason = f"HTTP {status}: {self._scrub(str(exc.message))}"
+                if status not in _RETRYABLE_STATUS and status < 500:
+                    self._count_failure()
+                    hint = (
+                        f" Check that ${self.config.api_key_env} holds a valid key for {self.base_url}."
+                        if status in (401, 403)
+                        else " Check the model name and the endpoint."
+                    )
+                    raise LLMError(f"the LLM at '{self.base_url}' refused the request ({reason}).{hint}") from None
+                retry_after = _retry_after_seconds(exc.response.headers)
+            except openai.APITimeoutError:
+                reason = f"no answer within {self.config.timeout_s:g} s"
+            except openai.APIConnectionError as exc:
+                reason = f"connection failed ({self._scrub(str(exc))})"
+            except (ValueError, openai.APIResponseValidationError) as exc:
+                reason = f"unreadable response ({type(exc).__name__})"
+            if attempt + 1 >= attempts:
+                break
+            delay = self._delay(attempt, retry_after)
+            log.warning(
+                "LLM request failed (%s); retry %d of %d in %.1f s", reason, attempt + 1, attempts - 1, delay
+            )
+            with self._lock:
+                self.usage.retries += 1
+            time.sleep(delay)
+        self._count_failure()
+        raise LLMError(
+            f"the LLM at '{self.base_url}' (model '{self.config.model}') failed after {attempts} attempts: {reason}. "
+            "Answers already fetched are cached; re-run to retry only the failed requests "
+            "(raise --llm-timeout or --llm-retries, or lower --llm-concurrency, if this keeps happening)."
+        )
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # Honour the server exactly (plus a little spread so parallel workers do not return in lockstep).
+            return min(retry_after, _MAX_RETRY_AFTER_S) + random.uniform(0.0, 0.1 * self.config.backoff_base_s)
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
+        return random.uniform(0.5 * ceiling, ceiling)
+
+    def _count_failure(self) -> None:
+        with self._lock:
+            self.usage.failed += 1
+
+    def _store_answer(self, key: str, response: Any) -> Completion:
+        try:
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            finish_reason = choice.finish_reason
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise LLMResponseError(
+                f"the LLM at '{self.base_url}' answered without a message ({type(response).__name__}). "
+                "Check that the endpoint speaks the OpenAI chat-completions API."
+            ) from exc
+        usage = Usage(
+            calls=1,
+            prompt_tokens=int(getattr(response.usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(response.usage, "completion_tokens", 0) or 0),
+        )
+        model = str(getattr(response, "model", "") or self.config.model)
+        if self.store is not None:
+            self.store.set_json(key, {
+                "text": text,
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
+                "model": model,
+                "finish_reason": finish_reason,
+                "fetched_at": time.time(),
+            })
+        with self._lock:
+            self.usage.add(usage)
+        return Completion(text=text, usage=usage, cached=False, key=key, model=model, finish_reason=finish_reason)
