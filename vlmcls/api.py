@@ -98,6 +98,7 @@ class ClassificationResult:
     probs: torch.Tensor  # [N_ok, C]
     stats: dict[str, Any] = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)  # e.g. classes whose descriptors fell back to the name
+    artifacts: dict[str, Any] = field(default_factory=dict)  # descriptors / pairs used, for export
     label_metric: Any = None  # the Fréchet-mean metric when a label-space refiner ran (for expected squared distance)
 
     @property
@@ -216,7 +217,8 @@ class Classifier:
         metric = out.info.pop("label_metric", None)
         stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
                  "method_seconds": round(out.seconds, 4), **out.info}
-        return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings, metric)
+        return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
+                                    out.artifacts, metric)
 
 
 def _path(rec: ImageRecord) -> str | None:

@@ -49,7 +49,9 @@ class MethodOutput:
     llm_tokens: int = 0
     seconds: float = 0.0
     warnings: list[dict] = field(default_factory=list)  # rows for things that went wrong but did not stop the run
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # small JSON-able facts for the run summary
+    weights: torch.Tensor | None = None  # [C, D] class text weights, for methods linear in the image features
+    artifacts: dict[str, Any] = field(default_factory=dict)  # larger products to export (descriptors, pairs)
 
 
 MethodFn = Callable[["Classifier", torch.Tensor, list[str], MethodOptions], MethodOutput]
@@ -84,7 +86,7 @@ def _score_sentences(clf: "Classifier", image_feats: torch.Tensor, per_class: di
     texts = ClassTexts.from_mapping(per_class)
     weights = clf.text_weights(texts, aggregation)  # [C, D]
     logits, probs = clf.score(image_feats, weights)
-    return MethodOutput(logits, probs, info={"texts": len(texts.texts)})
+    return MethodOutput(logits, probs, info={"texts": len(texts.texts)}, weights=weights)
 
 
 @register_method("name")
@@ -133,3 +135,6 @@ def _tip(clf, image_feats, class_names, options):
 def _tfup(clf, image_feats, class_names, options):
     """Templates + a TFUP-style cache built from the images themselves (no labels)."""
     return _refined(clf, image_feats, class_names, options, RefinerOptions(self_cache=True))
+
+
+from . import methods_llm  # noqa: E402,F401  (registers cbd, waffle, fudd)

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from .errors import ConfigError
 
-__all__ = ["OUTPUT_SUFFIXES", "write_rows", "check_output_path"]
+__all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "check_output_path"]
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
 
@@ -63,4 +63,14 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Write one JSON document atomically."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path

@@ -10,9 +10,26 @@ import typer
 from rich.table import Table
 
 from ..api import Classifier, ClassificationResult
+from ..descriptors import DescriptorSet
+from ..llm import LLMClient
 from ..methods import MethodOptions
 from ..refine import RefinerOptions
-from ..output import check_output_path, write_rows
+from ..output import check_output_path, write_json, write_rows
+from .describe_cmd import (
+    API_KEY_ENV_OPTION,
+    BASE_URL_OPTION,
+    DOMAIN_HINT_OPTION,
+    DRY_RUN_OPTION,
+    LLM_CONCURRENCY_OPTION,
+    LLM_MODEL_OPTION,
+    LLM_RETRIES_OPTION,
+    LLM_SEED_OPTION,
+    LLM_TIMEOUT_OPTION,
+    REFRESH_OPTION,
+    llm_config_from_options,
+    render_estimate,
+)
+from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 
 _SHOWN_ROWS = 30
@@ -28,7 +45,7 @@ def classify(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
-    method: str = typer.Option("templates", "--method", help="name (class names alone) or templates."),
+    method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), fudd (differential follow-ups), tip, tfup."),
     templates: Optional[str] = typer.Option(None, "--templates", "-t", help="name, photo, small (default), imagenet80, or a file with one '{}' template per line."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method."),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
@@ -39,6 +56,26 @@ def classify(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
+    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).", rich_help_panel="LLM"),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="FuDD pair JSON to use instead of asking the LLM.", rich_help_panel="LLM"),
+    export_descriptors: Optional[Path] = typer.Option(None, "--export-descriptors", help="Write the descriptors used to this JSON file.", rich_help_panel="LLM"),
+    export_pairs: Optional[Path] = typer.Option(None, "--export-pairs", help="Write the FuDD pair descriptions used to this JSON file.", rich_help_panel="LLM"),
+    fudd_k: int = typer.Option(10, "--fudd-k", min=2, help="FuDD: size of each image's ambiguous set.", rich_help_panel="LLM"),
+    fudd_rank: str = typer.Option("base", "--fudd-rank", help="FuDD: rank the ambiguous set by 'base' (the run's best first scores) or 'template' (the reference's single template).", rich_help_panel="LLM"),
+    fudd_base: Optional[str] = typer.Option(None, "--fudd-base", help="FuDD: first-stage method (default cbd when descriptors or an LLM exist, else templates).", rich_help_panel="LLM"),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", min=1, help="FuDD: ask about at most this many pairs (most frequent first).", rich_help_panel="LLM"),
+    token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="FuDD: stop asking about pairs once this many tokens are spent.", rich_help_panel="LLM"),
+    domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
+    prompts: Optional[Path] = PROMPTS_DIR_OPTION,
+    llm_model: str = LLM_MODEL_OPTION,
+    base_url: Optional[str] = BASE_URL_OPTION,
+    api_key_env: str = API_KEY_ENV_OPTION,
+    llm_timeout: float = LLM_TIMEOUT_OPTION,
+    llm_retries: int = LLM_RETRIES_OPTION,
+    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
+    llm_seed: Optional[int] = LLM_SEED_OPTION,
+    refresh: bool = REFRESH_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
     support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter: a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
     tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
     tip_beta: Optional[float] = typer.Option(None, "--tip-beta", help="Tip-Adapter sharpness β (default 1).", rich_help_panel="Refiners"),
@@ -60,16 +97,59 @@ def classify(
         label_space=label_space, hierarchy=hierarchy, distances=distances, self_metric=self_metric,
         frechet_top_k=frechet_top_k,
     )
-    options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain, refiners=refiners)
-    with progress_bar("encoding images", enabled=not quiet) as progress:
-        result = clf.classify(images, classes, method=method, options=options, top_k=top_k, progress=progress,
-                              **source_options)
+    extra = {"fudd_k": fudd_k, "fudd_rank": fudd_rank, "fudd_base": fudd_base, "max_pairs": max_pairs,
+             "token_budget": token_budget, "pairs_file": pairs}
+    options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain, refiners=refiners,
+                            descriptors=descriptors, prompts_dir=str(prompts) if prompts else None,
+                            domain_hint=domain_hint, extra=extra)
+    needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd")))
+    llm = None
+    if needs_llm:
+        config = llm_config_from_options(llm_model, base_url, api_key_env, llm_timeout, llm_retries, llm_concurrency, llm_seed)
+        llm = options.llm = LLMClient(config, clf.store, refresh=refresh)
+    try:
+        if dry_run:
+            _dry_run(clf, images, classes, method, options, source_options, quiet)
+            return
+        with progress_bar("encoding images", enabled=not quiet) as progress:
+            result = clf.classify(images, classes, method=method, options=options, top_k=top_k, progress=progress,
+                                  **source_options)
+    finally:
+        if llm is not None:
+            llm.close()
+    if export_descriptors is not None and "descriptors" in result.artifacts:
+        DescriptorSet(result.artifacts["descriptors"]).to_json(export_descriptors)
+    if export_pairs is not None and "pairs" in result.artifacts:
+        write_json(export_pairs, result.artifacts["pairs"])
     if out_path is not None:
         write_rows(result.rows(), out_path)
     if not quiet:
         render_result(result, out_path, explain)
-    if result.errors:
+    if out_path is not None and result.warnings:
+        write_rows(result.warnings, out_path.with_name(out_path.stem + ".warnings.jsonl"))
+    if result.errors or result.warnings:
         raise typer.Exit(EXIT_INPUT_ERRORS)
+
+
+def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptions, source_options: dict, quiet: bool) -> None:
+    """Print what the run would spend on the LLM, encoding images only when FuDD's pairs depend on them."""
+    from ..api import load_classes
+    from ..llm import CallEstimate
+    from ..methods_llm import estimate_llm_cost
+
+    class_names = load_classes(classes)
+    feats = None
+    if method == "fudd":
+        with progress_bar("encoding images", enabled=not quiet) as progress:
+            feats = clf.encode_images(images, progress=progress, **source_options).feats
+    stages = estimate_llm_cost(clf, feats, class_names, method, options)
+    if not stages:
+        console.print(f"dry run: method '{method}' makes no LLM calls with these options.")
+    for stage, estimate in stages.items():
+        if isinstance(estimate, CallEstimate):
+            render_estimate(estimate, stage)
+        else:
+            console.print(f"{stage}: {estimate}")
 
 
 def render_result(result: ClassificationResult, out_path: Path | None, explain: bool = False) -> None:
@@ -99,11 +179,19 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
         "classes": len(result.class_names),
         "time": f"{seconds:.2f} s ({stats.get('images', 0) / seconds:.1f} img/s)" if seconds else "-",
     }
+    if stats.get("llm_calls") or stats.get("llm_tokens") or stats.get("llm_cached_answers"):
+        summary["LLM calls / cached"] = f"{stats.get('llm_calls', 0)} / {stats.get('llm_cached_answers', 0)}"
+        summary["LLM tokens"] = f"{stats.get('llm_tokens', 0):,}"
+    for key in ("unique_pairs", "pairs_asked", "pairs_answered", "images_moved", "tip_alpha", "tip_beta", "label_space_size"):
+        if key in stats:
+            summary[key.replace("_", " ")] = stats[key]
     if out_path is not None:
         summary["output"] = str(out_path)
     counts = Counter(p.label for p in result.ok)
     summary.update({f"  {label}": n for label, n in counts.most_common(10)})
     console_err.print(key_value_table("summary", summary))
+    for row in result.warnings[:10]:
+        console_err.print(f"[yellow]{row.get('severity', 'warning')}[/yellow] {row.get('item', '')}: {row.get('message', row)}", highlight=False)
     for pred in result.errors[:10]:
         console_err.print(f"[red]error[/red] {pred.id}: {pred.error}", highlight=False)
     if len(result.errors) > 10:

@@ -1,0 +1,208 @@
+"""The methods whose text comes from an LLM or stands in for one: cbd, waffle and fudd.
+
+``cbd`` scores with Classification-by-Description sentences and the mean of similarities; ``waffle`` does the same
+with WaffleCLIP's random descriptors (the baseline an LLM must beat); ``fudd`` re-ranks each image's ambiguous set
+with differential descriptions of the pairs inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .descriptors import DescriptorSet, generate_descriptors, generate_pair_descriptions
+from .differential import ambiguous_sets, build_pair_table, explain_moves, most_frequent_pairs, rerank
+from .errors import ConfigError
+from .methods import METHODS, MethodOptions, MethodOutput, _score_sentences, register_method
+from .prompting import load_prompt
+from .scoring import probabilities
+
+__all__ = ["resolve_descriptors", "load_pair_file"]
+
+log = logging.getLogger(__name__)
+
+
+def _usage_into(out: MethodOutput, usage: Any) -> None:
+    out.llm_calls += usage.calls
+    out.llm_tokens += usage.total_tokens
+    out.info["llm_cached_answers"] = out.info.get("llm_cached_answers", 0) + usage.cached
+    out.info["llm_failed"] = out.info.get("llm_failed", 0) + usage.failed
+
+
+def resolve_descriptors(class_names: list[str], options: MethodOptions) -> tuple[DescriptorSet, list[dict], Any]:
+    """Descriptors from options.descriptors (a DescriptorSet or a CbD JSON file), else from the LLM."""
+    if options.descriptors is not None:
+        source = options.descriptors
+        dset = source if isinstance(source, DescriptorSet) else DescriptorSet.from_json(source)
+        selected, rows = dset.for_classes(class_names)
+        return selected, [r.to_dict() for r in rows], None
+    if options.llm is None:
+        raise ConfigError("method 'cbd' needs descriptors: --descriptors FILE, or an LLM with --llm-model (and --base-url).")
+    prompt = load_prompt("descriptors", options.prompts_dir, options.extra.get("descriptor_prompt_file"))
+    dset, rows, usage = generate_descriptors(class_names, options.llm, prompt, options.domain_hint)
+    return dset, [r.to_dict() for r in rows], usage
+
+
+def _explain_descriptors(image_feats, out: MethodOutput, sentences: dict[str, list[str]], descriptors: dict[str, list[str]], clf, limit: int = 3):
+    """Per image: the descriptors that contributed most to its top prediction and to the runner-up."""
+    names = list(sentences)
+    texts = [t for c in names for t in sentences[c]]
+    text_feats = clf.encoder.encode_texts(texts)  # [T, D] (cached: encoded a moment ago)
+    sims = image_feats @ text_feats.T  # [N, T]
+    starts, pos = {}, 0
+    for c in names:
+        starts[c] = pos
+        pos += len(sentences[c])
+    top2 = torch.topk(out.probs, min(2, len(names)), dim=1).indices
+    explanations = []
+    for n in range(image_feats.shape[0]):
+        entry = {}
+        for role, c_idx in zip(("top", "runner_up"), top2[n].tolist()):
+            c = names[c_idx]
+            row = sims[n, starts[c] : starts[c] + len(sentences[c])]
+            order = torch.argsort(row, descending=True)[:limit].tolist()
+            labels = descriptors.get(c) or [c]
+            entry[role] = {"class": c, "descriptors": [{"descriptor": labels[j] if j < len(labels) else sentences[c][j],
+                                                       "similarity": round(float(row[j]), 4)} for j in order]}
+        explanations.append({"descriptors": entry})
+    return explanations
+
+
+def _score_descriptor_set(clf, image_feats, class_names, options, dset: DescriptorSet) -> MethodOutput:
+    sentences = {c: dset.sentences(c) for c in class_names}
+    out = _score_sentences(clf, image_feats, sentences, options.aggregation or "mean_similarity")
+    if options.explain:
+        out.explanations = _explain_descriptors(image_feats, out, sentences, dset.to_dict(), clf)
+    out.artifacts["descriptors"] = dset.to_dict()
+    return out
+
+
+@register_method("cbd")
+def _cbd(clf, image_feats, class_names, options):
+    dset, rows, usage = resolve_descriptors(class_names, options)
+    out = _score_descriptor_set(clf, image_feats, class_names, options, dset)
+    out.warnings.extend(rows)
+    if usage is not None:
+        _usage_into(out, usage)
+    return out
+
+
+@register_method("waffle")
+def _waffle(clf, image_feats, class_names, options):
+    n_pairs = int(options.extra.get("waffle_pairs", 15))
+    return _score_descriptor_set(clf, image_feats, class_names, options, DescriptorSet.waffle(class_names, n_pairs, options.seed))
+
+
+def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read pair file '{path}': {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and len(v.get("classes", [])) == 2 for v in data.values()):
+        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: expected {{'a_b': {{'classes': [a, b], 'prompt_pairs': [...]}}}}.")
+    return data
+
+
+def _ask_pairs(pairs, options: MethodOptions, out: MethodOutput) -> dict[str, dict[str, Any]]:
+    """Differential descriptions for pairs from the LLM, most frequent first, within the token budget."""
+    prompt = load_prompt("differential", options.prompts_dir, options.extra.get("differential_prompt_file"))
+    budget = options.extra.get("token_budget")
+    chunk = len(pairs) if budget is None else max(1, int(options.extra.get("budget_chunk", 8)))
+    answered: dict[str, dict[str, Any]] = {}
+    asked = 0
+    for start in range(0, len(pairs), chunk):
+        if budget is not None and out.llm_tokens >= budget:
+            out.warnings.append({"item": f"{len(pairs) - asked} pairs", "stage": "differential", "severity": "warning",
+                                 "message": f"token budget {budget} spent; remaining pairs keep their first scores"})
+            break
+        part = pairs[start : start + chunk]
+        result, rows, usage = generate_pair_descriptions(part, options.llm, prompt, options.domain_hint)
+        asked += len(part)
+        answered.update(result)
+        out.warnings.extend(r.to_dict() for r in rows)
+        _usage_into(out, usage)
+    out.info["pairs_asked"] = asked
+    return answered
+
+
+@register_method("fudd")
+def _fudd(clf, image_feats, class_names, options):
+    extra = options.extra
+    k = int(extra.get("fudd_k", 10))
+    has_text_source = options.descriptors is not None or options.llm is not None
+    base = extra.get("fudd_base") or ("cbd" if has_text_source else "templates")
+    if base == "fudd" or base not in METHODS:
+        raise ConfigError(f"--fudd-base '{base}' is not a first-stage method. Valid: name, templates, cbd, waffle.")
+    first = METHODS[base](clf, image_feats, class_names, options)
+    if first.weights is None:
+        raise ConfigError(f"method '{base}' has no class text weights to fall back on; use name, templates, cbd or waffle.")
+    rank = extra.get("fudd_rank", "base")
+    if rank == "template":  # the reference: one template per class
+        rank_logits = METHODS["templates"](clf, image_feats, class_names, MethodOptions(templates=["a photo of a {}."])).logits
+    elif rank == "base":
+        rank_logits = first.logits
+    else:
+        raise ConfigError(f"--fudd-rank '{rank}' is unknown. Valid: base (the run's best first scores), template.")
+    sets = ambiguous_sets(rank_logits, k)  # [N, k]
+    pairs, unique = most_frequent_pairs(sets, class_names, extra.get("max_pairs"))
+    out = MethodOutput(first.logits, first.probs, warnings=list(first.warnings), info=dict(first.info))
+    out.llm_calls, out.llm_tokens = first.llm_calls, first.llm_tokens
+    out.artifacts.update(first.artifacts)
+    if extra.get("pairs_file"):
+        pair_descriptions = load_pair_file(extra["pairs_file"])
+    elif options.llm is not None:
+        pair_descriptions = _ask_pairs(pairs, options, out)
+    else:
+        raise ConfigError("method 'fudd' needs differential descriptions: --pairs FILE, or an LLM with --llm-model.")
+    texts = sorted({t for e in pair_descriptions.values() for p in e.get("prompt_pairs", []) for t in p["prompt_pair"]})
+    text_feats = clf.encoder.encode_texts(texts) if texts else torch.zeros(0, image_feats.shape[1])  # [T, D]
+    table = build_pair_table(pair_descriptions, class_names, text_feats, {t: i for i, t in enumerate(texts)})
+    result = rerank(image_feats, sets, table, first.weights, clf.model.logit_scale)
+    logits = result.logits + clf.model.logit_bias if clf.model.logit_bias is not None else result.logits
+    out.logits, out.probs = logits, probabilities(logits, clf.model.score_rule)
+    first_top, new_top = first.logits.argmax(1), out.logits.argmax(1)
+    out.info.update(fudd_base=base, fudd_rank=rank, fudd_k=int(sets.shape[1]), unique_pairs=unique,
+                    pairs_answered=len(table.sentences), images_moved=int((first_top != new_top).sum()))
+    out.artifacts["pairs"] = {key: value for key, value in pair_descriptions.items()}
+    if options.explain:
+        moves = explain_moves(image_feats, first_top, new_top, table, text_feats, class_names)
+        base_expl = first.explanations or [None] * len(moves)
+        out.explanations = [{**(b or {}), **({"differential": m} if m else {})} or None for b, m in zip(base_expl, moves)]
+    return out
+
+
+def estimate_llm_cost(clf, image_feats: torch.Tensor | None, class_names: list[str], method: str, options: MethodOptions) -> dict[str, Any]:
+    """What a run of ``method`` would spend on the LLM now (--dry-run): per stage, calls and approximate tokens.
+
+    FuDD's pairs depend on the images: they are ranked with the first-stage method when its text needs no LLM
+    call (a descriptor file, or every answer cached), else with templates — an estimate, as the real run may
+    rank a little differently.
+    """
+    from .descriptors import estimate_descriptors, pair_requests
+
+    stages: dict[str, Any] = {}
+    needs_descriptors = method == "cbd" or (method == "fudd" and (options.extra.get("fudd_base") in (None, "cbd")))
+    descriptors_free = options.descriptors is not None
+    if needs_descriptors and options.descriptors is None and options.llm is not None:
+        prompt = load_prompt("descriptors", options.prompts_dir, options.extra.get("descriptor_prompt_file"))
+        est = estimate_descriptors(class_names, options.llm, prompt, options.domain_hint)
+        stages["descriptors"] = est
+        descriptors_free = est.to_call == 0
+    if method == "fudd" and not options.extra.get("pairs_file") and options.llm is not None and image_feats is not None:
+        base = options.extra.get("fudd_base") or ("cbd" if descriptors_free else "templates")
+        if base == "cbd" and not descriptors_free:
+            base = "templates"
+        ranking = METHODS[base](clf, image_feats, class_names, options).logits
+        if options.extra.get("fudd_rank") == "template":
+            ranking = METHODS["templates"](clf, image_feats, class_names, MethodOptions(templates=["a photo of a {}."])).logits
+        sets = ambiguous_sets(ranking, int(options.extra.get("fudd_k", 10)))
+        pairs, unique = most_frequent_pairs(sets, class_names, options.extra.get("max_pairs"))
+        prompt = load_prompt("differential", options.prompts_dir, options.extra.get("differential_prompt_file"))
+        stages["differential pairs"] = options.llm.estimate(list(pair_requests(pairs, prompt, options.domain_hint).values()))
+        stages["unique pairs in the ambiguous sets"] = unique
+    return stages
