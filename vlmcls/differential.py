@@ -63,7 +63,8 @@ def build_pair_table(
     """Pair JSON (FuDD format) + unit text features -> a lookup table; pairs are matched by class *name*."""
     column = {name: c for c, name in enumerate(class_names)}
     C, dim = len(class_names), text_feats.shape[1]
-    rows: dict[int, torch.Tensor] = {}
+    side_keys: list[int] = []  # one entry per sentence: the row (class, other) it is summed into
+    side_texts: list[int] = []
     sentences: dict[tuple[int, int], list] = {}
     for entry in pair_descriptions.values():
         a_name, b_name = entry["classes"]
@@ -73,17 +74,16 @@ def build_pair_table(
         got = [(p["attr_type"], p["prompt_pair"][0], p["prompt_pair"][1]) for p in entry.get("prompt_pairs", [])]
         if not got:
             continue
-        idx_a = torch.tensor([text_index[t] for _, t, _ in got])
-        idx_b = torch.tensor([text_index[t] for _, _, t in got])
-        rows[a * C + b] = text_feats[idx_a].sum(0)  # [D] class a's side of (a, b)
-        rows[b * C + a] = text_feats[idx_b].sum(0)
+        for _, text_a, text_b in got:
+            side_keys += [a * C + b, b * C + a]
+            side_texts += [text_index[text_a], text_index[text_b]]
         lo, hi = (a, b) if a < b else (b, a)
         ordered = got if a == lo else [(t, y, x) for t, x, y in got]
         sentences[(lo, hi)] = [(t, x, text_index[x], text_index[y]) for t, x, y in ordered]
-    keys = torch.tensor(sorted(rows), dtype=torch.long)
+    keys, rows = torch.unique(torch.tensor(side_keys, dtype=torch.long), return_inverse=True)  # sorted keys
     sums = torch.zeros(len(keys) + 1, dim, dtype=text_feats.dtype)
-    for r, key in enumerate(keys.tolist()):
-        sums[r] = rows[key]
+    if side_texts:
+        sums.index_add_(0, rows, text_feats[torch.tensor(side_texts, dtype=torch.long)])
     return PairTable(keys, sums, C, sentences)
 
 
