@@ -57,8 +57,14 @@ class RefinerOptions:
         return bool(self.hierarchy or self.distances or self.self_metric)
 
 
-def load_label_metric(clf: "Classifier", options: RefinerOptions, class_names: list[str]) -> tuple[LabelMetric, list[str] | None]:
-    """The label metric and label space from the options (exactly one metric source)."""
+def load_label_metric(
+    clf: "Classifier", options: RefinerOptions, class_names: list[str], descriptors: Any = None
+) -> tuple[LabelMetric, list[str] | None]:
+    """The label metric and label space from the options (exactly one metric source).
+
+    The self-derived metric embeds each label by its CbD descriptor sentences when a descriptor set covers it
+    (invented or rare names say little on their own), else by "a photo of a {label}.".
+    """
     from .api import load_classes
 
     sources = [s for s in (options.hierarchy, options.distances, options.self_metric or None) if s]
@@ -69,9 +75,15 @@ def load_label_metric(clf: "Classifier", options: RefinerOptions, class_names: l
         return LabelMetric.from_hierarchy_file(options.hierarchy), space
     if options.distances:
         return LabelMetric.from_distance_file(options.distances), space
+    from .descriptors import DescriptorSet
+    from .scoring import ClassTexts, class_text_weights
+
     names = list(dict.fromkeys([*class_names, *(space or [])]))
-    feats = clf.encoder.encode_texts([f"a photo of a {n}." for n in names])  # [Y, D] unit rows
-    return LabelMetric.from_embeddings(names, feats.double()), space
+    dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None
+    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {n}."] for n in names}
+    texts = ClassTexts.from_mapping(per_label)
+    weights = class_text_weights(clf.encoder.encode_texts(texts.texts), texts.owner, len(names), "mean_embedding")  # [Y, D]
+    return LabelMetric.from_embeddings(names, weights.double()), space
 
 
 def apply_refiners(
@@ -121,7 +133,7 @@ def apply_refiners(
     out.probs = probabilities(out.logits, rule)
     frechet_labels = None
     if ref.frechet:
-        metric, space = load_label_metric(clf, ref, class_names)
+        metric, space = load_label_metric(clf, ref, class_names, options.descriptors)
         result = frechet_mean(out.logits.double(), class_names, metric, label_space=space, top_k=ref.frechet_top_k)
         frechet_labels = result.labels
         out.info.update(label_space_size=len(result.label_space), frechet_kept_mass=round(float(result.kept_mass.mean()), 4))
