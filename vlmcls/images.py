@@ -1,6 +1,7 @@
-"""Image sources and safe decoding: folders, path lists and HF datasets in; RGB images or error rows out.
+"""Safe decoding: image records in (listed by :mod:`vlmcls.image_sources`); RGB images or error rows out.
 
-``list_images`` turns a source into :class:`ImageRecord` s without reading any pixels. ``load_image`` decodes
+``list_images`` (re-exported from :mod:`vlmcls.image_sources`) turns a source into :class:`ImageRecord` s without
+reading any pixels. ``load_image`` decodes
 one record to an RGB ``PIL.Image`` or raises :class:`~vlmcls.errors.ImageError` with a short human reason
 ("empty file", "truncated image", "not an image", "file not found", "image too large: …").
 ``iter_decoded_batches`` decodes and preprocesses on a thread pool ahead of the consumer, so decoding overlaps
@@ -19,7 +20,7 @@ import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
@@ -27,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .cache import file_digest
-from .errors import ConfigError, ImageError, MissingExtraError
+from .errors import ConfigError, ImageError
+from .image_sources import IMAGE_EXTENSIONS, ImageData, ImageRecord, list_images
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # PIL's own default (1024**3 / 4 / 3 ≈ 89.5 Mpx, about 256 MiB as RGB); above it we refuse without decoding.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -65,25 +66,7 @@ _OPEN_LOCK = threading.Lock()
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_ACCEPTED = (
-    "Give a folder of images (class sub-folders allowed), a .txt file with one image path per line, "
-    "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, or imagefolder:DIR."
-)
-
-# What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.
-ImageData = Union[bytes, Path, Image.Image]
 ImageSource = Union["ImageRecord", str, os.PathLike, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRecord:
-    """One image to classify: where it comes from and, when the source says so, its class."""
-
-    id: str  # the path as given, or "dataset[split]/index" for dataset rows
-    path: Path | None  # the file for folder, list and single-file sources; None for dataset rows
-    label: str | None  # class sub-folder name or the dataset's label name; None when the source has none
-    source_index: int  # position in the source listing (the row index for datasets)
-    fetch: Callable[[], ImageData] | None = field(default=None, repr=False, compare=False)  # dataset rows
 
 
 @dataclass
@@ -93,248 +76,6 @@ class DecodedBatch:
     records_ok: list[ImageRecord]
     pixels: "torch.Tensor"  # [B, 3, H, W], B = len(records_ok); [0, 3, 0, 0] when nothing decoded
     errors: list[tuple[ImageRecord, str]]  # (record, reason), in input order
-
-
-# -- sources --------------------------------------------------------------------------------------------
-
-
-def list_images(
-    source: str | os.PathLike | Any,
-    *,
-    recursive: bool = True,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    split: str | None = None,
-) -> list[ImageRecord]:
-    """List the images of a folder, a path-list file, one image file or an HF dataset, in a stable order.
-
-    Nothing is decoded here: a listed file that is missing or broken fails later, in ``load_image``.
-    ``image_column``, ``label_column`` and ``split`` apply to datasets only; an in-memory
-    ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
-    """
-    if _is_hf_dataset(source):
-        name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
-        return _list_dataset_rows(source, name, None, image_column, label_column, split)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ConfigError(f"cannot list images from a {type(source).__name__}. {_ACCEPTED}")
-    text = os.fspath(source)
-    if text.startswith("imagefolder:"):
-        folder = Path(text[len("imagefolder:"):]).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(
-                f"'{text}': '{folder}' is not a folder. Write imagefolder:DIR with an existing DIR."
-            )
-        loaded = _load_hf(lambda ds: ds.load_dataset("imagefolder", data_dir=str(folder), split=split), text)
-        return _list_dataset_rows(loaded, folder.name, folder, image_column, label_column, split)
-
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise ConfigError(f"image source '{text}' does not exist. {_ACCEPTED}")
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = _load_hf(lambda ds: ds.load_from_disk(str(path)), text)
-        return _list_dataset_rows(loaded, path.name, path, image_column, label_column, split)
-    if path.suffix.lower() == ".parquet" and path.is_file():
-        loaded = _load_hf(lambda ds: ds.Dataset.from_parquet(str(path), split=split or "train"), text)
-        return _list_dataset_rows(loaded, path.stem, path.parent, image_column, label_column, split)
-
-    dataset_options = {"image_column": image_column, "label_column": label_column, "split": split}
-    given = [name for name, value in dataset_options.items() if value is not None]
-    if given:
-        raise ConfigError(f"'{given[0]}' applies to datasets only, but '{text}' is not a dataset. Drop it.")
-    if path.is_dir():
-        return _list_folder(path, recursive)
-    if path.suffix.lower() == ".txt":
-        return _list_path_file(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return [ImageRecord(id=str(path), path=path, label=None, source_index=0)]
-    raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
-
-
-def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    relative_paths: list[Path] = []
-    visited: set[str] = set()  # real paths, so a symlink loop is walked once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                relative_paths.append(Path(dirpath, name).relative_to(root))
-    if not relative_paths:
-        where = "in or below" if recursive else "directly in"
-        raise ConfigError(
-            f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
-        )
-    relative_paths.sort(key=lambda rel: rel.parts)  # parts, not strings: independent of the OS separator
-    return [
-        # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        ImageRecord(id=str(root / rel), path=root / rel, label=rel.parts[0] if len(rel.parts) > 1 else None,
-                    source_index=index)
-        for index, rel in enumerate(relative_paths)
-    ]
-
-
-def _list_path_file(list_file: Path) -> list[ImageRecord]:
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the path list '{list_file}': {exc}. Save it as UTF-8 text.") from exc
-    records: list[ImageRecord] = []
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = Path(entry).expanduser()
-        if not path.is_absolute():
-            path = list_file.parent / path  # relative to the list, so the list can travel with its images
-        records.append(ImageRecord(id=str(path), path=path, label=None, source_index=len(records)))
-    if not records:
-        raise ConfigError(f"the path list '{list_file}' names no images. Write one image path per line.")
-    return records
-
-
-# -- HF datasets --------------------------------------------------------------------------------------
-
-
-def _is_hf_dataset(obj: Any) -> bool:
-    module = type(obj).__module__ or ""
-    return module.startswith("datasets.") and type(obj).__name__ in {"Dataset", "DatasetDict"}
-
-
-def _load_hf(load: Callable[[Any], Any], source: str) -> Any:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"reading '{source}' needs the 'datasets' package: pip install datasets"
-        ) from exc
-    try:
-        return load(datasets)
-    except ValueError as exc:  # includes an unknown split
-        raise ConfigError(f"cannot load the dataset '{source}': {exc}") from exc
-    except Exception as exc:  # datasets raises many kinds: FileNotFoundError, ArrowInvalid, …
-        raise ConfigError(
-            f"cannot load the dataset '{source}': {type(exc).__name__}: {exc}. "
-            "Check that it was written by datasets (save_to_disk, to_parquet) or is a folder of images."
-        ) from exc
-
-
-def _list_dataset_rows(
-    loaded: Any,
-    name: str,
-    base_dir: Path | None,
-    image_column: str | None,
-    label_column: str | None,
-    split: str | None,
-) -> list[ImageRecord]:
-    dataset, split_name = _pick_split(loaded, name, split)
-    features = dataset.features
-    image_column = _pick_image_column(features, image_column, name)
-    label_column = _pick_label_column(features, label_column, name)
-    labels = _label_names(dataset, features, label_column) if label_column else [None] * len(dataset)
-    rows = _DatasetImages(dataset, image_column, base_dir)
-    return [
-        ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=labels[index], source_index=index,
-                    fetch=functools.partial(rows.read, index))
-        for index in range(len(dataset))
-    ]
-
-
-def _pick_split(loaded: Any, name: str, split: str | None) -> tuple[Any, str]:
-    if type(loaded).__name__ != "DatasetDict":
-        own = str(loaded.split) if loaded.split is not None else None
-        if split is not None and own is not None and split != own:
-            raise ConfigError(
-                f"dataset '{name}' holds only the split '{own}', not '{split}'. Drop the split."
-            )
-        return loaded, own or split or "train"
-    splits = list(loaded.keys())
-    if split is None and len(splits) == 1:
-        return loaded[splits[0]], splits[0]
-    if split is None or split not in loaded:
-        what = "has several splits" if split is None else f"has no split '{split}'"
-        raise ConfigError(
-            f"dataset '{name}' {what}; choose one of {', '.join(map(repr, splits))} with split=."
-        )
-    return loaded[split], split
-
-
-def _pick_image_column(features: Any, image_column: str | None, name: str) -> str:
-    import datasets
-
-    columns = list(features)
-    if image_column is not None:
-        if image_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{image_column}'. Columns: {', '.join(columns)}."
-            )
-        return image_column
-    image_columns = [c for c, f in features.items() if isinstance(f, datasets.Image)]
-    if len(image_columns) == 1:
-        return image_columns[0]
-    for fallback in ("image", "img"):
-        if not image_columns and fallback in features:
-            return fallback
-    what = "several image columns" if image_columns else "no image column"
-    raise ConfigError(
-        f"dataset '{name}' has {what} (columns: {', '.join(columns)}). Pick one with image_column=."
-    )
-
-
-def _pick_label_column(features: Any, label_column: str | None, name: str) -> str | None:
-    import datasets
-
-    if label_column is not None:
-        if label_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{label_column}'. Columns: {', '.join(features)}."
-            )
-        return label_column
-    class_label_columns = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
-    if len(class_label_columns) == 1:
-        return class_label_columns[0]
-    return "label" if "label" in features else None
-
-
-def _label_names(dataset: Any, features: Any, column: str) -> list[str | None]:
-    import datasets
-
-    values = dataset.with_format("arrow")[column].to_pylist()  # arrow: ~1000x faster than a row loop
-    feature = features[column]
-    if isinstance(feature, datasets.ClassLabel):
-        # -1 is datasets' "no label" value
-        return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
-    return [None if v is None else str(v) for v in values]
-
-
-class _DatasetImages:
-    """One image column of a dataset, read without decoding: vlmcls decodes it itself, with its guards."""
-
-    def __init__(self, dataset: Any, column: str, base_dir: Path | None):
-        import datasets
-
-        images = dataset.select_columns([column])
-        if isinstance(images.features[column], datasets.Image):
-            images = images.cast_column(column, datasets.Image(decode=False))
-        self._images = images
-        self._column = column
-        self._base_dir = base_dir
-
-    def read(self, index: int) -> ImageData:
-        value = self._images[index][self._column]
-        if isinstance(value, dict):  # the Image feature's storage: {"bytes": ..., "path": ...}
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
-        if isinstance(value, Image.Image):
-            return value
-        if isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            return path if path.is_absolute() or self._base_dir is None else self._base_dir / path
-        raise ImageError(f"no image in column '{self._column}' (found {type(value).__name__})")
 
 
 # -- decoding -------------------------------------------------------------------------------------------
