@@ -51,7 +51,7 @@ def load_classes(spec: str | Path | Sequence[str]) -> list[str]:
 
 def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source_options: Any) -> list[ImageRecord]:
     """Image records from a source (folder, list file, image file, dataset) or an iterable of paths/records."""
-    if isinstance(images, (str, Path)):
+    if isinstance(images, (str, Path)) or _is_dataset(images):
         return list_images(images, **source_options)
     records = []
     for i, item in enumerate(images):
@@ -60,6 +60,11 @@ def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source
         else:
             records.append(ImageRecord(id=str(item), path=Path(item), label=None, source_index=i))
     return records
+
+
+def _is_dataset(obj: Any) -> bool:
+    """An in-memory HF ``Dataset``/``DatasetDict`` (listed by list_images, not iterated as paths)."""
+    return type(obj).__module__.startswith("datasets.")
 
 
 @dataclass

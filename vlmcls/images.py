@@ -43,6 +43,7 @@ __all__ = [
     "load_image",
     "content_key",
     "iter_decoded_batches",
+    "decode_and_preprocess",
 ]
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def iter_decoded_batches(
             "num_workers and prefetch_batches must be 0 or more, "
             f"got '{num_workers}' and '{prefetch_batches}'."
         )
-    decode = functools.partial(_decode_and_preprocess, preprocess=preprocess, max_pixels=max_pixels)
+    decode = functools.partial(decode_and_preprocess, preprocess=preprocess, max_pixels=max_pixels)
     window = batch_size * (prefetch_batches + 1)
     records_ok: list[ImageRecord] = []
     tensors: list[torch.Tensor] = []
@@ -308,7 +309,7 @@ def iter_decoded_batches(
         yield take_batch()
 
 
-def _decode_and_preprocess(
+def decode_and_preprocess(
     record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None
 ) -> Any:
     """The preprocessed tensor of one record, or the reason it failed (never raises)."""

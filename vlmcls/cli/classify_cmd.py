@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from ..api import Classifier, ClassificationResult
+from ..cache import Store
 from ..descriptors import DescriptorSet
+from ..errors import ConfigError
 from ..llm import LLMClient
 from ..methods import MethodOptions
 from ..refine import RefinerOptions
@@ -76,6 +78,12 @@ def classify(
     llm_seed: Optional[int] = LLM_SEED_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
+    engine: str = typer.Option("single", "--engine", help="single (this process) or ray (Ray Data, many workers or machines).", rich_help_panel="Scale out"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto); default: start Ray locally.", rich_help_panel="Scale out"),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="Encoder actors (default: one per GPU, else 7 in 8 CPUs).", rich_help_panel="Scale out"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Ray: write sharded predictions into this folder.", rich_help_panel="Scale out"),
+    output_format: str = typer.Option("parquet", "--output-format", help="Ray shards: parquet or jsonl.", rich_help_panel="Scale out"),
+    no_collect: bool = typer.Option(False, "--no-collect", help="Ray: leave predictions in --output-dir only (for very large runs).", rich_help_panel="Scale out"),
     support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter: a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
     tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
     tip_beta: Optional[float] = typer.Option(None, "--tip-beta", help="Tip-Adapter sharpness β (default 1).", rich_help_panel="Refiners"),
@@ -89,8 +97,14 @@ def classify(
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
-    clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                     batch_size=batch_size, num_workers=workers)
+    if engine not in ("single", "ray"):
+        raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
+    if engine == "single" and (ray_address or ray_workers or output_dir or no_collect):
+        raise ConfigError("--ray-address, --ray-workers, --output-dir and --no-collect need --engine ray.")
+    clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
+    if engine == "single" or dry_run:
+        clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
+                         batch_size=batch_size, num_workers=workers)
     source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     refiners = RefinerOptions(
         support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune, self_cache=self_cache,
@@ -106,14 +120,25 @@ def classify(
     llm = None
     if needs_llm:
         config = llm_config_from_options(llm_model, base_url, api_key_env, llm_timeout, llm_retries, llm_concurrency, llm_seed)
-        llm = options.llm = LLMClient(config, clf.store, refresh=refresh)
+        store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
+        llm = options.llm = LLMClient(config, store, refresh=refresh)
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)
             return
-        with progress_bar("encoding images", enabled=not quiet) as progress:
-            result = clf.classify(images, classes, method=method, options=options, top_k=top_k, progress=progress,
-                                  **source_options)
+        if engine == "ray":
+            from ..distributed import classify_with_ray
+
+            result = classify_with_ray(
+                model, images, classes, method=method, options=options, top_k=top_k, batch_size=batch_size,
+                device=device, precision=precision, num_workers=ray_workers, ray_address=ray_address,
+                output_dir=output_dir, output_format=output_format, collect=not no_collect,
+                cache_dir=cache_dir, **source_options,
+            )
+        else:
+            with progress_bar("encoding images", enabled=not quiet) as progress:
+                result = clf.classify(images, classes, method=method, options=options, top_k=top_k,
+                                      progress=progress, **source_options)
     finally:
         if llm is not None:
             llm.close()
@@ -127,7 +152,7 @@ def classify(
         render_result(result, out_path, explain)
     if out_path is not None and result.warnings:
         write_rows(result.warnings, out_path.with_name(out_path.stem + ".warnings.jsonl"))
-    if result.errors or result.warnings:
+    if result.errors or result.warnings or result.stats.get("errors"):
         raise typer.Exit(EXIT_INPUT_ERRORS)
 
 
