@@ -7,6 +7,7 @@ checkout, or ``~/.cache/vlmcls``. Values are only ever ``str`` (JSON) or ``bytes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -52,11 +53,20 @@ def cache_key(kind: str, **parts: Any) -> str:
     return f"{kind}:{hashlib.sha256(payload.encode('utf-8')).hexdigest()}"
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (content addressing: a renamed file keeps its key)."""
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (content addressing: a renamed file keeps its key).
+
+    Memoised per process by (path, size, mtime), so a re-run in the same process reads no file twice.
+    """
+    st = os.stat(path)
+    return _file_digest(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
+        while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 

@@ -10,12 +10,12 @@ import hashlib
 import logging
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from .cache import file_digest
 from .errors import ConfigError, ModelLoadError
 from .model_ids import ModelSpec, parse_model_id
 
@@ -69,21 +69,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return _PRECISIONS[key]
 
 
-@lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files_fingerprint(paths: Sequence[Path]) -> str:
     """Content hash of weight/config files (memoised per process by path, size and mtime)."""
     parts = []
     for p in sorted(paths):
-        st = p.stat()
-        parts.append(f"{p.name}={_file_sha256(str(p), st.st_size, st.st_mtime_ns)}")
+        parts.append(f"{p.name}={file_digest(p)}")
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:32]
 
 
