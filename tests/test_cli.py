@@ -138,3 +138,14 @@ def test_a_folder_of_only_bad_files_gives_only_error_rows(tiny_open_clip, tmp_pa
     assert result.exit_code == 1
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["label"] for r in rows] == [None, None] and all(r["error"] for r in rows)
+
+
+def test_classify_report_is_one_offline_file_with_the_error_rows(tiny_open_clip, photo_folder, tmp_path):
+    report = tmp_path / "r.html"
+    result = _invoke("classify", photo_folder, "--classes", "cat,<b>dog</b>", "--model", f"local-dir:{tiny_open_clip}",
+                     "--report", report, "-q")
+    assert result.exit_code == 1
+    html = report.read_text()
+    assert "empty.jpg" in html and "empty file" in html  # the error rows are shown
+    assert "&lt;b&gt;dog&lt;/b&gt;" in html and "<b>dog</b>" not in html  # class names escaped
+    assert "http://" not in html and "https://" not in html and "data:image/" in html  # thumbnails inline

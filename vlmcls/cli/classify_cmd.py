@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..llm import LLMClient
 from ..methods import MethodOptions
 from ..refine import RefinerOptions
+from ..report import check_report_path
 from ..output import check_output_path, write_json, write_rows
 from .describe_cmd import (
     API_KEY_ENV_OPTION,
@@ -31,6 +32,7 @@ from .describe_cmd import (
     llm_config_from_options,
     render_estimate,
 )
+from .eval_cmd import REPORT_OPTION, write_classify_report
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 
@@ -58,6 +60,7 @@ def classify(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
+    report: Optional[Path] = REPORT_OPTION,
     descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).", rich_help_panel="LLM"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="FuDD pair JSON to use instead of asking the LLM.", rich_help_panel="LLM"),
     export_descriptors: Optional[Path] = typer.Option(None, "--export-descriptors", help="Write the descriptors used to this JSON file.", rich_help_panel="LLM"),
@@ -97,6 +100,8 @@ def classify(
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
+    if report is not None:
+        check_report_path(report)
     if engine not in ("single", "ray"):
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
     if engine == "single" and (ray_address or ray_workers or output_dir or no_collect):
@@ -113,7 +118,7 @@ def classify(
     )
     extra = {"fudd_k": fudd_k, "fudd_rank": fudd_rank, "fudd_base": fudd_base, "max_pairs": max_pairs,
              "token_budget": token_budget, "pairs_file": pairs}
-    options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain, refiners=refiners,
+    options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain or report is not None, refiners=refiners,
                             descriptors=descriptors, prompts_dir=str(prompts) if prompts else None,
                             domain_hint=domain_hint, extra=extra)
     needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd")))
@@ -148,6 +153,8 @@ def classify(
         write_json(export_pairs, result.artifacts["pairs"])
     if out_path is not None:
         write_rows(result.rows(), out_path)
+    if report is not None:
+        write_classify_report(result, report, images, source_options, model, quiet)
     if not quiet:
         render_result(result, out_path, explain)
     if out_path is not None and result.warnings:

@@ -1,0 +1,260 @@
+"""`vlmcls eval DATA --classes … --methods name,templates`: score methods on labelled images, side by side.
+
+The images are encoded once and every method runs on the same features. Prints the comparison table and the
+per-class table of the best method; ``--output`` saves everything as JSON, ``--report`` as one HTML file.
+Exit code 1 when some images could not be read or some method failed (the others are still reported).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ConfigError
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from .describe_cmd import (
+    API_KEY_ENV_OPTION,
+    BASE_URL_OPTION,
+    DOMAIN_HINT_OPTION,
+    LLM_CONCURRENCY_OPTION,
+    LLM_MODEL_OPTION,
+    LLM_RETRIES_OPTION,
+    LLM_SEED_OPTION,
+    LLM_TIMEOUT_OPTION,
+    REFRESH_OPTION,
+)
+from .prompts_cmd import PROMPTS_DIR_OPTION
+
+__all__ = ["register", "eval_command", "REPORT_OPTION", "write_classify_report", "parse_method_options",
+           "render_comparison", "render_per_class"]
+
+# The --report flag, shared with `vlmcls classify --report` so both commands spell it the same.
+REPORT_OPTION = typer.Option(
+    None, "--report", help="Write one self-contained HTML report (tables, charts, a gallery, the error rows) here."
+)
+_PER_CLASS_ROWS = 40
+
+
+def parse_method_options(items: List[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs for method-specific settings; a VALUE that parses as JSON (5, 0.5, true) is used as such."""
+    extra: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"method option '{item}' is not KEY=VALUE, e.g. --method-option fudd_k=5.")
+        try:
+            extra[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key.strip()] = value
+    return extra
+
+
+@handle_errors
+def eval_command(
+    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
+    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
+    methods: str = typer.Option("name,templates", "--methods", help="Comma-separated methods to compare on the same image features."),
+    model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
+    report: Optional[Path] = REPORT_OPTION,
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    templates: Optional[str] = typer.Option(None, "--templates", "-t", help="Template set (name, photo, small, imagenet80) or a file with one '{}' template per line."),
+    aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity or mean_embedding; default per method."),
+    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="A CbD descriptor JSON for the methods that use descriptors."),
+    domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
+    prompts: Optional[Path] = PROMPTS_DIR_OPTION,
+    method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method's own settings (repeatable), e.g. fudd_k=5 or pairs_file=pairs.json."),
+    unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Dataset column holding labels."),
+    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (for a DatasetDict)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding threads (default: by CPU count)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    llm_model: str = LLM_MODEL_OPTION,
+    base_url: Optional[str] = BASE_URL_OPTION,
+    api_key_env: str = API_KEY_ENV_OPTION,
+    llm_timeout: float = LLM_TIMEOUT_OPTION,
+    llm_retries: int = LLM_RETRIES_OPTION,
+    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
+    llm_seed: Optional[int] = LLM_SEED_OPTION,
+    refresh: bool = REFRESH_OPTION,
+    support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter (method tip, or METHOD+tip): a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
+    tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
+    tip_beta: Optional[float] = typer.Option(None, "--tip-beta", help="Tip-Adapter sharpness β (default 1).", rich_help_panel="Refiners"),
+    tune: bool = typer.Option(False, "--tune", help="Pick α and β by leave-one-out on the support set.", rich_help_panel="Refiners"),
+    label_space: Optional[str] = typer.Option(None, "--label-space", help="Fréchet mean (METHOD+frechet): labels that may be predicted (file or comma list).", rich_help_panel="Refiners"),
+    hierarchy: Optional[Path] = typer.Option(None, "--hierarchy", help="Label metric from parent/child edges: E[d²] for every method, and the metric of METHOD+frechet.", rich_help_panel="Refiners"),
+    distances: Optional[Path] = typer.Option(None, "--distances", help="Label metric from a named distance matrix (.csv, .npy), used like --hierarchy.", rich_help_panel="Refiners"),
+    self_metric: bool = typer.Option(False, "--self-metric", help="Label metric from the labels' text embeddings, used like --hierarchy.", rich_help_panel="Refiners"),
+    frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+) -> None:
+    """Compare methods on labelled images: top-1, top-k, mean per-class recall, LLM calls, tokens and time.
+
+    A method is a registered name, optionally with refiners after '+': templates+tip, cbd+frechet, name+tfup.
+    """
+    from ..api import Classifier, load_classes
+    from ..cache import Store
+    from ..evaluate import evaluate, options_for_spec, parse_methods, write_json
+    from ..llm import LLMClient, LLMConfig
+    from ..methods import MethodOptions
+    from ..refine import RefinerOptions, load_label_metric
+    from ..report import check_report_path, write_report
+
+    # Everything a user can get wrong is checked before the model loads or any image is encoded.
+    names = parse_methods(methods)
+    class_names = load_classes(classes)
+    if output is not None and output.suffix.lower() != ".json":
+        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; eval results are saved as .json.")
+    report_path = check_report_path(report) if report is not None else None
+    if descriptors is not None and not descriptors.is_file():
+        raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
+    refiners = RefinerOptions(support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune,
+                              label_space=label_space, hierarchy=hierarchy, distances=distances,
+                              self_metric=self_metric, frechet_top_k=frechet_top_k)
+    for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
+        options_for_spec(spec, MethodOptions(refiners=refiners))
+    extra = parse_method_options(method_option)
+    config = LLMConfig(model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=llm_timeout,
+                       max_retries=llm_retries, max_concurrency=llm_concurrency, seed=llm_seed)
+
+    clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
+                     batch_size=batch_size, num_workers=workers)
+    source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
+    # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
+    label_metric = load_label_metric(clf, refiners, class_names)[0] if refiners.frechet else None
+    # The client only connects when a method asks the LLM something, so methods without one need no key.
+    with Store(cache_dir) as store, LLMClient(config, store, refresh=refresh) as client:
+        options = MethodOptions(
+            templates=templates, aggregation=aggregation, descriptors=str(descriptors) if descriptors else None,
+            llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint,
+            explain=report_path is not None, refiners=refiners, extra=extra,
+        )
+        with progress_bar("encoding images", enabled=not quiet) as progress:
+            result = evaluate(clf, data, class_names, names, options, top_k, label_metric=label_metric,
+                              unknown_labels=unknown_labels, progress=progress, **source_options)
+    if output is not None:
+        write_json(result.to_dict(), output)
+    if report_path is not None:
+        write_report(result, report_path)
+    if not quiet:
+        render_comparison(result)
+        render_per_class(result)
+        written = {"results": output, "report": report_path}
+        for what, where in written.items():
+            if where is not None:
+                console_err.print(f"{what}: {escape(str(where))}", highlight=False)
+    _render_failures(result)
+    if result.error_rows or any(not run.ok for run in result.runs):
+        raise typer.Exit(EXIT_INPUT_ERRORS)
+
+
+def render_comparison(result) -> None:
+    """The one table of every method: accuracy, costs and status."""
+    best = result.best
+    k = next((run.metrics.k for run in result.runs if run.metrics is not None), result.top_k)
+    squared = any(run.expected_squared_distance is not None for run in result.runs)
+    table = Table(title=f"methods on {result.images['labelled']} labelled images (accuracy and recall in %)",
+                  title_justify="left")
+    any_cached = any(run.info.get("llm_cached_answers") for run in result.runs)
+    for col in ("method", "top-1", f"top-{k}", "mean recall", *(["E[d²]"] if squared else []),
+                "LLM calls", *(["cached"] if any_cached else []), "tokens", "time s"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    for run in result.runs:
+        name = escape(run.method) + (" *" if best is not None and run is best and len(result.runs) > 1 else "")
+        if not run.ok:
+            cells = ["[red]failed[/red]", "", ""] + ([""] if squared else [])
+        else:
+            m = run.metrics
+            cells = [_pct(m.top1), _pct(m.top_k), _pct(m.mean_recall)]
+            if squared:
+                cells.append("-" if run.expected_squared_distance is None else f"{run.expected_squared_distance:.3f}")
+        # Answers read from the cache cost nothing this time; their column shows what a fresh run would ask.
+        cached = [f"{run.info.get('llm_cached_answers') or 0:,}"] if any_cached else []
+        table.add_row(name, *cells, f"{run.llm_calls:,}", *cached, f"{run.llm_tokens:,}", f"{run.seconds:.2f}")
+    console.print(table)
+    images = result.images
+    console_err.print(key_value_table("images", {
+        "total": images["total"],
+        "scored (labelled)": images["labelled"],
+        "without a label (left out)": images["unlabelled"],
+        "errors": images["errors"],
+        "encoded now / cached": f"{images['encoded']} / {images['cached']} (once, shared by every method)",
+        "encoding time": f"{images['encode_seconds']:.2f} s",
+    }))
+
+
+def render_per_class(result) -> None:
+    """Per-class recall and precision of the best method, lowest recall first when there are many classes."""
+    best = result.best
+    if best is None:
+        return
+    scores = list(best.metrics.per_class)
+    note = ""
+    if len(scores) > _PER_CLASS_ROWS:
+        scores = sorted(scores, key=lambda s: (s.recall is None, s.recall or 0.0))[:_PER_CLASS_ROWS]
+        note = f" (the {_PER_CLASS_ROWS} lowest recalls of {len(best.metrics.per_class)})"
+    table = Table(title=f"per class: {escape(best.method)}{note}", title_justify="left")
+    for col in ("class", "recall %", "precision %", "support", "predicted"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for s in scores:
+        table.add_row(escape(s.name), _pct(s.recall), _pct(s.precision), str(s.support), str(s.predicted))
+    console.print(table)
+    for pair in best.metrics.worst_confusions[:5]:
+        console.print(f"confused: {escape(pair.true)} → {escape(pair.predicted)} ({pair.count})", highlight=False)
+    if best.metrics.unknown_labels:
+        shown = ", ".join(f"'{escape(k)}' ({v})" for k, v in best.metrics.unknown_labels.items())
+        console_err.print(f"[yellow]counted as wrong[/yellow] (labels not among the classes): {shown}", highlight=False)
+
+
+def _render_failures(result) -> None:
+    for run in result.runs:
+        if not run.ok:
+            console_err.print(f"[red]method {escape(run.method)} failed:[/red] {escape(run.error or '')}", highlight=False)
+    for pred in result.error_rows[:10]:
+        console_err.print(f"[red]error[/red] {escape(pred.id)}: {escape(pred.error or '')}", highlight=False)
+    if len(result.error_rows) > 10:
+        console_err.print(f"… and {len(result.error_rows) - 10} more errors (all are in the results and the report)")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
+                          model: str | None = None, quiet: bool = False) -> Path:
+    """For `classify --report`: the same HTML report without labels (summary, predicted classes, gallery, errors).
+
+    ``images`` is the classify source; it is listed again (no decoding) so dataset rows get thumbnails too.
+    Call ``vlmcls.report.check_report_path`` before the run to fail early on a bad path.
+    """
+    from ..api import as_records
+    from ..report import write_report
+
+    records = None
+    if images is not None:
+        try:
+            records = as_records(images, **(source_options or {}))
+        except ConfigError:  # the run already read this source; without records, thumbnails come from paths
+            records = None
+    path = write_report(result, report_path, records=records, data=str(images) if images is not None else None,
+                        model=model)
+    if not quiet:
+        console_err.print(f"report: {escape(str(path))}", highlight=False)
+    return path
+
+
+def register(root: typer.Typer) -> None:
+    """Add `eval` to the root app as a plain command."""
+    root.command("eval", help="Compare methods on labelled images: accuracy, per-class recall, confusions, costs.")(
+        eval_command
+    )

@@ -1,0 +1,513 @@
+"""One self-contained HTML report of an eval (or a classify) run: tables, inline SVG charts, a thumbnail gallery.
+
+The report is a single file that opens offline: inline CSS, inline SVG, thumbnails as base64 JPEG data URIs, no
+script and no external URL; a Content-Security-Policy forbids scripts and remote loads as a second line of
+defence. Every string that comes from outside this module — class names, descriptors and explanations written
+by an LLM, prompt text, file paths, error messages, method names — goes through :func:`html.escape` with
+``quote=True`` before it reaches the page.
+
+The renderer works on the plain results dict (``EvalReport.to_dict()``, the same thing ``--output`` saves), so a
+saved results file can be rendered again. Eval reports show the summary table, the confusion matrix, per-class
+recall bars, the worst confusions, a gallery (misclassified images first, worst confusions first) and the error
+rows. Reports without labels (``classify --report``) show the summary, the predicted-class counts, a gallery of
+the least confident images first, and the error rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .errors import ConfigError, ImageError
+
+if TYPE_CHECKING:
+    from .api import ClassificationResult
+    from .evaluate import EvalReport
+    from .images import ImageRecord
+
+__all__ = [
+    "GALLERY_LIMIT",
+    "REPORT_SUFFIXES",
+    "check_report_path",
+    "classification_to_dict",
+    "select_gallery",
+    "thumbnail_data_uri",
+    "render_report",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+GALLERY_LIMIT = 60  # thumbnails in the gallery: enough to see the failure modes, small enough to open fast
+REPORT_SUFFIXES = (".html", ".htm")
+_MATRIX_CLASSES = 40  # larger confusion matrices show the classes involved in the most confusions
+_BAR_CLASSES = 80  # per-class bars show the classes with the lowest recall first, up to this many
+_PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#65a30d", "#b45309")
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
+padding:0 16px;color:#1f2937;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+.meta{color:#6b7280;margin:0 0 16px;word-break:break-all}
+table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #e5e7eb;padding:3px 8px;text-align:left;
+vertical-align:top}th{background:#f9fafb}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.best td{background:#eff6ff}.failed{color:#b91c1c}.note{color:#6b7280;font-size:13px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}
+.card{border:1px solid #e5e7eb;border-radius:6px;padding:8px;overflow:hidden}.card.wrong{border-color:#fca5a5}
+.card img{display:block;width:96px;height:96px;object-fit:contain;background:#f3f4f6;float:left;margin:0 8px 4px 0}
+.noimg{float:left;width:96px;height:96px;margin:0 8px 4px 0;background:#f3f4f6;color:#9ca3af;font-size:11px;
+display:flex;align-items:center;justify-content:center}
+.name{font-size:12px;color:#6b7280;word-break:break-all;clear:none}.truth{font-weight:600}
+ol.topk{clear:both;margin:4px 0 0;padding-left:20px}ol.topk li.hit{font-weight:600;color:#15803d}
+.bar{display:inline-block;height:7px;background:#93c5fd;vertical-align:middle;margin-left:6px}
+.others{font-size:12px;margin-top:4px}.ok{color:#15803d}.bad{color:#b91c1c}
+details{margin:4px 0}summary{cursor:pointer;color:#374151}dl{margin:2px 0;font-size:12px}dt{font-weight:600}
+dd{margin:0 0 2px 12px;word-break:break-word}ul.plain{margin:2px 0;padding-left:16px;font-size:12px}
+svg text{font:11px system-ui,sans-serif;fill:#374151}
+"""
+
+# No script may run and nothing may load from anywhere but the page itself, even if escaping were ever missed.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(value: Any) -> str:
+    """Escape anything for HTML text and attribute values."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _short(text: Any, limit: int) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else _e(value if value is not None else 0)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """Fail before any work when the report path does not end in .html or its folder cannot be made."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise ConfigError(f"report '{path}' has suffix '{path.suffix}'; a report is one HTML file: use .html.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def classification_to_dict(result: "ClassificationResult", *, data: str | None = None,
+                           model: str | None = None) -> dict[str, Any]:
+    """A classify run in the results-dict shape of an eval, with no labels and so no metrics."""
+    from .evaluate import json_safe, prediction_row
+
+    stats = result.stats
+    info = {k: v for k, v in stats.items() if k not in ("method", "llm_calls", "llm_tokens")}
+    return {
+        "format": "vlmcls-classify/1",
+        "data": data,
+        "model": model,
+        "classes": list(result.class_names),
+        "top_k": max((len(p.top_k) for p in result.ok), default=0),
+        "images": {"total": len(result.predictions), "classified": len(result.ok), "errors": len(result.errors),
+                   "encoded": stats.get("encoded"), "cached": stats.get("cached")},
+        "best_method": stats.get("method"),
+        "methods": [{
+            "method": stats.get("method"), "status": "ok", "error": None,
+            "llm_calls": stats.get("llm_calls", 0), "llm_tokens": stats.get("llm_tokens", 0),
+            "seconds": stats.get("seconds", stats.get("method_seconds")), "expected_squared_distance": None,
+            "metrics": None, "info": json_safe(info), "warnings": json_safe(result.warnings),
+            "predictions": [prediction_row(p) for p in result.ok],
+        }],
+        "errors": [prediction_row(p) for p in result.errors],
+    }
+
+
+def _best_run(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    runs = [m for m in results.get("methods", []) if m.get("status") == "ok"]
+    for run in runs:
+        if run.get("method") == results.get("best_method"):
+            return run
+    return runs[0] if runs else None
+
+
+def select_gallery(results: Mapping[str, Any], limit: int = GALLERY_LIMIT) -> list[dict[str, Any]]:
+    """The gallery's rows of the best method: misclassified first — one image of each confusion in turn, worst
+    confusion first, most confident mistake first — then the least confident of the rest. Without labels: least
+    confident first."""
+    best = _best_run(results)
+    if best is None or limit <= 0:
+        return []
+    rows = list(best.get("predictions", []))
+    metrics = best.get("metrics")
+
+    def confidence(row: Mapping[str, Any]) -> float:
+        return float(row["top_k"][0]["prob"]) if row.get("top_k") else 0.0
+
+    if not metrics:
+        return sorted(rows, key=confidence)[:limit]
+    pair_rank = {(c["true"], c["predicted"]): i for i, c in enumerate(metrics.get("worst_confusions", []))}
+    by_pair: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("true_label") is not None and row.get("label") != row.get("true_label"):
+            by_pair.setdefault((row["true_label"], row["label"]), []).append(row)
+    groups = [sorted(by_pair[pair], key=lambda r: -confidence(r))
+              for pair in sorted(by_pair, key=lambda pair: pair_rank.get(pair, len(pair_rank)))]
+    # Round-robin over the confusions, worst first, so one big confusion cannot fill the whole gallery.
+    wrong = [group[i] for i in range(max(map(len, groups), default=0)) for group in groups if i < len(group)]
+    rest = [r for r in rows if r.get("true_label") is None or r.get("label") == r.get("true_label")]
+    return (wrong + sorted(rest, key=confidence))[:limit]
+
+
+def thumbnail_data_uri(source: Any, size: int = 96) -> str | None:
+    """A small JPEG of an image (a record, path or bytes) as a data URI, or None when it cannot be read."""
+    from .images import load_image
+
+    try:
+        image = load_image(source)
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=75)
+    except (ImageError, ConfigError, OSError, ValueError) as exc:
+        log.info("no thumbnail for '%s': %s", getattr(source, "id", source), exc)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# -- sections -------------------------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] = frozenset(),
+           row_classes: Sequence[str] | None = None) -> str:
+    """A table from already-escaped cells."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        css = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _summary_section(results: Mapping[str, Any]) -> str:
+    runs = results.get("methods", [])
+    labelled = any(run.get("metrics") for run in runs)
+    k = next((run["metrics"]["k"] for run in runs if run.get("metrics")), results.get("top_k"))
+    show_squared = any(run.get("expected_squared_distance") is not None for run in runs)
+    headers = ["method"] + (["top-1 %", f"top-{k} %", "mean recall %"] if labelled else [])
+    headers += (["E[d²]"] if show_squared else []) + ["LLM calls", "tokens", "seconds", "status"]
+    rows, css = [], []
+    for run in runs:
+        metrics = run.get("metrics") or {}
+        row = [_e(run.get("method"))]
+        if labelled:
+            row += [_pct(metrics.get("top1")), _pct(metrics.get("top_k")), _pct(metrics.get("mean_recall"))]
+        if show_squared:
+            row.append(_num(run.get("expected_squared_distance")))
+        status = "ok" if run.get("status") == "ok" else f'<span class="failed">{_e(run.get("error") or "failed")}</span>'
+        cached = (run.get("info") or {}).get("llm_cached_answers")
+        calls = _count(run.get("llm_calls")) + (f" (+{_count(cached)} cached)" if cached else "")
+        row += [calls, _count(run.get("llm_tokens")), _num(run.get("seconds"), 2), status]
+        rows.append(row)
+        css.append("best" if run.get("method") == results.get("best_method") and len(runs) > 1 else "")
+    numeric = set(range(1, len(headers) - 1))
+    images = results.get("images", {})
+    facts = ", ".join(f"{_e(key)}: {_e(value)}" for key, value in images.items() if value is not None)
+    return (f"<h2>Summary</h2>{_table(headers, rows, numeric, css)}"
+            f'<p class="note">images — {facts}</p>')
+
+
+def _confusion_svg(results: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    names = list(run["metrics"].get("labels") or results.get("classes", []))
+    matrix = run["metrics"]["confusion"]  # [L, L] true × predicted
+    shown = list(range(len(names)))
+    note = ""
+    if len(names) > _MATRIX_CLASSES:
+        involvement = [sum(matrix[c]) - matrix[c][c] + sum(row[c] for row in matrix) - matrix[c][c]
+                       for c in range(len(names))]
+        shown = sorted(sorted(range(len(names)), key=lambda c: -involvement[c])[:_MATRIX_CLASSES])
+        note = (f'<p class="note">{len(names)} classes: showing the {_MATRIX_CLASSES} involved in the most '
+                "confusions.</p>")
+    cell = max(10, min(34, 640 // max(1, len(shown))))
+    label_chars = min(24, max((len(names[c]) for c in shown), default=1))
+    margin = 12 + int(label_chars * 6.3)
+    size = margin + cell * len(shown)
+    parts = [f'<svg width="{size + int(label_chars * 3.3) + 10}" height="{size + 10}" '
+             f'role="img" aria-label="confusion matrix">']
+    for i, c in enumerate(shown):
+        label = _e(_short(names[c], 24))
+        y = margin + i * cell + cell / 2 + 4
+        parts.append(f'<text x="{margin - 4}" y="{y:.1f}" text-anchor="end"><title>{_e(names[c])}</title>{label}</text>')
+        x = margin + i * cell + cell / 2 + 4
+        parts.append(f'<text x="{x:.1f}" y="{margin - 4}" transform="rotate(-60 {x:.1f} {margin - 4})">'
+                     f"<title>{_e(names[c])}</title>{label}</text>")
+    for i, t in enumerate(shown):
+        row_total = sum(matrix[t]) or 1
+        for j, p in enumerate(shown):
+            count = matrix[t][p]
+            share = count / row_total
+            colour = "37,99,235" if t == p else "220,38,38"
+            x, y = margin + j * cell, margin + i * cell
+            tip = f"true {names[t]} → predicted {names[p]}: {count} ({100 * share:.1f}% of {names[t]})"
+            parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="rgba({colour},{0.06 + 0.94 * share:.3f})" '
+                         f'stroke="#fff"><title>{_e(tip)}</title></rect>')
+            if count and cell >= 18:
+                ink = "#fff" if share > 0.5 else "#111827"
+                parts.append(f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" text-anchor="middle" '
+                             f'style="fill:{ink}">{count}</text>')
+    parts.append("</svg>")
+    return ("<h2>Confusion matrix</h2>"
+            f'<p class="note">method {_e(run.get("method"))}; rows: true class, columns: predicted class; colour: '
+            "share of the row (blue: right, red: confused). Hover a cell for its numbers.</p>"
+            + note + "".join(parts))
+
+
+def _per_class_section(results: Mapping[str, Any], best: Mapping[str, Any]) -> str:
+    runs = [run for run in results.get("methods", []) if run.get("status") == "ok" and run.get("metrics")]
+    best_scores = best["metrics"]["per_class"]
+    names = [score["name"] for score in best_scores]
+    by_name = [{score["name"]: score for score in run["metrics"]["per_class"]} for run in runs]
+    order = sorted(range(len(names)), key=lambda c: (best_scores[c]["recall"] is None, best_scores[c]["recall"] or 0))
+    order = [c for c in order if best_scores[c]["support"]][:_BAR_CLASSES]
+    bar_height, gap = 7, 6
+    row_height = bar_height * len(runs) + gap
+    label_width = 12 + int(min(24, max((len(names[c]) for c in order), default=1)) * 6.3)
+    width, chart = 760, 760 - label_width - 60
+    legend_height = 20
+    height = legend_height + row_height * len(order) + 4
+    parts = [f'<svg width="{width}" height="{height}" role="img" '
+             f'aria-label="per-class recall">']
+    for m, run in enumerate(runs):
+        x = label_width + m * 150
+        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{_PALETTE[m % len(_PALETTE)]}"/>'
+                     f'<text x="{x + 14}" y="13">{_e(_short(run["method"], 20))}</text>')
+    for i, c in enumerate(order):
+        y0 = legend_height + i * row_height
+        parts.append(f'<text x="{label_width - 6}" y="{y0 + row_height / 2 + 2:.1f}" text-anchor="end">'
+                     f"<title>{_e(names[c])}</title>{_e(_short(names[c], 24))}</text>")
+        for m, run in enumerate(runs):
+            score = by_name[m].get(names[c])
+            if score is None:
+                continue
+            recall = score["recall"] or 0.0
+            y = y0 + m * bar_height
+            tip = (f"{names[c]} — {run['method']}: recall {_pct(score['recall'])}%, precision "
+                   f"{_pct(score['precision'])}%, support {score['support']}")
+            parts.append(f'<rect x="{label_width}" y="{y}" width="{max(1.0, recall * chart):.1f}" '
+                         f'height="{bar_height - 1}" fill="{_PALETTE[m % len(_PALETTE)]}"><title>{_e(tip)}</title></rect>')
+        parts.append(f'<text x="{label_width + chart + 6}" y="{y0 + row_height / 2 + 2:.1f}">'
+                     f'{_pct(best_scores[c]["recall"])}</text>')
+    parts.append("</svg>")
+    shown = "" if len(order) == len(names) else f" (the {len(order)} lowest of {len(names)})"
+    rows = [[_e(s["name"]), _pct(s["recall"]), _pct(s["precision"]), _e(s["support"]), _e(s["predicted"])]
+            for s in best_scores]
+    table = _table(["class", "recall %", "precision %", "support", "predicted"], rows, {1, 2, 3, 4})
+    return (f"<h2>Per-class recall</h2><p class=\"note\">lowest recall of {_e(best['method'])} first{shown}; "
+            "the number is its recall %.</p>" + "".join(parts)
+            + f"<details><summary>per-class table ({_e(best['method'])})</summary>{table}</details>")
+
+
+def _confusions_section(best: Mapping[str, Any], limit: int = 20) -> str:
+    pairs = best["metrics"].get("worst_confusions", [])
+    if not pairs:
+        return "<h2>Worst confusions</h2><p>None: every labelled image was classified right.</p>"
+    support = {s["name"]: s["support"] for s in best["metrics"]["per_class"]}
+    rows = [[_e(p["true"]), _e(p["predicted"]), _e(p["count"]), _pct(p["count"] / (support.get(p["true"]) or 1))]
+            for p in pairs[:limit]]
+    return (f"<h2>Worst confusions</h2><p class=\"note\">{_e(best['method'])}, most frequent first.</p>"
+            + _table(["true class", "predicted as", "images", "% of the true class"], rows, {2, 3}))
+
+
+def _distribution_section(results: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for row in run.get("predictions", []):
+        counts[row["label"]] = counts.get(row["label"], 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:_BAR_CLASSES]
+    if not ranked:
+        return ""
+    top = ranked[0][1]
+    label_width = 12 + int(min(24, max(len(name) for name, _ in ranked)) * 6.3)
+    chart, height = 560, 16 * len(ranked) + 4
+    parts = [f'<svg width="{label_width + chart + 60}" height="{height}" role="img" '
+             'aria-label="predicted classes">']
+    for i, (name, count) in enumerate(ranked):
+        y = i * 16
+        parts.append(f'<text x="{label_width - 6}" y="{y + 11}" text-anchor="end"><title>{_e(name)}</title>'
+                     f'{_e(_short(name, 24))}</text><rect x="{label_width}" y="{y + 2}" width="{max(1.0, chart * count / top):.1f}" '
+                     f'height="11" fill="{_PALETTE[0]}"/><text x="{label_width + chart * count / top + 4:.1f}" y="{y + 11}">{count}</text>')
+    parts.append("</svg>")
+    return f"<h2>Predicted classes</h2><p class=\"note\">images per predicted class, most first.</p>{''.join(parts)}"
+
+
+def _render_value(value: Any, depth: int = 0) -> str:
+    """An explanation (any JSON value) as compact nested HTML; every string escaped."""
+    if depth > 4:
+        return _e(_short(value, 200))
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, Mapping):
+        items = list(value.items())[:30]
+        return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_render_value(v, depth + 1)}</dd>" for k, v in items) + "</dl>"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+        columns = list(dict.fromkeys(k for v in value for k in v))
+        if len(columns) <= 6 and all(not isinstance(x, (Mapping, list, tuple)) for v in value for x in v.values()):
+            rows = [[_render_value(v.get(c), depth + 1) for c in columns] for v in value[:20]]
+            return _table(columns, rows) + (f"<p class=\"note\">… {len(value) - 20} more</p>" if len(value) > 20 else "")
+    if isinstance(value, (list, tuple)):
+        more = f"<li>… {len(value) - 20} more</li>" if len(value) > 20 else ""
+        return ('<ul class="plain">' + "".join(f"<li>{_render_value(v, depth + 1)}</li>" for v in value[:20])
+                + more + "</ul>")
+    return _e(_short(value, 400))
+
+
+def _gallery_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], limit: int) -> str:
+    rows = select_gallery(results, limit)
+    best = _best_run(results)
+    if not rows or best is None:
+        return ""
+    ok_runs = [run for run in results.get("methods", []) if run.get("status") == "ok"]
+    others = {run["method"]: {p["id"]: p["label"] for p in run.get("predictions", [])} for run in ok_runs if run is not best}
+    # Every method's reasons, not only the best one's: the descriptors behind a cbd answer matter beside templates.
+    reasons = {run["method"]: {p["id"]: p["explanation"] for p in run.get("predictions", []) if p.get("explanation")}
+               for run in sorted(ok_runs, key=lambda run: run is not best)}  # the best method's reasons first
+    cards = []
+    for row in rows:
+        truth = row.get("true_label")
+        wrong = truth is not None and row.get("label") != truth
+        uri = thumbnails.get(row["id"])
+        picture = f'<img src="{_e(uri)}" alt="">' if uri else '<div class="noimg">no preview</div>'
+        where = row.get("path") or row["id"]
+        shown_name = "/".join(Path(str(where)).parts[-2:]) or str(where)  # class folder and file name
+        head = f'<div class="name" title="{_e(where)}">{_e(_short(shown_name, 60))}</div>'
+        if truth is not None:
+            mark = '<span class="bad">✗</span>' if wrong else '<span class="ok">✓</span>'
+            head += f'<div>true: <span class="truth">{_e(truth)}</span> {mark}</div>'
+        ranked = "".join(
+            f'<li class="{"hit" if c["label"] == truth else ""}">{_e(c["label"])} {_num(c["prob"])}'
+            f'<span class="bar" style="width:{max(0.0, min(1.0, float(c["prob"]))) * 80:.0f}px"></span></li>'
+            for c in row.get("top_k", []))
+        other = ""
+        if others:
+            marks = []
+            for method, labels in others.items():
+                label = labels.get(row["id"])
+                css = "" if truth is None else ("ok" if label == truth else "bad")
+                marks.append(f'{_e(method)}: <span class="{css}">{_e(label if label is not None else "–")}</span>')
+            other = f'<div class="others">{"; ".join(marks)}</div>'
+        why = "".join(f"<details><summary>why ({_e(method)})</summary>{_render_value(by_id[row['id']])}</details>"
+                      for method, by_id in reasons.items() if row["id"] in by_id)
+        cards.append(f'<div class="card{" wrong" if wrong else ""}">{picture}{head}<ol class="topk">{ranked}</ol>'
+                     f"{other}{why}</div>")
+    total = len(best.get("predictions", []))
+    order = ("misclassified first, one image of each confusion in turn, worst confusion first"
+             if best.get("metrics") else "least confident first")
+    return (f"<h2>Gallery</h2><p class=\"note\">{len(rows)} of {total} images of {_e(best['method'])}, {order}.</p>"
+            f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def _errors_section(results: Mapping[str, Any], limit: int = 500) -> str:
+    rows = results.get("errors", [])
+    if not rows:
+        return "<h2>Error rows</h2><p>None: every image was read.</p>"
+    shown = [[_e(r.get("path") or r.get("id")), _e(r.get("error")), _e(r.get("true_label") or "")] for r in rows[:limit]]
+    more = f'<p class="note">… {len(rows) - limit} more in the results file.</p>' if len(rows) > limit else ""
+    return f"<h2>Error rows ({len(rows)})</h2>" + _table(["image", "error", "true label"], shown) + more
+
+
+def _warnings_section(results: Mapping[str, Any]) -> str:
+    items = [(run.get("method"), w) for run in results.get("methods", []) for w in run.get("warnings") or []]
+    if not items:
+        return ""
+    rows = [[_e(method), _render_value(warning)] for method, warning in items[:200]]
+    return (f"<details><summary>method warnings ({len(items)})</summary>"
+            + _table(["method", "warning"], rows) + "</details>")
+
+
+# -- the page -------------------------------------------------------------------------------------------------
+
+
+def render_report(results: Mapping[str, Any], thumbnails: Mapping[str, str] | None = None, *,
+                  title: str | None = None, gallery_limit: int = GALLERY_LIMIT) -> str:
+    """The HTML page for a results dict (eval or classify); ``thumbnails`` maps image id to a data URI."""
+    thumbnails = thumbnails or {}
+    best = _best_run(results)
+    labelled = best is not None and bool(best.get("metrics"))
+    title = title or ("vlmcls eval report" if labelled else "vlmcls classification report")
+    meta = " · ".join(f"{label}: {_e(value)}" for label, value in (
+        ("data", results.get("data")), ("model", results.get("model")),
+        ("classes", len(results.get("classes", []))), ("best method", results.get("best_method") if labelled else None),
+    ) if value is not None)
+    sections = [_summary_section(results)]
+    if labelled:
+        sections += [_confusion_svg(results, best), _per_class_section(results, best), _confusions_section(best)]
+    elif best is not None:
+        sections.append(_distribution_section(results, best))
+    sections += [_gallery_section(results, thumbnails, gallery_limit), _errors_section(results),
+                 _warnings_section(results)]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p class=\"meta\">{meta}</p>" + "".join(sections) + "</body></html>\n"
+    )
+
+
+def write_report(
+    report: "EvalReport | ClassificationResult | Mapping[str, Any]",
+    path: str | os.PathLike,
+    *,
+    records: Sequence["ImageRecord"] | None = None,
+    title: str | None = None,
+    data: str | None = None,
+    model: str | None = None,
+    gallery_limit: int = GALLERY_LIMIT,
+    thumbnail_size: int = 96,
+) -> Path:
+    """Render an eval report, a classify result or a results dict to one HTML file (written atomically).
+
+    Thumbnails are made for the gallery's images only, from ``records`` (dataset rows need them; an
+    ``EvalReport`` brings its own) or else from each prediction's path.
+    """
+    from .api import ClassificationResult
+    from .evaluate import EvalReport
+
+    path = check_report_path(path)
+    if isinstance(report, EvalReport):
+        records = records if records is not None else report.records
+        results: Mapping[str, Any] = report.to_dict()
+    elif isinstance(report, ClassificationResult):
+        results = classification_to_dict(report, data=data, model=model)
+    else:
+        results = report
+    by_id = {rec.id: rec for rec in records or []}
+    thumbnails = {}
+    for row in select_gallery(results, gallery_limit):
+        source = by_id.get(row["id"]) or row.get("path")
+        uri = thumbnail_data_uri(source, thumbnail_size) if source else None
+        if uri:
+            thumbnails[row["id"]] = uri
+    page = render_report(results, thumbnails, title=title, gallery_limit=gallery_limit)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # plain open: the file gets the user's umask
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
