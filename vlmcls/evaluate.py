@@ -27,7 +27,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
+from .output import write_json
 from .errors import ConfigError, VlmclsError
 from .methods import MethodOptions, method_names
 
@@ -58,7 +58,6 @@ __all__ = [
     "options_for_spec",
     "evaluate",
     "prediction_row",
-    "write_json",
     "json_safe",
 ]
 
@@ -333,29 +332,14 @@ class EvalReport:
         }
 
     def save_json(self, path: str | os.PathLike, include_predictions: bool = True) -> Path:
-        return write_json(self.to_dict(include_predictions), path)
+        if Path(path).suffix.lower() != ".json":
+            raise ConfigError(f"results file '{path}' must end in .json.")
+        return write_json(path, self.to_dict(include_predictions))
 
 
 def prediction_row(pred: "Prediction") -> dict[str, Any]:
     """A prediction as a JSON-ready dict, with its id (dataset rows have no path)."""
     return {"id": pred.id, **json_safe(pred.to_dict())}
-
-
-def write_json(value: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically: a crash never leaves half a file."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() != ".json":
-        raise ConfigError(f"results file '{path}' must end in .json.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # plain open: the file gets the user's umask
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, ensure_ascii=False, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

@@ -67,10 +67,14 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
 
 
 def write_json(path: str | Path, value: Any) -> Path:
-    """Write one JSON document atomically."""
+    """Write one JSON document atomically (strict JSON: NaN is refused, not written)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -104,7 +104,7 @@ def eval_command(
     """
     from ..api import Classifier, load_classes
     from ..cache import Store
-    from ..evaluate import evaluate, options_for_spec, parse_methods, write_json
+    from ..evaluate import evaluate, options_for_spec, parse_methods
     from ..llm import LLMClient, LLMConfig
     from ..methods import MethodOptions
     from ..refine import RefinerOptions, load_label_metric
@@ -143,7 +143,7 @@ def eval_command(
             result = evaluate(clf, data, class_names, names, options, top_k, label_metric=label_metric,
                               unknown_labels=unknown_labels, progress=progress, **source_options)
     if output is not None:
-        write_json(result.to_dict(), output)
+        result.save_json(output)
     if report_path is not None:
         write_report(result, report_path)
     if not quiet:

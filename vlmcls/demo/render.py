@@ -32,6 +32,7 @@ _BASE_RGB: dict[str, tuple[int, int, int]] = {
 
 # Radius range (pixels, centre to outermost point) per size; far apart so "small" and "large" never overlap.
 _RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (19.0, 25.0)}
+_MAX_TILT_DEGREES = 25.0  # rotation away from upright
 _MAX_OFFSET = 12.0  # pixels the object centre may wander from the image centre (less for large objects)
 
 
@@ -88,7 +89,10 @@ def _object_mask(shape: str, size: str, rng: np.random.Generator) -> np.ndarray:
     # near the middle, as in most photos: a tiny ViT learns shapes far faster when they do not roam the frame
     slack = max(0.0, min(_MAX_OFFSET, IMAGE_SIZE / 2 - radius - 1))
     centre = tuple(IMAGE_SIZE / 2 + rng.uniform(-slack, slack, size=2))
-    angle = rng.uniform(0, 2 * math.pi)
+    # mostly upright (a point up, a side down), tilted a little: objects as people usually photograph them
+    angle = -math.pi / 2 + math.radians(rng.uniform(-_MAX_TILT_DEGREES, _MAX_TILT_DEGREES))
+    if shape == "square":
+        angle += math.pi / 4  # corners at the diagonals, so the sides are level
     big = IMAGE_SIZE * _SUPERSAMPLE
     canvas = Image.new("L", (big, big), 0)
     scaled = [(x * _SUPERSAMPLE, y * _SUPERSAMPLE) for x, y in _outline(shape, centre, radius, angle)]
