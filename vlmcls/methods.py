@@ -51,6 +51,7 @@ class MethodOutput:
     warnings: list[dict] = field(default_factory=list)  # rows for things that went wrong but did not stop the run
     info: dict[str, Any] = field(default_factory=dict)  # small JSON-able facts for the run summary
     weights: torch.Tensor | None = None  # [C, D] class text weights, for methods linear in the image features
+    text_feats: torch.Tensor | None = None  # [T, D] the sentences behind the weights (for explanations)
     artifacts: dict[str, Any] = field(default_factory=dict)  # larger products to export (descriptors, pairs)
 
 
@@ -81,12 +82,13 @@ def run_method(name: str, clf: "Classifier", image_feats: torch.Tensor, class_na
 
 
 def _score_sentences(clf: "Classifier", image_feats: torch.Tensor, per_class: dict[str, list[str]], aggregation: str) -> MethodOutput:
-    from .scoring import ClassTexts
+    from .scoring import ClassTexts, class_text_weights
 
     texts = ClassTexts.from_mapping(per_class)
-    weights = clf.text_weights(texts, aggregation)  # [C, D]
+    text_feats = clf.encoder.encode_texts(texts.texts)  # [T, D]
+    weights = class_text_weights(text_feats, texts.owner, len(texts.class_names), aggregation)  # [C, D]
     logits, probs = clf.score(image_feats, weights)
-    return MethodOutput(logits, probs, info={"texts": len(texts.texts)}, weights=weights)
+    return MethodOutput(logits, probs, info={"texts": len(texts.texts)}, weights=weights, text_feats=text_feats)
 
 
 @register_method("name")

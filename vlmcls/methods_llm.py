@@ -47,12 +47,10 @@ def resolve_descriptors(class_names: list[str], options: MethodOptions) -> tuple
     return dset, [r.to_dict() for r in rows], usage
 
 
-def _explain_descriptors(image_feats, out: MethodOutput, sentences: dict[str, list[str]], descriptors: dict[str, list[str]], clf, limit: int = 3):
+def _explain_descriptors(image_feats, out: MethodOutput, sentences: dict[str, list[str]], descriptors: dict[str, list[str]], limit: int = 3):
     """Per image: the descriptors that contributed most to its top prediction and to the runner-up."""
     names = list(sentences)
-    texts = [t for c in names for t in sentences[c]]
-    text_feats = clf.encoder.encode_texts(texts)  # [T, D] (cached: encoded a moment ago)
-    sims = image_feats @ text_feats.T  # [N, T]
+    sims = image_feats @ out.text_feats.T  # [N, T], sentences in class order (as scored)
     starts, pos = {}, 0
     for c in names:
         starts[c] = pos
@@ -76,7 +74,7 @@ def _score_descriptor_set(clf, image_feats, class_names, options, dset: Descript
     sentences = {c: dset.sentences(c) for c in class_names}
     out = _score_sentences(clf, image_feats, sentences, options.aggregation or "mean_similarity")
     if options.explain:
-        out.explanations = _explain_descriptors(image_feats, out, sentences, dset.to_dict(), clf)
+        out.explanations = _explain_descriptors(image_feats, out, sentences, dset.to_dict())
     out.artifacts["descriptors"] = dset.to_dict()
     return out
 
