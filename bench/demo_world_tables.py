@@ -140,9 +140,11 @@ def main() -> None:
     sub_truth = [truth[i] for i in idx]
     print(f"\nFréchet mean: prompted {len(observed)} classes, label space all {len(CLASSES)}; "
           f"{len(idx)} images of the {len(held_out)} never-prompted classes")
+    half = clf.model.logit_scale / 2
     for label, ref in [
-        ("distance file (attribute Hamming)", RefinerOptions(distances=dist_file, label_space=CLASSES)),
-        ("self-derived (descriptor embeddings)", RefinerOptions(self_metric=True, label_space=CLASSES)),
+        ("Hamming distance file, model scale", RefinerOptions(distances=dist_file, label_space=CLASSES)),
+        (f"Hamming distance file, scale {half:.0f}", RefinerOptions(distances=dist_file, label_space=CLASSES, frechet_scale=half)),
+        ("self-derived (descriptors), scale {:.0f}".format(half), RefinerOptions(self_metric=True, label_space=CLASSES, frechet_scale=half)),
     ]:
         res = clf.predict(sub, observed, "cbd", MethodOptions(descriptors=str(DESCRIPTORS), refiners=ref))
         preds = [p.label for p in res.ok]

@@ -51,6 +51,7 @@ class RefinerOptions:
     distances: str | Path | None = None  # metric (b): a named distance matrix
     self_metric: bool = False  # metric (c): derived from the label names' text embeddings
     frechet_top_k: int | None = None  # keep each image's k most probable classes in the Fréchet sum
+    frechet_scale: float | None = None  # P = softmax(scale · cos); None = the model's logit scale (100 for CLIP)
 
     @property
     def frechet(self) -> bool:
@@ -134,7 +135,9 @@ def apply_refiners(
     frechet_labels = None
     if ref.frechet:
         metric, space = load_label_metric(clf, ref, class_names, options.descriptors)
-        result = frechet_mean(out.logits.double(), class_names, metric, label_space=space, top_k=ref.frechet_top_k)
+        # Loki's P is softmax(scale · cos): rescale the method's logits when another sharpness is asked for.
+        factor = ref.frechet_scale / clf.model.logit_scale if ref.frechet_scale else 1.0
+        result = frechet_mean(out.logits.double() * factor, class_names, metric, label_space=space, top_k=ref.frechet_top_k)
         frechet_labels = result.labels
         out.info.update(label_space_size=len(result.label_space), frechet_kept_mass=round(float(result.kept_mass.mean()), 4))
         out.info["label_metric"] = metric

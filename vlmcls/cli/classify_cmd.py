@@ -97,6 +97,7 @@ def classify(
     distances: Optional[Path] = typer.Option(None, "--distances", help="Fréchet mean metric: named distance matrix (.csv, .npy).", rich_help_panel="Refiners"),
     self_metric: bool = typer.Option(False, "--self-metric", help="Fréchet mean metric from the labels' text embeddings.", rich_help_panel="Refiners"),
     frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
+    frechet_scale: Optional[float] = typer.Option(None, "--frechet-scale", min=0.0, help="Fréchet mean: P = softmax(scale·cos) (default: the model's logit scale).", rich_help_panel="Refiners"),
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
@@ -114,7 +115,7 @@ def classify(
     refiners = RefinerOptions(
         support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune, self_cache=self_cache,
         label_space=label_space, hierarchy=hierarchy, distances=distances, self_metric=self_metric,
-        frechet_top_k=frechet_top_k,
+        frechet_top_k=frechet_top_k, frechet_scale=frechet_scale,
     )
     extra = {"fudd_k": fudd_k, "fudd_rank": fudd_rank, "fudd_base": fudd_base, "max_pairs": max_pairs,
              "token_budget": token_budget, "pairs_file": pairs}

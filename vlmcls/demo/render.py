@@ -141,7 +141,10 @@ def render_dataset(
     seed: int,
 ) -> list[Path]:
     """Write `out_dir/<class>/<i>.png` for every class; names alone are looked up among the demo classes."""
-    class_attrs = dict(classes) if isinstance(classes, Mapping) else {name: class_attributes(name) for name in classes}
+    if isinstance(classes, Mapping):
+        class_attrs = dict(classes)
+    else:
+        class_attrs = {name: class_attributes(name) for name in classes}
     out_dir = Path(out_dir)
     written = []
     for class_name, attrs in class_attrs.items():
