@@ -501,4 +501,5 @@ def test_public_surface():
         "load_image",
         "content_key",
         "iter_decoded_batches",
+        "decode_and_preprocess",
     }
