@@ -9,10 +9,8 @@ OpenAI-compatible test server (``tests/llm_server.py``, real HTTP) as the LLM fo
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
-from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vlmcls import Classifier  # noqa: E402
 from vlmcls.demo.render import render_dataset  # noqa: E402
-from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS  # noqa: E402
+from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances  # noqa: E402
 from vlmcls.llm import LLMClient, LLMConfig  # noqa: E402
 from vlmcls.methods import MethodOptions  # noqa: E402
 from vlmcls.refine import RefinerOptions  # noqa: E402
@@ -129,12 +127,7 @@ def main() -> None:
     # Fréchet mean: prompt only some classes, predict over all twelve
     held_out = ["quintor", "vostrel", "trelloq", "skarnel"]  # one of each one-attribute pair, never prompted
     observed = [c for c in CLASSES if c not in held_out]
-    dist_file = work / "hamming.csv"
-    with open(dist_file, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([""] + CLASSES)
-        for a in CLASSES:
-            w.writerow([a] + [sum(DEMO_CLASSES[a][t] != DEMO_CLASSES[b][t] for t in DEMO_CLASSES[a]) for b in CLASSES])
+    dist_file = write_attribute_distances(work / "hamming.csv")
     idx = [i for i, t in enumerate(truth) if t in held_out]
     sub = type(feats)([feats.records[i] for i in idx], feats.feats[idx], [], 0)
     sub_truth = [truth[i] for i in idx]

@@ -33,7 +33,7 @@ import pytest
 
 from vlmcls.demo import world
 
-__all__ = ["FakeLLMServer", "RecordedRequest", "llm_server"]
+__all__ = ["FakeLLMServer", "RecordedRequest", "llm_server", "track", "close_tracked_clients"]
 
 _GENERIC_FEATURES = ["a distinctive outline", "a characteristic colour", "a recognisable surface texture"]
 _DESCRIPTOR_QUESTION = re.compile(r"distinguishing an? (.+?)(?: \([^)]*\))? in a photo", re.IGNORECASE)
@@ -310,3 +310,20 @@ def llm_server() -> Iterator[FakeLLMServer]:
         yield server
     finally:
         server.stop()
+
+
+_open_clients: list = []
+
+
+def track(client):
+    """Remember an LLMClient so :func:`close_tracked_clients` closes it after the test."""
+    _open_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_tracked_clients() -> Iterator[None]:
+    """Close every tracked client a test made, so no connection outlives the test (autouse where imported)."""
+    yield
+    while _open_clients:
+        _open_clients.pop().close()

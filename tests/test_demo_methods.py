@@ -5,7 +5,6 @@ differential follow-ups (asked over real HTTP to the local LLM server) resolve t
 the Fréchet mean predicts classes that were never prompted.
 """
 
-import csv
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from llm_server import FakeLLMServer
 from vlmcls import Classifier
 from vlmcls.demo.render import render_dataset
-from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS
+from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances
 from vlmcls.llm import LLMClient, LLMConfig
 from vlmcls.methods import MethodOptions
 from vlmcls.refine import RefinerOptions
@@ -89,12 +88,7 @@ def test_frechet_mean_predicts_never_prompted_classes(world):
     clf, feats, truth, root = world
     held_out = ["quintor", "vostrel", "trelloq", "skarnel"]
     observed = [c for c in CLASSES if c not in held_out]
-    distances = root / "hamming.csv"
-    with open(distances, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([""] + CLASSES)
-        for a in CLASSES:
-            writer.writerow([a] + [sum(DEMO_CLASSES[a][t] != DEMO_CLASSES[b][t] for t in DEMO_CLASSES[a]) for b in CLASSES])
+    distances = write_attribute_distances(root / "hamming.csv")
     idx = [i for i, t in enumerate(truth) if t in held_out]
     sub = type(feats)([feats.records[i] for i in idx], feats.feats[idx], [], 0)
     # P must be spread over the neighbours for their Fréchet mean to move off the nearest one: the demo model's own

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from llm_server import FakeLLMServer, llm_server  # noqa: F401  (fixture)
+from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
 from vlmcls.cache import Store
 from vlmcls.cli import describe_cmd
 from vlmcls.demo import world
@@ -42,20 +42,6 @@ def store(tmp_path):
         yield s
 
 
-_open_clients: list[LLMClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    """Close every client a test made, so no connection outlives the test."""
-    yield
-    while _open_clients:
-        _open_clients.pop().close()
-
-
-def track(client: LLMClient) -> LLMClient:
-    _open_clients.append(client)
-    return client
 
 
 def make_client(server: FakeLLMServer, store: Store, **overrides) -> LLMClient:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_server import FakeLLMServer, llm_server  # noqa: F401  (fixture)
+from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
 from vlmcls.cache import Store
 from vlmcls.errors import ConfigError, LLMError
 from vlmcls.llm import Completion, LLMClient, LLMConfig, approx_tokens
@@ -34,20 +34,6 @@ def with_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
 
 
-_open_clients: list[LLMClient] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    """Close every client a test made, so no connection outlives the test."""
-    yield
-    while _open_clients:
-        _open_clients.pop().close()
-
-
-def track(client: LLMClient) -> LLMClient:
-    _open_clients.append(client)
-    return client
 
 
 def make_client(server: FakeLLMServer, store: Store | None, **overrides) -> LLMClient:

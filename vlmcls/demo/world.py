@@ -19,6 +19,7 @@ __all__ = [
     "class_attributes",
     "generic_descriptors",
     "differential_descriptions",
+    "write_attribute_distances",
 ]
 
 # Attribute type -> its values. Few values per type so a small CLIP trained in minutes on a CPU can learn them all.
@@ -128,3 +129,17 @@ def differential_descriptions(a: str, b: str) -> list[tuple[str, str, str]]:
         )
         for attr_type in _differing_attributes(attributes_a, attributes_b)
     ]
+
+
+def write_attribute_distances(path, class_names=None):
+    """A named distance-matrix CSV (the Fréchet-mean metric): how many attributes two demo classes differ in."""
+    import csv
+    from pathlib import Path
+
+    names = list(class_names or DEMO_CLASSES)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([""] + names)
+        for a in names:
+            writer.writerow([a] + [len(_differing_attributes(class_attributes(a), class_attributes(b))) for b in names])
+    return Path(path)
