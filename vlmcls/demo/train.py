@@ -26,7 +26,10 @@ import numpy as np
 from vlmcls.demo.render import IMAGE_SIZE, image_rng, render_image
 from vlmcls.demo.world import ATTRIBUTE_PHRASES, ATTRIBUTES, DEMO_CLASSES
 
-__all__ = ["TrainConfig", "model_config", "open_clip_config", "make_caption", "filler_names", "train", "main"]
+__all__ = [
+    "TrainConfig", "model_config", "open_clip_config", "make_caption", "filler_names", "combination_key", "evaluate",
+    "train", "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +222,9 @@ def _attribute_codes(attrs: dict[str, str]) -> list[int]:
 
 def _render_pool(config: TrainConfig, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """All training images as uint8 [N, H, W, 3] plus their attribute codes [N, 4]; cached under /tmp."""
-    render_source = (Path(__file__).parent / "render.py").read_bytes()
-    tag = hashlib.sha256(render_source + f"{config.seed}-{config.images_per_combination}".encode()).hexdigest()[:16]
+    # keyed by the code that draws the images, so an edited renderer never trains on stale pixels
+    sources = b"".join((Path(__file__).parent / name).read_bytes() for name in ("render.py", "world.py"))
+    tag = hashlib.sha256(sources + f"{config.seed}-{config.images_per_combination}".encode()).hexdigest()[:16]
     cache_path = cache_dir / f"vlmcls-demo-pool-{tag}.npz"
     if cache_path.exists():
         cached = np.load(cache_path)
