@@ -149,3 +149,30 @@ def test_classify_report_is_one_offline_file_with_the_error_rows(tiny_open_clip,
     assert "empty.jpg" in html and "empty file" in html  # the error rows are shown
     assert "&lt;b&gt;dog&lt;/b&gt;" in html and "<b>dog</b>" not in html  # class names escaped
     assert "http://" not in html and "https://" not in html and "data:image/" in html  # thumbnails inline
+
+
+def test_large_folders_hash_on_threads_and_keep_order_and_error_rows(tiny_open_clip, tmp_path):
+    """>= 64 inputs take the threaded hashing path: rows stay in input order, unreadable inputs stay error rows."""
+    from vlmcls import Classifier
+
+    paths = [imagegen.write_solid(tmp_path / f"img_{i:03d}.png", (i * 3 % 256, 40, 200 - i)) for i in range(70)]
+    missing = tmp_path / "gone.png"
+    a_dir = tmp_path / "a_folder.png"
+    a_dir.mkdir()
+    inputs = [*paths[:30], missing, *paths[30:], a_dir]
+    clf = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=4)
+    threaded = clf.classify(inputs, ["red", "blue"])
+    assert [p.id for p in threaded.predictions] == [str(p) for p in inputs]
+    errors = {p.id: p.error for p in threaded.predictions if p.error}
+    assert errors == {str(missing): "file not found", str(a_dir): "cannot read file (Is a directory)"}
+    sequential = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=0,
+                            cache_dir=tmp_path / "other-cache").classify(inputs, ["red", "blue"])
+    assert [(p.id, p.label, p.error) for p in sequential.predictions] == [(p.id, p.label, p.error) for p in threaded.predictions]
+
+
+def test_default_decode_workers_use_every_core_only_when_the_model_is_elsewhere(monkeypatch):
+    from vlmcls import images
+
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 16)
+    assert images.default_decode_workers("cpu") == 8
+    assert images.default_decode_workers("cuda") == 16

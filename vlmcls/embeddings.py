@@ -8,6 +8,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,7 +17,7 @@ import torch
 
 from .cache import Store, cache_key
 from .errors import ImageError
-from .images import ImageRecord, content_key, iter_decoded_batches
+from .images import ImageRecord, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend
 
 __all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
@@ -83,13 +84,15 @@ class Encoder:
     ) -> ImageFeatures:
         """Features for every image that decodes; error rows for the rest. Cached images are not decoded."""
         total = len(records)
+        if num_workers is None:
+            num_workers = default_decode_workers(self.model.device.type)
         keys: dict[int, str] = {}
         errors: dict[int, str] = {}
-        for i, rec in enumerate(records):
-            try:
-                keys[i] = self._image_key(content_key(rec))
-            except (OSError, ImageError) as exc:
-                errors[i] = _reason(exc)
+        for i, digest in enumerate(_content_keys(records, num_workers)):
+            if isinstance(digest, Exception):
+                errors[i] = _reason(digest)
+            else:
+                keys[i] = self._image_key(digest)
         found = self.store.get_arrays(keys.values()) if self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         todo = [i for i in keys if i not in feats]
@@ -98,8 +101,8 @@ class Encoder:
             progress(done, total)
         position = {id(records[i]): i for i in todo}
         encoded = 0
-        workers = {} if num_workers is None else {"num_workers": num_workers}
-        for batch in iter_decoded_batches([records[i] for i in todo], self.model.preprocess, batch_size, **workers):
+        todo_records = [records[i] for i in todo]
+        for batch in iter_decoded_batches(todo_records, self.model.preprocess, batch_size, num_workers=num_workers):
             for rec, reason in batch.errors:
                 errors[position[id(rec)]] = reason
             if batch.records_ok:
@@ -129,3 +132,22 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
     return str(exc) or type(exc).__name__
+
+
+def _content_key_or_error(record: ImageRecord) -> str | Exception:
+    try:
+        return content_key(record)
+    except (OSError, ImageError) as exc:
+        return exc
+
+
+def _content_keys(records: Sequence[ImageRecord], num_workers: int) -> list[str | Exception]:
+    """Each record's content hash (or the error reading it), in order.
+
+    Hashing reads every file once before anything is decoded; hashlib releases the GIL, so threads hash large
+    folders (and slow network disks) in parallel.
+    """
+    if num_workers <= 1 or len(records) < 64:
+        return [_content_key_or_error(r) for r in records]
+    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-hash") as pool:
+        return list(pool.map(_content_key_or_error, records, chunksize=16))

@@ -254,6 +254,16 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 # -- batches --------------------------------------------------------------------------------------------
 
 
+def default_decode_workers(device_type: str = "cpu") -> int:
+    """Decoding threads to use when none are asked for.
+
+    With the model on the CPU its own threads need the cores, so at most 8 decode beside it. With the model on an
+    accelerator decoding is the CPU's only job and usually the bound, so every core decodes (at most 32).
+    """
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if device_type == "cpu" else min(32, cpus)
+
+
 def iter_decoded_batches(
     records: Iterable[ImageRecord],
     preprocess: Callable[[Image.Image], "torch.Tensor"],
@@ -267,13 +277,13 @@ def iter_decoded_batches(
 
     Each batch holds ``batch_size`` decoded images (the last may hold fewer) and the records that failed
     since the previous batch, with their reasons. A failure never stops the iteration. ``num_workers``
-    threads decode (default: one per CPU, at most 8; 0 decodes in the calling thread). At most
+    threads decode (default: :func:`default_decode_workers`; 0 decodes in the calling thread). At most
     ``batch_size * (prefetch_batches + 1)`` records are in flight.
     """
     import torch
 
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
+        num_workers = default_decode_workers()
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got '{batch_size}'.")
