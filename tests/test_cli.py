@@ -168,6 +168,12 @@ def test_large_folders_hash_on_threads_and_keep_order_and_error_rows(tiny_open_c
     sequential = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=0,
                             cache_dir=tmp_path / "other-cache").classify(inputs, ["red", "blue"])
     assert [(p.id, p.label, p.error) for p in sequential.predictions] == [(p.id, p.label, p.error) for p in threaded.predictions]
+    processes = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=2, worker_type="process",
+                           cache_dir=tmp_path / "third-cache").classify(inputs, ["red", "blue"])
+    assert processes.stats["encoded"] == 70
+    assert [(p.id, p.error) for p in processes.predictions] == [(p.id, p.error) for p in threaded.predictions]
+    for a, b in zip(processes.predictions, threaded.predictions):
+        assert a.error or abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-5
 
 
 def test_default_decode_workers_use_every_core_only_when_the_model_is_elsewhere(monkeypatch):

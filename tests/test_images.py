@@ -224,8 +224,8 @@ def test_no_file_handles_are_left_open(tmp_path):
 # -- batches ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_bad_images_become_error_rows_and_the_rest_still_come_out(tmp_path, num_workers):
+@pytest.mark.parametrize("num_workers, worker_type", [(0, "thread"), (2, "thread"), (2, "process")])
+def test_bad_images_become_error_rows_and_the_rest_still_come_out(tmp_path, num_workers, worker_type):
     paths = [
         gen.write_solid(tmp_path / "0.png", gen.RED),
         gen.write_empty(tmp_path / "1.jpg"),
@@ -237,7 +237,7 @@ def test_bad_images_become_error_rows_and_the_rest_still_come_out(tmp_path, num_
         tmp_path / "7-missing.jpg",
     ]
     records = [ImageRecord(id=p.name, path=p, label=None, source_index=i) for i, p in enumerate(paths)]
-    batches, ok, errors = all_batches(records, batch_size=2, num_workers=num_workers)
+    batches, ok, errors = all_batches(records, batch_size=2, num_workers=num_workers, worker_type=worker_type)
 
     assert [r.id for r in ok] == ["0.png", "2.png", "6.png"]
     assert errors == [
@@ -254,14 +254,15 @@ def test_bad_images_become_error_rows_and_the_rest_still_come_out(tmp_path, num_
     assert all(len(b.records_ok) == b.pixels.shape[0] for b in batches)
 
 
-def test_batches_keep_input_order_when_decode_times_differ(tmp_path):
-    # Large and tiny files alternate, so worker threads finish out of order.
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_batches_keep_input_order_when_decode_times_differ(tmp_path, worker_type):
+    # Large and tiny files alternate, so workers finish out of order.
     records = []
     for level in range(24):
         size = (900, 700) if level % 3 == 0 else (8, 8)
         path = gen.write_solid(tmp_path / f"{level:02d}.png", (level * 10, level * 10, level * 10), size)
         records.append(ImageRecord(id=path.name, path=path, label=None, source_index=level))
-    batches, ok, errors = all_batches(records, batch_size=5, num_workers=3)
+    batches, ok, errors = all_batches(records, batch_size=5, num_workers=3, worker_type=worker_type)
 
     assert errors == []
     assert [len(b.records_ok) for b in batches] == [5, 5, 5, 5, 4]
@@ -290,6 +291,42 @@ def test_records_are_pulled_lazily_and_an_early_stop_ends_the_workers(tmp_path):
     assert len(pulled) <= 4 + 4 * (1 + 1)
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("vlmcls-decode")]
+
+
+def test_an_early_stop_ends_the_worker_processes(tmp_path):
+    import multiprocessing
+
+    paths = [gen.write_solid(tmp_path / f"{i}.png", (i, i, i)) for i in range(40)]
+    records = [ImageRecord(id=p.name, path=p, label=None, source_index=i) for i, p in enumerate(paths)]
+    before = set(multiprocessing.active_children())
+    batches = iter_decoded_batches(records, tiny_preprocess, batch_size=4, num_workers=2, worker_type="process")
+    assert len(next(batches).records_ok) == 4
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    batches.close()
+    assert set(multiprocessing.active_children()) - before == set()
+
+
+def _records(tmp_path, n, fetch=None):
+    return [ImageRecord(id=str(i), path=tmp_path / f"{i}.jpg", label=None, source_index=i, fetch=fetch)
+            for i in range(n)]
+
+
+def test_auto_worker_type_picks_processes_only_where_they_pay(tmp_path, monkeypatch):
+    from vlmcls.images import choose_worker_type
+
+    monkeypatch.setattr(images_module.os, "cpu_count", lambda: 16)
+    many, few = _records(tmp_path, 256), _records(tmp_path, 100)
+    assert choose_worker_type("auto", "cuda", many, batch_size=32) == "process"
+    assert choose_worker_type("auto", "cpu", many, batch_size=32) == "thread"  # the model needs the cores
+    assert choose_worker_type("auto", "cuda", few, batch_size=32) == "thread"  # start-up would not pay
+    rows = _records(tmp_path, 256, fetch=lambda: b"")
+    assert choose_worker_type("auto", "cuda", rows, batch_size=32) == "thread"  # dataset rows stay on threads
+    assert choose_worker_type("Thread", "cuda", many, batch_size=32) == "thread"
+    assert choose_worker_type("process", "cpu", few, batch_size=32) == "process"
+    monkeypatch.setattr(images_module.os, "cpu_count", lambda: 2)
+    assert choose_worker_type("auto", "cuda", many, batch_size=32) == "thread"
+    with pytest.raises(ConfigError, match="unknown worker type 'fibers'"):
+        choose_worker_type("fibers", "cpu", few, batch_size=32)
 
 
 def test_a_failing_preprocess_becomes_an_error_row(tmp_path):
@@ -502,4 +539,7 @@ def test_public_surface():
         "content_key",
         "iter_decoded_batches",
         "decode_and_preprocess",
+        "default_decode_workers",
+        "choose_worker_type",
+        "WORKER_TYPES",
     }

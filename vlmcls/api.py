@@ -13,7 +13,7 @@ import torch
 from .cache import Store
 from .embeddings import Encoder, ImageFeatures
 from .errors import ConfigError
-from .images import ImageRecord, list_images
+from .images import WORKER_TYPES, ImageRecord, list_images
 from .models import ModelBackend, load_model
 from .refine import apply_refiners
 from .methods import MethodOptions, MethodOutput, run_method
@@ -135,17 +135,21 @@ class Classifier:
         use_cache: bool = True,
         batch_size: int = 32,
         num_workers: int | None = None,
+        worker_type: str = "auto",
     ):
+        if worker_type not in WORKER_TYPES:
+            raise ConfigError(f"unknown worker type '{worker_type}'. Valid: {', '.join(WORKER_TYPES)}.")
         self.model = load_model(model, device=device, precision=precision) if isinstance(model, str) else model
         self.store = Store(cache_dir) if use_cache else None
         self.encoder = Encoder(self.model, self.store)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.worker_type = worker_type
 
     # -- building blocks ----------------------------------------------------------------------------
     def encode_images(self, images, progress: ProgressFn | None = None, **source_options: Any) -> ImageFeatures:
         records = as_records(images, **source_options)
-        return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress)
+        return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress, self.worker_type)
 
     def text_weights(self, class_texts: ClassTexts, aggregation: str) -> torch.Tensor:
         text_feats = self.encoder.encode_texts(class_texts.texts)  # [T, D]

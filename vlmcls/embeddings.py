@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cache import Store, cache_key
+from .cache import Store, cache_key, known_digest
 from .errors import ImageError
-from .images import ImageRecord, content_key, default_decode_workers, iter_decoded_batches
+from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend
 
 __all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
@@ -81,8 +81,12 @@ class Encoder:
         batch_size: int = 32,
         num_workers: int | None = None,
         progress: ProgressFn | None = None,
+        worker_type: str = "auto",
     ) -> ImageFeatures:
-        """Features for every image that decodes; error rows for the rest. Cached images are not decoded."""
+        """Features for every image that decodes; error rows for the rest. Cached images are not decoded.
+
+        ``worker_type``: ``thread``, ``process`` or ``auto`` (see :func:`vlmcls.images.choose_worker_type`).
+        """
         total = len(records)
         if num_workers is None:
             num_workers = default_decode_workers(self.model.device.type)
@@ -102,7 +106,12 @@ class Encoder:
         position = {id(records[i]): i for i in todo}
         encoded = 0
         todo_records = [records[i] for i in todo]
-        for batch in iter_decoded_batches(todo_records, self.model.preprocess, batch_size, num_workers=num_workers):
+        kind = choose_worker_type(worker_type, self.model.device.type, todo_records, batch_size)
+        if todo_records:
+            log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
+        batches = iter_decoded_batches(todo_records, self.model.preprocess, batch_size, num_workers=num_workers,
+                                       worker_type=kind)
+        for batch in batches:
             for rec, reason in batch.errors:
                 errors[position[id(rec)]] = reason
             if batch.records_ok:
@@ -147,7 +156,15 @@ def _content_keys(records: Sequence[ImageRecord], num_workers: int) -> list[str 
     Hashing reads every file once before anything is decoded; hashlib releases the GIL, so threads hash large
     folders (and slow network disks) in parallel.
     """
-    if num_workers <= 1 or len(records) < 64:
-        return [_content_key_or_error(r) for r in records]
-    with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-hash") as pool:
-        return list(pool.map(_content_key_or_error, records, chunksize=16))
+    out: list[str | Exception | None] = [
+        known_digest(r.path) if r.fetch is None and r.path is not None else None for r in records
+    ]  # files already hashed by this process and unchanged since
+    todo = [i for i, digest in enumerate(out) if digest is None]
+    if num_workers <= 1 or len(todo) < 64:
+        for i in todo:
+            out[i] = _content_key_or_error(records[i])
+    else:
+        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-hash") as pool:
+            for i, digest in zip(todo, pool.map(_content_key_or_error, [records[i] for i in todo], chunksize=16)):
+                out[i] = digest
+    return out  # type: ignore[return-value]

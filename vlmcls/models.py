@@ -203,7 +203,7 @@ class OpenClipBackend(ModelBackend):
         tokens = tokens[:, :length].to(self.device)  # [B, L]
         cast = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(tokens).to(cast) + tower.positional_embedding[:length].to(cast)  # [B, L, W]
-        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length].contiguous())
         x = tower.ln_final(x)
         from open_clip.transformer import text_global_pool
 

@@ -35,6 +35,7 @@ from .describe_cmd import (
 from .eval_cmd import REPORT_OPTION, write_classify_report
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
 
 _SHOWN_ROWS = 30
 
@@ -55,7 +56,8 @@ def classify(
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Dataset column holding labels."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (for a DatasetDict)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding threads (default: by CPU count)."),
+    workers: Optional[int] = WORKERS_OPTION,
+    worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
@@ -110,7 +112,7 @@ def classify(
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                         batch_size=batch_size, num_workers=workers)
+                         batch_size=batch_size, num_workers=workers, worker_type=worker_type)
     source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     refiners = RefinerOptions(
         support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune, self_cache=self_cache,

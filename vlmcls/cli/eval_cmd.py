@@ -29,6 +29,7 @@ from .describe_cmd import (
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
+from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
 
 __all__ = ["register", "eval_command", "REPORT_OPTION", "write_classify_report", "parse_method_options",
            "render_comparison", "render_per_class"]
@@ -76,7 +77,8 @@ def eval_command(
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Dataset column holding labels."),
     split: Optional[str] = typer.Option(None, "--split", help="Dataset split (for a DatasetDict)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding threads (default: by CPU count)."),
+    workers: Optional[int] = WORKERS_OPTION,
+    worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     llm_model: str = LLM_MODEL_OPTION,
@@ -128,7 +130,7 @@ def eval_command(
                        max_retries=llm_retries, max_concurrency=llm_concurrency, seed=llm_seed)
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                     batch_size=batch_size, num_workers=workers)
+                     batch_size=batch_size, num_workers=workers, worker_type=worker_type)
     source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     label_metric = load_label_metric(clf, refiners, class_names)[0] if refiners.frechet else None

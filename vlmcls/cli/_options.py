@@ -1,0 +1,14 @@
+"""Typer options shared by the commands that decode images (classify, eval), defined once."""
+
+from __future__ import annotations
+
+import typer
+
+WORKERS_OPTION = typer.Option(
+    None, "--workers", min=0,
+    help="Decoding threads or processes (default: by CPU count; every core when the model is on a GPU).",
+)
+WORKER_TYPE_OPTION = typer.Option(
+    "auto", "--worker-type",
+    help="thread, process, or auto: processes when the model is on a GPU and there are enough images, else threads.",
+)
