@@ -186,11 +186,16 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
                 print(f"  ... at {other:4s}            {rate:8.1f} img/s", flush=True)
                 del b
     worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else [fig["default_decode_workers"]]
+    hand_overs = {"float": backend.preprocess}
+    if backend.uint8_preprocess() is not None:
+        hand_overs["uint8"] = backend.uint8_preprocess()  # what classify ships when the model is on a GPU
     for w in worker_counts:
         for kind in ("thread", "process"):
-            rate = decode_rate(paths, backend.preprocess, args.batch_size, w, kind)
-            fig[f"decode_{w}_{kind}_img_s"] = rate
-            print(f"decode+preprocess      {rate:8.1f} img/s  ({w} {kind} workers, no model)", flush=True)
+            for pixels, preprocess in hand_overs.items():
+                rate = decode_rate(paths, preprocess, args.batch_size, w, kind)
+                fig[f"decode_{w}_{kind}_{pixels}_img_s"] = rate
+                print(f"decode+preprocess      {rate:8.1f} img/s  ({w} {kind} workers, {pixels} pixels, no model)",
+                      flush=True)
     from vlmcls.api import as_records
     from vlmcls.embeddings import _content_keys
 

@@ -46,6 +46,46 @@ def test_backends_encode_images_to_the_projection_width(tiny_open_clip, tiny_hf_
         assert model.score_rule == "softmax" and model.logit_scale == pytest.approx(1 / 0.07, rel=1e-3)
 
 
+def test_uint8_hand_over_gives_bit_identical_pixels_and_features(tiny_open_clip, tiny_hf_clip, tmp_path):
+    """The GPU path ships uint8 pixels and normalises on the device: same pixels, same features, same store."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmcls.embeddings import Encoder
+    from vlmcls.images import list_images
+
+    model = load_model(f"local-dir:{tiny_open_clip}", device="cpu")
+    to_u8 = model.uint8_preprocess()
+    assert to_u8 is not None
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 90), (77, 31), (64, 64))]
+    u8 = torch.stack([to_u8(im) for im in images])
+    assert u8.dtype == torch.uint8
+    assert torch.equal(model._split[1](u8), torch.stack([model.preprocess(im) for im in images]))
+    for i, im in enumerate(images):
+        im.save(tmp_path / f"{i}.png")
+    records = list_images(tmp_path)
+    plain = Encoder(model, uint8_transfer=False).encode_images(records, batch_size=2)
+    handed = Encoder(model, uint8_transfer=True).encode_images(records, batch_size=2, worker_type="process",
+                                                               num_workers=2)
+    assert torch.equal(plain.feats, handed.feats)
+    # transformers' image processors are not torchvision pipelines: they keep the float path
+    assert load_model(f"hf:{tiny_hf_clip}", device="cpu").uint8_preprocess() is None
+
+
+def test_a_preprocess_that_is_not_pil_then_normalise_is_kept_whole():
+    from torchvision import transforms as T
+
+    from vlmcls.models import _split_torchvision_preprocess
+
+    flip_after = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), T.Normalize([0.5] * 3, [0.2] * 3), T.RandomHorizontalFlip(1.0)])
+    tensor_steps = T.Compose([T.ToTensor(), T.Resize(8, antialias=True), T.Normalize([0.5] * 3, [0.2] * 3)])
+    assert _split_torchvision_preprocess(flip_after) is None
+    assert _split_torchvision_preprocess(tensor_steps) is None
+    assert _split_torchvision_preprocess(T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(),
+                                                    T.Normalize([0.5] * 3, [0.2] * 3)])) is not None
+
+
 def test_weights_fingerprint_follows_file_content(tmp_path):
     from tiny_models import make_open_clip_dir
 

@@ -47,9 +47,13 @@ class ImageFeatures:
 class Encoder:
     """Encodes images and texts through a model, reading and writing the embedding store."""
 
-    def __init__(self, model: ModelBackend, store: Store | None = None):
+    def __init__(self, model: ModelBackend, store: Store | None = None, uint8_transfer: bool | None = None):
+        """``uint8_transfer``: decode workers hand over uint8 pixels and the model side converts them
+        (:meth:`ModelBackend.uint8_preprocess`); default: only when the model is on an accelerator, where that
+        traffic bounds throughput. The features are the same either way."""
         self.model = model
         self.store = store
+        self.uint8_transfer = uint8_transfer
 
     # -- texts --------------------------------------------------------------------------------------
     def _text_key(self, text: str) -> str:
@@ -72,6 +76,10 @@ class Encoder:
         return torch.from_numpy(np.stack([by_text[t] for t in texts]))  # [T, D]
 
     # -- images -------------------------------------------------------------------------------------
+    def _worker_preprocess(self):
+        wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
+        return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
+
     def _image_key(self, digest: str) -> str:
         return cache_key("image", content=digest, **self.model.image_key_parts)
 
@@ -109,7 +117,7 @@ class Encoder:
         kind = choose_worker_type(worker_type, self.model.device.type, todo_records, batch_size)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
-        batches = iter_decoded_batches(todo_records, self.model.preprocess, batch_size, num_workers=num_workers,
+        batches = iter_decoded_batches(todo_records, self._worker_preprocess(), batch_size, num_workers=num_workers,
                                        worker_type=kind)
         for batch in batches:
             for rec, reason in batch.errors:

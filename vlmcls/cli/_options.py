@@ -10,5 +10,5 @@ WORKERS_OPTION = typer.Option(
 )
 WORKER_TYPE_OPTION = typer.Option(
     "auto", "--worker-type",
-    help="thread, process, or auto: processes when the model is on a GPU and there are enough images, else threads.",
+    help="thread, process, or auto (= thread; processes decode faster on many-core GPU machines but start slowly).",
 )
