@@ -1,6 +1,7 @@
 """The CLI driven end to end on real files with tiny real models."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,22 @@ def test_default_decode_workers_use_every_core_only_when_the_model_is_elsewhere(
     monkeypatch.setattr(images.os, "cpu_count", lambda: 16)
     assert images.default_decode_workers("cpu") == 8
     assert images.default_decode_workers("cuda") == 16
+
+
+def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):
+    """`vlmcls --help`, `cache info` and `prompts list` answer in well under a second: torch is not imported."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from vlmcls.cli import app\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['classify', '--help'], ['cache', 'info'], ['prompts', 'list']):\n"
+        "    res = r.invoke(app, args)\n"
+        "    assert res.exit_code == 0, (args, res.output)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import vlmcls\n"
+        "assert vlmcls.Classifier.__name__ == 'Classifier' and 'torch' in sys.modules\n"
+    )
+    env = {**os.environ, "VLMCLS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
-from ..api import Classifier, ClassificationResult
 from ..cache import Store
 from ..descriptors import DescriptorSet
 from ..errors import ConfigError
 from ..llm import LLMClient
-from ..methods import MethodOptions
-from ..refine import RefinerOptions
 from ..report import check_report_path
 from ..output import check_output_path, write_json, write_rows
 from .describe_cmd import (
@@ -36,6 +33,10 @@ from .eval_cmd import REPORT_OPTION, write_classify_report
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
+
+if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
+    from ..api import ClassificationResult, Classifier
+    from ..methods import MethodOptions
 
 _SHOWN_ROWS = 30
 
@@ -109,6 +110,10 @@ def classify(
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
     if engine == "single" and (ray_address or ray_workers or output_dir or no_collect):
         raise ConfigError("--ray-address, --ray-workers, --output-dir and --no-collect need --engine ray.")
+    from ..api import Classifier
+    from ..methods import MethodOptions
+    from ..refine import RefinerOptions
+
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
