@@ -202,3 +202,28 @@ def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):
     env = {**os.environ, "VLMCLS_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_new_process_does_not_reread_unchanged_files_but_notices_an_edit(tiny_open_clip, tmp_path, monkeypatch):
+    import vlmcls.images as images_module
+    from vlmcls import Classifier
+    from vlmcls.cache import clear_digest_memo, file_digest
+
+    folder = tmp_path / "photos"
+    for i in range(5):
+        imagegen.write_solid(folder / f"{i}.png", (40 * i, 10, 200))
+    hashed = []
+    monkeypatch.setattr(images_module, "file_digest", lambda p: hashed.append(Path(p).name) or file_digest(p))
+
+    def run():  # a new process: empty in-memory memo, same store
+        clear_digest_memo()
+        return Classifier(f"local-dir:{tiny_open_clip}", batch_size=2).classify(folder, ["red", "blue"])
+
+    first = run()
+    assert sorted(hashed) == [f"{i}.png" for i in range(5)] and first.stats["encoded"] == 5
+    hashed.clear()
+    again = run()
+    assert hashed == [] and again.stats["encoded"] == 0  # digests came from the store, features too
+    imagegen.write_solid(folder / "3.png", (0, 255, 0))  # same name, new content
+    edited = run()
+    assert hashed == ["3.png"] and edited.stats["encoded"] == 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import CacheError
 
-__all__ = ["FORMAT_VERSION", "cache_key", "default_cache_dir", "Store", "file_digest", "known_digest", "clear_digest_memo"]
+__all__ = ["FORMAT_VERSION", "cache_key", "default_cache_dir", "Store", "file_digest", "known_digest", "stat_key", "clear_digest_memo"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,18 @@ def known_digest(path: str | os.PathLike) -> str | None:
     except OSError:
         return None
     return _DIGESTS.get((os.fspath(path), st.st_size, st.st_mtime_ns))
+
+
+def stat_key(path: str | os.PathLike) -> str | None:
+    """A store key for "this file, unchanged": absolute path, size, inode, mtime and ctime (ctime moves on every
+    write and cannot be set back, so an edit that restores the old mtime still misses). None if it cannot be
+    stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return cache_key("digest", path=os.path.abspath(path), size=st.st_size, inode=st.st_ino,
+                     mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
 
 def clear_digest_memo() -> None:
@@ -143,6 +155,21 @@ class Store:
 
     def set_json(self, key: str, value: Any) -> None:
         self._cache.set(key, json.dumps(value, ensure_ascii=False))
+
+    def get_jsons(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The JSON values found for ``keys`` (missing keys are absent from the result)."""
+        found: dict[str, Any] = {}
+        for key in keys:
+            value = self.get_json(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    def set_jsons(self, items: Mapping[str, Any]) -> None:
+        """Write many JSON values in one transaction."""
+        with self._cache.transact():
+            for key, value in items.items():
+                self._cache.set(key, json.dumps(value, ensure_ascii=False))
 
     # -- arrays -------------------------------------------------------------------------------------
     def get_array(self, key: str) -> np.ndarray | None:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cache import Store, cache_key, known_digest
+from .cache import Store, cache_key, known_digest, stat_key
 from .errors import ImageError
 from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend
@@ -100,7 +100,7 @@ class Encoder:
             num_workers = default_decode_workers(self.model.device.type)
         keys: dict[int, str] = {}
         errors: dict[int, str] = {}
-        for i, digest in enumerate(_content_keys(records, num_workers)):
+        for i, digest in enumerate(_content_keys(records, num_workers, self.store)):
             if isinstance(digest, Exception):
                 errors[i] = _reason(digest)
             else:
@@ -158,15 +158,29 @@ def _content_key_or_error(record: ImageRecord) -> str | Exception:
         return exc
 
 
-def _content_keys(records: Sequence[ImageRecord], num_workers: int) -> list[str | Exception]:
+def _content_keys(
+    records: Sequence[ImageRecord], num_workers: int, store: Store | None = None
+) -> list[str | Exception]:
     """Each record's content hash (or the error reading it), in order.
 
-    Hashing reads every file once before anything is decoded; hashlib releases the GIL, so threads hash large
-    folders (and slow network disks) in parallel.
+    A file is read only when neither this process (:func:`~vlmcls.cache.known_digest`) nor the store (a digest
+    kept under the file's :func:`~vlmcls.cache.stat_key`) has seen it unchanged, so a re-run in a new process
+    does not re-read a folder of large photos. What must be read is hashed on threads: hashlib releases the GIL.
     """
     out: list[str | Exception | None] = [
         known_digest(r.path) if r.fetch is None and r.path is not None else None for r in records
-    ]  # files already hashed by this process and unchanged since
+    ]
+    stat_keys: dict[int, str] = {}
+    if store is not None:
+        for i, r in enumerate(records):
+            if out[i] is None and r.fetch is None and r.path is not None:
+                key = stat_key(r.path)
+                if key is not None:
+                    stat_keys[i] = key
+        kept = store.get_jsons(stat_keys.values())
+        for i, key in stat_keys.items():
+            if isinstance(kept.get(key), str):
+                out[i] = kept[key]
     todo = [i for i, digest in enumerate(out) if digest is None]
     if num_workers <= 1 or len(todo) < 64:
         for i in todo:
@@ -175,4 +189,8 @@ def _content_keys(records: Sequence[ImageRecord], num_workers: int) -> list[str 
         with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-hash") as pool:
             for i, digest in zip(todo, pool.map(_content_key_or_error, [records[i] for i in todo], chunksize=16)):
                 out[i] = digest
+    if store is not None:
+        fresh = {stat_keys[i]: out[i] for i in todo if i in stat_keys and isinstance(out[i], str)}
+        if fresh:
+            store.set_jsons(fresh)
     return out  # type: ignore[return-value]

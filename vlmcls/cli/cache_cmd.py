@@ -26,7 +26,7 @@ def info(cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cach
 @app.command("clear")
 @handle_errors
 def clear(
-    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind of entry: image, text, llm."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind of entry: image, text, llm, digest (file hashes by path and stat)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
