@@ -145,7 +145,7 @@ def main() -> None:
     dev_type = torch.device(args.device).type
     fig: dict[str, object] = {"images": len(paths), "batch_size": args.batch_size, "device": args.device,
                               "precision": args.precision, "torch_threads": torch.get_num_threads(),
-                              "cpus": os.cpu_count(), "default_decode_workers": default_decode_workers(dev_type)}
+                              "cpus": os.cpu_count(), "default_decode_workers": default_decode_workers()}
     if dev_type == "cuda":
         fig["gpu"] = torch.cuda.get_device_name()
     print(f"{len(paths)} JPEGs 500x375; batch {args.batch_size}; device {args.device} {fig.get('gpu', '')}; "

@@ -177,12 +177,14 @@ def test_large_folders_hash_on_threads_and_keep_order_and_error_rows(tiny_open_c
         assert a.error or abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-5
 
 
-def test_default_decode_workers_use_every_core_only_when_the_model_is_elsewhere(monkeypatch):
+def test_default_decode_workers_are_8_threads_or_one_process_per_core(monkeypatch):
     from vlmcls import images
 
     monkeypatch.setattr(images.os, "cpu_count", lambda: 16)
-    assert images.default_decode_workers("cpu") == 8
-    assert images.default_decode_workers("cuda") == 16
+    assert images.default_decode_workers("thread") == 8
+    assert images.default_decode_workers("process") == 16
+    monkeypatch.setattr(images.os, "cpu_count", lambda: 2)
+    assert images.default_decode_workers("thread") == images.default_decode_workers("process") == 2
 
 
 def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):

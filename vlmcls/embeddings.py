@@ -96,11 +96,10 @@ class Encoder:
         ``worker_type``: ``thread``, ``process`` or ``auto`` (see :func:`vlmcls.images.choose_worker_type`).
         """
         total = len(records)
-        if num_workers is None:
-            num_workers = default_decode_workers(self.model.device.type)
         keys: dict[int, str] = {}
         errors: dict[int, str] = {}
-        for i, digest in enumerate(_content_keys(records, num_workers, self.store)):
+        hash_workers = default_decode_workers() if num_workers is None else num_workers
+        for i, digest in enumerate(_content_keys(records, hash_workers, self.store)):
             if isinstance(digest, Exception):
                 errors[i] = _reason(digest)
             else:
@@ -115,6 +114,8 @@ class Encoder:
         encoded = 0
         todo_records = [records[i] for i in todo]
         kind = choose_worker_type(worker_type, self.model.device.type, todo_records, batch_size)
+        if num_workers is None:
+            num_workers = default_decode_workers(kind)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
         batches = iter_decoded_batches(todo_records, self._worker_preprocess(), batch_size, num_workers=num_workers,

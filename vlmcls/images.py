@@ -257,14 +257,15 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 # -- batches --------------------------------------------------------------------------------------------
 
 
-def default_decode_workers(device_type: str = "cpu") -> int:
-    """Decoding threads to use when none are asked for.
+def default_decode_workers(worker_type: str = "thread") -> int:
+    """Decode workers to use when none are asked for.
 
-    With the model on the CPU its own threads need the cores, so at most 8 decode beside it. With the model on an
-    accelerator decoding is the CPU's only job and usually the bound, so every core decodes (at most 32).
+    Threads: at most 8. Beside a CPU model the model's own threads need the cores; beside a GPU, threads share one
+    GIL and 8 beat 16 on the H100 box (832 vs 782 img/s, 500×375 JPEGs through ViT-B-32's transform).
+    Processes: one per core (at most 32), since they do not share a GIL.
     """
     cpus = os.cpu_count() or 1
-    return min(8, cpus) if device_type == "cpu" else min(32, cpus)
+    return min(32, cpus) if worker_type == "process" else min(8, cpus)
 
 
 WORKER_TYPES = ("auto", "thread", "process")
@@ -319,7 +320,7 @@ def iter_decoded_batches(
     import torch
 
     if num_workers is None:
-        num_workers = default_decode_workers()
+        num_workers = default_decode_workers(worker_type)
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got '{batch_size}'.")

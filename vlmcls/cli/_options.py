@@ -6,7 +6,7 @@ import typer
 
 WORKERS_OPTION = typer.Option(
     None, "--workers", min=0,
-    help="Decoding threads or processes (default: by CPU count; every core when the model is on a GPU).",
+    help="Decoding threads or processes (default: up to 8 threads, or one process per core).",
 )
 WORKER_TYPE_OPTION = typer.Option(
     "auto", "--worker-type",
