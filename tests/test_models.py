@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -94,6 +96,29 @@ def test_weights_fingerprint_follows_file_content(tmp_path):
     a2 = load_model(f"local-dir:{make_open_clip_dir(tmp_path / 'a2', seed=1)}", device="cpu")
     assert a.weights_fingerprint != b.weights_fingerprint
     assert a.weights_fingerprint == a2.weights_fingerprint  # same bytes elsewhere: same features, shareable
+
+
+def test_a_later_load_with_a_store_does_not_reread_unchanged_weights(tmp_path, monkeypatch):
+    import vlmcls.cache as cache_module
+    from tiny_models import make_open_clip_dir
+    from vlmcls.cache import Store, clear_digest_memo
+
+    folder = make_open_clip_dir(tmp_path / "m", seed=3)
+    store = Store(tmp_path / "cache")
+    real, hashed = cache_module.file_digest, []
+    monkeypatch.setattr(cache_module, "file_digest", lambda p: hashed.append(Path(p).name) or real(p))
+
+    def load():  # as a new process would: nothing memoised in memory
+        clear_digest_memo()
+        return load_model(f"local-dir:{folder}", device="cpu", store=store)
+
+    first = load()
+    assert sorted(hashed) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    hashed.clear()
+    assert load().weights_fingerprint == first.weights_fingerprint and hashed == []
+    make_open_clip_dir(folder, seed=4)  # new weights under the same names
+    assert load().weights_fingerprint != first.weights_fingerprint
+    assert sorted(hashed) == ["open_clip_config.json", "open_clip_model.safetensors"]
 
 
 def test_unreachable_weights_name_the_id_and_how_to_use_a_local_copy():

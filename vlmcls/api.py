@@ -139,8 +139,9 @@ class Classifier:
     ):
         if worker_type not in WORKER_TYPES:
             raise ConfigError(f"unknown worker type '{worker_type}'. Valid: {', '.join(WORKER_TYPES)}.")
-        self.model = load_model(model, device=device, precision=precision) if isinstance(model, str) else model
         self.store = Store(cache_dir) if use_cache else None
+        self.model = (load_model(model, device=device, precision=precision, store=self.store)
+                      if isinstance(model, str) else model)
         self.encoder = Encoder(self.model, self.store)
         self.batch_size = batch_size
         self.num_workers = num_workers

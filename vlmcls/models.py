@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cache import file_digest
+from .cache import Store, file_digest
 from .errors import ConfigError, ModelLoadError
 from .model_ids import ModelSpec, parse_model_id
 
@@ -69,11 +69,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return _PRECISIONS[key]
 
 
-def _files_fingerprint(paths: Sequence[Path]) -> str:
-    """Content hash of weight/config files (memoised per process by path, size and mtime)."""
+def _files_fingerprint(paths: Sequence[Path], store: "Store | None" = None) -> str:
+    """Content hash of weight/config files (memoised per process, and across processes when a store is given)."""
+    digest = store.file_digest if store is not None else file_digest
     parts = []
     for p in sorted(paths):
-        parts.append(f"{p.name}={file_digest(p)}")
+        parts.append(f"{p.name}={digest(p)}")
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:32]
 
 
@@ -196,10 +197,10 @@ def _split_torchvision_preprocess(preprocess) -> tuple[Callable, Callable] | Non
 class OpenClipBackend(ModelBackend):
     """open_clip models: built-in architectures, pretrained tags, checkpoints, hf-hub: and local-dir:."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
         import open_clip
 
-        self.spec, self.device, self.dtype = spec, device, dtype
+        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
         if spec.source == "builtin":
             name, pretrained = spec.name, spec.pretrained
         else:
@@ -226,9 +227,9 @@ class OpenClipBackend(ModelBackend):
         if spec.source == "local-dir":
             folder = Path(spec.name)
             files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
-            return _files_fingerprint(files)
+            return _files_fingerprint(files, self._store)
         if spec.source == "builtin" and spec.pretrained and Path(spec.pretrained).expanduser().is_file():
-            return _files_fingerprint([Path(spec.pretrained).expanduser()])
+            return _files_fingerprint([Path(spec.pretrained).expanduser()], self._store)
         if spec.source == "builtin" and spec.pretrained is None:
             # Random init differs per seed: identify these weights by a sample of every tensor.
             h = hashlib.sha256()
@@ -318,10 +319,10 @@ class OpenClipBackend(ModelBackend):
 class HFBackend(ModelBackend):
     """HF transformers CLIP and SigLIP (hub id or a save_pretrained folder)."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
         from transformers import AutoModel, AutoProcessor
 
-        self.spec, self.device, self.dtype = spec, device, dtype
+        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
         try:
             self.model = AutoModel.from_pretrained(spec.name).to(device).eval()
             self.processor = AutoProcessor.from_pretrained(spec.name)
@@ -347,7 +348,7 @@ class HFBackend(ModelBackend):
         folder = Path(self.spec.name)
         if self.spec.source == "folder":
             files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
-            return _files_fingerprint(files)
+            return _files_fingerprint(files, self._store)
         commit = getattr(self.model.config, "_commit_hash", None)
         return f"hub:{self.spec.name}@{commit or 'main'}"
 
@@ -392,10 +393,11 @@ class HFBackend(ModelBackend):
         return out
 
 
-def load_model(model_id: str, device: str = "auto", precision: str = "fp32") -> ModelBackend:
-    """Load a model by id (see :mod:`vlmcls.model_ids`) on a device, at a precision."""
+def load_model(model_id: str, device: str = "auto", precision: str = "fp32", store: "Store | None" = None) -> ModelBackend:
+    """Load a model by id (see :mod:`vlmcls.model_ids`) on a device, at a precision. With a ``store``, the content
+    hashes of local weight files are kept there, so later loads do not read the weights twice."""
     spec = parse_model_id(model_id)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
-    return backend_cls(spec, dev, dtype)
+    return backend_cls(spec, dev, dtype, store)
