@@ -12,21 +12,14 @@ from rich.table import Table
 from ..cache import Store
 from ..descriptors import DescriptorSet
 from ..errors import ConfigError
-from ..llm import LLMClient
+from ..llm import LLMClient, LLMConfig
 from ..report import check_report_path
 from ..output import check_output_path, write_json, write_rows
 from .describe_cmd import (
-    API_KEY_ENV_OPTION,
-    BASE_URL_OPTION,
+    with_llm_config,
     DOMAIN_HINT_OPTION,
     DRY_RUN_OPTION,
-    LLM_CONCURRENCY_OPTION,
-    LLM_MODEL_OPTION,
-    LLM_RETRIES_OPTION,
-    LLM_SEED_OPTION,
-    LLM_TIMEOUT_OPTION,
     REFRESH_OPTION,
-    llm_config_from_options,
     render_estimate,
 )
 from .eval_cmd import REPORT_OPTION, write_classify_report
@@ -42,6 +35,7 @@ _SHOWN_ROWS = 30
 
 
 @handle_errors
+@with_llm_config
 def classify(
     images: str = typer.Argument(..., help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
@@ -75,13 +69,6 @@ def classify(
     token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="FuDD: stop asking about pairs once this many tokens are spent.", rich_help_panel="LLM"),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    llm_model: str = LLM_MODEL_OPTION,
-    base_url: Optional[str] = BASE_URL_OPTION,
-    api_key_env: str = API_KEY_ENV_OPTION,
-    llm_timeout: float = LLM_TIMEOUT_OPTION,
-    llm_retries: int = LLM_RETRIES_OPTION,
-    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
-    llm_seed: Optional[int] = LLM_SEED_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     engine: str = typer.Option("single", "--engine", help="single (this process) or ray (Ray Data, many workers or machines).", rich_help_panel="Scale out"),
@@ -101,6 +88,7 @@ def classify(
     self_metric: bool = typer.Option(False, "--self-metric", help="Fréchet mean metric from the labels' text embeddings.", rich_help_panel="Refiners"),
     frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
     frechet_scale: Optional[float] = typer.Option(None, "--frechet-scale", min=0.0, help="Fréchet mean: P = softmax(scale·cos) (default: the model's logit scale).", rich_help_panel="Refiners"),
+    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
@@ -132,9 +120,8 @@ def classify(
     needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd")))
     llm = None
     if needs_llm:
-        config = llm_config_from_options(llm_model, base_url, api_key_env, llm_timeout, llm_retries, llm_concurrency, llm_seed)
         store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
-        llm = options.llm = LLMClient(config, store, refresh=refresh)
+        llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.table import Table
@@ -19,7 +21,7 @@ __all__ = [
     "app",
     "register",
     "describe",
-    "llm_config_from_options",
+    "with_llm_config",
     "render_usage",
     "render_estimate",
     "render_error_rows",
@@ -56,20 +58,38 @@ DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class 
 app = typer.Typer(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
 
 
-def llm_config_from_options(
-    llm_model: str,
-    base_url: Optional[str],
-    api_key_env: str,
-    timeout: float,
-    retries: int,
-    concurrency: int,
-    seed: Optional[int],
-) -> LLMConfig:
-    """The LLM settings the CLI flags describe (the key itself is read from the environment later)."""
-    return LLMConfig(
-        model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout,
-        max_retries=retries, max_concurrency=concurrency, seed=seed,
-    )
+_LLM_CONFIG_PARAMS = (  # (parameter, annotation, option): the flags that make one LLMConfig
+    ("llm_model", str, LLM_MODEL_OPTION),
+    ("base_url", Optional[str], BASE_URL_OPTION),
+    ("api_key_env", str, API_KEY_ENV_OPTION),
+    ("llm_timeout", float, LLM_TIMEOUT_OPTION),
+    ("llm_retries", int, LLM_RETRIES_OPTION),
+    ("llm_concurrency", int, LLM_CONCURRENCY_OPTION),
+    ("llm_seed", Optional[int], LLM_SEED_OPTION),
+)
+
+
+def with_llm_config(command: Callable) -> Callable:
+    """Give a Typer command the LLM endpoint flags (``--llm-model`` … ``--llm-seed``) and hand them to it as one
+    ``llm_config: LLMConfig`` argument, so the flags are declared once for every command that talks to an LLM.
+    (Typer has no parameter groups; it reads the signature, so the wrapper shows it the flags instead.)"""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "llm_config"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+             for name, annotation, option in _LLM_CONFIG_PARAMS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        model, base_url, api_key_env, timeout, retries, concurrency, seed = (
+            kwargs.pop(name) for name, _, _ in _LLM_CONFIG_PARAMS
+        )
+        config = LLMConfig(model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout,
+                           max_retries=retries, max_concurrency=concurrency, seed=seed)
+        return command(**kwargs, llm_config=config)
+
+    wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
+    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+    return wrapper
 
 
 def render_estimate(estimate: CallEstimate, what: str) -> None:
@@ -111,6 +131,7 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
 
 @app.callback(invoke_without_command=True)
 @handle_errors
+@with_llm_config
 def describe(
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the descriptors here (.json); default: print them."),
@@ -120,17 +141,11 @@ def describe(
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     prompt_file: Optional[Path] = PROMPT_FILE_OPTION,
-    llm_model: str = LLM_MODEL_OPTION,
-    base_url: Optional[str] = BASE_URL_OPTION,
-    api_key_env: str = API_KEY_ENV_OPTION,
-    llm_timeout: float = LLM_TIMEOUT_OPTION,
-    llm_retries: int = LLM_RETRIES_OPTION,
-    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
-    llm_seed: Optional[int] = LLM_SEED_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary tables."),
+    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
 ) -> None:
     """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
     from ..api import load_classes  # the one class-list reader; imported here to keep `--help` fast
@@ -147,12 +162,10 @@ def describe(
         descriptors, rows, usage = DescriptorSet.waffle(class_names, waffle_pairs, waffle_seed), [], None
     else:
         prompt = load_prompt("descriptors", prompts, prompt_file)
-        config = llm_config_from_options(llm_model, base_url, api_key_env, llm_timeout, llm_retries,
-                                         llm_concurrency, llm_seed)
-        with Store(cache_dir) as store, LLMClient(config, store, refresh=refresh) as client:
+        with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
             if dry_run:
                 render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
-                                f"{len(class_names)} classes, {llm_model} at {client.base_url}")
+                                f"{len(class_names)} classes, {llm_config.model} at {client.base_url}")
                 return
             descriptors, rows, usage = generate_descriptors(class_names, client, prompt, domain_hint)
 

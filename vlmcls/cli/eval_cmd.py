@@ -16,16 +16,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..llm import LLMConfig
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from .describe_cmd import (
-    API_KEY_ENV_OPTION,
-    BASE_URL_OPTION,
+    with_llm_config,
     DOMAIN_HINT_OPTION,
-    LLM_CONCURRENCY_OPTION,
-    LLM_MODEL_OPTION,
-    LLM_RETRIES_OPTION,
-    LLM_SEED_OPTION,
-    LLM_TIMEOUT_OPTION,
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
@@ -56,6 +51,7 @@ def parse_method_options(items: List[str] | None) -> dict[str, Any]:
 
 
 @handle_errors
+@with_llm_config
 def eval_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
@@ -81,13 +77,6 @@ def eval_command(
     worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
-    llm_model: str = LLM_MODEL_OPTION,
-    base_url: Optional[str] = BASE_URL_OPTION,
-    api_key_env: str = API_KEY_ENV_OPTION,
-    llm_timeout: float = LLM_TIMEOUT_OPTION,
-    llm_retries: int = LLM_RETRIES_OPTION,
-    llm_concurrency: int = LLM_CONCURRENCY_OPTION,
-    llm_seed: Optional[int] = LLM_SEED_OPTION,
     refresh: bool = REFRESH_OPTION,
     support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter (method tip, or METHOD+tip): a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
     tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
@@ -99,6 +88,7 @@ def eval_command(
     self_metric: bool = typer.Option(False, "--self-metric", help="Label metric from the labels' text embeddings, used like --hierarchy.", rich_help_panel="Refiners"),
     frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
 ) -> None:
     """Compare methods on labelled images: top-1, top-k, mean per-class recall, LLM calls, tokens and time.
 
@@ -107,7 +97,7 @@ def eval_command(
     from ..api import Classifier, load_classes
     from ..cache import Store
     from ..evaluate import evaluate, options_for_spec, parse_methods
-    from ..llm import LLMClient, LLMConfig
+    from ..llm import LLMClient
     from ..methods import MethodOptions
     from ..refine import RefinerOptions, load_label_metric
     from ..report import check_report_path, write_report
@@ -126,8 +116,6 @@ def eval_command(
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
         options_for_spec(spec, MethodOptions(refiners=refiners))
     extra = parse_method_options(method_option)
-    config = LLMConfig(model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=llm_timeout,
-                       max_retries=llm_retries, max_concurrency=llm_concurrency, seed=llm_seed)
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                      batch_size=batch_size, num_workers=workers, worker_type=worker_type)
@@ -135,7 +123,7 @@ def eval_command(
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     label_metric = load_label_metric(clf, refiners, class_names)[0] if refiners.frechet else None
     # The client only connects when a method asks the LLM something, so methods without one need no key.
-    with Store(cache_dir) as store, LLMClient(config, store, refresh=refresh) as client:
+    with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
         options = MethodOptions(
             templates=templates, aggregation=aggregation, descriptors=str(descriptors) if descriptors else None,
             llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint,
