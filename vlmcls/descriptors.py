@@ -125,12 +125,9 @@ class DescriptorSet(Mapping[str, list[str]]):
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the CbD descriptor file (UTF-8, class order kept); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)  # never leave a half-written file where the old one was
-        return path
+        from .output import write_json  # never leaves a half-written file where the old one was
+
+        return write_json(path, self.to_dict(), indent=2)
 
     def for_classes(self, class_names: Sequence[str]) -> tuple["DescriptorSet", list[ErrorRow]]:
         """The descriptors of ``class_names``, in that order, matched by name.

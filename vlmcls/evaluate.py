@@ -68,7 +68,7 @@ UNKNOWN_LABEL_POLICIES = ("error", "keep")
 # What may follow a method name after '+', and the RefinerOptions fields each one brings along.
 REFINERS = {
     "tip": ("support", "tip_alpha", "tip_beta", "tune"),
-    "tfup": ("self_cache",),
+    "tfup": (),  # no input of its own: options_for_spec switches self_cache on
     "frechet": ("label_space", "hierarchy", "distances", "self_metric", "frechet_top_k"),
 }
 
@@ -429,11 +429,8 @@ def evaluate(
     if first_error is not None and not any(run.ok for run in runs):
         raise first_error
 
-    from .api import Prediction
-
     labelled_ok = sum(1 for rec in feats.records if rec.label is not None)
-    error_rows = [Prediction(rec.id, str(rec.path) if rec.path is not None else None, None, [], reason, rec.label)
-                  for rec, reason in sorted(feats.errors, key=lambda item: item[0].source_index)]
+    error_rows = next(run.result for run in runs if run.ok).errors  # the same rows in every method's result
     images = {
         "total": len(records),
         "classified": len(feats.records),
@@ -465,9 +462,8 @@ def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k:
     metrics = compute_metrics(true_labels, probs, result.class_names, predicted_labels=predicted, k=top_k,
                               unknown_labels="keep")
     info = {k: v for k, v in result.stats.items() if k not in ("method", "llm_calls", "llm_tokens")}
-    own_metric = info.pop("label_metric", None) or getattr(result, "label_metric", None)
-    squared = info.pop("expected_squared_distance", None)
-    metric = label_metric if label_metric is not None else own_metric  # one metric for all keeps runs comparable
+    metric = label_metric if label_metric is not None else result.label_metric  # one for all keeps runs comparable
+    squared = None
     if metric is not None and keep:
         squared = _expected_squared_distance(predicted, true_labels, metric)
     return MethodRun(

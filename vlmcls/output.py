@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, TextIO
 
 from .errors import ConfigError
 
@@ -33,48 +33,53 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json."""
-    path = check_output_path(path)
-    rows = list(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            suffix = path.suffix.lower()
-            if suffix == ".jsonl":
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            elif suffix == ".json":
-                json.dump(rows, fh, ensure_ascii=False, indent=1)
-            else:
-                fields: list[str] = []
-                for row in rows:
-                    fields.extend(k for k in row if k not in fields)
-                if "top_k" in fields:  # the top-1 probability is what people sort by in a spreadsheet
-                    fields.insert(fields.index("label") + 1 if "label" in fields else 0, "prob")
-                writer = csv.DictWriter(fh, fieldnames=fields)
-                writer.writeheader()
-                for row in rows:
-                    cells = {k: _csv_cell(v) for k, v in row.items()}
-                    if "top_k" in row:
-                        cells["prob"] = f"{row['top_k'][0]['prob']:.6f}" if row["top_k"] else ""
-                    writer.writerow(cells)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write one JSON document atomically (strict JSON: NaN is refused, not written)."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text handle whose content replaces ``path`` only when the block ends without an error, so a crash
+    never leaves half a file. A plain open underneath: the file gets the user's umask."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json."""
+    path = check_output_path(path)
+    rows = list(rows)
+    with atomic_open(path) as fh:
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif suffix == ".json":
+            json.dump(rows, fh, ensure_ascii=False, indent=1)
+        else:
+            fields: list[str] = []
+            for row in rows:
+                fields.extend(k for k in row if k not in fields)
+            if "top_k" in fields:  # the top-1 probability is what people sort by in a spreadsheet
+                fields.insert(fields.index("label") + 1 if "label" in fields else 0, "prob")
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            for row in rows:
+                cells = {k: _csv_cell(v) for k, v in row.items()}
+                if "top_k" in row:
+                    cells["prob"] = f"{row['top_k'][0]['prob']:.6f}" if row["top_k"] else ""
+                writer.writerow(cells)
+    return path
+
+
+def write_json(path: str | Path, value: Any, indent: int = 1) -> Path:
+    """Write one JSON document atomically (strict JSON: NaN is refused, not written)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"  # fails before any write
+    with atomic_open(path) as fh:
+        fh.write(text)
     return path

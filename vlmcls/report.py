@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import ConfigError, ImageError
+from .output import atomic_open
 
 if TYPE_CHECKING:
     from .api import ClassificationResult
@@ -503,11 +504,6 @@ def write_report(
         if uri:
             thumbnails[row["id"]] = uri
     page = render_report(results, thumbnails, title=title, gallery_limit=gallery_limit)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # plain open: the file gets the user's umask
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(page)
     return path

@@ -95,11 +95,11 @@ def eval_command(
     A method is a registered name, optionally with refiners after '+': templates+tip, cbd+frechet, name+tfup.
     """
     from ..api import Classifier, load_classes
-    from ..cache import Store
     from ..evaluate import evaluate, options_for_spec, parse_methods
     from ..llm import LLMClient
     from ..methods import MethodOptions
     from ..refine import RefinerOptions, load_label_metric
+    from ..output import write_json
     from ..report import check_report_path, write_report
 
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
@@ -123,7 +123,7 @@ def eval_command(
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     label_metric = load_label_metric(clf, refiners, class_names)[0] if refiners.frechet else None
     # The client only connects when a method asks the LLM something, so methods without one need no key.
-    with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
+    with LLMClient(llm_config, clf.store, refresh=refresh) as client:  # the store stays the Classifier's
         options = MethodOptions(
             templates=templates, aggregation=aggregation, descriptors=str(descriptors) if descriptors else None,
             llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint,
@@ -132,10 +132,11 @@ def eval_command(
         with progress_bar("encoding images", enabled=not quiet) as progress:
             result = evaluate(clf, data, class_names, names, options, top_k, label_metric=label_metric,
                               unknown_labels=unknown_labels, progress=progress, **source_options)
+    results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:
-        result.save_json(output)
+        write_json(output, results)
     if report_path is not None:
-        write_report(result, report_path)
+        write_report(results, report_path, records=result.records)
     if not quiet:
         render_comparison(result)
         render_per_class(result)
