@@ -158,14 +158,14 @@ def test_a_non_empty_output_folder_is_refused(ray_local, model_id, image_folder,
 @pytest.mark.ray
 def test_random_init_weights_are_refused_because_each_worker_would_draw_others(ray_local, model_id, image_folder,
                                                                               monkeypatch):
-    load = distributed._driver_model
+    load = distributed._driver_classifier
 
     def random_init(*args):  # what load_model("ViT-B-32") without a pretrained tag gives
-        backend = load(*args)
-        backend.weights_fingerprint = "random-0123abcd"
-        return backend
+        clf = load(*args)
+        clf.model.weights_fingerprint = "random-0123abcd"
+        return clf
 
-    monkeypatch.setattr(distributed, "_driver_model", random_init)
+    monkeypatch.setattr(distributed, "_driver_classifier", random_init)
     with pytest.raises(ConfigError, match=r"random weights.*local-dir:"):
         classify_with_ray(model_id, image_folder, CLASSES)
 

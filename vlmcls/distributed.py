@@ -88,13 +88,13 @@ def classify_with_ray(
             "Use the single-process engine for datasets, or export the images to a folder."
         )
 
-    clf = Classifier(_driver_model(model_id, device, precision), cache_dir=cache_dir)
+    clf = _driver_classifier(model_id, device, precision, cache_dir)
     if clf.model.weights_fingerprint.startswith("random-"):
         raise ConfigError(
             f"model '{model_id}' has random weights, and every Ray worker would draw other ones. Give a pretrained "
             "tag (e.g. 'ViT-B-32:openai'), or save seeded weights to a local-dir: folder (see bench/bench_ray.py)."
         )
-    pixel_shape, dim = _probe_model(clf)
+    pixel_shape, dim = _probe_model(clf, class_names[0])
     head, method_out = _text_head(clf, method, class_names, options, dim)
 
     _connect(ray, ray_address)
@@ -183,24 +183,22 @@ def _check_settings(method, options, k, batch_size, num_workers, output_dir, out
             raise ConfigError(f"output folder '{output_dir}' exists and is not empty. Give a new or empty folder.")
 
 
-def _driver_model(model_id: str, device: str, precision: str):
-    """The model for text features on the driver: on ``device`` when this machine has it, else on the CPU."""
-    from .models import load_model
-
+def _driver_classifier(model_id: str, device: str, precision: str, cache_dir) -> Classifier:
+    """The Classifier for text features on the driver: on ``device`` when this machine has it, else on the CPU."""
     try:
-        return load_model(model_id, device=device, precision=precision)
+        return Classifier(model_id, device=device, precision=precision, cache_dir=cache_dir)
     except ConfigError:  # e.g. device="cuda" for the workers while the driver is a CPU-only head node
         log.info("device '%s' is not available on the driver: text features are computed on the CPU", device)
-        return load_model(model_id, device="cpu", precision=precision)
+        return Classifier(model_id, device="cpu", precision=precision, cache_dir=cache_dir)
 
 
-def _probe_model(clf: Classifier) -> tuple[tuple[int, ...], int]:
-    """The preprocessed pixel shape (for error rows' placeholders) and the feature dimension D."""
+def _probe_model(clf: Classifier, text: str) -> tuple[tuple[int, ...], int]:
+    """The preprocessed pixel shape (for error rows' placeholders) and the feature dimension D (from one class
+    text, which the method encodes anyway: it lands in the store)."""
     from PIL import Image
 
     pixels = clf.model.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))  # [3, H, W]
-    feats = clf.model.encode_images(pixels[None])  # [1, D]
-    return tuple(pixels.shape), int(feats.shape[-1])
+    return tuple(pixels.shape), int(clf.encoder.encode_texts([text]).shape[-1])
 
 
 @dataclass
@@ -214,31 +212,15 @@ class _TextHead:
     score_rule: str
 
 
-class _ScoreRecorder:
-    """Stands in for the Classifier while a method runs: records the text weights it scores with."""
-
-    def __init__(self, clf: Classifier):
-        self._clf = clf
-        self.weights: list[torch.Tensor] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clf, name)
-
-    def score(self, image_feats: torch.Tensor, text_weights: torch.Tensor):
-        self.weights.append(text_weights.detach().float().cpu().clone())
-        return self._clf.score(image_feats, text_weights)
-
-
 def _text_head(clf: Classifier, method: str, class_names: list[str], options: MethodOptions,
                dim: int) -> tuple[_TextHead, MethodOutput]:
     """Run the method once on the driver (LLM, text encoding); its text weights [C, D] and its output's extras."""
     generator = torch.Generator().manual_seed(0)
     probe = l2_normalize(torch.randn(_PROBE_ROWS, dim, generator=generator))  # [P, D]
-    recorder = _ScoreRecorder(clf)
-    out = run_method(method, recorder, probe, class_names, options)  # type: ignore[arg-type]
+    out = run_method(method, clf, probe, class_names, options)
     model = clf.model
-    if len(recorder.weights) == 1:
-        weights = recorder.weights[0]  # [C, D]
+    if out.weights is not None:  # the [C, D] text weights the method scored with, if it scored with one set
+        weights = out.weights.detach().float().cpu()
         expected = compute_logits(probe, weights, model.logit_scale, model.logit_bias)  # [P, C]
         linear = out.logits.shape == expected.shape and torch.allclose(out.logits.float(), expected, atol=1e-4)
     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmcls.demo.render import IMAGE_SIZE, image_rng, render_image
+from vlmcls.descriptors import cbd_sentence
 from vlmcls.demo.world import ATTRIBUTE_PHRASES, ATTRIBUTES, DEMO_CLASSES
 
 __all__ = [
@@ -253,11 +254,6 @@ def _encode_texts(model, tokenizer, texts, torch):
         return model.encode_text(tokenizer(texts), normalize=True)
 
 
-def _cbd_sentence(name: str, descriptor: str) -> str:
-    """The reference CbD rule: 'is' before descriptors starting with 'a', else 'has'."""
-    return f"{name}, which {'is' if descriptor.startswith('a') else 'has'} {descriptor}"
-
-
 def evaluate(model, tokenizer, seed: int = 424242, per_class: int = 20) -> dict[str, float]:
     """Held-out accuracies: shape x colour zero-shot, each attribute alone, and the demo classes three ways."""
     import torch
@@ -289,7 +285,7 @@ def evaluate(model, tokenizer, seed: int = 424242, per_class: int = 20) -> dict[
     name_feats = _encode_texts(model, tokenizer, [f"a photo of a {n}." for n in names], torch)  # [C, D]
     results["demo_name_only"] = ((demo_feats @ name_feats.T).argmax(1) == labels).float().mean().item()
     descriptor_feats = [
-        _encode_texts(model, tokenizer, [_cbd_sentence(n, d) for d in generic_descriptors(n)], torch) for n in names
+        _encode_texts(model, tokenizer, [cbd_sentence(n, d) for d in generic_descriptors(n)], torch) for n in names
     ]  # C x [M, D]
     descriptor_scores = torch.stack([(demo_feats @ feats.T).mean(1) for feats in descriptor_feats], dim=1)  # [N, C]
     results["demo_descriptors"] = (descriptor_scores.argmax(1) == labels).float().mean().item()
