@@ -228,7 +228,7 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
           f"(target >= 50)", flush=True)
     from vlmcls.images import choose_worker_type
 
-    auto_kind = choose_worker_type("auto", dev_type, as_records([str(p) for p in paths]), args.batch_size)
+    auto_kind = choose_worker_type("auto", as_records([str(p) for p in paths]))
     fig["auto_worker_type"] = auto_kind
     for kind in {"thread", "process"} - {auto_kind}:
         c = Classifier(backend, cache_dir=fresh_cache(), batch_size=args.batch_size, worker_type=kind)

@@ -315,13 +315,12 @@ def test_worker_type_auto_is_threads_and_processes_take_files_only(tmp_path):
     from vlmcls.images import choose_worker_type
 
     files = _records(tmp_path, 256)
-    assert choose_worker_type("auto", "cuda", files, batch_size=32) == "thread"  # measured faster end to end
-    assert choose_worker_type("auto", "cpu", files, batch_size=32) == "thread"
-    assert choose_worker_type("Process", "cpu", files, batch_size=32) == "process"
+    assert choose_worker_type("auto", files) == "thread"  # measured faster end to end
+    assert choose_worker_type("Process", files) == "process"
     rows = _records(tmp_path, 256, fetch=lambda: b"")
-    assert choose_worker_type("process", "cuda", rows, batch_size=32) == "thread"  # dataset rows stay on threads
+    assert choose_worker_type("process", rows) == "thread"  # dataset rows stay on threads
     with pytest.raises(ConfigError, match="unknown worker type 'fibers'"):
-        choose_worker_type("fibers", "cpu", files, batch_size=32)
+        choose_worker_type("fibers", files)
 
 
 def test_a_failing_preprocess_becomes_an_error_row(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from .cache import Store
 from .embeddings import Encoder, ImageFeatures
 from .errors import ConfigError
-from .images import WORKER_TYPES, ImageRecord, list_images
+from .images import ImageRecord, choose_worker_type, list_images
 from .models import ModelBackend, load_model
 from .refine import apply_refiners
 from .methods import MethodOptions, MethodOutput, run_method
@@ -137,8 +137,7 @@ class Classifier:
         num_workers: int | None = None,
         worker_type: str = "auto",
     ):
-        if worker_type not in WORKER_TYPES:
-            raise ConfigError(f"unknown worker type '{worker_type}'. Valid: {', '.join(WORKER_TYPES)}.")
+        choose_worker_type(worker_type, [])  # a bad worker type fails here, before the model loads
         self.store = Store(cache_dir) if use_cache else None
         self.model = (load_model(model, device=device, precision=precision, store=self.store)
                       if isinstance(model, str) else model)

@@ -72,23 +72,26 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest
 
 
-def known_digest(path: str | os.PathLike) -> str | None:
-    """The memoised digest of an unchanged file, or None (never reads the file, never raises)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def known_digest(path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
+    """The memoised digest of an unchanged file, or None (never reads the file, never raises). ``st``: the file's
+    stat when the caller has it already."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
     return _DIGESTS.get((os.fspath(path), st.st_size, st.st_mtime_ns))
 
 
-def stat_key(path: str | os.PathLike) -> str | None:
+def stat_key(path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
     """A store key for "this file, unchanged": absolute path, size, inode, mtime and ctime (ctime moves on every
     write and cannot be set back, so an edit that restores the old mtime still misses). None if it cannot be
-    stat-ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+    stat-ed. ``st``: the file's stat when the caller has it already."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
     return cache_key("digest", path=os.path.abspath(path), size=st.st_size, inode=st.st_ino,
                      mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 

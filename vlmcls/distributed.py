@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from .api import Classifier, ClassificationResult, Prediction, as_records, load_classes
-from .embeddings import l2_normalize
-from .errors import ConfigError, ImageError, MissingExtraError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageRecord, content_key
+from .embeddings import _content_key_or_error, _reason, l2_normalize
+from .errors import ConfigError, MissingExtraError, ModelLoadError
+from .images import DEFAULT_MAX_PIXELS, ImageRecord
 from .methods import MethodOptions, MethodOutput, run_method
 from .scoring import compute_logits, probabilities, top_k
 
@@ -316,12 +316,10 @@ def _decode_batch(batch: dict[str, np.ndarray], *, preprocess, pixel_shape: tupl
 
 
 def _single_engine_reason(record: ImageRecord, decode_reason: str) -> str:
-    """The reason the single-process engine gives: it hashes the file first, so a read failure reads as such."""
-    try:
-        content_key(record)
-    except (OSError, ImageError) as exc:
-        return str(exc) or type(exc).__name__
-    return decode_reason
+    """The reason the single-process engine gives: it hashes the file first (the same step is called here), so a
+    read failure reads as such."""
+    digest = _content_key_or_error(record)
+    return _reason(digest) if isinstance(digest, Exception) else decode_reason
 
 
 class _EncoderActor:

@@ -8,6 +8,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -113,7 +114,7 @@ class Encoder:
         position = {id(records[i]): i for i in todo}
         encoded = 0
         todo_records = [records[i] for i in todo]
-        kind = choose_worker_type(worker_type, self.model.device.type, todo_records, batch_size)
+        kind = choose_worker_type(worker_type, todo_records)
         if num_workers is None:
             num_workers = default_decode_workers(kind)
         if todo_records:
@@ -168,16 +169,15 @@ def _content_keys(
     kept under the file's :func:`~vlmcls.cache.stat_key`) has seen it unchanged, so a re-run in a new process
     does not re-read a folder of large photos. What must be read is hashed on threads: hashlib releases the GIL.
     """
+    stats = [_stat(r.path) if r.fetch is None and r.path is not None else None for r in records]  # one stat each
     out: list[str | Exception | None] = [
-        known_digest(r.path) if r.fetch is None and r.path is not None else None for r in records
+        known_digest(r.path, st) if st is not None else None for r, st in zip(records, stats)
     ]
     stat_keys: dict[int, str] = {}
     if store is not None:
-        for i, r in enumerate(records):
-            if out[i] is None and r.fetch is None and r.path is not None:
-                key = stat_key(r.path)
-                if key is not None:
-                    stat_keys[i] = key
+        for i, (r, st) in enumerate(zip(records, stats)):
+            if out[i] is None and st is not None:
+                stat_keys[i] = stat_key(r.path, st)
         kept = store.get_jsons(stat_keys.values())
         for i, key in stat_keys.items():
             if isinstance(kept.get(key), str):
@@ -195,3 +195,10 @@ def _content_keys(
         if fresh:
             store.set_jsons(fresh)
     return out  # type: ignore[return-value]
+
+
+def _stat(path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:  # reported with its reason when the file is hashed
+        return None

@@ -271,7 +271,7 @@ def default_decode_workers(worker_type: str = "thread") -> int:
 WORKER_TYPES = ("auto", "thread", "process")
 
 
-def choose_worker_type(worker_type: str, device_type: str, records: Sequence[ImageRecord], batch_size: int) -> str:
+def choose_worker_type(worker_type: str, records: Sequence[ImageRecord]) -> str:
     """Resolve ``auto`` to ``thread`` or ``process``; check an explicit choice.
 
     ``auto`` is threads, everywhere, because that is what measured faster end to end. On this 2-core box the model
