@@ -11,7 +11,7 @@ import torch
 
 import imagegen
 from vlmcls import Classifier
-from vlmcls.cli.eval_cmd import write_classify_report
+from vlmcls.cli.classify_cmd import write_classify_report
 from vlmcls.evaluate import evaluate
 from vlmcls.methods import METHODS, MethodOutput
 from vlmcls.report import render_report, select_gallery, write_report

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..cache import Store
@@ -22,7 +23,7 @@ from .describe_cmd import (
     REFRESH_OPTION,
     render_estimate,
 )
-from .eval_cmd import REPORT_OPTION, write_classify_report
+from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
@@ -98,10 +99,11 @@ def classify(
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
     if engine == "single" and (ray_address or ray_workers or output_dir or no_collect):
         raise ConfigError("--ray-address, --ray-workers, --output-dir and --no-collect need --engine ray.")
-    from ..api import Classifier
+    from ..api import Classifier, as_records
     from ..methods import MethodOptions
     from ..refine import RefinerOptions
 
+    records = None  # the single engine lists the source once, for the run and the report
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
@@ -136,9 +138,10 @@ def classify(
                 cache_dir=cache_dir, **source_options,
             )
         else:
+            records = as_records(images, **source_options)  # listed once: the run and the report's thumbnails
             with progress_bar("encoding images", enabled=not quiet) as progress:
-                result = clf.classify(images, classes, method=method, options=options, top_k=top_k,
-                                      progress=progress, **source_options)
+                result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
+                                      progress=progress)
     finally:
         if llm is not None:
             llm.close()
@@ -149,13 +152,36 @@ def classify(
     if out_path is not None:
         write_rows(result.rows(), out_path)
     if report is not None:
-        write_classify_report(result, report, images, source_options, model, quiet)
+        write_classify_report(result, report, images, source_options, model, quiet, records=records)
     if not quiet:
         render_result(result, out_path, explain)
     if out_path is not None and result.warnings:
         write_rows(result.warnings, out_path.with_name(out_path.stem + ".warnings.jsonl"))
     if result.errors or result.warnings or result.stats.get("errors"):
         raise typer.Exit(EXIT_INPUT_ERRORS)
+
+
+def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
+                          model: str | None = None, quiet: bool = False, records: list | None = None) -> Path:
+    """For `classify --report`: the same HTML report without labels (summary, predicted classes, gallery, errors).
+
+    ``records``: the run's image records, for thumbnails (dataset rows have no path). Without them ``images``, the
+    classify source, is listed again (no decoding). Call ``vlmcls.report.check_report_path`` before the run to fail
+    early on a bad path.
+    """
+    from ..api import as_records
+    from ..report import write_report
+
+    if records is None and images is not None:
+        try:
+            records = as_records(images, **(source_options or {}))
+        except ConfigError:  # the run already read this source; without records, thumbnails come from paths
+            records = None
+    path = write_report(result, report_path, records=records, data=str(images) if images is not None else None,
+                        model=model)
+    if not quiet:
+        console_err.print(f"report: {escape(str(path))}", highlight=False)
+    return path
 
 
 def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptions, source_options: dict, quiet: bool) -> None:

@@ -26,7 +26,7 @@ from .describe_cmd import (
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
 
-__all__ = ["register", "eval_command", "REPORT_OPTION", "write_classify_report", "parse_method_options",
+__all__ = ["register", "eval_command", "REPORT_OPTION", "parse_method_options",
            "render_comparison", "render_per_class"]
 
 # The --report flag, shared with `vlmcls classify --report` so both commands spell it the same.
@@ -219,29 +219,6 @@ def _render_failures(result) -> None:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
-
-
-def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
-                          model: str | None = None, quiet: bool = False) -> Path:
-    """For `classify --report`: the same HTML report without labels (summary, predicted classes, gallery, errors).
-
-    ``images`` is the classify source; it is listed again (no decoding) so dataset rows get thumbnails too.
-    Call ``vlmcls.report.check_report_path`` before the run to fail early on a bad path.
-    """
-    from ..api import as_records
-    from ..report import write_report
-
-    records = None
-    if images is not None:
-        try:
-            records = as_records(images, **(source_options or {}))
-        except ConfigError:  # the run already read this source; without records, thumbnails come from paths
-            records = None
-    path = write_report(result, report_path, records=records, data=str(images) if images is not None else None,
-                        model=model)
-    if not quiet:
-        console_err.print(f"report: {escape(str(path))}", highlight=False)
-    return path
 
 
 def register(root: typer.Typer) -> None:
