@@ -121,7 +121,9 @@ def eval_command(
                      batch_size=batch_size, num_workers=workers, worker_type=worker_type)
     source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
-    label_metric = load_label_metric(clf, refiners, class_names)[0] if refiners.frechet else None
+    # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
+    label_metric = (load_label_metric(clf, refiners, class_names, str(descriptors) if descriptors else None)[0]
+                    if refiners.frechet else None)
     # The client only connects when a method asks the LLM something, so methods without one need no key.
     with LLMClient(llm_config, clf.store, refresh=refresh) as client:  # the store stays the Classifier's
         options = MethodOptions(
