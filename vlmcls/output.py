@@ -16,11 +16,13 @@ __all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "check_output_path"]
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Fail before any work when the output suffix is unknown or its folder cannot be created."""
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, what: str = "output",
+                      hint: str | None = None) -> Path:
+    """Fail before any work when the file's suffix is not one of ``suffixes`` or its folder cannot be created."""
     path = Path(path).expanduser()
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"output '{path}' has suffix '{path.suffix}'; use one of {', '.join(OUTPUT_SUFFIXES)}.")
+    if path.suffix.lower() not in suffixes:
+        hint = hint or f"use one of {', '.join(suffixes)}"
+        raise ConfigError(f"{what} '{path}' has suffix '{path.suffix}'; {hint}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

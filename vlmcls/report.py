@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import ConfigError, ImageError
-from .output import atomic_open
+from .output import atomic_open, check_output_path
 
 if TYPE_CHECKING:
     from .api import ClassificationResult
@@ -104,11 +104,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def check_report_path(path: str | os.PathLike) -> Path:
     """Fail before any work when the report path does not end in .html or its folder cannot be made."""
-    path = Path(path).expanduser()
-    if path.suffix.lower() not in REPORT_SUFFIXES:
-        raise ConfigError(f"report '{path}' has suffix '{path.suffix}'; a report is one HTML file: use .html.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return check_output_path(path, REPORT_SUFFIXES, "report", "a report is one HTML file: use .html")
 
 
 def classification_to_dict(result: "ClassificationResult", *, data: str | None = None,
