@@ -229,3 +229,17 @@ def test_a_new_process_does_not_reread_unchanged_files_but_notices_an_edit(tiny_
     imagegen.write_solid(folder / "3.png", (0, 255, 0))  # same name, new content
     edited = run()
     assert hashed == ["3.png"] and edited.stats["encoded"] == 1
+
+
+def test_dataset_flags_reach_the_image_source_in_classify_and_eval(tiny_open_clip, tmp_path):
+    imagegen.make_hf_dataset([(200, 0, 0), (0, 0, 200), (210, 10, 10)], [0, 1, 0], ["cat", "dog"]).save_to_disk(
+        str(tmp_path / "pets"))
+    model = f"local-dir:{tiny_open_clip}"
+    out = tmp_path / "p.jsonl"
+    ok = _invoke("classify", tmp_path / "pets", "--classes", "cat,dog", "--model", model, "--image-column", "image",
+                 "--label-column", "label", "--output", out, "-q")
+    assert ok.exit_code == 0, ok.output
+    assert [json.loads(line)["true_label"] for line in out.read_text().splitlines()] == ["cat", "dog", "cat"]
+    for command in ("classify", "eval"):
+        bad = _invoke(command, tmp_path / "pets", "--classes", "cat,dog", "--model", model, "--image-column", "photo")
+        assert bad.exit_code == 2 and "no column 'photo'" in " ".join(bad.output.split()), (command, bad.output)

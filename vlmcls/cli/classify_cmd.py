@@ -26,7 +26,7 @@ from .describe_cmd import (
 from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
-from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
+from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
     from ..api import ClassificationResult, Classifier
@@ -37,6 +37,7 @@ _SHOWN_ROWS = 30
 
 @handle_errors
 @with_llm_config
+@with_source_options
 def classify(
     images: str = typer.Argument(..., help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
@@ -49,9 +50,6 @@ def classify(
     method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), fudd (differential follow-ups), tip, tfup."),
     templates: Optional[str] = typer.Option(None, "--templates", "-t", help="name, photo, small (default), imagenet80, or a file with one '{}' template per line."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method."),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="Dataset column holding labels."),
-    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (for a DatasetDict)."),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
@@ -90,6 +88,7 @@ def classify(
     frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
     frechet_scale: Optional[float] = typer.Option(None, "--frechet-scale", min=0.0, help="Fréchet mean: P = softmax(scale·cos) (default: the model's logit scale).", rich_help_panel="Refiners"),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
+    source_options: dict = None,  # from the dataset flags (with_source_options)
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
@@ -108,7 +107,6 @@ def classify(
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                          batch_size=batch_size, num_workers=workers, worker_type=worker_type)
-    source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     refiners = RefinerOptions(
         support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune, self_cache=self_cache,
         label_space=label_space, hierarchy=hierarchy, distances=distances, self_metric=self_metric,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -14,6 +12,7 @@ from rich.table import Table
 from ..cache import Store
 from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
+from ._options import option_group
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table
 from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
 
@@ -69,27 +68,13 @@ _LLM_CONFIG_PARAMS = (  # (parameter, annotation, option): the flags that make o
 )
 
 
-def with_llm_config(command: Callable) -> Callable:
-    """Give a Typer command the LLM endpoint flags (``--llm-model`` … ``--llm-seed``) and hand them to it as one
-    ``llm_config: LLMConfig`` argument, so the flags are declared once for every command that talks to an LLM.
-    (Typer has no parameter groups; it reads the signature, so the wrapper shows it the flags instead.)"""
-    signature = inspect.signature(command, eval_str=True)
-    kept = [p for p in signature.parameters.values() if p.name != "llm_config"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-             for name, annotation, option in _LLM_CONFIG_PARAMS]
+def _llm_config(llm_model, base_url, api_key_env, llm_timeout, llm_retries, llm_concurrency, llm_seed) -> LLMConfig:
+    return LLMConfig(model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=llm_timeout,
+                     max_retries=llm_retries, max_concurrency=llm_concurrency, seed=llm_seed)
 
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        model, base_url, api_key_env, timeout, retries, concurrency, seed = (
-            kwargs.pop(name) for name, _, _ in _LLM_CONFIG_PARAMS
-        )
-        config = LLMConfig(model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout,
-                           max_retries=retries, max_concurrency=concurrency, seed=seed)
-        return command(**kwargs, llm_config=config)
 
-    wrapper.__signature__ = signature.replace(parameters=[*kept, *added])
-    wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
-    return wrapper
+# The LLM endpoint flags (--llm-model … --llm-seed), handed to a command as one ``llm_config: LLMConfig``.
+with_llm_config = option_group("llm_config", _LLM_CONFIG_PARAMS, _llm_config)
 
 
 def render_estimate(estimate: CallEstimate, what: str) -> None:

@@ -24,7 +24,7 @@ from .describe_cmd import (
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
-from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION
+from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 
 __all__ = ["register", "eval_command", "REPORT_OPTION", "parse_method_options",
            "render_comparison", "render_per_class"]
@@ -52,6 +52,7 @@ def parse_method_options(items: List[str] | None) -> dict[str, Any]:
 
 @handle_errors
 @with_llm_config
+@with_source_options
 def eval_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
@@ -70,9 +71,6 @@ def eval_command(
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method's own settings (repeatable), e.g. fudd_k=5 or pairs_file=pairs.json."),
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="Dataset column holding images."),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="Dataset column holding labels."),
-    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (for a DatasetDict)."),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
@@ -89,6 +87,7 @@ def eval_command(
     frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
+    source_options: dict = None,  # from the dataset flags (with_source_options)
 ) -> None:
     """Compare methods on labelled images: top-1, top-k, mean per-class recall, LLM calls, tokens and time.
 
@@ -119,7 +118,6 @@ def eval_command(
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                      batch_size=batch_size, num_workers=workers, worker_type=worker_type)
-    source_options = {k: v for k, v in {"image_column": image_column, "label_column": label_column, "split": split}.items() if v}
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
     label_metric = (load_label_metric(clf, refiners, class_names, str(descriptors) if descriptors else None)[0]
