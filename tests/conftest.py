@@ -28,3 +28,25 @@ def tiny_open_clip(tmp_path_factory):
 def tiny_hf_clip(tmp_path_factory):
     """Folder of a tiny transformers CLIP model, loadable as 'hf:<folder>'."""
     return make_hf_clip_dir(tmp_path_factory.mktemp("tiny_hf_clip"))
+
+
+@pytest.fixture
+def labelled_folder(tmp_path):
+    """3 cat and 2 dog images, one loose (unlabelled) image and one empty file."""
+    import imagegen
+
+    root = tmp_path / "photos"
+    imagegen.make_class_tree(root, {"cat": [(200, 30, 30), (180, 40, 20), (210, 60, 50)], "dog": [(20, 30, 200), (30, 60, 190)]})
+    imagegen.write_noise_jpeg(root / "loose.jpg")
+    imagegen.write_empty(root / "dog" / "empty.jpg")
+    return root
+
+
+@pytest.fixture
+def photo_folder(labelled_folder):
+    """The labelled folder plus the classic bad files: a truncated JPEG and a text file named .png."""
+    import imagegen
+
+    imagegen.write_truncated_jpeg(labelled_folder / "cat" / "truncated.jpg")
+    imagegen.write_text_as_image(labelled_folder / "notes.png")
+    return labelled_folder

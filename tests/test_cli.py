@@ -15,18 +15,6 @@ from vlmcls.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture
-def photo_folder(tmp_path):
-    """Class sub-folders of small JPEG/PNG photos plus the classic bad files."""
-    root = tmp_path / "photos"
-    imagegen.make_class_tree(root, {"cat": [(200, 30, 30), (180, 40, 20), (210, 60, 50)], "dog": [(20, 30, 200), (30, 60, 190)]})
-    imagegen.write_noise_jpeg(root / "loose.jpg")
-    imagegen.write_empty(root / "dog" / "empty.jpg")
-    imagegen.write_truncated_jpeg(root / "cat" / "truncated.jpg")
-    imagegen.write_text_as_image(root / "notes.png")
-    return root
-
-
 def _invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 

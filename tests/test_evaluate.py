@@ -88,16 +88,6 @@ def test_each_spec_gets_only_the_refiners_it_names(tmp_path):
 
 
 @pytest.fixture
-def labelled_folder(tmp_path):
-    """3 cat and 2 dog images, one loose (unlabelled) image and one empty file."""
-    root = tmp_path / "photos"
-    imagegen.make_class_tree(root, {"cat": [(200, 30, 30), (180, 40, 20), (210, 60, 50)], "dog": [(20, 30, 200), (30, 60, 190)]})
-    imagegen.write_noise_jpeg(root / "loose.jpg")
-    imagegen.write_empty(root / "dog" / "empty.jpg")
-    return root
-
-
-@pytest.fixture
 def fake_methods(monkeypatch):
     """'always_cat' answers cat for every image and reports LLM costs; 'broken' fails like a dead endpoint."""
 
