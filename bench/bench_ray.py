@@ -1,6 +1,17 @@
-"""Issue 8 benchmark: throughput per worker of the Ray engine against the single-process engine.
+"""Ray engine benchmarks.
 
-    python bench/bench_ray.py [--images 256] [--workers 1,2] [--batch-size 32] [--ray-cpus N]
+Issue 12 (default): FuDD on Ray against the single-process engine, and a Ray re-run with other classes.
+
+    python bench/bench_ray.py [--images 512] [--workers 1] [--batch-size 32] [--ray-cpus N]
+
+Both engines run ``cbd+fudd`` (descriptor and pair files, so no LLM is needed) on the same JPEGs and must give the
+same rows (labels identical, probabilities within 1e-5); the wall time of each is printed. Then Ray runs again
+with other classes: every feature comes from the feature store (0 images encoded, no encoder actor started), and
+the bench prints how much faster that second Ray run is than the first.
+
+Issue 8 (``--throughput``): throughput per worker of the Ray engine against the single-process engine.
+
+    python bench/bench_ray.py --throughput [--images 256] [--workers 1,2] [--batch-size 32] [--ray-cpus N]
 
 Both engines classify the same JPEGs with the same random-init, seeded ViT-B/32 (saved to a local-dir: folder, so
 every Ray worker loads the very weights the driver has) and must give the same labels. The single-process engine
@@ -74,12 +85,120 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--workers", default="1,2", help="comma-separated numbers of encoder actors to time")
+    parser.add_argument("--throughput", action="store_true", help="issue 8's throughput-per-worker table instead")
+    parser.add_argument("--images", type=int, default=None, help="default 512 (256 with --throughput)")
+    parser.add_argument("--workers", default=None, help="comma-separated numbers of encoder actors to time "
+                        "(default 1; 1,2 with --throughput)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ray-cpus", type=int, default=None,
                         help="logical CPUs given to Ray (default: cores, at least max(workers) + 1 so decoding can run)")
     args = parser.parse_args()
+    if args.throughput:
+        args.images, args.workers = args.images or 256, args.workers or "1,2"
+        return throughput(args)
+    args.images, args.workers = args.images or 512, args.workers or "1"
+    return fudd_and_rerun(args)
+
+
+LABELS_AGAIN = ["apple", "bridge", "camel", "desk", "eagle", "forest", "guitar", "harbour", "island", "jeep"]
+
+
+def pair_file(path: Path, labels: list[str]) -> Path:
+    """FuDD pair JSON for every pair of labels (three attributes each), as `vlmcls classify --pairs` reads it."""
+    import json
+
+    pairs = {}
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            pairs[f"{a}_{b}"] = {"classes": [a, b], "prompt_pairs": [
+                {"attr_type": attr, "prompt_pair": [f"a photo of a {a} with a {attr} {a} {i} look.",
+                                                    f"a photo of a {b} with a {attr} {b} look."]}
+                for attr in ("shape", "colour", "texture")]}
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+def descriptor_file(path: Path, labels: list[str]) -> Path:
+    import json
+
+    path.write_text(json.dumps({c: [f"a {c}-like outline", f"the usual colours of a {c}", "seen outdoors"]
+                                for c in labels}))
+    return path
+
+
+def same_rows(got, want) -> tuple[bool, float]:
+    """(labels, errors and top-k classes identical; the largest probability difference)."""
+    worst = 0.0
+    for g, w in zip(got.predictions, want.predictions):
+        if (g.label, g.error, [c for c, _ in g.top_k]) != (w.label, w.error, [c for c, _ in w.top_k]):
+            return False, float("nan")
+        worst = max([worst, *(abs(a - b) for (_, a), (_, b) in zip(g.top_k, w.top_k))])
+    return len(got.predictions) == len(want.predictions), worst
+
+
+def fudd_and_rerun(args) -> None:
+    cores = os.cpu_count() or 1
+    workers = int(args.workers.split(",")[0])
+    ray_cpus = args.ray_cpus or max(cores, workers + 1)
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+
+    from vlmcls.api import Classifier
+    from vlmcls.distributed import classify_with_ray
+    from vlmcls.methods import MethodOptions
+
+    work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-ray-"))
+    os.environ["VLMCLS_CACHE"] = str(work / "cache")
+    paths = make_jpegs(work / "images", args.images)
+    model_id = save_random_vit_b32(work / "model")
+    spec = "cbd+fudd"
+    runs = {}
+    for name, labels in (("first", LABELS), ("again", LABELS_AGAIN)):
+        runs[name] = MethodOptions(descriptors=str(descriptor_file(work / f"descriptors-{name}.json", labels)),
+                                   extra={"pairs_file": str(pair_file(work / f"pairs-{name}.json", labels)),
+                                          "fudd_k": 5})
+    print(f"{args.images} JPEGs 500x375, ViT-B/32 random-init (seed 0), {spec} (k=5, 45 pairs, from files), batch "
+          f"{args.batch_size}, {cores} cores, Ray given {ray_cpus} logical CPUs, {workers} encoder actor(s), "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    # The single engine, store off: it encodes every image, as the first Ray run must.
+    single_clf = Classifier(model_id, device="cpu", use_cache=False, batch_size=args.batch_size)
+    single_s, single = timed(lambda: single_clf.classify(paths, LABELS, method=spec, options=runs["first"]))
+
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        store = work / "feature-store"
+        ray_s, on_ray = timed(lambda: classify_with_ray(model_id, paths, LABELS, method=spec, options=runs["first"],
+                                                        batch_size=args.batch_size, num_workers=workers,
+                                                        feature_store=store))
+        again_s, again = timed(lambda: classify_with_ray(model_id, paths, LABELS_AGAIN, method=spec,
+                                                         options=runs["again"], batch_size=args.batch_size,
+                                                         num_workers=workers, feature_store=store))
+    finally:
+        ray.shutdown()
+    single_again = Classifier(model_id, device="cpu", use_cache=False, batch_size=args.batch_size).classify(
+        paths, LABELS_AGAIN, method=spec, options=runs["again"])
+
+    equal, worst = same_rows(on_ray, single)
+    equal_again, worst_again = same_rows(again, single_again)
+    print(f"\n{'run':<44}{'wall s':>9}{'encoded':>9}{'from store':>11}{'moved by FuDD':>15}")
+    for name, seconds, result in (("single engine, " + spec, single_s, single),
+                                  ("ray, first run", ray_s, on_ray),
+                                  ("ray, again with 10 other classes", again_s, again)):
+        print(f"{name:<44}{seconds:>9.1f}{result.stats.get('encoded', 0):>9}{result.stats.get('cached', 0):>11}"
+              f"{result.stats.get('images_moved', 0):>15}")
+    print(f"\nrows equal, ray vs single engine: {equal} (largest probability difference {worst:.2e}); "
+          f"second run: {equal_again} ({worst_again:.2e})")
+    print(f"ray first run / single engine: {ray_s / single_s:.2f}x the wall time")
+    print(f"ray re-run with other classes: {ray_s / again_s:.1f}x faster than the first ray run "
+          f"({again.stats['encoded']} images encoded)")
+
+
+def throughput(args) -> None:
     worker_counts = [int(w) for w in args.workers.split(",")]
     cores = os.cpu_count() or 1
     ray_cpus = args.ray_cpus or max(cores, max(worker_counts) + 1)

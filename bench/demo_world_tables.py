@@ -23,7 +23,7 @@ from vlmcls.demo.render import render_dataset  # noqa: E402
 from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances  # noqa: E402
 from vlmcls.llm import LLMClient, LLMConfig  # noqa: E402
 from vlmcls.methods import MethodOptions  # noqa: E402
-from vlmcls.refine import RefinerOptions  # noqa: E402
+from vlmcls.methods import RefinerOptions  # noqa: E402
 
 DEMO = ROOT / "vlmcls" / "data"
 MODEL = f"local-dir:{DEMO / 'demo_model'}"

@@ -16,7 +16,7 @@ from vlmcls.demo.render import render_dataset
 from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances
 from vlmcls.llm import LLMClient, LLMConfig
 from vlmcls.methods import MethodOptions
-from vlmcls.refine import RefinerOptions
+from vlmcls.methods import RefinerOptions
 
 DATA = Path(__file__).resolve().parents[1] / "vlmcls" / "data"
 MODEL_DIR = Path(os.environ.get("VLMCLS_DEMO_MODEL", DATA / "demo_model"))

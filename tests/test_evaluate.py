@@ -12,7 +12,8 @@ from vlmcls.adapters.metrics import LabelMetric
 from vlmcls.cli import app
 from vlmcls.errors import ConfigError, LLMError
 from vlmcls.evaluate import compute_metrics, evaluate, options_for_spec, parse_methods
-from vlmcls.methods import METHODS, MethodOptions, MethodOutput
+from vlmcls.methods import METHODS, MethodOptions
+from fake_methods import scripted_head
 
 runner = CliRunner()
 
@@ -68,19 +69,19 @@ def test_method_specs_are_checked_against_the_registry():
     assert parse_methods("name, templates,name") == ["name", "templates"]
     with pytest.raises(ConfigError, match="unknown method 'clip'.*Valid: name, templates"):
         parse_methods("name,clip")
-    with pytest.raises(ConfigError, match="unknown refiner 'magic'"):
+    with pytest.raises(ConfigError, match="unknown method 'magic' in 'templates\\+magic'"):
         parse_methods("templates+magic")
 
 
 def test_each_spec_gets_only_the_refiners_it_names(tmp_path):
-    from vlmcls.refine import RefinerOptions
+    from vlmcls.methods import RefinerOptions
 
     shared = MethodOptions(refiners=RefinerOptions(support=tmp_path, hierarchy=tmp_path / "h.txt"))
     assert options_for_spec("templates", shared).refiners == RefinerOptions()
     assert options_for_spec("templates+tip", shared).refiners.support == tmp_path
     assert options_for_spec("templates+tip", shared).refiners.hierarchy is None
     assert options_for_spec("name+frechet", shared).refiners.hierarchy == tmp_path / "h.txt"
-    with pytest.raises(ConfigError, match="--support"):
+    with pytest.raises(ConfigError, match="setting 'support'"):
         options_for_spec("tip", MethodOptions())
 
 
@@ -91,16 +92,14 @@ def test_each_spec_gets_only_the_refiners_it_names(tmp_path):
 def fake_methods(monkeypatch):
     """'always_cat' answers cat for every image and reports LLM costs; 'broken' fails like a dead endpoint."""
 
-    def always_cat(clf, image_feats, class_names, options):
+    def always_cat(image_feats, class_names):
         logits = torch.zeros(image_feats.shape[0], len(class_names))  # [N, C]
         logits[:, class_names.index("cat")] = 10.0
-        return MethodOutput(logits, logits.softmax(dim=1), llm_calls=3, llm_tokens=120)
+        return logits
 
-    def broken(clf, image_feats, class_names, options):
-        raise LLMError("endpoint 'http://localhost:9' refused the connection")
-
-    monkeypatch.setitem(METHODS, "always_cat", always_cat)
-    monkeypatch.setitem(METHODS, "broken", broken)
+    monkeypatch.setitem(METHODS, "always_cat", scripted_head("always_cat", always_cat, llm_calls=3, llm_tokens=120))
+    monkeypatch.setitem(METHODS, "broken", scripted_head(
+        "broken", always_cat, fail=LLMError("endpoint 'http://localhost:9' refused the connection")))
 
 
 def _counting_classifier(model_dir, monkeypatch):

@@ -14,7 +14,8 @@ from vlmcls import distributed
 from vlmcls.api import Classifier
 from vlmcls.distributed import classify_with_ray
 from vlmcls.errors import ConfigError, MissingExtraError
-from vlmcls.methods import METHODS, MethodOptions, MethodOutput, run_method
+from vlmcls.evaluate import options_for_spec
+from vlmcls.methods import MethodOptions, RefinerOptions, run_spec
 from vlmcls.scoring import compute_logits
 
 CLASSES = ["cat", "dog", "car", "tree"]
@@ -121,22 +122,111 @@ def test_jsonl_shards_without_collecting_cover_missing_files_and_folders(ray_loc
     assert rows[-2]["error"] == "file not found"
 
 
-@pytest.mark.ray
-def test_methods_that_rerank_per_image_are_refused_with_the_way_out(ray_local, model_id, image_folder):
-    with pytest.raises(ConfigError, match=r"method 'fudd'.*single-process engine"):
-        classify_with_ray(model_id, image_folder, CLASSES, method="fudd")
+@pytest.fixture(scope="module")
+def method_inputs(tmp_path_factory) -> dict:
+    """Files the methods read: descriptors, a FuDD pair file for every pair, a support folder, one feature store."""
+    root = tmp_path_factory.mktemp("method_inputs")
+    descriptors = root / "descriptors.json"
+    descriptors.write_text(json.dumps({c: [f"a {c}-shaped outline", "four legs", f"{c} colours"] for c in CLASSES}))
+    pairs = {f"{a}_{b}": {"classes": [a, b], "prompt_pairs": [
+        {"attr_type": "shape", "prompt_pair": [f"a photo of a round {a}.", f"a photo of a square {b}."]},
+        {"attr_type": "colour", "prompt_pair": [f"a red {a}.", f"a blue {b}."]}]}
+        for i, a in enumerate(CLASSES) for b in CLASSES[i + 1:]}
+    (root / "pairs.json").write_text(json.dumps(pairs))
+    for c, colour in zip(CLASSES, (ig.RED, ig.BLUE, (20, 200, 20), (200, 200, 20))):
+        ig.write_solid(root / "support" / c / "0.png", colour)
+        ig.write_noise_jpeg(root / "support" / c / "1.jpg", size=(36, 30), seed=len(c))
+    return {"descriptors": descriptors, "pairs": root / "pairs.json", "support": root / "support",
+            "store": root / "feature-store"}
+
+
+# Every head and every later stage at least once, a chain of all of them, and a stage named alone (it picks its
+# head): the Ray rows must be the single engine's, explanations included. (Few runs: Ray is slow on a busy box.)
+SPECS = ["name+tip", "templates+tfup", "waffle+frechet", "cbd+fudd+tip+tfup+frechet", "fudd"]
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    """16 files: 13 images in class folders and a loose one, an empty file and a truncated one."""
+    root = tmp_path_factory.mktemp("ray_small")
+    for i in range(12):
+        ig.write_noise_jpeg(root / ("a", "b", "c")[i % 3] / f"{i:02d}.jpg", size=(40 + i, 32), seed=i)
+    ig.write_solid(root / "a" / "red.png", ig.RED)
+    ig.write_gray_png(root / "gray.png")
+    ig.write_empty(root / "a" / "empty.jpg")
+    ig.write_truncated_jpeg(root / "b" / "cut.jpg")
+    return root
 
 
 @pytest.mark.ray
-def test_a_method_that_is_not_one_linear_head_is_caught_before_any_work(ray_local, model_id, image_folder, monkeypatch):
-    def squared(clf, image_feats, class_names, options):  # scores with text weights, then bends the logits
-        out = METHODS["templates"](clf, image_feats, class_names, options)
-        return MethodOutput(out.logits ** 2, out.probs)
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_method_and_refiner_gives_the_single_engine_rows_on_ray(ray_local, model_id, small_folder, method_inputs,
+                                                                       spec):
+    refiners = RefinerOptions(support=method_inputs["support"], tune=True, self_metric=True)
+    options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True, refiners=refiners,
+                            extra={"pairs_file": str(method_inputs["pairs"]), "fudd_k": 3})
+    options = options_for_spec(spec, options)  # only the refiners the spec names, as eval does
+    single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
+                                                                          options=options, top_k=3)
 
-    monkeypatch.setitem(METHODS, "squared", squared)
-    monkeypatch.setattr(distributed, "LINEAR_METHODS", (*distributed.LINEAR_METHODS, "squared"))
-    with pytest.raises(ConfigError, match=r"method 'squared' did not score with one fixed set of text weights"):
-        classify_with_ray(model_id, image_folder, CLASSES, method="squared")
+    result = classify_with_ray(model_id, small_folder, CLASSES, method=spec, options=options, top_k=3, batch_size=4,
+                               num_workers=1, feature_store=method_inputs["store"])
+
+    assert_same_rows(result.rows(), single.rows())
+    assert_same_tree([r.get("explanation") for r in result.rows()], [r.get("explanation") for r in single.rows()])
+    assert torch.allclose(result.probs, single.probs, atol=1e-5)
+    assert result.stats["errors"] == len(single.errors) == 2
+    for key in ("unique_pairs", "pairs_answered", "images_moved", "tip_alpha", "self_cache_per_class",
+                "label_space_size"):
+        assert result.stats.get(key) == single.stats.get(key), key
+
+
+def assert_same_tree(got, want, path="") -> None:
+    """Equal explanations: the same keys, texts and lists; numbers within 1e-4 (logits on the scale of 100 differ
+    in the last float32 digits when the batches differ)."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert got == pytest.approx(want, abs=1e-4), path
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), path
+        for key in want:
+            assert_same_tree(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), path
+        for n, (g, w) in enumerate(zip(got, want)):
+            assert_same_tree(g, w, f"{path}[{n}]")
+    else:
+        assert got == want, path
+
+
+@pytest.mark.ray
+def test_a_second_run_with_other_classes_encodes_nothing_and_asks_the_llm_once_per_pair(
+        ray_local, model_id, small_folder, tmp_path):
+    from llm_server import FakeLLMServer
+
+    from vlmcls.llm import LLMClient, LLMConfig
+
+    store = tmp_path / "features"
+    first = classify_with_ray(model_id, small_folder, CLASSES, top_k=2, batch_size=4, num_workers=1,
+                              feature_store=store)
+    assert first.stats["encoded"] == 14 and first.stats["cached"] == 0  # 16 files, 2 broken
+    shards = sorted(store.rglob("part-*.parquet"))
+    assert shards
+    (shards[0].parent / "part-garbage.parquet").write_bytes(b"not parquet")  # a damaged shard is skipped
+
+    other = ["lion", "boat", "cloud"]
+    server = FakeLLMServer().start()
+    try:
+        llm = LLMClient(LLMConfig(model="fake-model", base_url=server.base_url, timeout_s=10), None)
+        options = MethodOptions(llm=llm, extra={"fudd_k": 2})
+        again = classify_with_ray(model_id, small_folder, other, method="templates+fudd", options=options, top_k=2,
+                                  batch_size=4, num_workers=1, feature_store=store)
+        asked = len(server.chat_requests)
+    finally:
+        server.stop()
+    assert again.stats["encoded"] == 0 and again.stats["cached"] == 14  # every feature came from the store
+    assert 1 <= asked == again.stats["unique_pairs"] == again.stats["pairs_answered"]  # each pair once
+    assert {p.label for p in again.ok} <= set(other)
+    assert sum(p.error is not None for p in again.predictions) == 2
 
 
 @pytest.mark.ray
@@ -170,7 +260,7 @@ def test_random_init_weights_are_refused_because_each_worker_would_draw_others(r
         classify_with_ray(model_id, image_folder, CLASSES)
 
 
-@pytest.mark.parametrize("method", distributed.LINEAR_METHODS)
+@pytest.mark.parametrize("method", ["name", "templates", "cbd", "waffle"])
 def test_text_weights_taken_on_the_driver_reproduce_each_linear_method(method, model_id, tmp_path):
     descriptors = tmp_path / "descriptors.json"
     descriptors.write_text(json.dumps({c: [f"a {c}-shaped outline", "four legs"] for c in CLASSES}))
@@ -180,7 +270,7 @@ def test_text_weights_taken_on_the_driver_reproduce_each_linear_method(method, m
 
     head, _ = distributed._text_head(clf, method, CLASSES, options, dim=32)
 
-    want = run_method(method, clf, image_feats, CLASSES, options).logits  # [6, C]
+    want = run_spec(method, clf.run_context(CLASSES, options), image_feats).logits  # [6, C]
     got = compute_logits(image_feats, torch.from_numpy(head.weights), head.logit_scale, head.logit_bias)
     assert torch.allclose(got, want, atol=1e-5)
 

@@ -1,5 +1,6 @@
 """The HTML report: self-contained, every outside string inert, the error rows and the gallery in it."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -13,7 +14,8 @@ import imagegen
 from vlmcls import Classifier
 from vlmcls.cli.classify_cmd import write_classify_report
 from vlmcls.evaluate import evaluate
-from vlmcls.methods import METHODS, MethodOutput
+from vlmcls.methods import METHODS
+from fake_methods import ScriptedHead, scripted_head
 from vlmcls.report import render_report, select_gallery, write_report
 
 SCRIPT_CLASS = "<script>alert(1)</script>"
@@ -48,13 +50,15 @@ def _audit(page: str) -> _TagAudit:
 def hostile_method(monkeypatch):
     """Scores like 'name' but explains every decision with an HTML-laden descriptor and warns with one."""
 
-    def describer(clf, image_feats, class_names, options):
-        out = METHODS["name"](clf, image_feats, class_names, options)
-        out.explanations = [{"descriptors": [{"descriptor": IMG_DESCRIPTOR, "similarity": 0.31}]}] * image_feats.shape[0]
-        out.warnings = [{"item": class_names[0], "message": ATTR_BREAKER}]
-        return out
+    name_head = METHODS["name"]
 
-    monkeypatch.setitem(METHODS, "describer", describer)
+    def prepare(context, config, upstream, gather, report):
+        head = name_head.prepare(context, config, upstream, gather, report)
+        report.warnings.append({"item": context.class_names[0], "message": ATTR_BREAKER})
+        return ScriptedHead(lambda feats: head.apply(feats, None, False).logits,
+                            lambda feats: [{"descriptors": [{"descriptor": IMG_DESCRIPTOR, "similarity": 0.31}]}] * feats.shape[0])
+
+    monkeypatch.setitem(METHODS, "describer", dataclasses.replace(name_head, name="describer", prepare=prepare))
 
 
 @pytest.fixture
@@ -94,12 +98,12 @@ def test_error_rows_and_gallery_order(tiny_open_clip, tmp_path, monkeypatch):
     imagegen.write_empty(root / "dog" / f"{ATTR_BREAKER}.jpg")
     imagegen.write_truncated_jpeg(root / "cat" / "cut.jpg")
 
-    def always_dog(clf, image_feats, class_names, options):
+    def always_dog(image_feats, class_names):
         logits = torch.zeros(image_feats.shape[0], len(class_names))  # [N, C]
         logits[:, class_names.index("dog")] = 5.0
-        return MethodOutput(logits, logits.softmax(dim=1))
+        return logits
 
-    monkeypatch.setitem(METHODS, "always_dog", always_dog)
+    monkeypatch.setitem(METHODS, "always_dog", scripted_head("always_dog", always_dog))
     report = evaluate(Classifier(f"local-dir:{tiny_open_clip}"), root, ["cat", "dog"], ["always_dog"])
     page = write_report(report, tmp_path / "r.html", gallery_limit=2).read_text(encoding="utf-8")
     errors = page[page.index("Error rows (2)"):]

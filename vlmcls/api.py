@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from .cache import Store
+from .classes import load_classes
 from .embeddings import Encoder, ImageFeatures
-from .errors import ConfigError
 from .images import ImageRecord, choose_worker_type, list_images
+from .methods import DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec
 from .models import ModelBackend, load_model
-from .refine import apply_refiners
-from .methods import MethodOptions, MethodOutput, run_method
+from .results import ClassificationResult, Prediction
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
 
 __all__ = ["Classifier", "ClassificationResult", "Prediction", "load_classes", "as_records"]
@@ -24,29 +23,6 @@ __all__ = ["Classifier", "ClassificationResult", "Prediction", "load_classes", "
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-def load_classes(spec: str | Path | Sequence[str]) -> list[str]:
-    """Class names from a list, a file (one per line, '#' comments) or a comma-separated string."""
-    if isinstance(spec, (list, tuple)):
-        names = [str(n).strip() for n in spec]
-    else:
-        text = str(spec)
-        path = Path(text).expanduser()
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-        elif "," in text or not (path.suffix or "/" in text):
-            names = [n.strip() for n in text.split(",")]
-        else:
-            raise ConfigError(f"classes file '{text}' does not exist. Give a file (one class per line) or 'cat,dog,bird'.")
-    names = [n for n in names if n]
-    if not names:
-        raise ConfigError(f"no class names in '{spec}'.")
-    seen: set[str] = set()
-    dupes = sorted({n for n in names if n in seen or seen.add(n)})
-    if dupes:
-        raise ConfigError(f"duplicate class names: {', '.join(repr(d) for d in dupes)}. Each class must be named once.")
-    return names
 
 
 def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source_options: Any) -> list[ImageRecord]:
@@ -65,57 +41,6 @@ def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source
 def _is_dataset(obj: Any) -> bool:
     """An in-memory HF ``Dataset``/``DatasetDict`` (listed by list_images, not iterated as paths)."""
     return type(obj).__module__.startswith("datasets.")
-
-
-@dataclass
-class Prediction:
-    """One row of output: an image, its top-k and the error that stopped it, if any."""
-
-    id: str
-    path: str | None
-    label: str | None  # top-1 class, None for an error row
-    top_k: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), best first
-    error: str | None = None
-    true_label: str | None = None  # from a class sub-folder or dataset column, when known
-    explanation: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "path": self.path if self.path is not None else self.id,
-            "label": self.label,
-            "top_k": [{"label": c, "prob": round(p, 6)} for c, p in self.top_k],
-            "error": self.error,
-        }
-        if self.true_label is not None:
-            row["true_label"] = self.true_label
-        if self.explanation is not None:
-            row["explanation"] = self.explanation
-        return row
-
-
-@dataclass
-class ClassificationResult:
-    """Predictions for every input (error rows included) plus the matrices behind them."""
-
-    predictions: list[Prediction]  # input order
-    class_names: list[str]
-    logits: torch.Tensor  # [N_ok, C], rows aligned with the non-error predictions
-    probs: torch.Tensor  # [N_ok, C]
-    stats: dict[str, Any] = field(default_factory=dict)
-    warnings: list[dict] = field(default_factory=list)  # e.g. classes whose descriptors fell back to the name
-    artifacts: dict[str, Any] = field(default_factory=dict)  # descriptors / pairs used, for export
-    label_metric: Any = None  # the Fréchet-mean metric when a label-space refiner ran (for expected squared distance)
-
-    @property
-    def errors(self) -> list[Prediction]:
-        return [p for p in self.predictions if p.error is not None]
-
-    @property
-    def ok(self) -> list[Prediction]:
-        return [p for p in self.predictions if p.error is None]
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [p.to_dict() for p in self.predictions]
 
 
 class Classifier:
@@ -166,7 +91,7 @@ class Classifier:
         images,
         classes: str | Path | Sequence[str],
         *,
-        method: str = "templates",
+        method: str = DEFAULT_METHOD,
         options: MethodOptions | None = None,
         templates: str | Sequence[str] | None = None,
         sentences: Mapping[str, Sequence[str]] | None = None,
@@ -177,8 +102,8 @@ class Classifier:
     ) -> ClassificationResult:
         """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows.
 
-        ``method`` is one of :func:`vlmcls.methods.method_names`; ``options`` carries its settings
-        (``templates``, ``sentences`` and ``aggregation`` are shortcuts for the common ones).
+        ``method`` is a spec such as ``cbd+fudd+tip`` (:func:`vlmcls.methods.parse_spec`); ``options`` carries
+        its settings (``templates``, ``sentences`` and ``aggregation`` are shortcuts for the common ones).
         """
         started = time.perf_counter()
         class_names = load_classes(classes)
@@ -199,35 +124,48 @@ class Classifier:
         )
         return result
 
+    def text_side(self) -> TextSide:
+        """What methods see of the model: text encoding (through the store) and the scoring constants."""
+        model = self.model
+        return TextSide(self.encoder.encode_texts, model.logit_scale, model.logit_bias, model.score_rule)
+
+    def run_context(self, class_names: list[str], options: MethodOptions) -> RunContext:
+        return RunContext(self.text_side(), class_names, options, encode_images=self.encode_images)
+
     def predict(
-        self, feats: ImageFeatures, class_names: list[str], method: str = "templates",
+        self, feats: ImageFeatures, class_names: list[str], method: str = DEFAULT_METHOD,
         options: MethodOptions | None = None, k: int = 5,
     ) -> ClassificationResult:
-        """Predictions from image features already computed (eval shares them across methods)."""
+        """Predictions from image features already computed (eval shares them across methods).
+
+        ``method`` is a spec (``cbd+fudd+tip``, see :func:`vlmcls.methods.parse_spec`); refiners whose input the
+        options give (a support folder, a label metric, ``self_cache``) are added to it."""
         options = options or MethodOptions()
-        frechet_labels = None
+        spec = parse_spec(method).with_implied(options)
         if feats.records:
-            out = run_method(method, self, feats.feats, class_names, options)
-            ref = options.refiners
-            if method not in ("tip", "tfup") and (ref.support is not None or ref.self_cache or ref.frechet):
-                out, frechet_labels = apply_refiners(self, feats.feats, class_names, out, options, method)
+            out = run_spec(spec, self.run_context(class_names, options), feats.feats)
         else:  # nothing decoded: every input is an error row
             out = MethodOutput(torch.empty(0, len(class_names)), torch.empty(0, len(class_names)))
-        values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
-        rows: list[tuple[int, Prediction]] = []
-        for n, rec in enumerate(feats.records):
-            ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
-            explanation = out.explanations[n] if out.explanations else None
-            label = frechet_labels[n] if frechet_labels is not None else ranked[0][0]
-            rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
-        for rec, reason in feats.errors:
-            rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
-        rows.sort(key=lambda r: r[0])
-        metric = out.info.pop("label_metric", None)
-        stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
-                 "method_seconds": round(out.seconds, 4), **out.info}
-        return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
-                                    out.artifacts, metric)
+        return result_from_output(out, feats, class_names, method, k)
+
+
+def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
+                       k: int) -> ClassificationResult:
+    """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""
+    values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
+    rows: list[tuple[int, Prediction]] = []
+    for n, rec in enumerate(feats.records):
+        ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
+        explanation = out.explanations[n] if out.explanations else None
+        label = out.labels[n] if out.labels is not None else ranked[0][0]
+        rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
+    for rec, reason in feats.errors:
+        rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
+    rows.sort(key=lambda r: r[0])
+    stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
+             "method_seconds": round(out.seconds, 4), **out.info}
+    return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
+                                out.artifacts, out.label_metric)
 
 
 def _path(rec: ImageRecord) -> str | None:

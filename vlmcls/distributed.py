@@ -1,48 +1,51 @@
-"""Classify on a Ray cluster: decode in CPU tasks, encode in model-holding actors, write sharded outputs.
+"""Classify on a Ray cluster with any method spec: the same rows as the single-process engine.
 
-The driver lists the images and runs the method once to get one text weight per class, ``text_weights [C, D]``;
-every LLM call and every text encoding happens there. Ray Data then carries the work::
+Image features are the expensive part, so they are computed once and kept in a feature store on shared storage
+(:mod:`vlmcls.feature_store`: Parquet shards keyed by model × weights × preprocessing × content digest)::
 
-    from_items(index, path) ─▶ map_batches(decode)   CPU tasks; a bad file becomes an error row
-                            ─▶ map_batches(actor)    loads the model once, holds text_weights, scores
-                            ─▶ driver (ClassificationResult) and/or parquet | JSONL shards in output_dir
+    driver: list images, content digests ─▶ which digests the store lacks
+    from_items(missing) ─▶ map_batches(decode)  CPU tasks; a bad file becomes an error row
+                        ─▶ map_batches(actor)   loads the model once, encodes, writes a feature shard
+    read_parquet(shards) ─▶ one row per image: (position, feats) — a re-run with other classes starts here
 
-Only methods that score with one fixed linear head, ``logits = scale · f Wᵀ (+ bias)``, are exact this way
-(:data:`LINEAR_METHODS`); the others re-rank per image and are refused with a pointer to the single-process engine.
+The method spec is then prepared on the driver (:func:`vlmcls.methods.build_pipeline`: LLM calls, text encoding,
+support features) and applied by Ray tasks batch by batch. A stage that needs a pass over all images asks for
+a *gather*: FuDD's workers send their ambiguous pairs with counts, the self-cache gets every feature and first
+logit back to the driver; the small state that results (a pair table, a cache, a metric) travels with the
+pipeline to the final scoring tasks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .api import Classifier, ClassificationResult, Prediction, as_records, load_classes
-from .embeddings import _content_key_or_error, _reason, l2_normalize
+from .api import Classifier, as_records, load_classes
+from .embeddings import _content_keys, _reason, l2_normalize
 from .errors import ConfigError, MissingExtraError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageRecord
-from .methods import MethodOptions, MethodOutput, run_method
-from .scoring import compute_logits, probabilities, top_k
+from .feature_store import FeatureStore, default_feature_root, read_feats, shards_for
+from .images import DEFAULT_MAX_PIXELS, ImageRecord, default_decode_workers
+from .methods import DEFAULT_METHOD, MethodOptions, build_pipeline, parse_spec
+from .results import ClassificationResult, Prediction, json_safe
+from .scoring import probabilities, top_k
 
-__all__ = ["LINEAR_METHODS", "OUTPUT_FORMATS", "classify_with_ray"]
+__all__ = ["OUTPUT_FORMATS", "classify_with_ray"]
 
 log = logging.getLogger(__name__)
 
-# Methods whose logits are one linear head over the image features, so the actors can apply it exactly.
-LINEAR_METHODS = ("name", "templates", "cbd", "waffle")
 OUTPUT_FORMATS = ("parquet", "jsonl")
 
 _INSTALL_HINT = "pip install 'vlmcls[ray]'"
 _DECODE_WORKER_BYTES = 768 * 2**20  # a Python worker with torch and torchvision imported, measured ~0.5 GiB
-_COLLECT_ONLY = ("logits", "done_at")  # columns the driver needs, not the written rows
-_PROBE_ROWS = 8  # random unit image features the method is run on, to check it really is one linear head
+_COLLECT_ONLY = ("logits", "counts")  # columns the driver needs, not the written rows
 
 
 def classify_with_ray(
@@ -50,7 +53,7 @@ def classify_with_ray(
     images: str | Path | Iterable[str | Path | ImageRecord],
     classes: str | Path | Sequence[str],
     *,
-    method: str = "templates",
+    method: str = DEFAULT_METHOD,
     options: MethodOptions | None = None,
     top_k: int = 5,
     batch_size: int = 32,
@@ -62,20 +65,23 @@ def classify_with_ray(
     output_format: str = "parquet",
     collect: bool = True,
     cache_dir: str | Path | None = None,
+    feature_store: str | Path | None = None,
     **source_options: Any,
 ) -> ClassificationResult:
-    """Classify images on Ray Data; same rows, in the same order, as :meth:`Classifier.classify`.
+    """Classify images on Ray Data with any method spec; same rows, in the same order, as :meth:`Classifier.classify`.
 
     ``num_workers`` encoder actors (default: one per GPU, else 7 in 8 of the cluster's CPUs) each load the model
-    once. With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``) are written there as
-    sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the driver (the result
-    holds no predictions, only stats). The model id must load on every worker node (a shared path for
-    ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
+    once, and only when some image is not in the feature store yet (``feature_store``: a folder every node can
+    reach; default ``<cache>/features``). With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``)
+    are written there as sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the
+    driver (the result holds no predictions, only stats). The model id must load on every worker node (a shared
+    path for ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
     """
     ray = _import_ray()
     started = time.perf_counter()
     options = options or MethodOptions()
-    _check_settings(method, options, top_k, batch_size, num_workers, output_dir, output_format, collect)
+    spec = parse_spec(method).with_implied(options)  # a bad spec fails before anything loads
+    _check_settings(top_k, batch_size, num_workers, output_dir, output_format, collect)
     class_names = load_classes(classes)
     # in source order, as the single-process engine returns them
     records = sorted(as_records(images, **source_options), key=lambda r: r.source_index)
@@ -95,12 +101,101 @@ def classify_with_ray(
             "tag (e.g. 'ViT-B-32:openai'), or save seeded weights to a local-dir: folder (see bench/bench_ray.py)."
         )
     pixel_shape, dim = _probe_model(clf, class_names[0])
-    head, method_out = _text_head(clf, method, class_names, options, dim)
-
+    store = FeatureStore(feature_store if feature_store is not None else default_feature_root(cache_dir),
+                         clf.model.image_key_parts, dim)
     _connect(ray, ray_address)
     actor_device, gpus_per_worker, workers = _placement(ray, device, num_workers)
-    log.info("ray: %d images, %d encoder actor(s) on %s", len(records), workers, actor_device)
-    items = [{"index": i, "path": str(r.path), "true_label": r.label or ""} for i, r in enumerate(records)]
+
+    # 1. Features: digests on the driver (unchanged files are not read again: the store keeps their digests),
+    #    then only what the feature store lacks is decoded and encoded, on the workers.
+    errors: dict[int, str] = {}
+    digests: dict[int, str] = {}
+    for i, digest in enumerate(_content_keys(records, default_decode_workers(), clf.store)):
+        if isinstance(digest, Exception):
+            errors[i] = _reason(digest)
+        else:
+            digests[i] = digest
+    index = store.index()
+    missing = list(dict.fromkeys(d for d in digests.values() if d not in index))
+    first_of = {}
+    for i, d in digests.items():
+        first_of.setdefault(d, i)
+    encode_stats: dict[str, Any] = {"encoded": 0}
+    with _worker_start_failures(ray):
+        if missing:
+            failed = _encode_missing(ray, clf, store, model_id, precision, missing, [records[first_of[d]] for d in missing],
+                                     pixel_shape, batch_size, actor_device, gpus_per_worker, workers, encode_stats)
+            for i, d in digests.items():
+                if d in failed:
+                    errors[i] = failed[d]
+            index = store.index()
+        ok = [i for i in range(len(records)) if i not in errors]
+        unreadable = [i for i in ok if digests[i] not in index]
+        if unreadable:
+            raise ConfigError(f"the feature store '{store.folder}' lost {len(unreadable)} features during the run "
+                              f"(e.g. '{records[unreadable[0]].id}'); run again.")
+        log.info("ray: %d images, %d encoded now, %d from the feature store, %d errors", len(records),
+                 encode_stats["encoded"], len(ok) - encode_stats["encoded"], len(errors))
+
+        # 2. One row per decodable image, in the run's order (its position), read from the feature store.
+        positions: dict[str, list[int]] = {}
+        for position, i in enumerate(ok):
+            positions.setdefault(digests[i], []).append(position)
+        feats_ds = None
+        if ok:
+            shard_of = {d: index[d].name for d in positions}
+            shards = shards_for(index, positions)
+            # Each task reads whole shards with pyarrow (one read per shard, no Python object per row).
+            feats_ds = ray.data.from_items([{"shard": path} for path in shards], override_num_blocks=len(shards))
+            feats_ds = feats_ds.map_batches(_rows_by_position, batch_size=1, batch_format="pyarrow",
+                                            fn_kwargs={"positions": positions, "shard_of": shard_of}).materialize()
+
+        # 3. The pipeline, prepared on the driver; gathers run as Ray tasks over the features.
+        context = clf.run_context(class_names, options)
+        method_started = time.perf_counter()
+        if feats_ds is not None:
+            pipeline, report = build_pipeline(spec, context, _ray_gather(feats_ds, batch_size))
+            scored = feats_ds.map_batches(_score_batch, batch_size=batch_size, batch_format="pyarrow",
+                                          fn_kwargs={"pipeline": pipeline, "k": top_k, "explain": options.explain})
+        else:
+            pipeline = report = None
+            scored = None
+        table = None
+        if collect or output_dir is not None:
+            scored = scored.materialize() if scored is not None else None
+        stats: dict[str, Any] = {"engine": "ray", "workers": workers, "method": method}
+        if report is not None:
+            stats.update(llm_calls=report.llm_calls, llm_tokens=report.llm_tokens, **report.info)
+        if output_dir is not None:
+            stats["output_files"] = _write(ray, scored, records, ok, errors, output_dir, output_format, options.explain)
+        if collect and scored is not None:
+            table = _collect(scored)
+    stats["method_seconds"] = round(time.perf_counter() - method_started, 4)
+    if table is not None and pipeline is not None:
+        counts: dict[str, float] = {}
+        for text in table.column("counts").to_pylist():
+            for key, value in json.loads(text).items():
+                counts[key] = counts.get(key, 0) + value
+        stats.update(pipeline.summarize(counts, len(ok)))
+    result = (_to_result(table, records, ok, errors, class_names, pipeline) if collect
+              else ClassificationResult([], class_names, torch.empty(0, len(class_names)), torch.empty(0, len(class_names))))
+    stats.update(images=len(records), errors=len(errors), encoded=encode_stats["encoded"],
+                 cached=len(ok) - encode_stats["encoded"], seconds=round(time.perf_counter() - started, 3))
+    if encode_stats.get("steady_images_per_second") is not None:
+        stats["steady_images_per_second"] = encode_stats["steady_images_per_second"]
+    result.stats.update(stats)
+    if report is not None:
+        result.warnings = list(report.warnings)
+        result.artifacts = dict(report.artifacts)
+        result.label_metric = report.label_metric
+    return result
+
+
+def _encode_missing(ray, clf, store: FeatureStore, model_id, precision, digests: list[str], records: list[ImageRecord],
+                    pixel_shape, batch_size, actor_device, gpus_per_worker, workers, encode_stats) -> dict[str, str]:
+    """Decode and encode the images the store lacks; their features land in the store. Returns digest -> reason
+    for the images that failed to decode."""
+    items = [{"digest": d, "path": str(r.path)} for d, r in zip(digests, records)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
     # A decode task asks for the memory it takes (torch for the transforms, plus its batch of pixels). Remote
     # arguments that differ from the actors' also keep Ray from fusing decoding into the encoder actors, so
@@ -115,35 +210,31 @@ def classify_with_ray(
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={
             "model_id": model_id, "device": actor_device, "precision": precision,
-            "weights_fingerprint": clf.model.weights_fingerprint, "head": head, "k": top_k, "collect": collect,
+            "weights_fingerprint": clf.model.weights_fingerprint, "store_root": str(store.folder.parent),
+            "dim": store.dim,
         },
     )
+    failed: dict[str, str] = {}
+    done_at: list[float] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for digest, error in zip(batch.column("digest").to_pylist(), batch.column("error").to_pylist()):
+            if error:
+                failed[digest] = error
+        done_at.extend(batch.column("done_at").to_pylist())
+    encode_stats["encoded"] = len(digests) - len(failed)
+    encode_stats["steady_images_per_second"] = _steady_rate(done_at)
+    return failed
 
-    stats: dict[str, Any] = {"engine": "ray", "workers": workers, "method": method, "llm_calls": method_out.llm_calls,
-                             "llm_tokens": method_out.llm_tokens, "method_seconds": round(method_out.seconds, 4),
-                             **method_out.info}
-    with _worker_start_failures(ray):
-        if collect and output_dir is not None:
-            ds = ds.materialize()  # computed once, then both written and collected
-        if output_dir is not None:
-            written = ds.drop_columns(list(_COLLECT_ONLY)) if collect else ds
-            stats["output_files"] = _write(written, output_dir, output_format)
-        if collect:
-            table = _collect(ds)
-            result = _to_result(table, records, head, top_k)
-            stats["steady_images_per_second"] = _steady_rate(table)
-        else:
-            errors = _count_written_errors(ray, output_dir, output_format)
-            empty = torch.empty(0, len(class_names))
-            result = ClassificationResult([], class_names, empty, empty)
-            stats.update(errors=errors)
-    stats.setdefault("errors", len(result.errors))
-    stats.update(images=len(records), encoded=len(records) - stats["errors"], cached=0,
-                 seconds=round(time.perf_counter() - started, 3))
-    result.stats.update(stats)
-    result.warnings = list(method_out.warnings)
-    result.artifacts = dict(getattr(method_out, "artifacts", {}))
-    return result
+
+def _ray_gather(feats_ds, batch_size: int):
+    """The Ray engine's gather: ``collect`` runs in tasks over the feature rows; the driver gets the parts."""
+
+    def gather(upstream, collect):
+        parts = feats_ds.map_batches(_collect_part, batch_size=batch_size, batch_format="pyarrow",
+                                     fn_kwargs={"pipeline": upstream, "collect": collect})
+        return [row["part"] for row in parts.iter_rows()]
+
+    return gather
 
 
 # -- driver side ----------------------------------------------------------------------------------------
@@ -158,17 +249,7 @@ def _import_ray():
     return ray
 
 
-def _check_settings(method, options, k, batch_size, num_workers, output_dir, output_format, collect) -> None:
-    if method not in LINEAR_METHODS:
-        raise ConfigError(
-            f"method '{method}' cannot run on the Ray engine: it is not one fixed linear head over the image "
-            f"features. Ray supports: {', '.join(LINEAR_METHODS)}. Use the single-process engine for '{method}'."
-        )
-    refiners = options.refiners
-    if refiners.support is not None or refiners.self_cache or refiners.frechet:
-        raise ConfigError("refiners (Tip-Adapter, self-cache, Fréchet mean) run on the single-process engine only.")
-    if options.explain:
-        raise ConfigError("explanations are made by the single-process engine only: drop explain or the Ray engine.")
+def _check_settings(k, batch_size, num_workers, output_dir, output_format, collect) -> None:
     if k < 1 or batch_size < 1:
         raise ConfigError(f"top_k and batch_size must be at least 1, got '{k}' and '{batch_size}'.")
     if num_workers is not None and num_workers < 1:
@@ -199,38 +280,6 @@ def _probe_model(clf: Classifier, text: str) -> tuple[tuple[int, ...], int]:
 
     pixels = clf.model.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))  # [3, H, W]
     return tuple(pixels.shape), int(clf.encoder.encode_texts([text]).shape[-1])
-
-
-@dataclass
-class _TextHead:
-    """What the actors need to score: per-class weights and the model's scoring constants."""
-
-    class_names: list[str]
-    weights: np.ndarray  # [C, D] float32
-    logit_scale: float
-    logit_bias: float | None
-    score_rule: str
-
-
-def _text_head(clf: Classifier, method: str, class_names: list[str], options: MethodOptions,
-               dim: int) -> tuple[_TextHead, MethodOutput]:
-    """Run the method once on the driver (LLM, text encoding); its text weights [C, D] and its output's extras."""
-    generator = torch.Generator().manual_seed(0)
-    probe = l2_normalize(torch.randn(_PROBE_ROWS, dim, generator=generator))  # [P, D]
-    out = run_method(method, clf, probe, class_names, options)
-    model = clf.model
-    if out.weights is not None:  # the [C, D] text weights the method scored with, if it scored with one set
-        weights = out.weights.detach().float().cpu()
-        expected = compute_logits(probe, weights, model.logit_scale, model.logit_bias)  # [P, C]
-        linear = out.logits.shape == expected.shape and torch.allclose(out.logits.float(), expected, atol=1e-4)
-    else:
-        linear = False
-    if not linear:
-        raise ConfigError(
-            f"method '{method}' did not score with one fixed set of text weights, so the Ray engine cannot "
-            f"reproduce it. Use the single-process engine for '{method}'."
-        )
-    return _TextHead(class_names, weights.numpy(), model.logit_scale, model.logit_bias, model.score_rule), out
 
 
 def _portable_preprocess(backend):
@@ -307,26 +356,18 @@ def _decode_batch(batch: dict[str, np.ndarray], *, preprocess, pixel_shape: tupl
         record = ImageRecord(id=str(path), path=Path(str(path)), label=None, source_index=row)
         outcome = decode_and_preprocess(record, preprocess=preprocess, max_pixels=DEFAULT_MAX_PIXELS)
         if isinstance(outcome, str):
-            errors.append(_single_engine_reason(record, outcome))
+            errors.append(outcome)
         else:
             pixels[row] = outcome.numpy()
             errors.append("")
-    return {"index": batch["index"], "path": paths, "true_label": batch["true_label"],
-            "error": np.array(errors, dtype=object), "pixels": pixels}
-
-
-def _single_engine_reason(record: ImageRecord, decode_reason: str) -> str:
-    """The reason the single-process engine gives: it hashes the file first (the same step is called here), so a
-    read failure reads as such."""
-    digest = _content_key_or_error(record)
-    return _reason(digest) if isinstance(digest, Exception) else decode_reason
+    return {"digest": batch["digest"], "error": np.array(errors, dtype=object), "pixels": pixels}
 
 
 class _EncoderActor:
-    """Holds the model and the text weights; turns decoded batches into prediction rows."""
+    """Holds the model; encodes decoded batches and writes their features to the feature store."""
 
-    def __init__(self, model_id: str, device: str, precision: str, weights_fingerprint: str, head: _TextHead,
-                 k: int, collect: bool):
+    def __init__(self, model_id: str, device: str, precision: str, weights_fingerprint: str, store_root: str,
+                 dim: int):
         import ray
 
         from .models import load_model
@@ -340,43 +381,76 @@ class _EncoderActor:
                 f"('{self.model.weights_fingerprint}' vs '{weights_fingerprint}'). Give a model id that loads the "
                 "same weights everywhere: a pretrained tag, or local-dir: on storage every node shares."
             )
-        self.head = head
-        self.text_weights = torch.from_numpy(head.weights.copy())  # [C, D]; the shipped array is read-only
-        self.k = k
-        self.collect = collect
+        self.store = FeatureStore(store_root, self.model.image_key_parts, dim)
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        import pyarrow as pa
-
-        errors = [str(e) if e else None for e in batch["error"]]
-        ok_rows = [i for i, e in enumerate(errors) if e is None]
-        labels: list[str | None] = [None] * len(errors)
-        ranked: list[list[dict]] = [[] for _ in errors]
-        logit_rows: list[list[float] | None] = [None] * len(errors)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = [str(e) if e else "" for e in batch["error"]]
+        ok_rows = [i for i, e in enumerate(errors) if not e]
         if ok_rows:
-            head = self.head
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok_rows]))  # [B, 3, H, W]
-            feats = l2_normalize(self.model.encode_images(pixels))  # [B, D]
-            logits = compute_logits(feats, self.text_weights, head.logit_scale, head.logit_bias)  # [B, C]
-            values, indices = top_k(probabilities(logits, head.score_rule), self.k)  # [B, k]
-            for n, row in enumerate(ok_rows):
-                names = [head.class_names[int(j)] for j in indices[n]]
-                ranked[row] = [{"label": c, "prob": round(float(v), 6)} for c, v in zip(names, values[n])]
-                labels[row] = names[0]
-                if self.collect:
-                    logit_rows[row] = logits[n].tolist()
-        columns = {
-            "path": pa.array([str(p) for p in batch["path"]], pa.string()),
-            "label": pa.array(labels, pa.string()),
-            "top_k": pa.array(ranked, _top_k_type()),
-            "error": pa.array(errors, pa.string()),
-            "true_label": pa.array([str(t) or None for t in batch["true_label"]], pa.string()),
-            "index": pa.array(np.asarray(batch["index"], dtype=np.int64), pa.int64()),
-        }
-        if self.collect:
-            columns["logits"] = pa.array(logit_rows, pa.list_(pa.float32()))
-            columns["done_at"] = pa.array([time.time()] * len(errors), pa.float64())
-        return pa.table(columns)
+            feats = l2_normalize(self.model.encode_images(pixels)).numpy()  # [B, D]
+            self.store.write_shard([str(batch["digest"][i]) for i in ok_rows], feats)
+        return {"digest": batch["digest"], "error": np.array(errors, dtype=object),
+                "done_at": np.full(len(errors), time.time())}
+
+
+def _rows_by_position(batch, *, positions: dict[str, list[int]], shard_of: dict[str, str]):
+    """A feature-store shard -> one row per image of this run (a digest shared by two files gives two rows).
+    A digest kept in two shards is taken from the one the driver's index named, so each image gets one row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = Path(str(batch.column("shard")[0]))
+    table = pq.read_table(shard, columns=["digest", "feats"])
+    take, where = [], []
+    for row, digest in enumerate(table.column("digest").to_pylist()):
+        if shard_of.get(digest) != shard.name:
+            continue
+        for position in positions[digest]:
+            take.append(row)
+            where.append(position)
+    picked = table.take(pa.array(take, pa.int64())) if take else table.slice(0, 0)
+    return pa.table({"position": pa.array(where, pa.int64()), "feats": picked.column("feats")})
+
+
+def _batch_feats(table, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [B], unit feats [B, D]) of a batch of feature rows."""
+    column = table.column("feats").combine_chunks()
+    dim = dim or column.type.list_size
+    positions = torch.from_numpy(np.asarray(table.column("position").to_numpy(), dtype=np.int64))
+    return positions, torch.from_numpy(read_feats(table, dim))
+
+
+def _collect_part(table, *, pipeline, collect):
+    """A gather's collect on one batch; the part travels back to the driver as one Python object."""
+    positions, feats = _batch_feats(table)
+    part = np.empty(1, dtype=object)
+    part[0] = collect(positions, feats, pipeline.apply(feats))
+    return {"part": part}
+
+
+def _score_batch(table, *, pipeline, k: int, explain: bool):
+    """The prepared pipeline on one batch: the rows of Prediction.to_dict, plus logits and counts for the driver."""
+    import pyarrow as pa
+
+    positions, feats = _batch_feats(table)
+    scores = pipeline.apply(feats, explain)
+    probs = probabilities(scores.logits, pipeline.score_rule)  # [B, C]
+    values, indices = top_k(probs, k)
+    names = pipeline.class_names
+    ranked = [[{"label": names[int(j)], "prob": round(float(v), 6)} for v, j in zip(values[n], indices[n])]
+              for n in range(feats.shape[0])]
+    labels = scores.labels if scores.labels is not None else [r[0]["label"] for r in ranked]
+    notes = [json.dumps(json_safe(note)) if note else None for note in (scores.notes or [None] * len(ranked))]
+    counts = [json.dumps(scores.counts)] + ["{}"] * (len(ranked) - 1)  # the batch's counts, once
+    return pa.table({
+        "position": pa.array(positions.tolist(), pa.int64()),
+        "label": pa.array(labels, pa.string()),
+        "top_k": pa.array(ranked, _top_k_type()),
+        "explanation": pa.array(notes, pa.string()),
+        "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
+        "counts": pa.array(counts, pa.string()),
+    })
 
 
 def _top_k_type():
@@ -388,7 +462,29 @@ def _top_k_type():
 # -- results --------------------------------------------------------------------------------------------
 
 
-def _write(ds, output_dir: str | Path, output_format: str) -> list[str]:
+def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[int, str], output_dir,
+           output_format: str, explain: bool) -> list[str]:
+    """The rows of every image, error rows included, as shards in output_dir (written by the workers)."""
+    import pyarrow as pa
+
+    located = {"index": ok, "path": [str(records[i].path) for i in ok],
+               "true_label": [records[i].label for i in ok]}
+    parts = []
+    if scored is not None:
+        parts.append(scored.map_batches(_located_rows, batch_format="pyarrow", fn_kwargs={"located": located,
+                                                                                              "explain": explain}))
+    if errors:
+        rows = pa.table({
+            "path": pa.array([str(records[i].path) for i in errors], pa.string()),
+            "label": pa.array([None] * len(errors), pa.string()),
+            "top_k": pa.array([[] for _ in errors], _top_k_type()),
+            "error": pa.array(list(errors.values()), pa.string()),
+            "true_label": pa.array([records[i].label for i in errors], pa.string()),
+            "index": pa.array(list(errors), pa.int64()),
+            **({"explanation": pa.array([None] * len(errors), pa.string())} if explain else {}),
+        })
+        parts.append(ray.data.from_arrow(rows))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     target = str(output_dir)
     if output_format == "parquet":
         ds.write_parquet(target)
@@ -399,11 +495,22 @@ def _write(ds, output_dir: str | Path, output_format: str) -> list[str]:
     return sorted(str(p) for p in Path(target).iterdir() if p.is_file())
 
 
-def _count_written_errors(ray, output_dir: str | Path, output_format: str) -> int:
-    read = ray.data.read_parquet if output_format == "parquet" else ray.data.read_json
-    written = read(str(output_dir)).select_columns(["error"])
-    return sum(t.num_rows - t.column("error").null_count
-               for t in written.iter_batches(batch_size=None, batch_format="pyarrow"))
+def _located_rows(table, *, located: dict[str, list], explain: bool):
+    """Scored rows with their image's index, path and true label (the written row shape)."""
+    import pyarrow as pa
+
+    positions = table.column("position").to_pylist()
+    columns = {
+        "path": pa.array([located["path"][p] for p in positions], pa.string()),
+        "label": table.column("label"),
+        "top_k": table.column("top_k"),
+        "error": pa.array([None] * len(positions), pa.string()),
+        "true_label": pa.array([located["true_label"][p] for p in positions], pa.string()),
+        "index": pa.array([located["index"][p] for p in positions], pa.int64()),
+    }
+    if explain:
+        columns["explanation"] = table.column("explanation")
+    return pa.table(columns)
 
 
 def _collect(ds):
@@ -412,42 +519,42 @@ def _collect(ds):
     tables = [t for t in ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
     if not tables:
         return None
-    return pa.concat_tables(tables).sort_by("index")
+    return pa.concat_tables(tables).sort_by("position")
 
 
-def _steady_rate(table) -> float | None:
+def _steady_rate(done_at: list[float]) -> float | None:
     """Images per second once every actor is up: rows finished after the first batch over the time they took."""
-    if table is None:
-        return None
-    finished = sorted(set(table.column("done_at").to_pylist()))  # one timestamp per batch
+    finished = sorted(set(done_at))  # one timestamp per batch
     if len(finished) < 2 or finished[-1] <= finished[0]:
         return None
-    first_batch = table.column("done_at").to_pylist().count(finished[0])
-    return round((table.num_rows - first_batch) / (finished[-1] - finished[0]), 2)
+    first_batch = done_at.count(finished[0])
+    return round((len(done_at) - first_batch) / (finished[-1] - finished[0]), 2)
 
 
-def _to_result(table, records: list[ImageRecord], head: _TextHead, k: int) -> ClassificationResult:
-    """The same ClassificationResult the single engine builds, from the rows the actors returned."""
-    num_classes = len(head.class_names)
-    if table is None or table.num_rows != len(records):
-        got = 0 if table is None else table.num_rows
-        raise ConfigError(f"the Ray run returned '{got}' rows for {len(records)} images; run it again.")
-    errors = table.column("error").to_pylist()
-    ok_rows = [i for i, e in enumerate(errors) if e is None]
+def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[int, str], class_names: list[str],
+               pipeline) -> ClassificationResult:
+    """The same ClassificationResult the single engine builds, from the rows the workers returned."""
+    num_classes = len(class_names)
+    got = 0 if table is None else table.num_rows
+    if got != len(ok):
+        raise ConfigError(f"the Ray run returned '{got}' rows for {len(ok)} decodable images; run it again.")
     logits = torch.empty(0, num_classes)
-    if ok_rows:
-        flat = table.column("logits").take(ok_rows).combine_chunks().flatten()
-        logits = torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ok_rows), num_classes))
-    probs = probabilities(logits, head.score_rule)  # [N_ok, C]
-    values, indices = top_k(probs, k) if ok_rows else (torch.empty(0, 0), torch.empty(0, 0))
-    position = {row: n for n, row in enumerate(ok_rows)}
+    if ok:
+        flat = table.column("logits").combine_chunks().flatten()
+        logits = torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ok), num_classes))
+    probs = probabilities(logits, pipeline.score_rule if pipeline is not None else "softmax")  # [N_ok, C]
+    labels = table.column("label").to_pylist() if ok else []
+    ranked = table.column("top_k").to_pylist() if ok else []
+    notes = table.column("explanation").to_pylist() if ok else []
+    position = {i: n for n, i in enumerate(ok)}
     predictions = []
     for i, rec in enumerate(records):
         path = str(rec.path) if rec.path is not None else None
         if i in position:
             n = position[i]
-            ranked = [(head.class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
-            predictions.append(Prediction(rec.id, path, ranked[0][0], ranked, None, rec.label))
+            top = [(t["label"], float(t["prob"])) for t in ranked[n]]
+            explanation = json.loads(notes[n]) if notes[n] else None
+            predictions.append(Prediction(rec.id, path, labels[n], top, None, rec.label, explanation))
         else:
             predictions.append(Prediction(rec.id, path, None, [], errors[i], rec.label))
-    return ClassificationResult(predictions, list(head.class_names), logits, probs)
+    return ClassificationResult(predictions, list(class_names), logits, probs)

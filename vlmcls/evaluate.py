@@ -18,21 +18,21 @@ Decisions worth knowing:
   metrics and counted; the failures are kept as error rows.
 - Mean per-class recall averages over the labels that have at least one image; precision of a label that was
   never predicted is undefined (``None``), not 0.
-- Methods are registry names, optionally with refiners after a '+': ``templates+tip``, ``cbd+frechet``. With one
-  shared :class:`MethodOptions`, each spec gets only the refiners it names (so ``templates`` stays the bare
-  baseline beside ``templates+tip``); a mapping of options by spec is used as given.
+- Methods are specs of the one grammar (:func:`vlmcls.methods.parse_spec`): ``templates+tip``, ``cbd+fudd+frechet``.
+  With one shared :class:`MethodOptions`, each spec gets only the refiners it names (so ``templates`` stays the
+  bare baseline beside ``templates+tip``); a mapping of options by spec is used as given.
 - Expected squared distance (label-space runs, Loki): with a ``label_metric`` it is computed for every method
   from its top-1 labels, so methods are comparable; otherwise a run that used a label metric reports its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -40,7 +40,8 @@ import torch
 
 from .output import write_json
 from .errors import ConfigError, VlmclsError
-from .methods import MethodOptions, method_names
+from .methods import DEFAULT_METHOD, REFINER, MethodOptions, RefinerOptions, build_config, get_record, parse_specs
+from .results import json_safe, prediction_row
 
 if TYPE_CHECKING:
     from .api import ClassificationResult, Classifier, Prediction
@@ -65,12 +66,6 @@ log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "vlmcls-eval/1"  # written into results JSON so a reader can tell what it holds
 UNKNOWN_LABEL_POLICIES = ("error", "keep")
-# What may follow a method name after '+', and the RefinerOptions fields each one brings along.
-REFINERS = {
-    "tip": ("support", "tip_alpha", "tip_beta", "tune"),
-    "tfup": (),  # no input of its own: options_for_spec switches self_cache on
-    "frechet": ("label_space", "hierarchy", "distances", "self_metric", "frechet_top_k"),
-}
 
 
 @dataclass
@@ -221,39 +216,24 @@ def _unknown_labels_message(unknown: Counter, class_names: list[str]) -> str:
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:
-    """Method specs from 'name,templates,cbd+tip' or a list, checked against the registry (order kept, repeats
-    dropped). A spec is a registered method, optionally followed by refiners: '+tip', '+tfup', '+frechet'."""
-    specs = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
-    specs = list(dict.fromkeys(n for n in specs if n))
-    if not specs:
-        raise ConfigError(f"no method named in '{spec}'. Valid: {', '.join(method_names())}.")
-    for item in specs:
-        base, *refiners = item.split("+")
-        if base not in method_names():
-            raise ConfigError(f"unknown method '{base}' in '{item}'. Valid: {', '.join(method_names())}; "
-                              f"add refiners after '+', e.g. templates+tip.")
-        bad = [r for r in refiners if r not in REFINERS]
-        if bad:
-            raise ConfigError(f"unknown refiner '{bad[0]}' in '{item}'. Valid after '+': {', '.join(REFINERS)}.")
-    return specs
+    """Method specs from 'name,templates,cbd+tip' or a list, each checked by the one spec grammar (order kept,
+    repeats dropped)."""
+    return [parsed.text for parsed in parse_specs(spec)]
 
 
 def options_for_spec(spec: str, shared: MethodOptions) -> MethodOptions:
-    """The shared options with only the refiners that ``spec`` names (a base method named like one keeps it)."""
-    from .refine import RefinerOptions
-
-    parts = set(spec.split("+"))
-    given, kept = shared.refiners, {}
-    for refiner, fields in REFINERS.items():
-        if refiner in parts:
-            kept.update({name: getattr(given, name) for name in fields})
-    if "tfup" in parts:
-        kept["self_cache"] = True
-    if "tip" in parts and given.support is None:
-        raise ConfigError(f"'{spec}' needs a support folder of labelled shots: --support DIR.")
-    if "frechet" in parts and not RefinerOptions(**kept).frechet:
-        raise ConfigError(f"'{spec}' needs a label metric: --hierarchy FILE, --distances FILE or --self-metric.")
-    return replace(shared, refiners=RefinerOptions(**kept))
+    """The shared options with only the refiners that ``spec`` names; a refiner without its input fails here."""
+    named = [name for name in parse_specs(spec)[0].stages if get_record(name).kind == REFINER]
+    given = shared.refiners
+    settings = shared.settings()
+    kept: dict = {}
+    for name in named:
+        record = get_record(name)
+        fields = [f.name for f in dataclasses.fields(record.config) if hasattr(given, f.name)]
+        kept.update({f: getattr(given, f) for f in fields})
+        if record.requires and not record.implied_by(build_config(record, {**settings, **kept})):
+            raise ConfigError(f"'{spec}' needs {record.requires}.")
+    return dataclasses.replace(shared, refiners=RefinerOptions(**kept))
 
 
 @dataclass
@@ -337,37 +317,11 @@ class EvalReport:
         return write_json(path, self.to_dict(include_predictions))
 
 
-def prediction_row(pred: "Prediction") -> dict[str, Any]:
-    """A prediction as a JSON-ready dict, with its id (dataset rows have no path)."""
-    return {"id": pred.id, **json_safe(pred.to_dict())}
-
-
-def json_safe(value: Any, depth: int = 0) -> Any:
-    """Plain JSON values only: tensors become lists, NaN becomes None, unknown objects become their repr."""
-    if depth > 20:
-        return repr(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
-        return json_safe(value.tolist(), depth + 1)
-    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy arrays and scalars
-        return json_safe(value.tolist(), depth + 1)
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [json_safe(v, depth + 1) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return json_safe(vars(value), depth + 1)
-    return repr(value)
-
-
 def evaluate(
     classifier: "Classifier",
     data: Any,
     classes: str | Path | Sequence[str],
-    methods: str | Sequence[str] = ("templates",),
+    methods: str | Sequence[str] = (DEFAULT_METHOD,),
     options_per_method: MethodOptions | Mapping[str, MethodOptions] | None = None,
     top_k: int = 5,
     *,
@@ -418,7 +372,7 @@ def evaluate(
     for spec in specs:
         run_started = time.perf_counter()
         try:
-            result = classifier.predict(feats, class_names, spec.split("+")[0], options_by_spec[spec], top_k)
+            result = classifier.predict(feats, class_names, spec, options_by_spec[spec], top_k)
         except VlmclsError as exc:
             log.warning("method '%s' failed: %s", spec, exc)
             first_error = first_error or exc

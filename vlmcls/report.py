@@ -28,7 +28,7 @@ from .errors import ConfigError, ImageError
 from .output import atomic_open, check_output_path
 
 if TYPE_CHECKING:
-    from .api import ClassificationResult
+    from .results import ClassificationResult
     from .evaluate import EvalReport
     from .images import ImageRecord
 
@@ -110,7 +110,7 @@ def check_report_path(path: str | os.PathLike) -> Path:
 def classification_to_dict(result: "ClassificationResult", *, data: str | None = None,
                            model: str | None = None) -> dict[str, Any]:
     """A classify run in the results-dict shape of an eval, with no labels and so no metrics."""
-    from .evaluate import json_safe, prediction_row
+    from .results import json_safe, prediction_row
 
     stats = result.stats
     info = {k: v for k, v in stats.items() if k not in ("method", "llm_calls", "llm_tokens")}
@@ -481,7 +481,7 @@ def write_report(
     Thumbnails are made for the gallery's images only, from ``records`` (dataset rows need them; an
     ``EvalReport`` brings its own) or else from each prediction's path.
     """
-    from .api import ClassificationResult
+    from .results import ClassificationResult
     from .evaluate import EvalReport
 
     path = check_report_path(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -27,13 +28,24 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            console_err.print(f"[red]error:[/red] {exc}", highlight=False)
+            console_err.print(f"[red]error:[/red] {in_flags(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_USAGE) from exc
         except VlmclsError as exc:
             console_err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_FATAL) from exc
 
     return wrapper
+
+
+def in_flags(message: str) -> str:
+    """A library message in the CLI's words: "setting 'fudd_k'" (a Python field) becomes its flag, --fudd-k."""
+    if "setting '" not in message:
+        return message
+    from ._settings import flag_of
+    from ..methods import setting_fields
+
+    fields = setting_fields()
+    return re.sub(r"setting '(\w+)'", lambda m: flag_of(fields[m[1]]) if m[1] in fields else m[0], message)
 
 
 @contextmanager

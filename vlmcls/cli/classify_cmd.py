@@ -14,6 +14,7 @@ from ..cache import Store
 from ..descriptors import DescriptorSet
 from ..errors import ConfigError
 from ..llm import LLMClient, LLMConfig
+from ..methods import DEFAULT_METHOD, spec_help
 from ..report import check_report_path
 from ..output import check_output_path, write_json, write_rows
 from .describe_cmd import (
@@ -27,6 +28,7 @@ from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._settings import with_method_settings
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
     from ..api import ClassificationResult, Classifier
@@ -38,6 +40,7 @@ _SHOWN_ROWS = 30
 @handle_errors
 @with_llm_config
 @with_source_options
+@with_method_settings
 def classify(
     images: str = typer.Argument(..., help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
@@ -47,9 +50,7 @@ def classify(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
-    method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), fudd (differential follow-ups), tip, tfup."),
-    templates: Optional[str] = typer.Option(None, "--templates", "-t", help="name, photo, small (default), imagenet80, or a file with one '{}' template per line."),
-    aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help()),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
@@ -57,15 +58,8 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
     report: Optional[Path] = REPORT_OPTION,
-    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).", rich_help_panel="LLM"),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="FuDD pair JSON to use instead of asking the LLM.", rich_help_panel="LLM"),
     export_descriptors: Optional[Path] = typer.Option(None, "--export-descriptors", help="Write the descriptors used to this JSON file.", rich_help_panel="LLM"),
     export_pairs: Optional[Path] = typer.Option(None, "--export-pairs", help="Write the FuDD pair descriptions used to this JSON file.", rich_help_panel="LLM"),
-    fudd_k: int = typer.Option(10, "--fudd-k", min=2, help="FuDD: size of each image's ambiguous set.", rich_help_panel="LLM"),
-    fudd_rank: str = typer.Option("base", "--fudd-rank", help="FuDD: rank the ambiguous set by 'base' (the run's best first scores) or 'template' (the reference's single template).", rich_help_panel="LLM"),
-    fudd_base: Optional[str] = typer.Option(None, "--fudd-base", help="FuDD: first-stage method (default cbd when descriptors or an LLM exist, else templates).", rich_help_panel="LLM"),
-    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", min=1, help="FuDD: ask about at most this many pairs (most frequent first).", rich_help_panel="LLM"),
-    token_budget: Optional[int] = typer.Option(None, "--token-budget", min=1, help="FuDD: stop asking about pairs once this many tokens are spent.", rich_help_panel="LLM"),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     refresh: bool = REFRESH_OPTION,
@@ -76,19 +70,10 @@ def classify(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Ray: write sharded predictions into this folder.", rich_help_panel="Scale out"),
     output_format: str = typer.Option("parquet", "--output-format", help="Ray shards: parquet or jsonl.", rich_help_panel="Scale out"),
     no_collect: bool = typer.Option(False, "--no-collect", help="Ray: leave predictions in --output-dir only (for very large runs).", rich_help_panel="Scale out"),
-    support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter: a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
-    tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
-    tip_beta: Optional[float] = typer.Option(None, "--tip-beta", help="Tip-Adapter sharpness β (default 1).", rich_help_panel="Refiners"),
-    tune: bool = typer.Option(False, "--tune", help="Pick α and β by leave-one-out on the support set.", rich_help_panel="Refiners"),
-    self_cache: bool = typer.Option(False, "--self-cache", help="TFUP-style cache built from the images themselves.", rich_help_panel="Refiners"),
-    label_space: Optional[str] = typer.Option(None, "--label-space", help="Fréchet mean: labels that may be predicted (file or comma list; default all labels of the metric).", rich_help_panel="Refiners"),
-    hierarchy: Optional[Path] = typer.Option(None, "--hierarchy", help="Fréchet mean metric: parent/child edges file.", rich_help_panel="Refiners"),
-    distances: Optional[Path] = typer.Option(None, "--distances", help="Fréchet mean metric: named distance matrix (.csv, .npy).", rich_help_panel="Refiners"),
-    self_metric: bool = typer.Option(False, "--self-metric", help="Fréchet mean metric from the labels' text embeddings.", rich_help_panel="Refiners"),
-    frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
-    frechet_scale: Optional[float] = typer.Option(None, "--frechet-scale", min=0.0, help="Fréchet mean: P = softmax(scale·cos) (default: the model's logit scale).", rich_help_panel="Refiners"),
+    feature_store: Optional[Path] = typer.Option(None, "--feature-store", help="Ray: image features kept here for later runs (a folder every node reaches; default <cache>/features).", rich_help_panel="Scale out"),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
+    settings: dict = None,  # from the method flags (with_method_settings), by setting name
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     out_path = check_output_path(output) if output is not None else None
@@ -96,32 +81,21 @@ def classify(
         check_report_path(report)
     if engine not in ("single", "ray"):
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
-    if engine == "single" and (ray_address or ray_workers or output_dir or no_collect):
-        raise ConfigError("--ray-address, --ray-workers, --output-dir and --no-collect need --engine ray.")
+    if engine == "single" and (ray_address or ray_workers or output_dir or no_collect or feature_store):
+        raise ConfigError("--ray-address, --ray-workers, --output-dir, --no-collect and --feature-store need --engine ray.")
     from ..api import Classifier, as_records
     from ..methods import MethodOptions
-    from ..refine import RefinerOptions
 
     records = None  # the single engine lists the source once, for the run and the report
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                          batch_size=batch_size, num_workers=workers, worker_type=worker_type)
-    refiners = RefinerOptions(
-        support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune, self_cache=self_cache,
-        label_space=label_space, hierarchy=hierarchy, distances=distances, self_metric=self_metric,
-        frechet_top_k=frechet_top_k, frechet_scale=frechet_scale,
-    )
-    extra = {"fudd_k": fudd_k, "fudd_rank": fudd_rank, "fudd_base": fudd_base, "max_pairs": max_pairs,
-             "token_budget": token_budget, "pairs_file": pairs}
-    options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain or report is not None, refiners=refiners,
-                            descriptors=descriptors, prompts_dir=str(prompts) if prompts else None,
-                            domain_hint=domain_hint, extra=extra)
-    needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd")))
-    llm = None
-    if needs_llm:
-        store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
-        llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
+    options = MethodOptions.from_settings(settings, explain=explain or report is not None, domain_hint=domain_hint,
+                                          prompts_dir=str(prompts) if prompts else None)
+    # The client only connects when a stage asks the LLM something, so runs without one need no key.
+    store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
+    llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)
@@ -133,7 +107,7 @@ def classify(
                 model, images, classes, method=method, options=options, top_k=top_k, batch_size=batch_size,
                 device=device, precision=precision, num_workers=ray_workers, ray_address=ray_address,
                 output_dir=output_dir, output_format=output_format, collect=not no_collect,
-                cache_dir=cache_dir, **source_options,
+                cache_dir=cache_dir, feature_store=feature_store, **source_options,
             )
         else:
             records = as_records(images, **source_options)  # listed once: the run and the report's thumbnails
@@ -141,8 +115,7 @@ def classify(
                 result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
                                       progress=progress)
     finally:
-        if llm is not None:
-            llm.close()
+        llm.close()
     if export_descriptors is not None and "descriptors" in result.artifacts:
         DescriptorSet(result.artifacts["descriptors"]).to_json(export_descriptors)
     if export_pairs is not None and "pairs" in result.artifacts:
@@ -186,14 +159,15 @@ def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptio
     """Print what the run would spend on the LLM, encoding images only when FuDD's pairs depend on them."""
     from ..api import load_classes
     from ..llm import CallEstimate
-    from ..methods_llm import estimate_llm_cost
+    from ..methods import RERANK, estimate_llm_cost, get_record, parse_spec
 
     class_names = load_classes(classes)
+    spec = parse_spec(method).resolve(options)
     feats = None
-    if method == "fudd":
+    if any(get_record(name).kind == RERANK for name in spec.stages):  # its pairs depend on the images
         with progress_bar("encoding images", enabled=not quiet) as progress:
             feats = clf.encode_images(images, progress=progress, **source_options).feats
-    stages = estimate_llm_cost(clf, feats, class_names, method, options)
+    stages = estimate_llm_cost(spec, clf.run_context(class_names, options), feats)
     if not stages:
         console.print(f"dry run: method '{method}' makes no LLM calls with these options.")
     for stage, estimate in stages.items():

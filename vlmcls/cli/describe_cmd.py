@@ -12,6 +12,7 @@ from rich.table import Table
 from ..cache import Store
 from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
+from ..methods import DEFAULT_DESCRIBER
 from ._options import option_group
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table
 from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
@@ -120,7 +121,7 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
 def describe(
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the descriptors here (.json); default: print them."),
-    method: str = typer.Option("cbd", "--method", help="cbd (ask the LLM) or waffle (random words and characters, no LLM)."),
+    method: str = typer.Option(DEFAULT_DESCRIBER, "--method", help="cbd (ask the LLM) or waffle (random words and characters, no LLM)."),
     waffle_pairs: int = typer.Option(15, "--waffle-pairs", min=1, help="waffle: random word/character pairs per class."),
     waffle_seed: int = typer.Option(0, "--waffle-seed", help="waffle: seed of the random descriptors."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
@@ -134,25 +135,30 @@ def describe(
 ) -> None:
     """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
     from ..api import load_classes  # the one class-list reader; imported here to keep `--help` fast
-    from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
+    from ..descriptors import estimate_descriptors
+    from ..methods import METHODS, build_config
     from ..prompting import load_prompt
 
     if output is not None and output.suffix.lower() != ".json":
         raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; descriptor files are .json.")
-    if method not in ("cbd", "waffle"):
-        raise ConfigError(f"method '{method}' cannot be generated here; use cbd or waffle.")
+    record = METHODS.get(method)
+    if record is None or record.describe is None:
+        valid = ", ".join(name for name, r in METHODS.items() if r.describe is not None)
+        raise ConfigError(f"method '{method}' cannot be generated here; use {valid}.")
     class_names = load_classes(classes)
+    config = build_config(record, {"waffle_pairs": waffle_pairs, "seed": waffle_seed,
+                                   "descriptor_prompt_file": prompt_file})
 
-    if method == "waffle":
-        descriptors, rows, usage = DescriptorSet.waffle(class_names, waffle_pairs, waffle_seed), [], None
+    if not record.asks_llm(config):
+        descriptors, rows, usage = record.describe(class_names, config, None, prompts, domain_hint)
     else:
-        prompt = load_prompt("descriptors", prompts, prompt_file)
         with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
             if dry_run:
+                prompt = load_prompt("descriptors", prompts, prompt_file)
                 render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
                                 f"{len(class_names)} classes, {llm_config.model} at {client.base_url}")
                 return
-            descriptors, rows, usage = generate_descriptors(class_names, client, prompt, domain_hint)
+            descriptors, rows, usage = record.describe(class_names, config, client, prompts, domain_hint)
 
     if output is not None:
         descriptors.to_json(output)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..llm import LLMConfig
+from ..methods import DEFAULT_COMPARISON, spec_help
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from .describe_cmd import (
     with_llm_config,
@@ -25,6 +26,7 @@ from .describe_cmd import (
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._settings import with_method_settings
 
 __all__ = ["register", "eval_command", "REPORT_OPTION", "parse_method_options",
            "render_comparison", "render_per_class"]
@@ -53,10 +55,11 @@ def parse_method_options(items: List[str] | None) -> dict[str, Any]:
 @handle_errors
 @with_llm_config
 @with_source_options
+@with_method_settings
 def eval_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
-    methods: str = typer.Option("name,templates", "--methods", help="Comma-separated methods to compare on the same image features."),
+    methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help()),
     model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
     report: Optional[Path] = REPORT_OPTION,
@@ -64,40 +67,28 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
-    templates: Optional[str] = typer.Option(None, "--templates", "-t", help="Template set (name, photo, small, imagenet80) or a file with one '{}' template per line."),
-    aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity or mean_embedding; default per method."),
-    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="A CbD descriptor JSON for the methods that use descriptors."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method's own settings (repeatable), e.g. fudd_k=5 or pairs_file=pairs.json."),
+    method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method setting by its Python name (repeatable), e.g. fudd_k=5; the same as its flag."),
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     refresh: bool = REFRESH_OPTION,
-    support: Optional[Path] = typer.Option(None, "--support", help="Tip-Adapter (method tip, or METHOD+tip): a folder of labelled shots (class sub-folders).", rich_help_panel="Refiners"),
-    tip_alpha: Optional[float] = typer.Option(None, "--tip-alpha", help="Tip-Adapter residual weight α (default 1).", rich_help_panel="Refiners"),
-    tip_beta: Optional[float] = typer.Option(None, "--tip-beta", help="Tip-Adapter sharpness β (default 1).", rich_help_panel="Refiners"),
-    tune: bool = typer.Option(False, "--tune", help="Pick α and β by leave-one-out on the support set.", rich_help_panel="Refiners"),
-    label_space: Optional[str] = typer.Option(None, "--label-space", help="Fréchet mean (METHOD+frechet): labels that may be predicted (file or comma list).", rich_help_panel="Refiners"),
-    hierarchy: Optional[Path] = typer.Option(None, "--hierarchy", help="Label metric from parent/child edges: E[d²] for every method, and the metric of METHOD+frechet.", rich_help_panel="Refiners"),
-    distances: Optional[Path] = typer.Option(None, "--distances", help="Label metric from a named distance matrix (.csv, .npy), used like --hierarchy.", rich_help_panel="Refiners"),
-    self_metric: bool = typer.Option(False, "--self-metric", help="Label metric from the labels' text embeddings, used like --hierarchy.", rich_help_panel="Refiners"),
-    frechet_top_k: Optional[int] = typer.Option(None, "--frechet-top-k", min=1, help="Keep each image's k most probable classes in the Fréchet sum.", rich_help_panel="Refiners"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
+    settings: dict = None,  # from the method flags (with_method_settings), by setting name
 ) -> None:
     """Compare methods on labelled images: top-1, top-k, mean per-class recall, LLM calls, tokens and time.
 
-    A method is a registered name, optionally with refiners after '+': templates+tip, cbd+frechet, name+tfup.
+    Each method is a spec: a head, then stages after '+': templates+tip, cbd+fudd+frechet, name+tfup.
     """
     from ..api import Classifier, load_classes
     from ..evaluate import evaluate, options_for_spec, parse_methods
     from ..llm import LLMClient
-    from ..methods import MethodOptions
-    from ..refine import RefinerOptions, load_label_metric
+    from ..methods import MethodOptions, check_settings, label_metric
     from ..output import write_json
     from ..report import check_report_path, write_report
 
@@ -107,30 +98,26 @@ def eval_command(
     if output is not None and output.suffix.lower() != ".json":
         raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; eval results are saved as .json.")
     report_path = check_report_path(report) if report is not None else None
-    if descriptors is not None and not descriptors.is_file():
+    settings = {**settings, **parse_method_options(method_option)}  # a flag and a KEY=VALUE are the same setting
+    check_settings(settings)
+    descriptors = settings.get("descriptors")
+    if descriptors is not None and not Path(descriptors).is_file():
         raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
-    refiners = RefinerOptions(support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune,
-                              label_space=label_space, hierarchy=hierarchy, distances=distances,
-                              self_metric=self_metric, frechet_top_k=frechet_top_k)
+    options = MethodOptions.from_settings(settings, prompts_dir=str(prompts) if prompts else None,
+                                          domain_hint=domain_hint, explain=report_path is not None)
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
-        options_for_spec(spec, MethodOptions(refiners=refiners))
-    extra = parse_method_options(method_option)
+        options_for_spec(spec, options)
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                      batch_size=batch_size, num_workers=workers, worker_type=worker_type)
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
-    label_metric = (load_label_metric(clf, refiners, class_names, str(descriptors) if descriptors else None)[0]
-                    if refiners.frechet else None)
+    metric = label_metric(clf.run_context(class_names, options), str(descriptors) if descriptors else None)
     # The client only connects when a method asks the LLM something, so methods without one need no key.
     with LLMClient(llm_config, clf.store, refresh=refresh) as client:  # the store stays the Classifier's
-        options = MethodOptions(
-            templates=templates, aggregation=aggregation, descriptors=str(descriptors) if descriptors else None,
-            llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint,
-            explain=report_path is not None, refiners=refiners, extra=extra,
-        )
+        options.llm = client
         with progress_bar("encoding images", enabled=not quiet) as progress:
-            result = evaluate(clf, data, class_names, names, options, top_k, label_metric=label_metric,
+            result = evaluate(clf, data, class_names, names, options, top_k, label_metric=metric,
                               unknown_labels=unknown_labels, progress=progress, **source_options)
     results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:

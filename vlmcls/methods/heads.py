@@ -1,0 +1,237 @@
+"""The linear text heads: ``name``, ``templates``, ``cbd`` (Classification by Description) and ``waffle``.
+
+Each turns class text into one weight per class, ``text_weights [C, D]``, and scores ``logits = s · f Wᵀ (+ b)``.
+``cbd`` takes descriptors from a file or asks the LLM, and scores with the mean of similarities (REFERENCE.md);
+``waffle`` is WaffleCLIP's random-descriptor baseline that any LLM method must beat.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
+from ..errors import ConfigError
+from ..prompting import load_prompt
+from ..templates import apply_templates, load_templates
+from .pipeline import BatchScores, RunContext, RunReport
+from .registry import HEAD, MethodRecord, register, setting
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LinearHead", "linear_head", "resolve_descriptors"]
+
+log = logging.getLogger(__name__)
+
+
+
+def _aggregation() -> Any:
+    """The aggregation setting every head shares (one declaration, one flag)."""
+    return setting(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method.")
+
+
+@dataclass
+class DescriptorExplainer:
+    """Per image: the descriptors that contributed most to its top class and to the runner-up."""
+
+    text_feats: torch.Tensor  # [T, D] the sentences, class after class
+    starts: list[int]  # [C] first sentence row of each class
+    labels: list[list[str]]  # [C] what to show for each sentence (the descriptor, or the sentence)
+    class_names: list[str]
+    limit: int = 3
+
+    def explain(self, feats: torch.Tensor, probs: torch.Tensor) -> list[dict]:
+        import torch
+
+        sims = feats @ self.text_feats.T  # [B, T]
+        top2 = torch.topk(probs, min(2, len(self.class_names)), dim=1).indices  # [B, 2]
+        out = []
+        for n in range(feats.shape[0]):
+            entry = {}
+            for role, c in zip(("top", "runner_up"), top2[n].tolist()):
+                row = sims[n, self.starts[c] : self.starts[c] + len(self.labels[c])]
+                order = torch.argsort(row, descending=True)[: self.limit].tolist()
+                entry[role] = {"class": self.class_names[c],
+                               "descriptors": [{"descriptor": self.labels[c][j], "similarity": round(float(row[j]), 4)}
+                                               for j in order]}
+            out.append(entry)
+        return out
+
+
+@dataclass
+class LinearHead:
+    """A fixed linear text head: logits = scale · f Wᵀ (+ bias)."""
+
+    weights: torch.Tensor  # [C, D]
+    logit_scale: float
+    logit_bias: float | None
+    score_rule: str
+    text_feats: torch.Tensor | None = None  # [T, D]
+    explainer: DescriptorExplainer | None = None
+
+    def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores:
+        from ..scoring import compute_logits, probabilities
+
+        logits = compute_logits(feats, self.weights, self.logit_scale, self.logit_bias)  # [B, C]
+        notes = None
+        if explain and self.explainer is not None:
+            notes = [{"descriptors": e} for e in self.explainer.explain(feats, probabilities(logits, self.score_rule))]
+        return BatchScores(logits, notes)
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
+        return {}
+
+
+def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregation: str, report: RunReport,
+                descriptor_labels: dict[str, list[str]] | None = None) -> LinearHead:
+    """Encode each class's sentences and aggregate them into one weight per class."""
+    from ..scoring import ClassTexts, class_text_weights
+
+    texts = ClassTexts.from_mapping(per_class)
+    text_feats = context.text.encode_texts(texts.texts)  # [T, D]
+    weights = class_text_weights(text_feats, texts.owner, len(texts.class_names), aggregation)  # [C, D]
+    report.info["texts"] = len(texts.texts)
+    explainer = None
+    if descriptor_labels is not None:
+        starts, labels, pos = [], [], 0
+        for name, sentences in per_class.items():
+            shown = descriptor_labels.get(name) or [name]
+            starts.append(pos)
+            labels.append([shown[j] if j < len(shown) else sentences[j] for j in range(len(sentences))])
+            pos += len(sentences)
+        explainer = DescriptorExplainer(text_feats, starts, labels, list(per_class))
+    side = context.text
+    return LinearHead(weights, side.logit_scale, side.logit_bias, side.score_rule, text_feats, explainer)
+
+
+# -- name and templates ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class NameConfig:
+    aggregation: str | None = _aggregation()
+
+
+def _prepare_name(context, config: NameConfig, upstream, gather, report) -> LinearHead:
+    per_class = {c: [c] for c in context.class_names}
+    return linear_head(context, per_class, config.aggregation or "mean_embedding", report)
+
+
+register(MethodRecord(
+    name="name", kind=HEAD, summary="the bare class name (CLIP-standard baseline)", text_source="class names",
+    config=NameConfig, prepare=_prepare_name, cost="one text per class, encoded once",
+))
+
+
+@dataclass
+class TemplatesConfig:
+    templates: str | None = setting(None, "Template set: name, photo, small (default), imagenet80, or a file with "
+                                    "one '{}' template per line.", flag="--templates/-t")
+    aggregation: str | None = _aggregation()
+
+
+def _prepare_templates(context, config: TemplatesConfig, upstream, gather, report) -> LinearHead:
+    sentences = context.options.sentences
+    if sentences is not None:  # ready-made sentences per class (the API's shortcut)
+        missing = [c for c in context.class_names if c not in sentences]
+        if missing:
+            raise ConfigError(f"no sentences for classes: {', '.join(repr(m) for m in missing)}")
+        per_class = {c: list(sentences[c]) or [c] for c in context.class_names}
+        return linear_head(context, per_class, config.aggregation or "mean_similarity", report)
+    given = context.options.templates  # the API may hand the templates themselves
+    templates = list(given) if isinstance(given, (list, tuple)) else load_templates(config.templates or "small")
+    per_class = {c: apply_templates(templates, c) for c in context.class_names}
+    return linear_head(context, per_class, config.aggregation or "mean_embedding", report)
+
+
+register(MethodRecord(
+    name="templates", kind=HEAD, summary="prompt templates averaged per class (CLIP's ensembles)",
+    text_source="prompt templates", config=TemplatesConfig, prepare=_prepare_templates,
+    cost="templates × classes texts, encoded once",
+))
+
+
+# -- cbd and waffle -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CbdConfig:
+    descriptors: Path | None = setting(None, "CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).",
+                                       panel="LLM")
+    descriptor_prompt_file: Path | None = setting(None, "A prompt file for the descriptor questions (default: the "
+                                                  "'descriptors' prompt).", panel="LLM")
+    aggregation: str | None = _aggregation()
+
+
+def resolve_descriptors(context: RunContext, config: CbdConfig, report: RunReport) -> DescriptorSet:
+    """Descriptors from the settings (a DescriptorSet or a CbD JSON file), else from the LLM."""
+    given = context.options.descriptors if isinstance(context.options.descriptors, DescriptorSet) else config.descriptors
+    if given is not None:
+        dset = given if isinstance(given, DescriptorSet) else DescriptorSet.from_json(given)
+        selected, rows = dset.for_classes(context.class_names)
+        report.warnings.extend(r.to_dict() for r in rows)
+        return selected
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    dset, rows, usage = generate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)
+    report.warnings.extend(r.to_dict() for r in rows)
+    report.add_usage(usage)
+    return dset
+
+
+def _descriptor_head(context: RunContext, dset: DescriptorSet, aggregation: str | None, report: RunReport) -> LinearHead:
+    sentences = {c: dset.sentences(c) for c in context.class_names}
+    report.artifacts["descriptors"] = dset.to_dict()
+    return linear_head(context, sentences, aggregation or "mean_similarity", report, dset.to_dict())
+
+
+def _cbd_has_text(context: RunContext, config: CbdConfig) -> bool:
+    return config.descriptors is not None or isinstance(context.options.descriptors, DescriptorSet)
+
+
+def _prepare_cbd(context, config: CbdConfig, upstream, gather, report) -> LinearHead:
+    if not _cbd_has_text(context, config) and context.llm is None:
+        raise ConfigError("method 'cbd' needs descriptors: --descriptors FILE, or an LLM with --llm-model (and --base-url).")
+    return _descriptor_head(context, resolve_descriptors(context, config, report), config.aggregation, report)
+
+
+def _estimate_cbd(context: RunContext, config: CbdConfig, image_feats, head=None) -> dict[str, Any]:
+    if config.descriptors is not None or context.llm is None:
+        return {}
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    return {"descriptors": estimate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)}
+
+
+def _describe_cbd(class_names, config: CbdConfig, llm, prompts_dir, domain_hint):
+    prompt = load_prompt("descriptors", prompts_dir, config.descriptor_prompt_file)
+    return generate_descriptors(class_names, llm, prompt, domain_hint)
+
+
+register(MethodRecord(
+    name="cbd", kind=HEAD, summary="Classification by Description: LLM descriptors, mean of similarities",
+    text_source="LLM descriptors (or a descriptor file)", config=CbdConfig, prepare=_prepare_cbd,
+    cost="one LLM call per class (cached), unless a descriptor file is given",
+    asks_llm=lambda config: config.descriptors is None, estimate=_estimate_cbd, describe=_describe_cbd,
+))
+
+
+@dataclass
+class WaffleConfig:
+    waffle_pairs: int = setting(15, "WaffleCLIP: random word/character descriptor pairs per class.", minimum=1)
+    seed: int = setting(0, "Seed of WaffleCLIP's random descriptors.")
+    aggregation: str | None = _aggregation()
+
+
+def _prepare_waffle(context, config: WaffleConfig, upstream, gather, report) -> LinearHead:
+    dset = DescriptorSet.waffle(context.class_names, config.waffle_pairs, config.seed)
+    return _descriptor_head(context, dset, config.aggregation, report)
+
+
+register(MethodRecord(
+    name="waffle", kind=HEAD, summary="WaffleCLIP: random descriptors, the baseline an LLM must beat",
+    text_source="random words and characters", config=WaffleConfig, prepare=_prepare_waffle,
+    cost="2 × pairs texts per class, encoded once",
+    describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.waffle_pairs, config.seed), [], None),
+))

@@ -1,0 +1,187 @@
+"""A parsed spec made runnable: stages prepared once (text, LLM, global passes), then applied batch by batch.
+
+Every stage is prepared on the driver from what it declares it needs — the text side, the LLM, or a *gather*
+over all images (FuDD's pair counts, the self-cache's features) that the engine runs its own way: in one go in
+this process, as Ray tasks over the feature store on a cluster. A prepared :class:`Pipeline` holds only tensors
+and plain data, so an engine can ship it to workers and apply it per batch; the same code then gives the same
+rows on every engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from ..results import MethodOutput
+from .options import MethodOptions
+from .registry import build_config, check_settings, get_record
+from .spec import MethodSpec, parse_spec
+
+if TYPE_CHECKING:  # torch is imported when a run starts, so the CLI can declare method flags without it
+    import torch
+
+__all__ = ["TextSide", "RunContext", "BatchScores", "Stage", "Pipeline", "RunReport", "build_pipeline",
+           "run_spec", "Gather", "gather_in_process"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextSide:
+    """What a method may use of the model: encode texts, and the scoring constants."""
+
+    encode_texts: Callable[[Sequence[str]], torch.Tensor]  # texts (T) -> unit features [T, D]
+    logit_scale: float
+    logit_bias: float | None
+    score_rule: str  # softmax | sigmoid
+
+
+@dataclass
+class RunContext:
+    """The driver-side inputs every stage may read while it is prepared."""
+
+    text: TextSide
+    class_names: list[str]
+    options: MethodOptions
+    encode_images: Callable[[Any], Any] | None = None  # a support folder -> ImageFeatures (Tip-Adapter)
+
+    @property
+    def llm(self) -> Any:
+        return self.options.llm
+
+
+@dataclass
+class BatchScores:
+    """A stage's answer for a batch of B images."""
+
+    logits: torch.Tensor  # [B, C]
+    notes: list[dict] | None = None  # per image, explanation parts by stage (when asked for)
+    labels: list[str] | None = None  # label-space answers (Fréchet mean); None = argmax of the logits
+    counts: dict[str, float] = field(default_factory=dict)  # summable per-batch facts (images moved, …)
+
+
+class Stage(Protocol):
+    """A prepared stage: pure tensors and data, applied to a batch of unit image features [B, D]."""
+
+    def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores: ...
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class RunReport:
+    """What preparing the stages cost and produced, for the run summary and exports."""
+
+    llm_calls: int = 0
+    llm_tokens: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    label_metric: Any = None
+    head: str | None = None  # the spec's head, resolved
+
+    def add_usage(self, usage: Any) -> None:
+        self.llm_calls += usage.calls
+        self.llm_tokens += usage.total_tokens
+        self.info["llm_cached_answers"] = self.info.get("llm_cached_answers", 0) + usage.cached
+        self.info["llm_failed"] = self.info.get("llm_failed", 0) + usage.failed
+
+
+@dataclass
+class Pipeline:
+    """Prepared stages in run order (head first) and how to turn the last logits into probabilities."""
+
+    class_names: list[str]
+    score_rule: str
+    stages: list[Any]
+    weights: torch.Tensor | None = None  # [C, D] the head's text weights
+    text_feats: torch.Tensor | None = None  # [T, D] the head's sentences
+
+    def extended(self, stage: Any) -> "Pipeline":
+        return Pipeline(self.class_names, self.score_rule, [*self.stages, stage], self.weights, self.text_feats)
+
+    def apply(self, feats: torch.Tensor, explain: bool = False) -> BatchScores:
+        """image_feats [B, D] -> the last stage's BatchScores; notes merged per image, counts summed."""
+        scores: BatchScores | None = None
+        counts: dict[str, float] = {}
+        for stage in self.stages:
+            scores = stage.apply(feats, scores, explain)
+            for key, value in scores.counts.items():
+                counts[key] = counts.get(key, 0) + value
+        assert scores is not None
+        scores.counts = counts
+        return scores
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        for stage in self.stages:
+            info.update(stage.summarize(counts, images))
+        return info
+
+
+# A gather runs ``collect(positions [B], feats [B, D], scores)`` of the pipeline so far over every batch of the
+# run's images and returns the partial results; ``positions`` are the images' rows in the run's order.
+Gather = Callable[[Pipeline, Callable[..., Any]], list[Any]]
+
+
+def gather_in_process(image_feats: torch.Tensor) -> Gather:
+    """The single engine's gather: one batch holding every image."""
+
+    def gather(upstream: Pipeline, collect):
+        import torch
+
+        positions = torch.arange(image_feats.shape[0])
+        return [collect(positions, image_feats, upstream.apply(image_feats))]
+
+    return gather
+
+
+def build_pipeline(spec: MethodSpec | str, context: RunContext, gather: Gather) -> tuple[Pipeline, RunReport]:
+    """Prepare every stage of ``spec`` in order; each later stage sees the pipeline before it."""
+    settings = context.options.settings()
+    check_settings(settings)
+    spec = (parse_spec(spec) if isinstance(spec, str) else spec).resolve(context.options)
+    report = RunReport(head=spec.head)
+    pipeline: Pipeline | None = None
+    for name in (spec.head, *spec.stages):
+        record = get_record(name)
+        config = build_config(record, settings)
+        stage = record.prepare(context, config, pipeline, gather, report)
+        if pipeline is None:  # the head: its text weights and sentences stay at hand for exports and probes
+            pipeline = Pipeline(context.class_names, context.text.score_rule, [stage], stage.weights, stage.text_feats)
+        else:
+            pipeline = pipeline.extended(stage)
+    assert pipeline is not None
+    return pipeline, report
+
+
+def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Tensor) -> MethodOutput:
+    """Run a spec on image features in this process: image_feats [N, D] -> MethodOutput."""
+    from ..scoring import probabilities
+
+    started = time.perf_counter()
+    pipeline, report = build_pipeline(spec, context, gather_in_process(image_feats))
+    scores = pipeline.apply(image_feats, context.options.explain)
+    info = {**report.info, **pipeline.summarize(scores.counts, image_feats.shape[0])}
+    return MethodOutput(
+        scores.logits, probabilities(scores.logits, pipeline.score_rule), explanations=_explanations(scores),
+        llm_calls=report.llm_calls, llm_tokens=report.llm_tokens, seconds=time.perf_counter() - started,
+        warnings=report.warnings, info=info, weights=pipeline.weights, text_feats=pipeline.text_feats,
+        artifacts=report.artifacts, labels=scores.labels, label_metric=report.label_metric,
+    )
+
+
+def _explanations(scores: BatchScores) -> list[dict | None] | None:
+    if scores.notes is None:
+        return None
+    return [note or None for note in scores.notes]
+
+
+def merge_notes(upstream: list[dict] | None, part: str, own: list[dict | None] | None) -> list[dict] | None:
+    """Each image's explanation parts so far plus this stage's ``part`` (skipped where it has nothing to say)."""
+    if own is None:
+        return upstream
+    base = upstream if upstream is not None else [{} for _ in own]
+    return [{**b, part: o} if o else b for b, o in zip(base, own)]

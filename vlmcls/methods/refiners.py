@@ -1,0 +1,251 @@
+"""The refiners after any head: Tip-Adapter (``tip``), the TFUP-style self-cache (``tfup``) and the Fréchet mean
+(``frechet``, Loki), which may answer with labels that were never prompted.
+
+Each is prepared once on the driver — the support cache from the support folder's features, the self-cache from a
+gather over every image's features, the label metric from a file or the text side — and then applied per image.
+The maths lives in :mod:`vlmcls.adapters`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..classes import load_classes
+from ..errors import ConfigError
+from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
+from .registry import METHODS, REFINER, MethodRecord, register, setting
+
+if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepared or applied
+    import torch
+
+    from ..adapters import CacheModel, LabelMetric, UnsupervisedCache
+
+__all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric"]
+
+log = logging.getLogger(__name__)
+
+_PANEL = "Refiners"
+
+
+def _templates_head(config: Any, options: Any) -> str:
+    return "templates"
+
+
+# -- Tip-Adapter ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TipConfig:
+    support: Path | None = setting(None, "Tip-Adapter: a folder of labelled shots (class sub-folders); adds +tip.",
+                                   panel=_PANEL)
+    tip_alpha: float | None = setting(None, "Tip-Adapter residual weight α (default 1).", panel=_PANEL)
+    tip_beta: float | None = setting(None, "Tip-Adapter sharpness β (default 1).", panel=_PANEL)
+    tune: bool = setting(False, "Tip-Adapter: pick α and β by leave-one-out on the support set.", panel=_PANEL)
+
+
+@dataclass
+class TipStage:
+    cache: CacheModel
+    alpha: float
+    beta: float
+    support_ids: list[str]  # [S] for explanations
+
+    def apply(self, feats: torch.Tensor, upstream: BatchScores, explain: bool) -> BatchScores:
+        from ..adapters import cache_logits
+
+        refined = cache_logits(feats.double(), upstream.logits.double(), self.cache, alpha=self.alpha, beta=self.beta)
+        notes = upstream.notes
+        if explain:
+            own = []
+            for n in range(feats.shape[0]):
+                info = refined.explain(n)
+                src = info.pop("nearest_cached_example")
+                info["nearest_support_image"] = self.support_ids[src] if src is not None else None
+                own.append(info)
+            notes = merge_notes(upstream.notes, "tip", own)
+        return BatchScores(refined.logits.float(), notes, upstream.labels)
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
+        return {}
+
+
+def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gather, report: RunReport) -> TipStage:
+    from ..adapters import DEFAULT_ALPHA, DEFAULT_BETA, build_cache, tune_alpha_beta
+
+    if config.support is None:
+        raise ConfigError(f"refiner 'tip' needs {METHODS['tip'].requires}.")
+    if context.encode_images is None:
+        raise ConfigError("refiner 'tip' needs an image side to encode the support folder.")
+    support = context.encode_images(config.support)
+    if support.errors:
+        report.warnings.extend({"support_image": r.id, "error": reason} for r, reason in support.errors)
+    labels = [r.label for r in support.records]
+    if any(label is None for label in labels):
+        raise ConfigError(f"support folder '{config.support}' must hold class sub-folders (one per class).")
+    cache = build_cache(support.feats.double(), labels, context.class_names)
+    alpha = config.tip_alpha if config.tip_alpha is not None else DEFAULT_ALPHA
+    beta = config.tip_beta if config.tip_beta is not None else DEFAULT_BETA
+    if config.tune:
+        support_logits = upstream.apply(support.feats).logits  # the pipeline so far, on the support images
+        tuned = tune_alpha_beta(cache, support_logits.double())
+        alpha, beta = tuned.alpha, tuned.beta
+        report.info.update(tip_loo_accuracy=round(tuned.loo_accuracy, 4),
+                           tip_support_zero_shot=round(tuned.zero_shot_accuracy, 4))
+    report.info.update(tip_alpha=round(float(alpha), 4), tip_beta=round(float(beta), 4), support_images=len(labels))
+    return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records])
+
+
+register(MethodRecord(
+    name="tip", kind=REFINER, summary="Tip-Adapter: a training-free cache of labelled support shots",
+    text_source="-", config=TipConfig, prepare=_prepare_tip, cost="encodes the support folder once (cached)",
+    head_when_alone=_templates_head, order=1, implied_by=lambda config: config.support is not None,
+    requires="setting 'support': a folder of labelled shots (one sub-folder per class)",
+))
+
+
+# -- TFUP-style self-cache ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TfupConfig:
+    self_cache: bool = setting(False, "TFUP-style cache built from the images themselves; adds +tfup.", panel=_PANEL)
+
+
+@dataclass
+class TfupStage:
+    cache: UnsupervisedCache
+    logit_scale: float
+
+    def apply(self, feats: torch.Tensor, upstream: BatchScores, explain: bool) -> BatchScores:
+        from ..adapters import unsupervised_cache_logits
+
+        refined = unsupervised_cache_logits(feats.double(), upstream.logits.double(), self.cache, self.logit_scale)
+        notes = upstream.notes
+        if explain:
+            notes = merge_notes(upstream.notes, "self_cache", [refined.explain(n) for n in range(feats.shape[0])])
+        return BatchScores(refined.logits.float(), notes, upstream.labels)
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
+        return {"self_cache_per_class": self.cache.per_class}
+
+
+def _feats_and_logits(positions: torch.Tensor, feats: torch.Tensor, scores: BatchScores):
+    return positions, feats, scores.logits
+
+
+def _prepare_tfup(context: RunContext, config: TfupConfig, upstream: Pipeline, gather, report: RunReport) -> TfupStage:
+    import torch
+
+    from ..adapters import build_unsupervised_cache
+
+    parts = gather(upstream, _feats_and_logits)  # a global pass: the cache is chosen among all the images
+    positions = torch.cat([p for p, _, _ in parts])
+    order = torch.argsort(positions)
+    feats = torch.cat([f for _, f, _ in parts])[order]  # [N, D] in the run's order
+    logits = torch.cat([l for _, _, l in parts])[order]  # [N, C]
+    scale = context.text.logit_scale
+    cache = build_unsupervised_cache(feats.double(), logits.double(), context.class_names, scale)
+    return TfupStage(cache, scale)
+
+
+register(MethodRecord(
+    name="tfup", kind=REFINER, summary="TFUP-style cache of confident, typical images among those classified",
+    text_source="-", config=TfupConfig, prepare=_prepare_tfup, cost="one pass over all image features",
+    head_when_alone=_templates_head, order=2, implied_by=lambda config: config.self_cache,
+))
+
+
+# -- Fréchet mean (Loki) --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrechetConfig:
+    label_space: str | list[str] | None = setting(None, "Fréchet mean: labels that may be predicted (file or comma list; "
+                                      "default all labels of the metric).", panel=_PANEL)
+    hierarchy: Path | None = setting(None, "Label metric from parent/child edges (Fréchet mean; E[d²] in eval).",
+                                     panel=_PANEL)
+    distances: Path | None = setting(None, "Label metric from a named distance matrix (.csv, .npy).", panel=_PANEL)
+    self_metric: bool = setting(False, "Label metric from the labels' text embeddings.", panel=_PANEL)
+    frechet_top_k: int | None = setting(None, "Keep each image's k most probable classes in the Fréchet sum.",
+                                        panel=_PANEL, minimum=1)
+    frechet_scale: float | None = setting(None, "Fréchet mean: P = softmax(scale·cos) (default: the model's logit "
+                                          "scale).", panel=_PANEL, minimum=0.0)
+
+    @property
+    def has_metric(self) -> bool:
+        return bool(self.hierarchy or self.distances or self.self_metric)
+
+
+def load_label_metric(context: RunContext, config: FrechetConfig, descriptors: Any = None
+                      ) -> tuple[LabelMetric, list[str] | None]:
+    """The label metric and label space from the settings (exactly one metric source).
+
+    The self-derived metric embeds each label by its CbD descriptor sentences when a descriptor set covers it
+    (invented or rare names say little on their own), else by "a photo of a {label}.".
+    """
+    from ..adapters import LabelMetric
+    from ..scoring import ClassTexts, class_text_weights
+
+    sources = [s for s in (config.hierarchy, config.distances, config.self_metric or None) if s]
+    if len(sources) != 1:
+        raise ConfigError("give exactly one label metric: setting 'hierarchy', 'distances' or 'self_metric'.")
+    space = load_classes(config.label_space) if config.label_space is not None else None
+    if config.hierarchy:
+        return LabelMetric.from_hierarchy_file(config.hierarchy), space
+    if config.distances:
+        return LabelMetric.from_distance_file(config.distances), space
+    from ..descriptors import DescriptorSet
+
+    names = list(dict.fromkeys([*context.class_names, *(space or [])]))
+    dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None
+    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {n}."] for n in names}
+    texts = ClassTexts.from_mapping(per_label)
+    weights = class_text_weights(context.text.encode_texts(texts.texts), texts.owner, len(names), "mean_embedding")  # [Y, D]
+    return LabelMetric.from_embeddings(names, weights.double()), space
+
+
+@dataclass
+class FrechetStage:
+    metric: LabelMetric
+    label_space: list[str] | None
+    factor: float  # Loki's P is softmax(scale · cos): the method's logits rescaled to the asked sharpness
+    top_k: int | None
+    class_names: list[str]
+
+    def apply(self, feats: torch.Tensor, upstream: BatchScores, explain: bool) -> BatchScores:
+        from ..adapters import frechet_mean
+
+        result = frechet_mean(upstream.logits.double() * self.factor, self.class_names, self.metric,
+                              label_space=self.label_space, top_k=self.top_k)
+        notes = upstream.notes
+        if explain:
+            own = [{"label": result.labels[n], "zero_shot_label": result.zero_shot_labels[n],
+                    "pulled_by": result.contributions[n] if result.contributions else []} for n in range(feats.shape[0])]
+            notes = merge_notes(upstream.notes, "frechet", own)
+        return BatchScores(upstream.logits, notes, list(result.labels),
+                           counts={"frechet_kept_mass_sum": float(result.kept_mass.sum())})
+
+    def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
+        size = len(self.label_space) if self.label_space is not None else len(self.metric.names)
+        kept = counts.get("frechet_kept_mass_sum", 0.0) / images if images else 0.0
+        return {"label_space_size": size, "frechet_kept_mass": round(kept, 4)}
+
+
+def _prepare_frechet(context: RunContext, config: FrechetConfig, upstream, gather, report: RunReport) -> FrechetStage:
+    if not config.has_metric:
+        raise ConfigError(f"refiner 'frechet' needs {METHODS['frechet'].requires}.")
+    metric, space = load_label_metric(context, config, context.options.descriptors)
+    report.label_metric = metric
+    factor = config.frechet_scale / context.text.logit_scale if config.frechet_scale else 1.0
+    return FrechetStage(metric, space, factor, config.frechet_top_k, list(context.class_names))
+
+
+register(MethodRecord(
+    name="frechet", kind=REFINER, summary="Fréchet mean (Loki): answers over a label space, by a label metric",
+    text_source="-", config=FrechetConfig, prepare=_prepare_frechet, cost="per image, one [C] × [C, Y] product",
+    head_when_alone=_templates_head, order=3, implied_by=lambda config: config.has_metric,
+    requires="a label metric: setting 'hierarchy', 'distances' or 'self_metric'",
+))
