@@ -78,10 +78,11 @@ def load_label_metric(
         return LabelMetric.from_distance_file(options.distances), space
     from .descriptors import DescriptorSet
     from .scoring import ClassTexts, class_text_weights
+    from .templates import wordify
 
     names = list(dict.fromkeys([*class_names, *(space or [])]))
     dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None
-    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {n}."] for n in names}
+    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {wordify(n)}."] for n in names}
     texts = ClassTexts.from_mapping(per_label)
     weights = class_text_weights(clf.encoder.encode_texts(texts.texts), texts.owner, len(names), "mean_embedding")  # [Y, D]
     return LabelMetric.from_embeddings(names, weights.double()), space
