@@ -54,11 +54,17 @@ def self_cache_table(clf, work: Path, args) -> None:
     print("\n| images/class | first stage | cache s/class | cache pseudo-labels right % | alone | + self cache (reference weight) "
           "| + self cache (2·exp(−KL)) |")
     print("|---|---|---|---|---|---|---|")
+    from llm_server import FakeLLMServer
+
+    server = FakeLLMServer().start()
+    llm = LLMClient(LLMConfig(model="demo-llm", base_url=server.base_url), clf.store)
+    fudd = MethodOptions(descriptors=str(DESCRIPTORS), llm=llm, extra={"fudd_k": 10})
     for per_class in [int(x) for x in args.self_cache_per_class.split(",")]:
         render_dataset(work / f"self_{per_class}", CLASSES, per_class, args.seed + per_class)
         feats = clf.encode_images(work / f"self_{per_class}")
         truth = torch.tensor([CLASSES.index(r.label) for r in feats.records])
-        for first, opts in (("templates (small)", MethodOptions()), ("cbd", MethodOptions(descriptors=str(DESCRIPTORS)))):
+        for first, opts in (("templates (small)", MethodOptions()), ("cbd", MethodOptions(descriptors=str(DESCRIPTORS))),
+                            ("fudd (k=10)", fudd)):
             logits = clf.predict(feats, CLASSES, first.split()[0], opts).logits.double()
             image_feats = feats.feats.double()
             cache = build_unsupervised_cache(image_feats, logits, CLASSES, clf.model.logit_scale)
@@ -68,6 +74,7 @@ def self_cache_table(clf, work: Path, args) -> None:
                 out = unsupervised_cache_logits(image_feats, logits, cache, clf.model.logit_scale, kl_weight=kl_weight)
                 cells.append(f"{100 * (out.logits.argmax(1) == truth).double().mean():.1f}")
             print(f"| {per_class} | {first} | {cache.per_class} | {100 * right:.1f} | " + " | ".join(cells) + " |")
+    server.stop()
 
 
 def main() -> None:
@@ -122,6 +129,9 @@ def main() -> None:
                 f"{st['unique_pairs']} unique pairs, {calls} LLM calls, re-run {recalls} calls, {st['images_moved']} images moved")
         opts = MethodOptions(templates="photo", llm=llm, extra={"fudd_k": 10, "fudd_base": "templates", "fudd_rank": "template"})
         row("fudd (reference: template first stage)", scores(clf.predict(feats, CLASSES, "fudd", opts), truth))
+        for max_pairs in (40, 20, 10):  # pairs left unanswered: each contributes its classes' template sentences
+            opts = MethodOptions(descriptors=str(DESCRIPTORS), llm=llm, extra={"fudd_k": 10, "max_pairs": max_pairs})
+            row(f"fudd (k=10, {max_pairs} of 66 pairs asked)", scores(clf.predict(feats, CLASSES, "fudd", opts), truth))
     finally:
         server.stop()
 

@@ -113,3 +113,35 @@ def test_a_malformed_pair_entry_is_named(run, tmp_path):
     options = MethodOptions(extra={"fudd_k": 3, "fudd_base": "templates", "pairs_file": _pairs_file(tmp_path, pairs)})
     with pytest.raises(ConfigError, match="entry 'bad' is not a FuDD pair"):
         clf.predict(feats, CLASSES, "fudd", options)
+
+
+def test_after_cbd_a_class_with_no_answered_pair_is_its_unit_template(run, tmp_path):
+    clf, feats, _ = run
+    only = {"0_1": RELEASED["0_1"]}  # Least_Auklet has no answered pair in the set
+    descriptors = DescriptorSet({"Laysan_Albatross": ["a long hooked bill"], "Sooty_Albatross": ["dark plumage"],
+                                 "Least_Auklet": ["a stubby bill", "a small body"]})
+    options = MethodOptions(descriptors=descriptors, extra={"fudd_k": 3, "fudd_base": "cbd", "pairs_file": _pairs_file(tmp_path, only)})
+    result = clf.predict(feats, CLASSES, "fudd", options)
+    reps = [["A pale bill.", "A photo of a laysan albatross."], ["A dark bill.", "A photo of a sooty albatross."],
+            ["A photo of a least auklet."]]  # not CbD's mean of similarities, whose norm is below 1
+    class_vectors = torch.stack([l2_normalize(_unit(clf, r).mean(0)) for r in reps])  # [C, D]
+    expected = clf.model.logit_scale * l2_normalize(feats.feats.double()) @ class_vectors.T
+    torch.testing.assert_close(result.logits.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_self_cache_uses_the_reference_weight_unless_exp_is_asked(run):
+    from vlmcls.adapters import build_unsupervised_cache, unsupervised_cache_logits
+    from vlmcls.refine import RefinerOptions
+
+    clf, feats, _ = run
+    zero_shot = clf.predict(feats, CLASSES, "templates").logits.double()
+    image_feats = feats.feats.double()
+    cache = build_unsupervised_cache(image_feats, zero_shot, CLASSES, clf.model.logit_scale)
+    logits = {}
+    for weight in ("reference", "exp"):
+        result = clf.predict(feats, CLASSES, "templates", MethodOptions(refiners=RefinerOptions(self_cache=True, self_cache_kl_weight=weight)))
+        expected = unsupervised_cache_logits(image_feats, zero_shot, cache, clf.model.logit_scale, kl_weight=weight).logits
+        torch.testing.assert_close(result.logits.double(), expected, atol=1e-4, rtol=1e-5)
+        logits[weight] = result.logits
+    assert not torch.allclose(logits["reference"], logits["exp"])
+    assert clf.predict(feats, CLASSES, "templates", MethodOptions(refiners=RefinerOptions(self_cache=True))).logits.equal(logits["reference"])
