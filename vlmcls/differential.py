@@ -14,6 +14,7 @@ Re-ranking is vectorised: no Python loop per image or pair; images are processed
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -68,6 +69,7 @@ class PairTable:
     counts: torch.Tensor  # [R] how many captions each row has
     caption_ids: torch.Tensor  # [sum counts] ids into texts
     template_ids: torch.Tensor  # [C] id of each class's template sentence in texts
+    private: torch.Tensor  # [R] bool: no sentence of the row can meet another of its class's in a set (sum it whole)
     num_classes: int
     sentences: dict[tuple[int, int], list[tuple[str, str, int, int]]] = field(default_factory=dict)
     # (a, b) -> [(attr_type, text for a, id of text a, id of text b)] for explanations
@@ -117,8 +119,13 @@ def build_pair_table(pair_descriptions: Mapping[str, Mapping[str, Any]], class_n
     counts = torch.tensor([len(captions[key]) for key in keys], dtype=torch.long)
     starts = torch.cumsum(counts, 0) - counts
     caption_ids = torch.tensor([i for key in keys for i in captions[key]], dtype=torch.long)
+    # Most rows hold sentences found nowhere else in their class: adding such a row's sum equals adding its sentences
+    # to the set, so only the other rows (a caption repeated, or equal to the template) need the per-sentence union.
+    rows_holding = Counter((key // C, i) for key in keys for i in set(captions[key]))
+    private = torch.tensor([len(set(captions[key])) == len(captions[key]) and all(
+        rows_holding[(key // C, i)] == 1 and i != int(template_ids[key // C]) for i in captions[key]) for key in keys], dtype=torch.bool)
     return PairTable(list(text_id), torch.tensor(keys, dtype=torch.long), starts, counts, caption_ids, template_ids,
-                     C, sentences, unmatched)
+                     private, C, sentences, unmatched)
 
 
 def _find(table: PairTable, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +144,9 @@ class FuddResult:
     covered: torch.Tensor  # [N, k] bool: the member had at least one answered pair in its set
 
 
-def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For sets s [B, k]: the distinct sentence ids of each member (flattened member b * k + i, sentence id).
+def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For sets s [B, k]: each member's private rows [B, k, k] (R where none), and its other distinct sentence
+    ids, flattened (member b * k + i, sentence id).
 
     Member i collects its captions from every answered pair (i, j), j in the set, and its template for every
     pair nobody answered; the union is a set of sentences as written, as in the reference.
@@ -150,7 +158,10 @@ def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, 
     not_self = ~torch.eye(k, dtype=torch.bool)[None]  # [1, k, k]
     member = torch.arange(B * k).view(B, k, 1).expand(B, k, k)  # [B, k, k] flat member index b * k + i
     answered, missing = found & not_self, ~found & not_self
-    # answered pairs: every caption of the row, gathered from the ragged table
+    whole = answered & table.private[pos] if table.keys.numel() else answered
+    private_rows = torch.where(whole, pos, torch.full_like(pos, table.keys.numel()))  # [B, k, k]
+    answered = answered & ~whole
+    # other answered pairs: every caption of the row, gathered from the ragged table
     rows, owners = pos[answered], member[answered]
     counts = table.counts[rows]
     total = int(counts.sum())
@@ -162,7 +173,7 @@ def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, 
     template_owner = torch.cat([member[missing], torch.arange(B * k)[alone.flatten()]])
     template = table.template_ids[s.flatten()[template_owner]]
     flat = torch.unique(torch.cat([caption_owner, template_owner]) * V + torch.cat([caption, template]))
-    return flat // V, flat % V
+    return private_rows, flat // V, flat % V
 
 
 def rerank(
@@ -183,11 +194,16 @@ def rerank(
     set_logits = torch.empty(n, k, dtype=image_feats.dtype)
     covered = torch.empty(n, k, dtype=torch.bool)
     not_self = ~torch.eye(k, dtype=torch.bool)  # [k, k]
+    R = table.keys.numel()
+    row_of_caption = torch.repeat_interleave(torch.arange(R), table.counts)
+    row_sums = torch.zeros(R + 1, text_feats.shape[1], dtype=text_feats.dtype)  # [R + 1, D]; the last row is zeros
+    row_sums.index_add_(0, row_of_caption, text_feats[table.caption_ids])
     for start in range(0, n, chunk):
         s = sets[start : start + chunk]  # [B, k]
         B = s.shape[0]
-        owner, sentence = _member_sentences(table, s)
-        summed = torch.zeros(B * k, text_feats.shape[1], dtype=text_feats.dtype).index_add_(0, owner, text_feats[sentence])
+        private_rows, owner, sentence = _member_sentences(table, s)
+        summed = row_sums[private_rows].sum(dim=2).view(B * k, -1)  # [B·k, D]
+        summed.index_add_(0, owner, text_feats[sentence])
         reps = l2_normalize(summed).view(B, k, -1)  # [B, k, D]; normalise(mean) = normalise(sum)
         f = image_feats[start : start + chunk]  # [B, D]
         set_logits[start : start + chunk] = logit_scale * torch.einsum("bd,bkd->bk", f.to(reps.dtype), reps).to(set_logits.dtype)
