@@ -7,7 +7,13 @@ from itertools import combinations
 import pytest
 import torch
 
-from vlmcls.differential import ambiguous_sets, build_pair_table, count_pairs, fudd_text, rerank
+from vlmcls.differential import (
+    ambiguous_sets,
+    build_pair_table,
+    count_pairs,
+    fudd_text,
+    rerank,
+)
 from vlmcls.embeddings import l2_normalize
 from vlmcls.errors import ConfigError
 

@@ -3,10 +3,10 @@ FuDD pair files as released (integer class ids) or by name, with unmatched pairs
 
 import json
 
+import imagegen
 import pytest
 import torch
 
-import imagegen
 from vlmcls import Classifier
 from vlmcls.descriptors import DescriptorSet
 from vlmcls.embeddings import l2_normalize
