@@ -8,8 +8,12 @@ Top to bottom, as a run goes:
 2. a gather counts the unordered pairs inside the sets over all images (on Ray: per batch on the workers, summed
    on the driver), most frequent first;
 3. the driver asks the LLM once per unique pair (cached; ``max_pairs`` and ``token_budget`` cap it), or reads a
-   pair file, encodes the sentences and builds the pair table;
-4. every batch is re-ranked inside its sets (:func:`vlmcls.differential.rerank`).
+   pair file (class names, or integer indices as in FuDD's released files), and builds the pair table;
+4. every batch is re-ranked inside its sets. A class is represented as in the reference (BatsResearch/fudd
+   ``prompt_factory.py``): its captions from every pair it forms with the other set members, a pair nobody
+   answered contributing the class's template sentence ``"a photo of a {c}."``; the collection is deduplicated as
+   written, each sentence ``.capitalize()``d, and the class vector is normalise(mean of their unit embeddings).
+   The prediction is the argmax over the set. Re-ranking is vectorised, in chunks of fixed memory.
 """
 
 from __future__ import annotations
@@ -17,24 +21,24 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..descriptors import generate_pair_descriptions, pair_requests
 from ..errors import ConfigError
 from ..prompting import load_prompt
+from ..templates import wordify
 from .heads import LinearHead, linear_head
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
 from .registry import HEAD, METHODS, RERANK, MethodRecord, register, setting
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where the maths runs, so the CLI can declare FuDD's flags without it
     import torch
 
-    from ..differential import PairTable
-
-__all__ = ["FuddConfig", "FuddRerank", "load_pair_file"]
+__all__ = ["FuddConfig", "FuddRerank", "load_pair_file", "fudd_template", "fudd_text", "PairTable", "ambiguous_sets",
+           "count_pairs", "build_pair_table", "rerank", "FuddResult", "explain_moves", "most_frequent_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -59,36 +63,283 @@ class FuddConfig:
 
 
 def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}."""
+    """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}.
+
+    ``a`` and ``b`` are class names or, as in FuDD's released files, integer indices into the class list.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read pair file '{path}': {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and len(v.get("classes", [])) == 2 for v in data.values()):
-        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: expected {{'a_b': {{'classes': [a, b], 'prompt_pairs': [...]}}}}.")
+    expected = "expected {'a_b': {'classes': [a, b], 'prompt_pairs': [{'attr_type': ..., 'prompt_pair': [text_a, text_b]}]}}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: {expected}.")
+    for key, entry in data.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("classes"), list) and len(entry["classes"]) == 2
+        pairs = entry.get("prompt_pairs", []) if ok else None
+        ok = ok and isinstance(pairs, list) and all(
+            isinstance(p, dict) and isinstance(p.get("prompt_pair"), list) and len(p["prompt_pair"]) == 2
+            and all(isinstance(t, str) for t in p["prompt_pair"]) for p in pairs)
+        if not ok:
+            raise ConfigError(f"pair file '{path}': entry '{key}' is not a FuDD pair; {expected}.")
     return data
+
+
+# -- the pair table and the re-rank ------------------------------------------------------------------------
+
+
+def ambiguous_sets(rank_logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Each image's top-k classes: rank_logits [N, C] -> indices [N, k] (k clipped to C)."""
+    import torch
+
+    if k < 2:
+        raise ConfigError(f"--fudd-k is '{k}'; an ambiguous set needs at least 2 classes.")
+    return torch.topk(rank_logits, min(k, rank_logits.shape[1]), dim=1).indices
+
+
+def count_pairs(sets: torch.Tensor) -> list[tuple[tuple[int, int], int]]:
+    """Unique unordered pairs (a < b) across all sets with how many images share them, most frequent first."""
+    import torch
+
+    n, k = sets.shape
+    i, j = torch.triu_indices(k, k, offset=1)  # [P] positions of each pair inside a set
+    a, b = sets[:, i], sets[:, j]  # [N, P]
+    lo, hi = torch.minimum(a, b).flatten(), torch.maximum(a, b).flatten()
+    pairs, counts = torch.unique(torch.stack([lo, hi], dim=1), dim=0, return_counts=True)  # [U, 2], [U]
+    order = sorted(range(len(pairs)), key=lambda u: (-int(counts[u]), int(pairs[u, 0]), int(pairs[u, 1])))
+    return [((int(pairs[u, 0]), int(pairs[u, 1])), int(counts[u])) for u in order]
+
+
+def fudd_template(class_name: str) -> str:
+    """The sentence that stands for a class in a pair nobody described: the reference's ``"a photo of a {c}."``."""
+    return f"a photo of a {wordify(class_name)}."
+
+
+def fudd_text(sentence: str) -> str:
+    """The text FuDD encodes for a sentence: ``str.capitalize()`` as in the reference (which also lowercases the
+    rest of the sentence), applied after the sentences were deduplicated as written."""
+    return sentence.capitalize()
+
+
+@dataclass
+class PairTable:
+    """Every sentence FuDD may use (as written; encode ``fudd_text`` of each), and per directed answered pair
+    (class a, other b) the ids of a's captions, stored ragged (CSR) so a set's union is a gather."""
+
+    texts: list[str]  # [V] unique sentences as written: the answered captions, then each class's template
+    keys: torch.Tensor  # [R] sorted a * C + b for the row holding class a's captions in pair (a, b)
+    starts: torch.Tensor  # [R] where each row's caption ids begin in caption_ids
+    counts: torch.Tensor  # [R] how many captions each row has
+    caption_ids: torch.Tensor  # [sum counts] ids into texts
+    template_ids: torch.Tensor  # [C] id of each class's template sentence in texts
+    private: torch.Tensor  # [R] bool: no sentence of the row can meet another of its class's in a set (sum it whole)
+    num_classes: int
+    sentences: dict[tuple[int, int], list[tuple[str, str, int, int]]] = field(default_factory=dict)
+    # (a, b) -> [(attr_type, text for a, id of text a, id of text b)] for explanations
+    unmatched: list[str] = field(default_factory=list)  # keys of entries that name no pair of this run's classes
+
+
+def _resolve_class(ref: Any, class_names: Sequence[str], column: Mapping[str, int]) -> int | None:
+    """A pair file's class reference: an integer index into the class list (FuDD's released files) or a name."""
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return ref if 0 <= ref < len(class_names) else None
+    if isinstance(ref, str):
+        return column.get(ref)
+    return None
+
+
+def build_pair_table(pair_descriptions: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]) -> PairTable:
+    """Pair JSON (FuDD format) -> a lookup table. Each entry's ``classes`` are names of this run's classes or
+    integer indices into ``class_names`` (the released files' form); ``prompt_pair[0]`` describes ``classes[0]``.
+    An entry with no captions counts as a pair nobody described; entries that name no pair of these classes are
+    listed in ``unmatched``."""
+    import torch
+
+    column = {name: c for c, name in enumerate(class_names)}
+    C = len(class_names)
+    text_id: dict[str, int] = {}
+    captions: dict[int, list[int]] = {}  # directed key a * C + b -> ids of a's captions
+    sentences: dict[tuple[int, int], list] = {}
+    unmatched: list[str] = []
+
+    def intern(text: str) -> int:
+        return text_id.setdefault(text, len(text_id))
+
+    for key, entry in pair_descriptions.items():
+        a, b = (_resolve_class(ref, class_names, column) for ref in entry["classes"])
+        if a is None or b is None or a == b:
+            unmatched.append(str(key))
+            continue
+        got = [(p["attr_type"], p["prompt_pair"][0], p["prompt_pair"][1]) for p in entry.get("prompt_pairs", [])]
+        if not got:
+            continue
+        lo, hi = (a, b) if a < b else (b, a)
+        ordered = got if a == lo else [(t, y, x) for t, x, y in got]
+        for _, text_lo, text_hi in ordered:
+            captions.setdefault(lo * C + hi, []).append(intern(text_lo))
+            captions.setdefault(hi * C + lo, []).append(intern(text_hi))
+        sentences.setdefault((lo, hi), []).extend((t, x, text_id[x], text_id[y]) for t, x, y in ordered)
+    template_ids = torch.tensor([intern(fudd_template(name)) for name in class_names], dtype=torch.long)
+    keys = sorted(captions)
+    counts = torch.tensor([len(captions[key]) for key in keys], dtype=torch.long)
+    starts = torch.cumsum(counts, 0) - counts
+    caption_ids = torch.tensor([i for key in keys for i in captions[key]], dtype=torch.long)
+    # Most rows hold sentences found nowhere else in their class: adding such a row's sum equals adding its sentences
+    # to the set, so only the other rows (a caption repeated, or equal to the template) need the per-sentence union.
+    rows_holding = Counter((key // C, i) for key in keys for i in set(captions[key]))
+    private = torch.tensor([len(set(captions[key])) == len(captions[key]) and all(
+        rows_holding[(key // C, i)] == 1 and i != int(template_ids[key // C]) for i in captions[key]) for key in keys], dtype=torch.bool)
+    return PairTable(list(text_id), torch.tensor(keys, dtype=torch.long), starts, counts, caption_ids, template_ids,
+                     private, C, sentences, unmatched)
+
+
+def _find(table: PairTable, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row of each query key in the table and whether it is there."""
+    import torch
+
+    if table.keys.numel() == 0:
+        return torch.zeros_like(query), torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(table.keys, query).clamp_max(table.keys.numel() - 1)
+    return pos, table.keys[pos] == query
+
+
+@dataclass
+class FuddResult:
+    logits: torch.Tensor  # [N, C]: re-ranked inside each set, -inf outside it
+    set_logits: torch.Tensor  # [N, k] the re-ranked scores of each set member
+    sets: torch.Tensor  # [N, k] class indices
+    covered: torch.Tensor  # [N, k] bool: the member had at least one answered pair in its set
+
+
+def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For sets s [B, k]: each member's private rows [B, k, k] (R where none), and its other distinct sentence
+    ids, flattened (member b * k + i, sentence id).
+
+    Member i collects its captions from every answered pair (i, j), j in the set, and its template for every
+    pair nobody answered; the union is a set of sentences as written, as in the reference.
+    """
+    import torch
+
+    B, k = s.shape
+    C, V = table.num_classes, len(table.texts)
+    keys = s[:, :, None] * C + s[:, None, :]  # [B, k, k] row key of member i's side of pair (i, j)
+    pos, found = _find(table, keys)
+    not_self = ~torch.eye(k, dtype=torch.bool)[None]  # [1, k, k]
+    member = torch.arange(B * k).view(B, k, 1).expand(B, k, k)  # [B, k, k] flat member index b * k + i
+    answered, missing = found & not_self, ~found & not_self
+    whole = answered & table.private[pos] if table.keys.numel() else answered
+    private_rows = torch.where(whole, pos, torch.full_like(pos, table.keys.numel()))  # [B, k, k]
+    answered = answered & ~whole
+    # other answered pairs: every caption of the row, gathered from the ragged table
+    rows, owners = pos[answered], member[answered]
+    counts = table.counts[rows]
+    total = int(counts.sum())
+    offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    caption = table.caption_ids[torch.repeat_interleave(table.starts[rows], counts) + offsets]
+    caption_owner = torch.repeat_interleave(owners, counts)
+    # missing pairs (and a member alone in its set) contribute the member's template sentence
+    alone = torch.zeros(B, k, dtype=torch.bool) if k > 1 else torch.ones(B, k, dtype=torch.bool)
+    template_owner = torch.cat([member[missing], torch.arange(B * k)[alone.flatten()]])
+    template = table.template_ids[s.flatten()[template_owner]]
+    flat = torch.unique(torch.cat([caption_owner, template_owner]) * V + torch.cat([caption, template]))
+    return private_rows, flat // V, flat % V
+
+
+def rerank(
+    image_feats: torch.Tensor,
+    sets: torch.Tensor,
+    table: PairTable,
+    text_feats: torch.Tensor,
+    logit_scale: float,
+    chunk: int = 256,
+) -> FuddResult:
+    """Re-rank inside each image's set: image_feats [N, D], sets [N, k], text_feats [V, D] (unit embeddings of
+    ``fudd_text(t)`` for t in ``table.texts``) -> FuddResult.
+
+    A member's vector is normalise(mean of the unit embeddings of its distinct sentences in the set).
+    """
+    import torch
+
+    from ..embeddings import l2_normalize
+
+    n, k = sets.shape
+    C = table.num_classes
+    set_logits = torch.empty(n, k, dtype=image_feats.dtype)
+    covered = torch.empty(n, k, dtype=torch.bool)
+    not_self = ~torch.eye(k, dtype=torch.bool)  # [k, k]
+    R = table.keys.numel()
+    row_of_caption = torch.repeat_interleave(torch.arange(R), table.counts)
+    row_sums = torch.zeros(R + 1, text_feats.shape[1], dtype=text_feats.dtype)  # [R + 1, D]; the last row is zeros
+    row_sums.index_add_(0, row_of_caption, text_feats[table.caption_ids])
+    for start in range(0, n, chunk):
+        s = sets[start : start + chunk]  # [B, k]
+        B = s.shape[0]
+        private_rows, owner, sentence = _member_sentences(table, s)
+        summed = row_sums[private_rows].sum(dim=2).view(B * k, -1)  # [B·k, D]
+        summed.index_add_(0, owner, text_feats[sentence])
+        reps = l2_normalize(summed).view(B, k, -1)  # [B, k, D]; normalise(mean) = normalise(sum)
+        f = image_feats[start : start + chunk]  # [B, D]
+        set_logits[start : start + chunk] = logit_scale * torch.einsum("bd,bkd->bk", f.to(reps.dtype), reps).to(set_logits.dtype)
+        covered[start : start + chunk] = (_find(table, s[:, :, None] * C + s[:, None, :])[1] & not_self).any(dim=2)
+    logits = torch.full((n, C), float("-inf"), dtype=set_logits.dtype)
+    logits.scatter_(1, sets, set_logits)
+    return FuddResult(logits, set_logits, sets, covered)
+
+
+def explain_moves(
+    image_feats: torch.Tensor,
+    first_top: torch.Tensor,
+    new_top: torch.Tensor,
+    table: PairTable,
+    text_feats: torch.Tensor,
+    class_names: Sequence[str],
+    limit: int = 3,
+) -> list[dict | None]:
+    """For images whose top-1 changed: the differential captions that favoured the new class most."""
+    out: list[dict | None] = []
+    for n in range(image_feats.shape[0]):
+        old, new = int(first_top[n]), int(new_top[n])
+        if old == new:
+            out.append(None)
+            continue
+        lo, hi = (old, new) if old < new else (new, old)
+        items = []
+        for attr, _, row_lo, row_hi in table.sentences.get((lo, hi), []):
+            row_new, row_old = (row_lo, row_hi) if new == lo else (row_hi, row_lo)
+            margin = float(image_feats[n] @ (text_feats[row_new] - text_feats[row_old]))
+            items.append({"attribute": attr, "margin": round(margin, 5)})
+        items.sort(key=lambda d: -d["margin"])
+        out.append({"moved_from": class_names[old], "moved_to": class_names[new], "because": items[:limit]})
+    return out
+
+
+def most_frequent_pairs(sets: torch.Tensor, class_names: Sequence[str], max_pairs: int | None) -> tuple[list[tuple[str, str]], int]:
+    """Pairs by name to ask about, most frequent first, capped; also returns how many unique pairs exist."""
+    counted = count_pairs(sets)
+    chosen = counted if max_pairs is None else counted[:max_pairs]
+    return [(class_names[a], class_names[b]) for (a, b), _ in chosen], len(counted)
+
+
+# -- the stage --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class FuddRerank:
-    """The prepared re-rank: the pair table, the head's weights for uncovered classes, the ranking head."""
+    """The prepared re-rank: the pair table and its sentences' embeddings, and the ranking head."""
 
     fudd_k: int
     table: PairTable
-    fallback_weights: torch.Tensor  # [C, D] the head's text weights
+    text_feats: torch.Tensor  # [V, D] unit embeddings of fudd_text(t) for t in table.texts
     ranking: LinearHead | None  # None: rank with the head's own logits
     logit_scale: float
     logit_bias: float | None
-    text_feats: torch.Tensor  # [T, D] the pair sentences (for explanations)
     class_names: list[str]
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores:
-        from ..differential import ambiguous_sets, explain_moves, rerank
-
         first = upstream.logits  # [B, C]
         rank_logits = self.ranking.apply(feats, None, False).logits if self.ranking is not None else first
         sets = ambiguous_sets(rank_logits, self.fudd_k)  # [B, k]
-        result = rerank(feats, sets, self.table, self.fallback_weights, self.logit_scale)
+        result = rerank(feats, sets, self.table, self.text_feats, self.logit_scale)
         logits = result.logits + self.logit_bias if self.logit_bias is not None else result.logits
         first_top, new_top = first.argmax(1), logits.argmax(1)
         notes = upstream.notes
@@ -103,8 +354,6 @@ class FuddRerank:
 
 def _pair_counts(positions, feats, scores: BatchScores, *, fudd_k: int, ranking: LinearHead | None):
     """One batch's pairs inside its ambiguous sets, with counts (what a worker sends the driver)."""
-    from ..differential import ambiguous_sets, count_pairs
-
     rank_logits = ranking.apply(feats, None, False).logits if ranking is not None else scores.logits
     return count_pairs(ambiguous_sets(rank_logits, fudd_k))
 
@@ -121,13 +370,30 @@ def _merge_counts(parts: list[list[tuple[tuple[int, int], int]]]) -> list[tuple[
 def _ranking_head(context: RunContext, config: FuddConfig, report: RunReport) -> LinearHead | None:
     if config.fudd_rank == "base":
         return None
-    if config.fudd_rank == "template":  # the reference: one template per class
-        per_class = {c: [_REFERENCE_TEMPLATE.format(c)] for c in context.class_names}
+    if config.fudd_rank == "template":  # the reference's first stage: its capitalised template, one per class
+        per_class = {c: [fudd_text(fudd_template(c))] for c in context.class_names}
         texts = report.info.get("texts")
         head = linear_head(context, per_class, "mean_embedding", report)
         report.info["texts"] = texts  # the head's count is the run's
         return head
     raise ConfigError(f"setting 'fudd_rank' is '{config.fudd_rank}'. Valid: base (the run's best first scores), template.")
+
+
+def _report_unmatched(unmatched: list[str], total: int, class_names: list[str], source: Path | None,
+                      report: RunReport) -> None:
+    """Pairs naming no two of the run's classes: an error when none matched, else a warning row."""
+    if not unmatched and total:
+        return
+    where = f"pair file '{source}'" if source else "the differential descriptions"
+    shown = ", ".join(f"'{key}'" for key in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+    valid = f"names from the class list ('{class_names[0]}', ...) or integer indices 0..{len(class_names) - 1} into it"
+    if len(unmatched) == total:
+        raise ConfigError(f"{where}: none of its {total} pairs names two of this run's classes ({shown}). Pair classes "
+                          f"must be {valid}; check that the file belongs to these classes, in this order.")
+    report.warnings.append({"item": f"{len(unmatched)} pairs", "stage": "differential", "severity": "warning",
+                            "message": f"{where}: {len(unmatched)} of {total} pairs name no two of this run's classes "
+                                       f"and were skipped: {shown}. Valid: {valid}."})
+    log.warning("%d of %d FuDD pairs match no class of this run: %s", len(unmatched), total, shown)
 
 
 def _ask_pairs(pairs: list[tuple[str, str]], context: RunContext, config: FuddConfig, report: RunReport) -> dict:
@@ -153,12 +419,7 @@ def _ask_pairs(pairs: list[tuple[str, str]], context: RunContext, config: FuddCo
 
 
 def _prepare_fudd(context: RunContext, config: FuddConfig, upstream: Pipeline, gather, report: RunReport) -> FuddRerank:
-    import torch
-
-    from ..differential import build_pair_table
-
-    head = upstream.stages[0]
-    if len(upstream.stages) != 1 or not isinstance(head, LinearHead):
+    if len(upstream.stages) != 1 or not isinstance(upstream.stages[0], LinearHead):
         raise ConfigError("FuDD re-ranks a linear text head; write it right after the head, e.g. 'cbd+fudd'.")
     class_names = context.class_names
     ranking = _ranking_head(context, config, report)
@@ -171,17 +432,16 @@ def _prepare_fudd(context: RunContext, config: FuddConfig, upstream: Pipeline, g
         pair_descriptions = _ask_pairs(pairs, context, config, report)
     else:
         raise ConfigError("method 'fudd' needs differential descriptions: setting 'pairs_file', or an LLM client.")
-    texts = sorted({t for e in pair_descriptions.values() for p in e.get("prompt_pairs", []) for t in p["prompt_pair"]})
-    dim = head.weights.shape[1]
-    text_feats = context.text.encode_texts(texts) if texts else torch.zeros(0, dim)  # [T, D]
-    table = build_pair_table(pair_descriptions, class_names, text_feats, {t: i for i, t in enumerate(texts)})
+    table = build_pair_table(pair_descriptions, class_names)
+    if table.unmatched or config.pairs_file is not None:
+        _report_unmatched(table.unmatched, len(pair_descriptions), list(class_names), config.pairs_file, report)
+    text_feats = context.text.encode_texts([fudd_text(t) for t in table.texts])  # [V, D]
     side = context.text
     report.info.update(fudd_base=report.head, fudd_rank=config.fudd_rank,
                        fudd_k=min(config.fudd_k, len(class_names)), unique_pairs=len(counted),
-                       pairs_answered=len(table.sentences))
+                       pairs_answered=len(table.sentences), pairs_unmatched=len(table.unmatched))
     report.artifacts["pairs"] = dict(pair_descriptions)
-    return FuddRerank(config.fudd_k, table, head.weights, ranking, side.logit_scale, side.logit_bias, text_feats,
-                      list(class_names))
+    return FuddRerank(config.fudd_k, table, text_feats, ranking, side.logit_scale, side.logit_bias, list(class_names))
 
 
 def _head_when_alone(config: FuddConfig, options) -> str:
@@ -198,8 +458,6 @@ def _estimate_fudd(context: RunContext, config: FuddConfig, image_feats, head: L
     """FuDD's pairs depend on the images: they are ranked with ``head`` (a head whose text needs no LLM call now)."""
     if config.pairs_file is not None or context.llm is None or image_feats is None or head is None:
         return {}
-    from ..differential import ambiguous_sets, count_pairs
-
     report = RunReport()
     ranking = _ranking_head(context, config, report) or head
     sets = ambiguous_sets(ranking.apply(image_feats, None, False).logits, config.fudd_k)

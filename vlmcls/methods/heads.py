@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
 from ..errors import ConfigError
 from ..prompting import load_prompt
-from ..templates import apply_templates, load_templates
+from ..templates import apply_templates, load_templates, wordify
 from .pipeline import BatchScores, RunContext, RunReport
 from .registry import HEAD, MethodRecord, register, setting
 
@@ -116,7 +116,7 @@ class NameConfig:
 
 
 def _prepare_name(context, config: NameConfig, upstream, gather, report) -> LinearHead:
-    per_class = {c: [c] for c in context.class_names}
+    per_class = {c: [wordify(c)] for c in context.class_names}
     return linear_head(context, per_class, config.aggregation or "mean_embedding", report)
 
 
@@ -139,7 +139,7 @@ def _prepare_templates(context, config: TemplatesConfig, upstream, gather, repor
         missing = [c for c in context.class_names if c not in sentences]
         if missing:
             raise ConfigError(f"no sentences for classes: {', '.join(repr(m) for m in missing)}")
-        per_class = {c: list(sentences[c]) or [c] for c in context.class_names}
+        per_class = {c: list(sentences[c]) or [wordify(c)] for c in context.class_names}
         return linear_head(context, per_class, config.aggregation or "mean_similarity", report)
     given = context.options.templates  # the API may hand the templates themselves
     templates = list(given) if isinstance(given, (list, tuple)) else load_templates(config.templates or "small")

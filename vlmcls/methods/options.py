@@ -24,6 +24,7 @@ class RefinerOptions:
     tip_beta: float | None = None
     tune: bool = False  # pick α, β by leave-one-out on the support set (never on the images classified)
     self_cache: bool = False  # TFUP-style cache from the unlabelled images themselves
+    self_cache_kl_weight: str = "reference"  # TFUP's row-scaled KL weight, or "exp": 2 · exp(−KL) (adapters.unsupervised)
     label_space: Sequence[str] | str | Path | None = None  # labels the Fréchet mean may predict (file or list)
     hierarchy: str | Path | None = None  # metric (a): parent/child edges
     distances: str | Path | None = None  # metric (b): a named distance matrix

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..classes import load_classes
 from ..errors import ConfigError
+from ..templates import wordify
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
 from .registry import METHODS, REFINER, MethodRecord, register, setting
 
@@ -112,17 +113,21 @@ register(MethodRecord(
 @dataclass
 class TfupConfig:
     self_cache: bool = setting(False, "TFUP-style cache built from the images themselves; adds +tfup.", panel=_PANEL)
+    self_cache_kl_weight: str = setting("reference", "Self cache: TFUP's row-scaled KL weight ('reference') or "
+                                        "2·exp(−KL) ('exp').", panel=_PANEL)
 
 
 @dataclass
 class TfupStage:
     cache: UnsupervisedCache
     logit_scale: float
+    kl_weight: str  # adapters.unsupervised.KL_WEIGHTS
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores, explain: bool) -> BatchScores:
         from ..adapters import unsupervised_cache_logits
 
-        refined = unsupervised_cache_logits(feats.double(), upstream.logits.double(), self.cache, self.logit_scale)
+        refined = unsupervised_cache_logits(feats.double(), upstream.logits.double(), self.cache, self.logit_scale,
+                                            kl_weight=self.kl_weight)
         notes = upstream.notes
         if explain:
             notes = merge_notes(upstream.notes, "self_cache", [refined.explain(n) for n in range(feats.shape[0])])
@@ -148,7 +153,7 @@ def _prepare_tfup(context: RunContext, config: TfupConfig, upstream: Pipeline, g
     logits = torch.cat([l for _, _, l in parts])[order]  # [N, C]
     scale = context.text.logit_scale
     cache = build_unsupervised_cache(feats.double(), logits.double(), context.class_names, scale)
-    return TfupStage(cache, scale)
+    return TfupStage(cache, scale, config.self_cache_kl_weight)
 
 
 register(MethodRecord(
@@ -201,7 +206,7 @@ def load_label_metric(context: RunContext, config: FrechetConfig, descriptors: A
 
     names = list(dict.fromkeys([*context.class_names, *(space or [])]))
     dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None
-    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {n}."] for n in names}
+    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {wordify(n)}."] for n in names}
     texts = ClassTexts.from_mapping(per_label)
     weights = class_text_weights(context.text.encode_texts(texts.texts), texts.owner, len(names), "mean_embedding")  # [Y, D]
     return LabelMetric.from_embeddings(names, weights.double()), space
