@@ -260,21 +260,6 @@ def test_random_init_weights_are_refused_because_each_worker_would_draw_others(r
         classify_with_ray(model_id, image_folder, CLASSES)
 
 
-@pytest.mark.parametrize("method", ["name", "templates", "cbd", "waffle"])
-def test_text_weights_taken_on_the_driver_reproduce_each_linear_method(method, model_id, tmp_path):
-    descriptors = tmp_path / "descriptors.json"
-    descriptors.write_text(json.dumps({c: [f"a {c}-shaped outline", "four legs"] for c in CLASSES}))
-    options = MethodOptions(descriptors=str(descriptors))
-    clf = Classifier(model_id, device="cpu")
-    image_feats = torch.nn.functional.normalize(torch.randn(6, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
-
-    head, _ = distributed._text_head(clf, method, CLASSES, options, dim=32)
-
-    want = run_spec(method, clf.run_context(CLASSES, options), image_feats).logits  # [6, C]
-    got = compute_logits(image_feats, torch.from_numpy(head.weights), head.logit_scale, head.logit_bias)
-    assert torch.allclose(got, want, atol=1e-5)
-
-
 def test_missing_ray_names_the_install_command(monkeypatch, image_folder):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'vlmcls\[ray\]'"):
