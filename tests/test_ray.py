@@ -15,8 +15,7 @@ from vlmcls.api import Classifier
 from vlmcls.distributed import classify_with_ray
 from vlmcls.errors import ConfigError, MissingExtraError
 from vlmcls.evaluate import options_for_spec
-from vlmcls.methods import MethodOptions, RefinerOptions, run_spec
-from vlmcls.scoring import compute_logits
+from vlmcls.methods import MethodOptions, RefinerOptions
 
 CLASSES = ["cat", "dog", "car", "tree"]
 BROKEN = {  # file name -> the reason both engines must give

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from .api import Classifier, as_records, load_classes
-from .embeddings import _content_keys, _reason, l2_normalize
+from .embeddings import _content_keys, _reason
 from .errors import ConfigError, MissingExtraError, ModelLoadError
-from .feature_store import FeatureStore, default_feature_root, read_feats, shards_for
-from .images import DEFAULT_MAX_PIXELS, ImageRecord, default_decode_workers
+from .feature_store import FeatureStore, default_feature_root, shards_for
+from .images import ImageRecord, default_decode_workers
 from .methods import DEFAULT_METHOD, MethodOptions, build_pipeline, parse_spec
-from .results import ClassificationResult, Prediction, json_safe
-from .scoring import probabilities, top_k
+from .results import ClassificationResult, Prediction
+from .scoring import probabilities
+from . import ray_workers
 
 __all__ = ["OUTPUT_FORMATS", "classify_with_ray"]
 
@@ -147,7 +148,7 @@ def classify_with_ray(
             shards = shards_for(index, positions)
             # Each task reads whole shards with pyarrow (one read per shard, no Python object per row).
             feats_ds = ray.data.from_items([{"shard": path} for path in shards], override_num_blocks=len(shards))
-            feats_ds = feats_ds.map_batches(_rows_by_position, batch_size=1, batch_format="pyarrow",
+            feats_ds = feats_ds.map_batches(ray_workers.rows_by_position, batch_size=1, batch_format="pyarrow",
                                             fn_kwargs={"positions": positions, "shard_of": shard_of}).materialize()
 
         # 3. The pipeline, prepared on the driver; gathers run as Ray tasks over the features.
@@ -155,7 +156,7 @@ def classify_with_ray(
         method_started = time.perf_counter()
         if feats_ds is not None:
             pipeline, report = build_pipeline(spec, context, _ray_gather(feats_ds, batch_size))
-            scored = feats_ds.map_batches(_score_batch, batch_size=batch_size, batch_format="pyarrow",
+            scored = feats_ds.map_batches(ray_workers.score_batch, batch_size=batch_size, batch_format="pyarrow",
                                           fn_kwargs={"pipeline": pipeline, "k": top_k, "explain": options.explain})
         else:
             pipeline = report = None
@@ -202,11 +203,11 @@ def _encode_missing(ray, clf, store: FeatureStore, model_id, precision, digests:
     # decoding runs on the CPUs the actors leave free, alongside encoding.
     decode_bytes = _DECODE_WORKER_BYTES + 2 * batch_size * 4 * math.prod(pixel_shape)
     ds = ds.map_batches(
-        _decode_batch, batch_size=batch_size, batch_format="numpy", memory=decode_bytes,
+        ray_workers.decode_batch, batch_size=batch_size, batch_format="numpy", memory=decode_bytes,
         fn_kwargs={"preprocess": _portable_preprocess(clf.model), "pixel_shape": pixel_shape},
     )
     ds = ds.map_batches(
-        _EncoderActor, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_worker,
+        ray_workers.EncoderActor, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={
             "model_id": model_id, "device": actor_device, "precision": precision,
@@ -230,7 +231,7 @@ def _ray_gather(feats_ds, batch_size: int):
     """The Ray engine's gather: ``collect`` runs in tasks over the feature rows; the driver gets the parts."""
 
     def gather(upstream, collect):
-        parts = feats_ds.map_batches(_collect_part, batch_size=batch_size, batch_format="pyarrow",
+        parts = feats_ds.map_batches(ray_workers.collect_part, batch_size=batch_size, batch_format="pyarrow",
                                      fn_kwargs={"pipeline": upstream, "collect": collect})
         return [row["part"] for row in parts.iter_rows()]
 
@@ -342,123 +343,6 @@ def _placement(ray, device: str, num_workers: int | None) -> tuple[str, float | 
     return ("cpu" if device == "auto" else device), None, num_workers or max(1, cpus - max(1, cpus // 8))
 
 
-# -- worker side ----------------------------------------------------------------------------------------
-
-
-def _decode_batch(batch: dict[str, np.ndarray], *, preprocess, pixel_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Decode and preprocess a batch of files; a file that fails keeps zeros and its reason in 'error'."""
-    from .images import decode_and_preprocess  # the one decoding routine, shared with the single engine
-
-    paths = batch["path"]
-    pixels = np.zeros((len(paths), *pixel_shape), dtype=np.float32)  # [B, 3, H, W]
-    errors = []
-    for row, path in enumerate(paths):
-        record = ImageRecord(id=str(path), path=Path(str(path)), label=None, source_index=row)
-        outcome = decode_and_preprocess(record, preprocess=preprocess, max_pixels=DEFAULT_MAX_PIXELS)
-        if isinstance(outcome, str):
-            errors.append(outcome)
-        else:
-            pixels[row] = outcome.numpy()
-            errors.append("")
-    return {"digest": batch["digest"], "error": np.array(errors, dtype=object), "pixels": pixels}
-
-
-class _EncoderActor:
-    """Holds the model; encodes decoded batches and writes their features to the feature store."""
-
-    def __init__(self, model_id: str, device: str, precision: str, weights_fingerprint: str, store_root: str,
-                 dim: int):
-        import ray
-
-        from .models import load_model
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))
-        self.model = load_model(model_id, device=device, precision=precision)
-        if self.model.weights_fingerprint != weights_fingerprint:
-            raise ModelLoadError(
-                f"model '{model_id}' loaded on a Ray worker has other weights than on the driver "
-                f"('{self.model.weights_fingerprint}' vs '{weights_fingerprint}'). Give a model id that loads the "
-                "same weights everywhere: a pretrained tag, or local-dir: on storage every node shares."
-            )
-        self.store = FeatureStore(store_root, self.model.image_key_parts, dim)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors = [str(e) if e else "" for e in batch["error"]]
-        ok_rows = [i for i, e in enumerate(errors) if not e]
-        if ok_rows:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok_rows]))  # [B, 3, H, W]
-            feats = l2_normalize(self.model.encode_images(pixels)).numpy()  # [B, D]
-            self.store.write_shard([str(batch["digest"][i]) for i in ok_rows], feats)
-        return {"digest": batch["digest"], "error": np.array(errors, dtype=object),
-                "done_at": np.full(len(errors), time.time())}
-
-
-def _rows_by_position(batch, *, positions: dict[str, list[int]], shard_of: dict[str, str]):
-    """A feature-store shard -> one row per image of this run (a digest shared by two files gives two rows).
-    A digest kept in two shards is taken from the one the driver's index named, so each image gets one row."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shard = Path(str(batch.column("shard")[0]))
-    table = pq.read_table(shard, columns=["digest", "feats"])
-    take, where = [], []
-    for row, digest in enumerate(table.column("digest").to_pylist()):
-        if shard_of.get(digest) != shard.name:
-            continue
-        for position in positions[digest]:
-            take.append(row)
-            where.append(position)
-    picked = table.take(pa.array(take, pa.int64())) if take else table.slice(0, 0)
-    return pa.table({"position": pa.array(where, pa.int64()), "feats": picked.column("feats")})
-
-
-def _batch_feats(table, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions [B], unit feats [B, D]) of a batch of feature rows."""
-    column = table.column("feats").combine_chunks()
-    dim = dim or column.type.list_size
-    positions = torch.from_numpy(np.asarray(table.column("position").to_numpy(), dtype=np.int64))
-    return positions, torch.from_numpy(read_feats(table, dim))
-
-
-def _collect_part(table, *, pipeline, collect):
-    """A gather's collect on one batch; the part travels back to the driver as one Python object."""
-    positions, feats = _batch_feats(table)
-    part = np.empty(1, dtype=object)
-    part[0] = collect(positions, feats, pipeline.apply(feats))
-    return {"part": part}
-
-
-def _score_batch(table, *, pipeline, k: int, explain: bool):
-    """The prepared pipeline on one batch: the rows of Prediction.to_dict, plus logits and counts for the driver."""
-    import pyarrow as pa
-
-    positions, feats = _batch_feats(table)
-    scores = pipeline.apply(feats, explain)
-    probs = probabilities(scores.logits, pipeline.score_rule)  # [B, C]
-    values, indices = top_k(probs, k)
-    names = pipeline.class_names
-    ranked = [[{"label": names[int(j)], "prob": round(float(v), 6)} for v, j in zip(values[n], indices[n])]
-              for n in range(feats.shape[0])]
-    labels = scores.labels if scores.labels is not None else [r[0]["label"] for r in ranked]
-    notes = [json.dumps(json_safe(note)) if note else None for note in (scores.notes or [None] * len(ranked))]
-    counts = [json.dumps(scores.counts)] + ["{}"] * (len(ranked) - 1)  # the batch's counts, once
-    return pa.table({
-        "position": pa.array(positions.tolist(), pa.int64()),
-        "label": pa.array(labels, pa.string()),
-        "top_k": pa.array(ranked, _top_k_type()),
-        "explanation": pa.array(notes, pa.string()),
-        "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
-        "counts": pa.array(counts, pa.string()),
-    })
-
-
-def _top_k_type():
-    import pyarrow as pa
-
-    return pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))
-
-
 # -- results --------------------------------------------------------------------------------------------
 
 
@@ -471,13 +355,13 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
                "true_label": [records[i].label for i in ok]}
     parts = []
     if scored is not None:
-        parts.append(scored.map_batches(_located_rows, batch_format="pyarrow", fn_kwargs={"located": located,
+        parts.append(scored.map_batches(ray_workers.located_rows, batch_format="pyarrow", fn_kwargs={"located": located,
                                                                                               "explain": explain}))
     if errors:
         rows = pa.table({
             "path": pa.array([str(records[i].path) for i in errors], pa.string()),
             "label": pa.array([None] * len(errors), pa.string()),
-            "top_k": pa.array([[] for _ in errors], _top_k_type()),
+            "top_k": pa.array([[] for _ in errors], ray_workers.top_k_type()),
             "error": pa.array(list(errors.values()), pa.string()),
             "true_label": pa.array([records[i].label for i in errors], pa.string()),
             "index": pa.array(list(errors), pa.int64()),
@@ -493,24 +377,6 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
     if "://" in target:
         return []
     return sorted(str(p) for p in Path(target).iterdir() if p.is_file())
-
-
-def _located_rows(table, *, located: dict[str, list], explain: bool):
-    """Scored rows with their image's index, path and true label (the written row shape)."""
-    import pyarrow as pa
-
-    positions = table.column("position").to_pylist()
-    columns = {
-        "path": pa.array([located["path"][p] for p in positions], pa.string()),
-        "label": table.column("label"),
-        "top_k": table.column("top_k"),
-        "error": pa.array([None] * len(positions), pa.string()),
-        "true_label": pa.array([located["true_label"][p] for p in positions], pa.string()),
-        "index": pa.array([located["index"][p] for p in positions], pa.int64()),
-    }
-    if explain:
-        columns["explanation"] = table.column("explanation")
-    return pa.table(columns)
 
 
 def _collect(ds):
