@@ -335,3 +335,19 @@ def test_ctrl_c_says_how_much_is_cached_and_the_same_command_resumes(tiny_open_c
     again = _invoke(*args)
     assert "2 / 4" not in again.output  # the summary counts: encoded now / cached
     assert json.loads((labelled_folder.parent / "p.jsonl").read_text().splitlines()[0])
+
+
+# -- 17.9: small things a new user trips over ----------------------------------------------------------------------
+def test_cache_clear_with_an_unknown_kind_is_refused_not_reported_as_done():
+    result = _invoke("cache", "clear", "--kind", "nonsense", "-y")
+    assert result.exit_code == 2
+    assert "unknown cache kind 'nonsense'. Valid: image, text, llm, digest" in _one_line(result.output)
+    assert "removed" not in result.output
+
+
+def test_help_keeps_brackets_and_errors_are_one_line_without_a_leading_blank(tmp_path):
+    help_text = _invoke("classify", "--help", env={"COLUMNS": "250"}).output
+    assert "{class: [descriptor, …]}" in help_text
+    result = _invoke("classify", tmp_path / "missing", "--classes", "a,b", env={"COLUMNS": "40"})
+    assert result.exit_code == 2
+    assert result.output.startswith("error: image source") and result.output.count("\n") == 1

@@ -58,6 +58,11 @@ def _log_traceback(exc: BaseException) -> str:
     return path
 
 
+def print_error(message: object) -> None:
+    """One red ``error:`` line on stderr (not wrapped, so it greps and pastes as one line)."""
+    console_err.print(f"[red]error:[/red] {safe(message)}", highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn every failure into one red line and its documented exit code: 2 usage, 3 fatal, 4 internal error
     (a bug: the traceback goes to a file the line names), 130 Ctrl-C (saying what was kept)."""
@@ -70,13 +75,13 @@ def handle_errors(fn: Callable) -> Callable:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except ConfigError as exc:
-            console_err.print(f"[red]error:[/red] {safe(exc)}", highlight=False)
+            print_error(exc)
             raise typer.Exit(EXIT_USAGE) from exc
         except VlmclsError as exc:
-            console_err.print(f"[red]error:[/red] {safe(exc)}", highlight=False)
+            print_error(exc)
             raise typer.Exit(EXIT_FATAL) from exc
         except KeyboardInterrupt as exc:
-            console_err.print(f"[yellow]{_interrupted_message()}[/yellow]", highlight=False)
+            console_err.print(f"[yellow]{_interrupted_message()}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from exc
         except Exception as exc:  # a bug in vlmcls or a library under it: say where the details are
             try:
@@ -86,7 +91,7 @@ def handle_errors(fn: Callable) -> Callable:
                 log.debug("internal error", exc_info=exc)
             console_err.print(
                 f"[red]internal error:[/red] {safe(type(exc).__name__)}: {safe(exc)} ({safe(where)}). "
-                "This is a bug in vlmcls; please report it with that file.", highlight=False,
+                "This is a bug in vlmcls; please report it with that file.", highlight=False, soft_wrap=True,
             )
             raise typer.Exit(EXIT_INTERNAL) from exc
 
@@ -95,11 +100,11 @@ def handle_errors(fn: Callable) -> Callable:
 
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A progress callback ``(done, total)`` drawing a bar on stderr (silent when disabled)."""
+    """A progress callback ``(done, total)`` drawing a bar on a terminal's stderr (silent when disabled)."""
     def record(done: int, total: int) -> None:
         _encoding_progress.update(done=done, total=total)
 
-    if not enabled:
+    if not enabled or not console_err.is_terminal:  # a bar in a log file is noise (and leaves a blank line)
         yield record
         return
     with Progress(

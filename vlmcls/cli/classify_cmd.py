@@ -41,7 +41,7 @@ _SHOWN_ROWS = 30
 @with_llm_config
 @with_source_options
 def classify(
-    images: str = typer.Argument(..., help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
+    images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv or .json."),
@@ -59,7 +59,7 @@ def classify(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
     report: Optional[Path] = REPORT_OPTION,
-    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).", rich_help_panel="LLM"),
+    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="CbD descriptor JSON {class: \\[descriptor, …]} (no LLM needed).", rich_help_panel="LLM"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="FuDD pair JSON to use instead of asking the LLM.", rich_help_panel="LLM"),
     export_descriptors: Optional[Path] = typer.Option(None, "--export-descriptors", help="Write the descriptors used to this JSON file.", rich_help_panel="LLM"),
     export_pairs: Optional[Path] = typer.Option(None, "--export-pairs", help="Write the FuDD pair descriptions used to this JSON file.", rich_help_panel="LLM"),
@@ -260,12 +260,12 @@ def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptio
             feats = clf.encode_images(images, progress=progress, **source_options).feats
     stages = estimate_llm_cost(clf, feats, class_names, method, options)
     if not stages:
-        console.print(f"dry run: method '{method}' makes no LLM calls with these options.")
+        console.print(f"dry run: method '{safe(method)}' makes no LLM calls with these options.")
     for stage, estimate in stages.items():
         if isinstance(estimate, CallEstimate):
             render_estimate(estimate, stage)
         else:
-            console.print(f"{stage}: {estimate}")
+            console.print(f"{safe(stage)}: {safe(estimate)}")
 
 
 def render_result(result: ClassificationResult, out_path: Path | None, explain: bool = False) -> None:

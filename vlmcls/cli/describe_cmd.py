@@ -13,7 +13,7 @@ from ..cache import Store
 from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
 from ._options import option_group
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
 from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
 
 __all__ = [
@@ -110,7 +110,7 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         colour = "red" if row.severity == "error" else "yellow"
-        table.add_row(row.item, row.stage, f"[{colour}]{row.severity}[/{colour}]", row.message)
+        table.add_row(safe(row.item), safe(row.stage), f"[{colour}]{safe(row.severity)}[/{colour}]", safe(row.message))
     console_err.print(table)
 
 
