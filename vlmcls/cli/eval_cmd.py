@@ -172,6 +172,9 @@ def render_comparison(result) -> None:
         # Answers read from the cache cost nothing this time; their column shows what a fresh run would ask.
         cached = [f"{run.info.get('llm_cached_answers') or 0:,}"] if any_cached else []
         table.add_row(name, *cells, f"{run.llm_calls:,}", *cached, f"{run.llm_tokens:,}", f"{run.seconds:.2f}")
+    if best is not None and len(result.runs) > 1:
+        table.caption = f"* {escape(best.method)}: the best top-1; the per-class table and confusions below are its."
+        table.caption_justify = "left"
     console.print(table)
     images = result.images
     console_err.print(key_value_table("images", {
