@@ -351,3 +351,10 @@ def test_help_keeps_brackets_and_errors_are_one_line_without_a_leading_blank(tmp
     result = _invoke("classify", tmp_path / "missing", "--classes", "a,b", env={"COLUMNS": "40"})
     assert result.exit_code == 2
     assert result.output.startswith("error: image source") and result.output.count("\n") == 1
+
+
+def test_eval_checks_its_outputs_before_the_model_loads(labelled_folder, tmp_path):
+    result = _invoke("eval", labelled_folder, "--classes", "cat,dog", "--output", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in _one_line(result.output)
+    result = _invoke("eval", labelled_folder, "--classes", "cat,dog", "--report", tmp_path / "r.txt")
+    assert result.exit_code == 2 and "a report is one HTML file" in _one_line(result.output)

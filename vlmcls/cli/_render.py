@@ -58,6 +58,16 @@ def _log_traceback(exc: BaseException) -> str:
     return path
 
 
+def quiet_libraries() -> None:
+    """For --quiet: the HF hub and datasets libraries draw their own download/save bars; turn them off."""
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:  # imported already: its setting was read at import time
+        sys.modules["datasets"].disable_progress_bars()
+
+
 def print_error(message: object) -> None:
     """One red ``error:`` line on stderr (not wrapped, so it greps and pastes as one line)."""
     console_err.print(f"[red]error:[/red] {safe(message)}", highlight=False, soft_wrap=True)

@@ -27,7 +27,7 @@ from .describe_cmd import (
 from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._preflight import check_input_files, check_outputs
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, safe
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries, safe
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
@@ -105,6 +105,8 @@ def classify(
     from ..methods import MethodOptions
     from ..refine import RefinerOptions
 
+    if quiet:
+        quiet_libraries()
     # Everything a user can get wrong is checked before the model loads (which can take a minute).
     load_classes(classes)
     check_input_files({"--descriptors": descriptors, "--pairs": pairs, "--hierarchy": hierarchy,

@@ -13,6 +13,7 @@ from ..cache import Store
 from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
 from ._options import option_group
+from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
 from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
 
@@ -137,8 +138,8 @@ def describe(
     from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
     from ..prompting import load_prompt
 
-    if output is not None and output.suffix.lower() != ".json":
-        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; descriptor files are .json.")
+    output = check_outputs({"--output": (output, (".json",), "descriptor files are .json")},
+                           [classes, prompt_file])["--output"]
     if method not in ("cbd", "waffle"):
         raise ConfigError(f"method '{method}' cannot be generated here; use cbd or waffle.")
     class_names = load_classes(classes)

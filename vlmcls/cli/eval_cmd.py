@@ -17,7 +17,8 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..llm import LLMConfig
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from ._preflight import check_outputs
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -99,16 +100,20 @@ def eval_command(
     from ..methods import MethodOptions
     from ..refine import RefinerOptions, load_label_metric
     from ..output import write_json
-    from ..report import check_report_path, write_report
+    from ..report import REPORT_SUFFIXES, write_report
 
+    if quiet:
+        quiet_libraries()
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     names = parse_methods(methods)
     class_names = load_classes(classes)
-    if output is not None and output.suffix.lower() != ".json":
-        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; eval results are saved as .json.")
-    report_path = check_report_path(report) if report is not None else None
     if descriptors is not None and not descriptors.is_file():
         raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
+    targets = check_outputs({
+        "--output": (output, (".json",), "eval results are saved as .json"),
+        "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
+    }, [data, classes, descriptors, templates, hierarchy, distances, label_space])
+    report_path = targets["--report"]
     refiners = RefinerOptions(support=support, tip_alpha=tip_alpha, tip_beta=tip_beta, tune=tune,
                               label_space=label_space, hierarchy=hierarchy, distances=distances,
                               self_metric=self_metric, frechet_top_k=frechet_top_k)
