@@ -29,10 +29,6 @@ def check_outputs(targets: dict[str, tuple[Path | None, tuple[str, ...], str | N
     """Check every output a run will write, before it starts: ``targets`` maps a flag to (path, valid suffixes,
     hint for a wrong suffix). An output may not be one of the ``inputs`` (it would destroy it) nor another output.
     Returns the checked paths by flag."""
-    input_files = set()
-    for item in inputs:
-        if item is not None and Path(item).expanduser().is_file():
-            input_files.add(Path(item).expanduser().resolve())
     checked: dict[str, Path | None] = {}
     claimed: dict[Path, str] = {}
     for flag, (path, suffixes, hint) in targets.items():
@@ -41,11 +37,16 @@ def check_outputs(targets: dict[str, tuple[Path | None, tuple[str, ...], str | N
             continue
         out = check_output_path(path, suffixes, flag, hint)
         real = out.resolve()
-        if real in input_files:
-            raise ConfigError(f"{flag} '{path}' is an input of this run; writing it would destroy it. "
-                              "Choose another file name.")
         if real in claimed:
             raise ConfigError(f"{flag} and {claimed[real]} both name '{path}'; give each output its own file.")
         claimed[real] = flag
         checked[flag] = out
+    names = {real.name for real in claimed}
+    for item in inputs:  # a million listed images cost a set lookup each; only a same-named file is resolved
+        if item is None or Path(item).name not in names:
+            continue
+        real = Path(item).expanduser().resolve()
+        if real in claimed and real.is_file():
+            raise ConfigError(f"{claimed[real]} '{real}' is an input of this run; writing it would destroy it. "
+                              "Choose another file name.")
     return checked

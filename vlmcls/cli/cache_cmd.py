@@ -8,7 +8,7 @@ import typer
 
 from ..cache import Store
 from ..errors import ConfigError
-from ._render import console, handle_errors, key_value_table, safe
+from ._render import console, handle_errors, key_value_table
 
 CACHE_KINDS = ("image", "text", "llm", "digest")
 
