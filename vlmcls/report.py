@@ -16,16 +16,16 @@ the least confident images first, and the error rows.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import ConfigError, ImageError
 from .output import atomic_open, check_output_path
+from .report_html import count as _count, esc as _e, num as _num, pct as _pct, render_value as _render_value
+from .report_html import short as _short, table as _table, why_html as _why_html
 
 if TYPE_CHECKING:
     from .api import ClassificationResult
@@ -77,28 +77,6 @@ svg text{font:11px system-ui,sans-serif;fill:#374151}svg text.val{font-size:9px;
 
 # No script may run and nothing may load from anywhere but the page itself, even if escaping were ever missed.
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _e(value: Any) -> str:
-    """Escape anything for HTML text and attribute values."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _short(text: Any, limit: int) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else _e(value if value is not None else 0)
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------
@@ -191,18 +169,6 @@ def thumbnail_data_uri(source: Any, size: int = 96) -> str | None:
 
 
 # -- sections -------------------------------------------------------------------------------------------------
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int] = frozenset(),
-           row_classes: Sequence[str] | None = None) -> str:
-    """A table from already-escaped cells."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        css = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f'<td class="num">{c}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
-        body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _summary_section(results: Mapping[str, Any]) -> str:
@@ -382,65 +348,6 @@ def _distribution_section(results: Mapping[str, Any], run: Mapping[str, Any]) ->
                      f'height="11" fill="{_PALETTE[0]}"/><text x="{label_width + chart * count / top + 4:.1f}" y="{y + 11}">{count}</text>')
     parts.append("</svg>")
     return f"<h2>Predicted classes</h2><p class=\"note\">images per predicted class, most first.</p>{''.join(parts)}"
-
-
-def _render_value(value: Any, depth: int = 0) -> str:
-    """An explanation (any JSON value) as compact nested HTML; every string escaped."""
-    if depth > 4:
-        return _e(_short(value, 200))
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, Mapping):
-        items = list(value.items())[:30]
-        return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_render_value(v, depth + 1)}</dd>" for k, v in items) + "</dl>"
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
-        columns = list(dict.fromkeys(k for v in value for k in v))
-        if len(columns) <= 6 and all(not isinstance(x, (Mapping, list, tuple)) for v in value for x in v.values()):
-            rows = [[_render_value(v.get(c), depth + 1) for c in columns] for v in value[:20]]
-            return _table(columns, rows) + (f"<p class=\"note\">… {len(value) - 20} more</p>" if len(value) > 20 else "")
-    if isinstance(value, (list, tuple)):
-        more = f"<li>… {len(value) - 20} more</li>" if len(value) > 20 else ""
-        return ('<ul class="plain">' + "".join(f"<li>{_render_value(v, depth + 1)}</li>" for v in value[:20])
-                + more + "</ul>")
-    return _e(_short(value, 400))
-
-
-def _scored_rows(items: Sequence[Any]) -> list[list[str]]:
-    rows = []
-    for item in items:
-        if isinstance(item, Mapping):
-            text = item.get("descriptor", item.get("text", item.get("caption")))
-            score = item.get("similarity", item.get("score"))
-            rows.append([_e(_short(text, 200)), _num(score) if isinstance(score, (int, float)) else _e(score)])
-        else:
-            rows.append([_e(_short(item, 200)), ""])
-    return rows
-
-
-def _why_html(explanation: Any) -> str:
-    """An explanation as tables a reader can scan: per class, its descriptors with their scores; a differential
-    move as from → to with the attribute and margin that decided it; anything else as a compact nested list."""
-    if not isinstance(explanation, Mapping):
-        return _render_value(explanation)
-    parts = []
-    for part, detail in explanation.items():
-        if isinstance(detail, Mapping) and "moved_from" in detail and "moved_to" in detail:
-            because = detail.get("because")
-            rows = ([[_e(k), _render_value(v, 1)] for k, v in because.items()] if isinstance(because, Mapping)
-                    else [[_e("reason"), _render_value(because, 1)]] if because is not None else [])
-            parts.append(f"<div>{_e(part)}: moved <span class='truth'>{_e(detail['moved_from'])}</span> → <span class='truth'>{_e(detail['moved_to'])}</span>"
-                         f"</div>" + (_table(["because", "value"], rows) if rows else ""))
-        elif isinstance(detail, Mapping) and any(isinstance(v, Mapping) and isinstance(v.get("descriptors"), list)
-                                                 for v in detail.values()):
-            for role, entry in detail.items():
-                if isinstance(entry, Mapping) and isinstance(entry.get("descriptors"), list):
-                    parts.append(f"<div>{_e(part)} — {_e(str(role).replace('_', ' '))}: <span class='truth'>{_e(entry.get('class'))}</span>"
-                                 "</div>" + _table(["descriptor", "score"], _scored_rows(entry["descriptors"]), {1}))
-                else:
-                    parts.append(f"<div>{_e(role)}: {_render_value(entry, 1)}</div>")
-        else:
-            parts.append(f"<div>{_e(part)}</div>{_render_value(detail, 1)}")
-    return "".join(parts)
 
 
 def _gallery_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], limit: int) -> str:
