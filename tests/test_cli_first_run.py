@@ -358,3 +358,31 @@ def test_eval_checks_its_outputs_before_the_model_loads(labelled_folder, tmp_pat
     assert result.exit_code == 2 and "is a folder" in _one_line(result.output)
     result = _invoke("eval", labelled_folder, "--classes", "cat,dog", "--report", tmp_path / "r.txt")
     assert result.exit_code == 2 and "a report is one HTML file" in _one_line(result.output)
+
+
+def test_watch_ends_cleanly_on_ctrl_c_keeping_the_last_outputs(tiny_open_clip, labelled_folder, tmp_path, monkeypatch):
+    from vlmcls.cli import watch
+
+    def interrupt(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(watch.time, "sleep", interrupt)
+    out = tmp_path / "pred.jsonl"
+    result = _invoke("classify", labelled_folder / "cat", "--classes", "cat,dog", "--model",
+                     f"local-dir:{tiny_open_clip}", "-o", out, "--watch", "-q")
+    assert result.exit_code == 0, result.output
+    assert "watch stopped after 0 re-runs; the outputs hold the last run." in _one_line(result.output)
+    assert len(out.read_text().splitlines()) == 3
+
+
+# -- 17.7: --explain in table mode is readable -------------------------------------------------------------------------
+def test_explain_prints_scored_descriptors_and_the_differential_move():
+    result = _invoke("classify", DEMO / "images" / "skarnel", "--classes", DEMO / "classes.txt", "--method", "fudd",
+                     "--descriptors", DEMO / "descriptors.json", "--pairs", DEMO / "pairs.json", "--model", DEMO_MODEL,
+                     "--explain", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "→ skarnel" in text
+    assert "runner up: " in text and "top: bexapod: a large size 0." in text  # descriptor, then its score
+    assert "moved bexapod → skarnel (attribute shape, margin 0." in text
+    assert '{"' not in text  # no raw JSON

@@ -88,10 +88,10 @@ def why_html(explanation: Any) -> str:
     for part, detail in explanation.items():
         if isinstance(detail, Mapping) and "moved_from" in detail and "moved_to" in detail:
             because = detail.get("because")
-            rows = ([[esc(k), render_value(v, 1)] for k, v in because.items()] if isinstance(because, Mapping)
-                    else [[esc("reason"), render_value(because, 1)]] if because is not None else [])
-            parts.append(f"<div>{esc(part)}: moved <span class='truth'>{esc(detail['moved_from'])}</span> → <span class='truth'>{esc(detail['moved_to'])}</span>"
-                         f"</div>" + (table(["because", "value"], rows) if rows else ""))
+            why = (table(["because", "value"], [[esc(k), render_value(v, 1)] for k, v in because.items()])
+                   if isinstance(because, Mapping) else render_value(because, 1) if because else "")
+            parts.append(f"<div>{esc(part)}: moved <span class='truth'>{esc(detail['moved_from'])}</span> → "
+                         f"<span class='truth'>{esc(detail['moved_to'])}</span></div>{why}")
         elif isinstance(detail, Mapping) and any(isinstance(v, Mapping) and isinstance(v.get("descriptors"), list)
                                                  for v in detail.values()):
             for role, entry in detail.items():

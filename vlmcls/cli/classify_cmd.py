@@ -362,8 +362,7 @@ def _explanation_lines(detail: Any) -> list[str]:
             scored = " · ".join(_scored(d) for d in detail["descriptors"])
             return [f"{detail.get('class', '')}: {scored}" if "class" in detail else scored]
         if "moved_from" in detail and "moved_to" in detail:
-            because = detail.get("because") or {}
-            reason = ", ".join(f"{k} {_value(v)}" for k, v in because.items()) if isinstance(because, dict) else _value(because)
+            reason = _reason(detail.get("because"))
             return [f"moved {detail['moved_from']} → {detail['moved_to']}" + (f" ({reason})" if reason else "")]
         lines: list[str] = []
         for key, value in detail.items():
@@ -379,6 +378,13 @@ def _explanation_lines(detail: Any) -> list[str]:
             return [", ".join(_value(x) for x in detail)]
         return [line for item in detail for line in _explanation_lines(item)]
     return [_value(detail)]
+
+
+def _reason(because: Any) -> str:
+    """What decided a differential move: 'attribute shape, margin 0.245' per entry, entries joined by '; '."""
+    items = because if isinstance(because, list) else [because] if because else []
+    return "; ".join(", ".join(f"{k} {_value(v)}" for k, v in item.items()) if isinstance(item, dict) else _value(item)
+                     for item in items)
 
 
 def _scored(item: Any) -> str:
