@@ -190,6 +190,8 @@ class Classifier:
             )
         feats = self.encode_images(images, progress=progress, **source_options)
         result = self.predict(feats, class_names, method, options, top_k)
+        if feats.thumbnails:  # made while decoding (Encoder.thumbnail_size), for a report
+            result.artifacts["thumbnails"] = feats.thumbnails
         result.stats.update(
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,

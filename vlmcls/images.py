@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -20,16 +21,22 @@ import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .cache import file_digest
 from .errors import ConfigError, ImageError
-from .image_sources import IMAGE_EXTENSIONS, ImageData, ImageRecord, list_images
+from .image_sources import (
+    DEFAULT_MAX_BYTES,
+    IMAGE_EXTENSIONS,
+    ImageRecord,
+    list_images,
+    read_file_bytes,
+    read_image_data,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +44,15 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_BYTES",
     "ImageRecord",
     "DecodedBatch",
     "list_images",
     "load_image",
+    "decode_image",
     "content_key",
+    "digest_of",
+    "thumbnail_jpeg",
     "iter_decoded_batches",
     "decode_and_preprocess",
     "default_decode_workers",
@@ -80,84 +91,88 @@ class DecodedBatch:
     records_ok: list[ImageRecord]
     pixels: "torch.Tensor"  # [B, 3, H, W], B = len(records_ok); [0, 3, 0, 0] when nothing decoded
     errors: list[tuple[ImageRecord, str]]  # (record, reason), in input order
+    digests: list[str] = field(default_factory=list)  # sha256 of the bytes each of records_ok was decoded from
+    file_stats: list[os.stat_result | None] = field(default_factory=list)  # each file as read; None: dataset rows
+    # (record, digest, file stat, value): images whose digest the look-up knew, not decoded
+    known: list[tuple[ImageRecord, str, os.stat_result | None, Any]] = field(default_factory=list)
+    thumbnails: list[bytes | None] = field(default_factory=list)  # small JPEGs when asked for, aligned with records_ok
 
 
 # -- decoding -------------------------------------------------------------------------------------------
 
 
-def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    min_side: int | None = None,
+) -> Image.Image:
     """Decode one image to RGB: EXIF orientation applied, alpha composited on white, 16-bit scaled to 8.
 
-    Raises ImageError with a short reason for missing, empty, truncated, corrupt, non-image and too-large
-    files. ``max_pixels`` is checked against the header before any pixel is decoded; ``None`` leaves only
-    PIL's hard limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``).
+    Raises ImageError with a short reason for missing, empty, truncated, corrupt, non-image, too-large files and
+    files that are not regular files. ``max_pixels`` is checked against the header before any pixel is decoded;
+    ``None`` leaves only PIL's hard limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``). ``min_side``: decode a JPEG at the
+    smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at least this many pixels (see
+    :func:`decode_image`); None decodes every pixel.
     """
-    data = _resolve(source)
+    data, _ = _read(source, max_bytes)
+    return decode_image(data, max_pixels=max_pixels, min_side=min_side)
+
+
+def decode_image(
+    data: bytes | Image.Image, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
+    """Decode encoded bytes (or check and convert a PIL image) as :func:`load_image` does.
+
+    With ``min_side``, libjpeg's DCT scaling decodes a large JPEG at 1/2, 1/4 or 1/8 size straight from the
+    compressed data (the smallest scale keeping the short side ≥ ``min_side``): a 12 MP photo meant for a
+    224-pixel model costs a quarter of the time and a sixtieth of the memory. Other formats decode in full.
+    """
     if isinstance(data, Image.Image):
         _check_size(data.size, max_pixels)
         return _to_rgb(_oriented(data))
-    if isinstance(data, bytes):
-        if not data:
-            raise ImageError("empty file")
-        return _decode(io.BytesIO(data), max_pixels)
-    try:
-        if data.stat().st_size == 0:
-            raise ImageError("empty file")
-        with open(data, "rb") as handle:
-            return _decode(handle, max_pixels)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as exc:  # I/O errors of the file system itself, not of the image
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageError("empty file")
+    return _decode(data, max_pixels, min_side)
 
 
-def content_key(source: ImageSource) -> str:
+def content_key(source: ImageSource, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> str:
     """sha256 of the image's bytes (hex): a renamed or re-listed image keeps its key."""
-    data = _resolve(source)
-    if isinstance(data, bytes):
-        return hashlib.sha256(data).hexdigest()
-    if isinstance(data, Image.Image):  # a dataset that hands out decoded images: hash the pixels
+    data, _ = _read(source, max_bytes)
+    return digest_of(data)
+
+
+def digest_of(data: bytes | Image.Image) -> str:
+    """The content key of bytes read by :func:`~vlmcls.image_sources.read_image_data` (a decoded image a dataset
+    holds is keyed by its pixels)."""
+    if isinstance(data, Image.Image):
         digest = hashlib.sha256(f"{data.mode}:{data.size[0]}x{data.size[1]}:".encode())
         digest.update(data.tobytes())
         return digest.hexdigest()
-    try:
-        return file_digest(data)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
+    return hashlib.sha256(data).hexdigest()
 
 
-def _resolve(source: ImageSource) -> ImageData:
+def _read(source: ImageSource, max_bytes: int | None) -> tuple[bytes | Image.Image, os.stat_result | None]:
     if isinstance(source, ImageRecord):
-        if source.fetch is not None:
-            try:
-                return source.fetch()
-            except ImageError:
-                raise
-            except Exception as exc:  # an arrow or file-system error inside datasets
-                raise ImageError(f"cannot read the dataset row ({type(exc).__name__}: {exc})") from exc
-        if source.path is None:
-            raise ImageError("the record has neither a path nor a dataset row")
-        return source.path
+        return read_image_data(source, max_bytes)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+        return read_image_data(ImageRecord(id="<bytes>", path=None, label=None, source_index=0,
+                                           fetch=lambda: bytes(source)), max_bytes)
     if isinstance(source, (str, os.PathLike)):
-        return Path(source)
+        return read_file_bytes(Path(source), max_bytes)
     raise ConfigError(f"cannot load an image from a {type(source).__name__}; give a record, a path or bytes.")
 
 
-def _decode(handle: io.BufferedIOBase, max_pixels: int | None) -> Image.Image:
+def _decode(data: bytes, max_pixels: int | None, min_side: int | None = None) -> Image.Image:
+    head = data[:12]
+    _register_heif_if_needed(head)
     try:
         # PIL warns above MAX_IMAGE_PIXELS: silenced here because the limit that counts is ours, checked
         # right below with the exact size in the message. PIL still raises above twice its limit.
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle, formats=_SAFE_FORMATS)  # reads the header only
+            image = Image.open(io.BytesIO(data), formats=_safe_formats())  # reads the header only
     except Image.DecompressionBombError as exc:
         # PIL refused before we could see the size; its message still carries the pixel count.
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -166,9 +181,9 @@ def _decode(handle: io.BufferedIOBase, max_pixels: int | None) -> Image.Image:
         count = found.group(1) if found else "too many"
         raise ImageError(f"image too large: {count} pixels exceeds limit {limit}") from None
     except UnidentifiedImageError:
-        handle.seek(0)
-        head = handle.read(12)
-        if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        if _is_heif(head) and "HEIF" not in Image.OPEN:
+            raise ImageError("HEIC/HEIF image, but the HEIF decoder is missing: pip install pillow-heif") from None
+        if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or _is_heif(head):
             # a damaged image rather than some other kind of file
             raise ImageError("corrupt image (unreadable header)") from None
         raise ImageError("not an image") from None
@@ -178,11 +193,39 @@ def _decode(handle: io.BufferedIOBase, max_pixels: int | None) -> Image.Image:
         raise ImageError(_failure_reason(exc)) from exc
     with image:  # closes PIL's hold on the handle; everything returned below is a fresh image
         _check_size(image.size, max_pixels)
+        if min_side and image.format in ("JPEG", "MPO") and min(image.size) >= 2 * min_side:
+            image.draft(image.mode, (min_side, min_side))  # picks the smallest scale with both sides ≥ min_side
         try:
             image.load()
         except Exception as exc:  # hostile input makes decoders raise nearly anything; none may stop a run
             raise ImageError(_failure_reason(exc)) from exc
         return _to_rgb(_oriented(image))
+
+
+def _is_heif(head: bytes) -> bool:
+    """ISO base media files (HEIC, HEIF, AVIF) start with a size and an ``ftyp`` box."""
+    return head[4:8] == b"ftyp"
+
+
+_HEIF_LOCK = threading.Lock()
+
+
+def _register_heif_if_needed(head: bytes) -> None:
+    """Load pillow-heif (~70 ms of imports) only when a HEIC/HEIF file turns up; AVIF is Pillow's own."""
+    if "HEIF" in Image.OPEN or not _is_heif(head) or head[8:12] in (b"avif", b"avis"):
+        return
+    with _HEIF_LOCK:
+        if "HEIF" in Image.OPEN:
+            return
+        try:
+            import pillow_heif
+        except ImportError:  # the error row says what to install
+            return
+        pillow_heif.register_heif_opener()
+
+
+def _safe_formats() -> tuple[str, ...]:
+    return _SAFE_FORMATS + (("HEIF",) if "HEIF" in Image.OPEN else ())
 
 
 def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:
@@ -299,6 +342,9 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+LookupFn = Callable[[list[str]], Mapping[str, Any]]  # content digests -> the values already known for some
+
+
 def iter_decoded_batches(
     records: Iterable[ImageRecord],
     preprocess: Callable[[Image.Image], "torch.Tensor"],
@@ -308,14 +354,24 @@ def iter_decoded_batches(
     prefetch_batches: int = 2,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     worker_type: str = "thread",
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    min_side: int | None = None,
+    thumbnail_size: int | None = None,
+    lookup: LookupFn | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
+    """Read, hash, decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
 
-    Each batch holds ``batch_size`` decoded images (the last may hold fewer) and the records that failed
-    since the previous batch, with their reasons. A failure never stops the iteration. ``num_workers``
-    threads (``worker_type="thread"``) or forked processes (``"process"``, see :func:`choose_worker_type`) decode
-    (default: :func:`default_decode_workers`; 0 decodes in the calling thread). About
-    ``batch_size * (prefetch_batches + 1)`` records are in flight.
+    Each file is read once: its digest and its pixels come from the same bytes, so a file replaced meanwhile can
+    never be stored under the other content's key. Each batch holds ``batch_size`` decoded images (the last may
+    hold fewer) and the records that failed since the previous batch, with their reasons. A failure never stops
+    the iteration. ``num_workers`` threads (``worker_type="thread"``) or forked processes (``"process"``, see
+    :func:`choose_worker_type`) do the work in chunks of a few records (default: :func:`default_decode_workers`;
+    0 works in the calling thread). About ``batch_size * (prefetch_batches + 1)`` records are in flight.
+
+    ``lookup`` (threads only) is called once per chunk with the chunk's digests; a record whose digest it returns
+    a value for is not decoded and comes back in ``DecodedBatch.known``. ``thumbnail_size`` keeps a small JPEG
+    of each decoded image (``DecodedBatch.thumbnails``), so a report need not read the file again.
+    ``min_side``: see :func:`decode_image`.
     """
     import torch
 
@@ -331,59 +387,169 @@ def iter_decoded_batches(
         )
     if worker_type not in ("thread", "process"):
         raise ConfigError(f"worker_type must be 'thread' or 'process' here, got '{worker_type}'.")
-    decode = functools.partial(decode_and_preprocess, preprocess=preprocess, max_pixels=max_pixels)
+    in_processes = worker_type == "process" and num_workers > 0
+    settings = _DecodeSettings(preprocess, max_pixels, max_bytes, min_side, thumbnail_size,
+                               None if in_processes else lookup)
+    # Chunks, not single records, are the unit of work: one future (or one hand-over between processes) and one
+    # store look-up per chunk. Small enough that every worker gets several chunks of each batch.
+    chunk = max(1, min(16, batch_size // max(1, num_workers)))
     window = batch_size * (prefetch_batches + 1)
-    if worker_type == "process" and num_workers > 0:
-        outcomes = _in_order_processes(list(records), decode, num_workers, batch_size, prefetch_batches)
+    if in_processes:
+        outcomes = _in_order_processes(list(records), settings, num_workers, chunk, window)
     else:
-        outcomes = _in_order(records, decode, num_workers, window)
-    records_ok: list[ImageRecord] = []
-    tensors: list[torch.Tensor] = []
-    errors: list[tuple[ImageRecord, str]] = []
-    item_shape: tuple[int, ...] = (3, 0, 0)
-
-    def take_batch() -> DecodedBatch:
-        nonlocal records_ok, tensors, errors
-        pixels = torch.stack(tensors) if tensors else torch.empty((0, *item_shape))  # [B, 3, H, W]
-        batch = DecodedBatch(records_ok=records_ok, pixels=pixels, errors=errors)
-        records_ok, tensors, errors = [], [], []
-        return batch
-
+        outcomes = _in_order(records, settings, num_workers, chunk, window)
+    batch = _BatchBuilder(torch)
     for record, outcome in outcomes:
-        if isinstance(outcome, str):
-            errors.append((record, outcome))
-            continue
-        records_ok.append(record)
-        tensors.append(outcome)
-        item_shape = tuple(outcome.shape)
-        if len(records_ok) == batch_size:
-            yield take_batch()
-    if records_ok or errors:
-        yield take_batch()
+        if batch.add(record, outcome) == batch_size:
+            yield batch.take()
+    if batch.records_ok or batch.errors or batch.known:
+        yield batch.take()
+
+
+@dataclass(frozen=True)
+class _DecodeSettings:
+    preprocess: Callable[[Image.Image], Any]
+    max_pixels: int | None
+    max_bytes: int | None
+    min_side: int | None
+    thumbnail_size: int | None
+    lookup: LookupFn | None
+
+
+@dataclass
+class _Outcome:
+    """What became of one record: pixels, or an error, or a value already known for its digest."""
+
+    digest: str | None = None  # sha256 of the bytes read; None when they could not be read
+    file_stat: os.stat_result | None = None  # the file as read (None: a dataset row's bytes)
+    pixels: Any = None  # preprocess(image)
+    error: str | None = None
+    known: Any = None  # lookup's value for the digest; the image was not decoded
+    thumbnail: bytes | None = None
+
+
+class _BatchBuilder:
+    def __init__(self, torch_module):
+        self._torch = torch_module
+        self._item_shape: tuple[int, ...] = (3, 0, 0)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.records_ok: list[ImageRecord] = []
+        self.tensors: list[Any] = []
+        self.errors: list[tuple[ImageRecord, str]] = []
+        self.known: list[tuple[ImageRecord, str, os.stat_result | None, Any]] = []
+        self.digests: list[str] = []
+        self.file_stats: list[os.stat_result | None] = []
+        self.thumbnails: list[bytes | None] = []
+
+    def add(self, record: ImageRecord, outcome: _Outcome) -> int:
+        """Adds one outcome; returns how many decoded images the batch holds now."""
+        if outcome.error is not None:
+            self.errors.append((record, outcome.error))
+        elif outcome.known is not None:
+            self.known.append((record, outcome.digest, outcome.file_stat, outcome.known))
+        else:
+            self.records_ok.append(record)
+            self.tensors.append(outcome.pixels)
+            self.digests.append(outcome.digest)
+            self.file_stats.append(outcome.file_stat)
+            self.thumbnails.append(outcome.thumbnail)
+            self._item_shape = tuple(outcome.pixels.shape)
+        return len(self.records_ok)
+
+    def take(self) -> DecodedBatch:
+        pixels = self._torch.stack(self.tensors) if self.tensors else self._torch.empty((0, *self._item_shape))
+        batch = DecodedBatch(self.records_ok, pixels, self.errors, self.digests, self.file_stats, self.known,
+                             self.thumbnails)  # pixels: [B, 3, H, W]
+        self._reset()
+        return batch
 
 
 def decode_and_preprocess(
-    record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None
+    record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None,
+    min_side: int | None = None,
 ) -> Any:
     """The preprocessed tensor of one record, or the reason it failed (never raises)."""
+    settings = _DecodeSettings(preprocess, max_pixels, DEFAULT_MAX_BYTES, min_side, None, None)
+    outcome = _work_on_chunk([record], settings)[0]
+    return outcome.error if outcome.error is not None else outcome.pixels
+
+
+def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) -> list[_Outcome]:
+    """Read and hash each record, ask ``lookup`` once about the digests, decode the rest (never raises)."""
+    outcomes: list[_Outcome] = []
+    contents: list[bytes | Image.Image | None] = []
+    for record in records:
+        data = None
+        try:
+            data, file_stat = read_image_data(record, settings.max_bytes)
+            outcomes.append(_Outcome(digest=digest_of(data), file_stat=file_stat))
+        except ImageError as exc:
+            outcomes.append(_Outcome(error=str(exc)))
+        except Exception as exc:  # a bug here must not end a long run; it is logged with its traceback
+            log.warning("unexpected error reading '%s'", record.id, exc_info=True)
+            outcomes.append(_Outcome(error=f"unexpected error ({type(exc).__name__}: {exc})"))
+        contents.append(data)
+    known: Mapping[str, Any] = {}
+    if settings.lookup is not None:
+        digests = [o.digest for o in outcomes if o.digest is not None]
+        try:
+            known = settings.lookup(digests) if digests else {}
+        except Exception:  # the look-up only saves work; without it the images are decoded
+            log.warning("looking up %d digests failed; decoding them", len(digests), exc_info=True)
+    for record, outcome, data in zip(records, outcomes, contents):
+        if data is None:
+            continue
+        if outcome.digest in known:
+            outcome.known = known[outcome.digest]
+            continue
+        _decode_into(outcome, record, data, settings)
+    return outcomes
+
+
+def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Image, settings: _DecodeSettings) -> None:
     try:
-        image = load_image(record, max_pixels=max_pixels)
+        image = decode_image(data, max_pixels=settings.max_pixels, min_side=settings.min_side)
     except ImageError as exc:
-        return str(exc)
-    except Exception as exc:  # a bug here must not end a long run; it is logged with its traceback
+        outcome.error = str(exc)
+        return
+    except Exception as exc:
         log.warning("unexpected error decoding '%s'", record.id, exc_info=True)
-        return f"unexpected error ({type(exc).__name__}: {exc})"
+        outcome.error = f"unexpected error ({type(exc).__name__}: {exc})"
+        return
     try:
-        return preprocess(image)
+        outcome.pixels = settings.preprocess(image)
     except Exception as exc:
         log.warning("preprocessing failed for '%s'", record.id, exc_info=True)
-        return f"preprocessing failed ({type(exc).__name__}: {exc})"
+        outcome.error = f"preprocessing failed ({type(exc).__name__}: {exc})"
+        return
+    if settings.thumbnail_size:
+        try:
+            outcome.thumbnail = thumbnail_jpeg(image, settings.thumbnail_size)
+        except Exception as exc:  # a missing thumbnail costs the report a picture, never the image its row
+            log.info("no thumbnail for '%s': %s", record.id, exc)
+
+
+def thumbnail_jpeg(image: Image.Image, size: int) -> bytes:
+    """A small JPEG (longest side ``size``) of a decoded image, for report galleries."""
+    small = image.copy()
+    small.thumbnail((size, size))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=75)
+    return buffer.getvalue()
+
+
+def _chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _in_order(
-    records: Iterable[ImageRecord], work: Callable[[ImageRecord], Any], num_workers: int, window: int
-) -> Iterator[tuple[ImageRecord, Any]]:
-    """``(record, work(record))`` in input order, computed by a thread pool up to ``window`` records ahead.
+    records: Iterable[ImageRecord], settings: _DecodeSettings, num_workers: int, chunk: int, window: int
+) -> Iterator[tuple[ImageRecord, _Outcome]]:
+    """``(record, outcome)`` in input order, worked out by a thread pool, chunk by chunk, up to ``window`` ahead.
 
     Threads, not processes: PIL releases the GIL while decoding and resizing, and threads need no pickling
     and no start-up. Measured on 2 busy cores, 256 JPEGs of 500×375 through open_clip's ViT-B-32 transform,
@@ -391,33 +557,34 @@ def _in_order(
     3.4 / 3.9 / 3.1 s; torch DataLoader worker processes 1 / 2: 3.9 / 4.6 s.
     """
     if num_workers == 0:
-        for record in records:
-            yield record, work(record)
+        for part in _chunks(records, chunk):
+            yield from zip(part, _work_on_chunk(part, settings))
         return
     pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-decode")
-    pending: deque[tuple[ImageRecord, Future]] = deque()
+    pending: deque[tuple[list[ImageRecord], Future]] = deque()
+    ahead = max(1, -(-window // chunk))
     try:
-        for record in records:
-            pending.append((record, pool.submit(work, record)))
-            if len(pending) >= window:
-                done_record, future = pending.popleft()
-                yield done_record, future.result()
+        for part in _chunks(records, chunk):
+            pending.append((part, pool.submit(_work_on_chunk, part, settings)))
+            if len(pending) >= ahead:
+                done, future = pending.popleft()
+                yield from zip(done, future.result())
         while pending:
-            done_record, future = pending.popleft()
-            yield done_record, future.result()
+            done, future = pending.popleft()
+            yield from zip(done, future.result())
     finally:  # also runs when the consumer stops early: drop queued work, wait for the running few
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _ChunkDecoder:
-    """Map-style dataset for DataLoader worker processes: item ``i`` is the ``i``-th chunk of records, decoded.
+    """Map-style dataset for DataLoader worker processes: item ``i`` is the ``i``-th chunk of records, worked out.
 
-    A chunk comes back as one stacked tensor (one shared-memory segment) plus the failures' positions and reasons,
-    so passing images between processes costs one hand-over per chunk, not one per image.
+    A chunk's pixels come back as one stacked tensor (one shared-memory segment), so passing images between
+    processes costs one hand-over per chunk, not one per image.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], decode: Callable[[ImageRecord], Any], chunk: int):
-        self.records, self.decode, self.chunk = records, decode, chunk
+    def __init__(self, records: Sequence[ImageRecord], settings: _DecodeSettings, chunk: int):
+        self.records, self.settings, self.chunk = records, settings, chunk
 
     def __len__(self) -> int:
         return -(-len(self.records) // self.chunk)
@@ -425,21 +592,21 @@ class _ChunkDecoder:
     def __getitem__(self, i: int):
         import torch
 
-        outcomes = [self.decode(r) for r in self.records[i * self.chunk : (i + 1) * self.chunk]]
-        ok = [j for j, o in enumerate(outcomes) if not isinstance(o, str)]
-        pixels = torch.stack([outcomes[j] for j in ok]) if ok else None  # [k, 3, H, W]
-        failed = [(j, o) for j, o in enumerate(outcomes) if isinstance(o, str)]
-        return ok, pixels, failed
+        outcomes = _work_on_chunk(self.records[i * self.chunk : (i + 1) * self.chunk], self.settings)
+        decoded = [o for o in outcomes if o.pixels is not None]
+        pixels = torch.stack([o.pixels for o in decoded]) if decoded else None  # [k, 3, H, W]
+        for o in decoded:
+            o.pixels = None
+        return outcomes, pixels
 
 
 def _in_order_processes(
-    records: Sequence[ImageRecord], work: Callable[[ImageRecord], Any], num_workers: int, batch_size: int,
-    prefetch_batches: int,
-) -> Iterator[tuple[ImageRecord, Any]]:
-    """``(record, work(record))`` in input order, computed by ``num_workers`` forked worker processes.
+    records: Sequence[ImageRecord], settings: _DecodeSettings, num_workers: int, chunk: int, window: int,
+) -> Iterator[tuple[ImageRecord, _Outcome]]:
+    """``(record, outcome)`` in input order, worked out by ``num_workers`` forked worker processes.
 
     Fork, so nothing is pickled on the way in (the records and the preprocessing are inherited) and CUDA is never
-    touched in a worker. ``work`` never raises; a worker that dies (a crashing decoder library) ends the run with a
+    touched in a worker. The work never raises; a worker that dies (a crashing decoder library) ends the run with a
     :class:`~vlmcls.errors.VlmclsError`, after every batch already yielded was stored by the consumer.
     """
     import multiprocessing
@@ -448,25 +615,25 @@ def _in_order_processes(
 
     from .errors import VlmclsError
 
-    chunk = max(1, min(16, batch_size))
-    # prefetch_factor counts chunks per worker: keep about (prefetch_batches + 1) batches in flight overall
-    per_worker = max(2, -(-batch_size * (prefetch_batches + 1) // (chunk * num_workers)))
+    # prefetch_factor counts chunks per worker: keep about `window` records in flight overall
+    per_worker = max(2, -(-window // (chunk * num_workers)))
     loader = DataLoader(
-        _ChunkDecoder(records, work, chunk), batch_size=None, shuffle=False, num_workers=num_workers,
+        _ChunkDecoder(records, settings, chunk), batch_size=None, shuffle=False, num_workers=num_workers,
         multiprocessing_context=multiprocessing.get_context("fork"), prefetch_factor=per_worker,
     )
     iterator = iter(loader)
     try:
         for i in range(len(loader)):
             try:
-                ok, pixels, failed = next(iterator)
+                outcomes, pixels = next(iterator)
             except RuntimeError as exc:  # DataLoader's "worker (pid …) exited unexpectedly"
                 raise VlmclsError(f"a decoding worker process failed ({exc}); try --worker-type thread") from exc
-            base = i * chunk
-            reasons = dict(failed)
-            position = {j: k for k, j in enumerate(ok)}
-            for j in range(min(chunk, len(records) - base)):
-                yield records[base + j], reasons[j] if j in reasons else pixels[position[j]]
+            decoded = 0
+            for j, outcome in enumerate(outcomes):
+                if outcome.error is None and outcome.known is None:
+                    outcome.pixels = pixels[decoded]
+                    decoded += 1
+                yield records[i * chunk + j], outcome
     finally:  # also when the consumer stops early: end the workers now, not at garbage collection
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
