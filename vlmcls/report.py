@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import math
 import os
