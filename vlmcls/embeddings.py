@@ -92,12 +92,15 @@ class Encoder:
         wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
 
-    def _image_key(self, digest: str) -> str:
+    def _image_key_parts(self) -> dict:
         parts = self.model.image_key_parts
         if self.reduced_decoding and self._min_side() is not None:
             # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
             parts = {**parts, "jpeg_min_side": self._min_side()}
-        return cache_key("image", content=digest, **parts)
+        return parts
+
+    def _image_key(self, digest: str, parts: dict | None = None) -> str:
+        return cache_key("image", content=digest, **(parts if parts is not None else self._image_key_parts()))
 
     def _min_side(self) -> int | None:
         """The short side JPEGs are decoded to at least: REDUCED_DECODING_MARGIN × the model's input side."""
@@ -122,7 +125,8 @@ class Encoder:
         total = len(records)
         errors: dict[int, str] = {}
         thumbnails: dict[str, bytes] = {}
-        keys = self._known_keys(records)
+        parts = self._image_key_parts()  # once per run, not per image: a re-run of 48,000 images is all look-ups
+        keys = self._known_keys(records, parts)
         found = self.store.get_arrays(keys.values()) if self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         todo = [i for i in range(total) if i not in feats]
@@ -155,7 +159,7 @@ class Encoder:
                 for j, rec in enumerate(batch.records_ok):
                     i = position[id(rec)]
                     feats[i] = out[j]
-                    new[self._image_key(batch.digests[j])] = out[j]
+                    new[self._image_key(batch.digests[j], parts)] = out[j]
                     digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
                     if batch.thumbnails[j] is not None:
                         thumbnails[rec.id] = batch.thumbnails[j]
@@ -176,7 +180,7 @@ class Encoder:
             thumbnails=thumbnails,
         )
 
-    def _known_keys(self, records: Sequence[ImageRecord]) -> dict[int, str]:
+    def _known_keys(self, records: Sequence[ImageRecord], parts: dict) -> dict[int, str]:
         """Feature keys of the files whose digest the store keeps under their unchanged stat (one query per few
         hundred files), so they need not be read."""
         if self.store is None:
@@ -188,12 +192,13 @@ class Encoder:
                 if key is not None:
                     stat_keys[i] = key
         kept = self.store.get_jsons(stat_keys.values())
-        keys = {i: self._image_key(kept[k]) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
+        keys = {i: self._image_key(kept[k], parts) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
         return keys
 
     def _stored_features(self, digests: list[str]) -> dict[str, np.ndarray]:
         """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
-        keys = {digest: self._image_key(digest) for digest in digests}
+        parts = self._image_key_parts()
+        keys = {digest: self._image_key(digest, parts) for digest in digests}
         found = self.store.get_arrays(keys.values())
         return {digest: found[key] for digest, key in keys.items() if key in found}
 
