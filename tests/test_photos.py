@@ -149,6 +149,13 @@ def test_each_image_file_is_opened_once_per_classify_run_report_included(tiny_op
     again = runner.invoke(app, args, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert all(n <= 1 for n in counts.values())  # features cached: only thumbnails are read, once
+    copy = folder / "cat" / "copy.jpg"  # known content under a new name: hashed, found in the store, not re-read
+    copy.write_bytes((folder / "cat" / "0.jpg").read_bytes())
+    counts.clear()
+    third = runner.invoke(app, args, catch_exceptions=False)
+    assert third.exit_code == 0, third.output
+    assert counts[str(copy)] == 1
+    assert (tmp_path / "r.html").read_text().count("data:image/jpeg;base64,") == len(images) + 1
 
 
 def test_a_file_replaced_after_it_was_read_cannot_poison_the_cache(tiny_open_clip, tmp_path, monkeypatch):

@@ -150,17 +150,20 @@ class Encoder:
             for rec, reason in batch.errors:
                 errors[position[id(rec)]] = reason
             digests: dict[str, str] = {}  # stat key -> digest, for the next process
-            for rec, digest, file_stat, value in batch.known:
+            for rec, digest, file_stat, value, thumbnail in batch.known:
                 feats[position[id(rec)]] = value
                 digests.update(_stat_digest(rec, file_stat, digest))
+                if thumbnail is not None:
+                    thumbnails[rec.id] = thumbnail
             new: dict[str, np.ndarray] = {}
             if batch.records_ok:
                 out = l2_normalize(self.model.encode_images(batch.pixels)).numpy()  # [B, D]
                 for j, rec in enumerate(batch.records_ok):
                     i = position[id(rec)]
                     feats[i] = out[j]
-                    new[self._image_key(batch.digests[j], parts)] = out[j]
-                    digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
+                    if self.store is not None:
+                        new[self._image_key(batch.digests[j], parts)] = out[j]
+                        digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
                     if batch.thumbnails[j] is not None:
                         thumbnails[rec.id] = batch.thumbnails[j]
                 encoded += len(batch.records_ok)

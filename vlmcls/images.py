@@ -63,8 +63,8 @@ class DecodedBatch:
     errors: list[tuple[ImageRecord, str]]  # (record, reason), in input order
     digests: list[str] = field(default_factory=list)  # sha256 of the bytes each of records_ok was decoded from
     file_stats: list[os.stat_result | None] = field(default_factory=list)  # each file as read; None: dataset rows
-    # (record, digest, file stat, value): images whose digest the look-up knew, not decoded
-    known: list[tuple[ImageRecord, str, os.stat_result | None, Any]] = field(default_factory=list)
+    # (record, digest, file stat, value, thumbnail): images whose digest the look-up knew, not decoded for the model
+    known: list[tuple[ImageRecord, str, os.stat_result | None, Any, bytes | None]] = field(default_factory=list)
     thumbnails: list[bytes | None] = field(default_factory=list)  # small JPEGs when asked for, aligned with records_ok
 
 
@@ -209,7 +209,7 @@ class _BatchBuilder:
         self.records_ok: list[ImageRecord] = []
         self.tensors: list[Any] = []
         self.errors: list[tuple[ImageRecord, str]] = []
-        self.known: list[tuple[ImageRecord, str, os.stat_result | None, Any]] = []
+        self.known: list[tuple[ImageRecord, str, os.stat_result | None, Any, bytes | None]] = []
         self.digests: list[str] = []
         self.file_stats: list[os.stat_result | None] = []
         self.thumbnails: list[bytes | None] = []
@@ -219,7 +219,7 @@ class _BatchBuilder:
         if outcome.error is not None:
             self.errors.append((record, outcome.error))
         elif outcome.known is not None:
-            self.known.append((record, outcome.digest, outcome.file_stat, outcome.known))
+            self.known.append((record, outcome.digest, outcome.file_stat, outcome.known, outcome.thumbnail))
         else:
             self.records_ok.append(record)
             self.tensors.append(outcome.pixels)
@@ -274,27 +274,31 @@ def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) ->
             continue
         if outcome.digest in known:
             outcome.known = known[outcome.digest]
+            if settings.thumbnail_size:  # decoded for the thumbnail alone, so the report need not read it again
+                _decode_into(outcome, record, data, settings, preprocess=False)
             continue
         _decode_into(outcome, record, data, settings)
     return outcomes
 
 
-def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Image, settings: _DecodeSettings) -> None:
+def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Image, settings: _DecodeSettings,
+                 preprocess: bool = True) -> None:
     try:
-        image = decode_image(data, max_pixels=settings.max_pixels, min_side=settings.min_side)
-    except ImageError as exc:
-        outcome.error = str(exc)
-        return
+        image = decode_image(data, max_pixels=settings.max_pixels,
+                             min_side=settings.min_side if preprocess else settings.thumbnail_size)
     except Exception as exc:
-        log.warning("unexpected error decoding '%s'", record.id, exc_info=True)
-        outcome.error = f"unexpected error ({type(exc).__name__}: {exc})"
+        if preprocess:
+            outcome.error = str(exc) if isinstance(exc, ImageError) else f"unexpected error ({type(exc).__name__}: {exc})"
+            if not isinstance(exc, ImageError):
+                log.warning("unexpected error decoding '%s'", record.id, exc_info=True)
         return
-    try:
-        outcome.pixels = settings.preprocess(image)
-    except Exception as exc:
-        log.warning("preprocessing failed for '%s'", record.id, exc_info=True)
-        outcome.error = f"preprocessing failed ({type(exc).__name__}: {exc})"
-        return
+    if preprocess:
+        try:
+            outcome.pixels = settings.preprocess(image)
+        except Exception as exc:
+            log.warning("preprocessing failed for '%s'", record.id, exc_info=True)
+            outcome.error = f"preprocessing failed ({type(exc).__name__}: {exc})"
+            return
     if settings.thumbnail_size:
         try:
             outcome.thumbnail = thumbnail_jpeg(image, settings.thumbnail_size)
