@@ -256,3 +256,11 @@ def test_bulk_writes_and_reads_round_trip_across_query_chunks_and_replace_old_va
     reopened = Store(tmp_path / "cache")
     assert np.array_equal(reopened.get_array("image:1199"), arrays["image:1199"])
     assert reopened.clear("image") == 1200 and reopened.get_json("digest:a") == "abc"
+
+
+@pytest.mark.parametrize("value", ["0" * 64, "ünïcode \u0000 \"quoted\"", ""])
+def test_the_fast_key_function_gives_cache_keys_exactly(value):
+    from vlmcls.cache import cache_key, cache_key_for
+
+    parts = {"model": "ViT-B-32", "weights": "abc", "preprocess": {"size": 224}, "jpeg_min_side": 224}
+    assert cache_key_for("image", "content", **parts)(value) == cache_key("image", content=value, **parts)

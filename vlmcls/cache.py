@@ -14,13 +14,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .errors import CacheError
 
-__all__ = ["FORMAT_VERSION", "cache_key", "default_cache_dir", "Store", "file_digest", "known_digest", "stat_key", "clear_digest_memo"]
+__all__ = ["FORMAT_VERSION", "cache_key", "cache_key_for", "default_cache_dir", "Store", "file_digest", "known_digest", "stat_key", "clear_digest_memo"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ def cache_key(kind: str, **parts: Any) -> str:
         {"v": FORMAT_VERSION, "kind": kind, **parts}, sort_keys=True, ensure_ascii=False, default=str
     )
     return f"{kind}:{hashlib.sha256(payload.encode('utf-8')).hexdigest()}"
+
+
+def cache_key_for(kind: str, varying: str, **parts: Any) -> Callable[[str], str]:
+    """A fast ``value -> cache_key(kind, **parts, **{varying: value})``: the fixed parts are serialised and hashed
+    once, not once per key (a re-run of 48,000 images makes 48,000 feature keys). Gives exactly cache_key's keys."""
+    marker = "\x00vlmcls-varying-part\x00"
+    payload = json.dumps({"v": FORMAT_VERSION, "kind": kind, **parts, varying: marker}, sort_keys=True,
+                         ensure_ascii=False, default=str)
+    head, tail = payload.split(json.dumps(marker, ensure_ascii=False))
+    prefix, suffix = hashlib.sha256(head.encode("utf-8")), tail.encode("utf-8")
+
+    def key(value: str) -> str:
+        digest = prefix.copy()
+        digest.update(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        digest.update(suffix)
+        return f"{kind}:{digest.hexdigest()}"
+
+    return key
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cache import Store, cache_key, stat_key
+from .cache import Store, cache_key, cache_key_for, stat_key
 from .errors import ImageError
 from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend
@@ -92,15 +92,13 @@ class Encoder:
         wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
 
-    def _image_key_parts(self) -> dict:
+    def _image_key_function(self) -> Callable[[str], str]:
+        """content digest -> feature key (model × weights × preprocessing × decoding × content)."""
         parts = self.model.image_key_parts
         if self.reduced_decoding and self._min_side() is not None:
             # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
             parts = {**parts, "jpeg_min_side": self._min_side()}
-        return parts
-
-    def _image_key(self, digest: str, parts: dict | None = None) -> str:
-        return cache_key("image", content=digest, **(parts if parts is not None else self._image_key_parts()))
+        return cache_key_for("image", "content", **parts)
 
     def _min_side(self) -> int | None:
         """The short side JPEGs are decoded to at least: REDUCED_DECODING_MARGIN × the model's input side."""
@@ -125,8 +123,8 @@ class Encoder:
         total = len(records)
         errors: dict[int, str] = {}
         thumbnails: dict[str, bytes] = {}
-        parts = self._image_key_parts()  # once per run, not per image: a re-run of 48,000 images is all look-ups
-        keys = self._known_keys(records, parts)
+        image_key = self._image_key_function()  # once per run: a re-run of 48,000 images is all look-ups
+        keys = self._known_keys(records, image_key)
         found = self.store.get_arrays(keys.values()) if self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         todo = [i for i in range(total) if i not in feats]
@@ -162,7 +160,7 @@ class Encoder:
                     i = position[id(rec)]
                     feats[i] = out[j]
                     if self.store is not None:
-                        new[self._image_key(batch.digests[j], parts)] = out[j]
+                        new[image_key(batch.digests[j])] = out[j]
                         digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
                     if batch.thumbnails[j] is not None:
                         thumbnails[rec.id] = batch.thumbnails[j]
@@ -183,7 +181,7 @@ class Encoder:
             thumbnails=thumbnails,
         )
 
-    def _known_keys(self, records: Sequence[ImageRecord], parts: dict) -> dict[int, str]:
+    def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
         """Feature keys of the files whose digest the store keeps under their unchanged stat (one query per few
         hundred files), so they need not be read."""
         if self.store is None:
@@ -195,13 +193,13 @@ class Encoder:
                 if key is not None:
                     stat_keys[i] = key
         kept = self.store.get_jsons(stat_keys.values())
-        keys = {i: self._image_key(kept[k], parts) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
+        keys = {i: image_key(kept[k]) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
         return keys
 
     def _stored_features(self, digests: list[str]) -> dict[str, np.ndarray]:
         """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
-        parts = self._image_key_parts()
-        keys = {digest: self._image_key(digest, parts) for digest in digests}
+        image_key = self._image_key_function()
+        keys = {digest: image_key(digest) for digest in digests}
         found = self.store.get_arrays(keys.values())
         return {digest: found[key] for digest, key in keys.items() if key in found}
 

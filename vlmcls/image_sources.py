@@ -184,7 +184,9 @@ def list_images(
 
 
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    relative_paths: list[Path] = []
+    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing.
+    base = str(root)
+    found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -193,20 +195,22 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
             continue
         visited.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+        relative = os.path.relpath(dirpath, base)
+        folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                relative_paths.append(Path(dirpath, name).relative_to(root))
-    if not relative_paths:
+                parts = (*folder_parts, name)
+                found.append((parts, os.path.join(base, *parts) if base != os.curdir else os.path.join(*parts)))
+    if not found:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
-    relative_paths.sort(key=lambda rel: rel.parts)  # parts, not strings: independent of the OS separator
+    found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
     return [
         # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        ImageRecord(id=str(root / rel), path=root / rel, label=rel.parts[0] if len(rel.parts) > 1 else None,
-                    source_index=index)
-        for index, rel in enumerate(relative_paths)
+        ImageRecord(id=listed, path=Path(listed), label=parts[0] if len(parts) > 1 else None, source_index=index)
+        for index, (parts, listed) in enumerate(found)
     ]
 
 
