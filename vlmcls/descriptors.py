@@ -433,11 +433,17 @@ def generate_descriptors(
     """Descriptors for every class from the LLM (cached), and the rows of classes that fell back to their name.
 
     An empty or unparsable answer is asked once more; if that fails too, or the LLM fails after its retries,
-    the class falls back to its bare name and gets a row. The run always completes.
+    the class falls back to its bare name and gets a row. When no class at all gets descriptors, LLMError.
     """
     names = list(dict.fromkeys(class_names))  # duplicates would cost calls and mean nothing
     requests = descriptor_requests(names, prompt, domain_hint)
     parsed, failed, unusable, usage = _ask_and_parse(client, requests, lambda _, text: parse_descriptor_list(text))
+    if names and not parsed:  # a run on class names alone would pass for a CbD run: stop instead
+        first = next(iter({**unusable, **failed}.items()))
+        raise LLMError(
+            f"no class got descriptors from the LLM at '{client.base_url}' (model '{client.config.model}'); "
+            f"for '{first[0]}': {first[1]}"
+        )
     rows: list[ErrorRow] = []
     result: dict[str, list[str]] = {}
     for name in names:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .api import Classifier, as_records, load_classes
-from .embeddings import _content_keys, _reason
+from .embeddings import _content_key_or_error, _reason, _stat_key_or_none
 from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .feature_store import FeatureStore, default_feature_root, shards_for
 from .images import ImageRecord, default_decode_workers
@@ -111,7 +111,7 @@ def classify_with_ray(
     #    then only what the feature store lacks is decoded and encoded, on the workers.
     errors: dict[int, str] = {}
     digests: dict[int, str] = {}
-    for i, digest in enumerate(_content_keys(records, default_decode_workers(), clf.store)):
+    for i, digest in enumerate(_digests(records, clf.store)):
         if isinstance(digest, Exception):
             errors[i] = _reason(digest)
         else:
@@ -225,6 +225,32 @@ def _encode_missing(ray, clf, store: FeatureStore, model_id, precision, digests:
     encode_stats["encoded"] = len(digests) - len(failed)
     encode_stats["steady_images_per_second"] = _steady_rate(done_at)
     return failed
+
+
+def _digests(records: list[ImageRecord], store) -> list:
+    """Each record's content digest, or the error reading it. A file whose digest the store keeps under its
+    unchanged stat is not read again; the rest are read and hashed on threads (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: list = [None] * len(records)
+    stat_keys: dict[int, str] = {}
+    if store is not None:
+        for i, record in enumerate(records):
+            key = _stat_key_or_none(record.path)
+            if key is not None:
+                stat_keys[i] = key
+        kept = store.get_jsons(stat_keys.values())
+        for i, key in stat_keys.items():
+            if isinstance(kept.get(key), str):
+                out[i] = kept[key]
+    todo = [i for i, digest in enumerate(out) if digest is None]
+    with ThreadPoolExecutor(max_workers=default_decode_workers(), thread_name_prefix="vlmcls-hash") as pool:
+        for i, digest in zip(todo, pool.map(_content_key_or_error, [records[i] for i in todo])):
+            out[i] = digest
+    fresh = {stat_keys[i]: out[i] for i in todo if i in stat_keys and isinstance(out[i], str)}
+    if fresh:
+        store.set_jsons(fresh)
+    return out
 
 
 def _ray_gather(feats_ds, batch_size: int):

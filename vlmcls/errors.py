@@ -6,7 +6,8 @@
     ├── ModelLoadError          weights or configs could not be found or loaded
     ├── ImageError              one image could not be read (becomes an error row, never stops a run)
     ├── LLMError                the LLM endpoint failed after retries, or answered nothing usable
-    │   └── LLMResponseError    an answer came back but could not be parsed
+    │   ├── LLMResponseError    an answer came back but could not be parsed
+    │   └── LLMUnreachableError no connection to the endpoint at all (refused, unknown host): the run stops
     ├── CacheError              the cache could not be read or written
     └── MissingExtraError       an optional dependency is not installed (the message names the pip command)
 """
@@ -21,6 +22,7 @@ __all__ = [
     "ImageError",
     "LLMError",
     "LLMResponseError",
+    "LLMUnreachableError",
     "CacheError",
     "MissingExtraError",
 ]
@@ -52,6 +54,10 @@ class LLMError(VlmclsError):
 
 class LLMResponseError(LLMError):
     """The LLM answered, but nothing usable could be parsed from the answer."""
+
+
+class LLMUnreachableError(LLMError):
+    """No connection could be made to the LLM endpoint; retrying or asking about other classes cannot help."""
 
 
 class CacheError(VlmclsError):

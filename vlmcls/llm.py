@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from urllib.parse import urlparse
 
 from .cache import Store, cache_key
-from .errors import ConfigError, LLMError, LLMResponseError
+from .errors import ConfigError, LLMError, LLMResponseError, LLMUnreachableError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -163,6 +163,21 @@ def _retry_after_seconds(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _is_refused(exc: BaseException) -> bool:
+    """Whether a connection error means no server at all (refused, unknown host), not a slow or flaky one. The
+    SDK's HTTP library varies by version, so its exception chain is read by kind, not by class."""
+    import socket
+
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (ConnectionRefusedError, socket.gaierror)) or type(cause).__name__ == "ConnectError":
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class LLMClient:
     """Ask an OpenAI-compatible chat endpoint, through the cache; safe to share between threads.
 
@@ -180,6 +195,7 @@ class LLMClient:
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._sdk_client: Any = None
         self._secret: str | None = None  # kept only to scrub it from error text
+        self._unreachable: LLMUnreachableError | None = None  # set once a connection is refused: ask no more
 
     def close(self) -> None:
         """Close the HTTP connections (the store belongs to the caller and stays open)."""
@@ -297,6 +313,8 @@ class LLMClient:
             log.info("asking %s for %d answers (%d cached)", self.config.model, len(pending), len(answers))
 
             def fetch(key: str) -> Completion | LLMError:
+                if self._unreachable is not None:
+                    return self._unreachable
                 try:
                     return self._fetch(pending[key], variant)
                 except LLMError as exc:
@@ -305,6 +323,8 @@ class LLMClient:
             workers = min(self.config.max_concurrency, len(pending))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmcls-llm") as pool:
                 answers.update(zip(pending, pool.map(fetch, pending)))
+            if self._unreachable is not None:  # one message for the run, not one row per request
+                raise self._unreachable
         return [answers[key] for key in keys]
 
     def estimate(self, requests: Sequence[Messages], variant: int = 0) -> CallEstimate:
@@ -355,6 +375,13 @@ class LLMClient:
             except openai.APITimeoutError:
                 reason = f"no answer within {self.config.timeout_s:g} s"
             except openai.APIConnectionError as exc:
+                if _is_refused(exc):  # nothing listens there: retrying (or asking again) cannot help
+                    self._count_failure()
+                    self._unreachable = LLMUnreachableError(
+                        f"cannot connect to the LLM at '{self.base_url}' ({self._scrub(str(exc.__cause__ or exc))}). "
+                        "Start the server, or point --base-url (or $OPENAI_BASE_URL) at one that runs."
+                    )
+                    raise self._unreachable from None
                 reason = f"connection failed ({self._scrub(str(exc))})"
             except (ValueError, openai.APIResponseValidationError) as exc:
                 reason = f"unreadable response ({type(exc).__name__})"

@@ -118,6 +118,8 @@ def parse_model_id(model_id: str) -> ModelSpec:
                 raise ConfigError(f"checkpoint file '{tag}' (from model id '{raw}') does not exist.")
         if arch not in _open_clip_archs():
             arch = arch.replace("/", "-")
+        if tag and not (tag.endswith(_CHECKPOINT_SUFFIXES) or "/" in tag):
+            _check_pretrained_tag(arch, tag, raw)
         return ModelSpec("open_clip", "builtin", arch, tag or None)
 
     if not sep and model_id.count("/") == 1 and all(model_id.split("/")):
@@ -134,6 +136,20 @@ def _open_clip_archs() -> list[str]:
 
 def _is_open_clip_arch(name: str) -> bool:
     return name in _open_clip_archs() or name.replace("/", "-") in _open_clip_archs()
+
+
+def _check_pretrained_tag(arch: str, tag: str, raw: str) -> None:
+    """A tag open_clip does not know for this architecture is a typo, not a download to attempt."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag in tags or tag.lower() in tags:
+        return
+    listed = ", ".join(tags) if tags else "none (this architecture has no pretrained weights in open_clip)"
+    raise ConfigError(
+        f"unknown pretrained tag '{tag}' for '{arch}' (model id '{raw}'). Tags for {arch}: {listed}. "
+        f"A checkpoint file works too: '{arch}:/path/to/weights.pt'."
+    )
 
 
 def _suggest(name: str) -> str:

@@ -393,11 +393,70 @@ class HFBackend(ModelBackend):
         return out
 
 
+_HUB_PROBE_TIMEOUT_S = 3.0
+_TRUTHY = ("1", "on", "yes", "true")
+
+
+def _hub_repo(spec: ModelSpec) -> str | None:
+    """The HF hub repository this model's weights come from, or None when loading it downloads nothing from the hub."""
+    if spec.source in ("hf-hub", "hub"):
+        return spec.name
+    if spec.source == "builtin" and spec.pretrained and not Path(spec.pretrained).expanduser().is_file():
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained) or {}
+        return str(cfg["hf_hub"]).strip("/") or None if cfg.get("hf_hub") else None
+    return None
+
+
+def _hub_unreachable_reason(endpoint: str) -> str | None:
+    """Why the hub cannot be reached, found within a few seconds; None when it can (or a proxy decides)."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUTHY:
+            return f"{name}={os.environ[name]} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the download try
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=_HUB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"'{parts.hostname}:{port}' cannot be reached ({exc.strerror or type(exc).__name__})"
+
+
+def check_hub_reachable(spec: ModelSpec) -> None:
+    """Fail in seconds, with one message, when a model must come from the HF hub and the hub cannot be reached
+    (offline mode, no network): the hub libraries would otherwise retry for most of a minute."""
+    import os
+
+    repo = _hub_repo(spec)
+    if repo is None:
+        return
+    from huggingface_hub import constants
+
+    if (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir():
+        return  # downloaded before: the hub libraries load it from their cache
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    reason = _hub_unreachable_reason(endpoint)
+    if reason is not None:
+        raise ModelLoadError(
+            f"model '{spec.canonical}' must be downloaded from the HF hub ({endpoint}, repository '{repo}'), "
+            f"but {reason} and it is not in the local hub cache. Download it where you have network and point "
+            "at the copy: 'local-dir:/path/folder', 'ARCH:/path/to/checkpoint.pt' or 'hf:/path/folder'."
+        )
+
+
 def load_model(model_id: str, device: str = "auto", precision: str = "fp32", store: "Store | None" = None) -> ModelBackend:
     """Load a model by id (see :mod:`vlmcls.model_ids`) on a device, at a precision. With a ``store``, the content
     hashes of local weight files are kept there, so later loads do not read the weights twice."""
     spec = parse_model_id(model_id)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
+    check_hub_reachable(spec)
     backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
     return backend_cls(spec, dev, dtype, store)

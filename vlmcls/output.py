@@ -18,12 +18,24 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
 
 def check_output_path(path: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, what: str = "output",
                       hint: str | None = None) -> Path:
-    """Fail before any work when the file's suffix is not one of ``suffixes`` or its folder cannot be created."""
+    """Fail before any work when the file's suffix is not one of ``suffixes``, it names a folder or a read-only
+    file, or its folder cannot be created or written."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder; give a file name inside it, e.g. '{path / ('out' + suffixes[0])}'.")
     if path.suffix.lower() not in suffixes:
         hint = hint or f"use one of {', '.join(suffixes)}"
         raise ConfigError(f"{what} '{path}' has suffix '{path.suffix}'; {hint}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
+        # os.replace would swap a read-only file out silently: a 0444 file is the user saying "keep this".
+        raise ConfigError(f"{what} '{path}' is read-only; make it writable (chmod u+w) or choose another file.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} '{path}': its folder '{path.parent}' cannot be created ({exc.strerror}); "
+                          "choose a folder you can write.") from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} '{path}': the folder '{path.parent}' is not writable; choose a folder you can write.")
     return path
 
 

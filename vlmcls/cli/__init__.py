@@ -1,7 +1,8 @@
 """The Typer app: thin commands that parse, call the API and render. Only this package prints or exits.
 
 Exit codes: 0 everything worked; 1 the run finished but some inputs failed (error rows are in the output);
-2 bad usage or configuration (nothing was computed); 3 a fatal error (model or cache could not be loaded).
+2 bad usage or configuration (nothing was computed); 3 a fatal error (model, cache or LLM endpoint could not be
+loaded or reached); 4 an internal error (a bug; the traceback is written to a file); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import sys
 import typer
 
 from . import cache_cmd, classify_cmd
-from ._render import EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_OK, EXIT_USAGE
+from ._render import EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-__all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FATAL"]
+__all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FATAL", "EXIT_INTERNAL",
+           "EXIT_INTERRUPTED"]
 
 app = typer.Typer(
     name="vlmcls",
     help="Zero-shot image classification with vision-language models steered by an LLM.\n\n"
     "Exit codes: 0 all inputs classified; 1 finished, but some inputs failed (error rows are in the output); "
-    "2 bad usage or configuration (nothing computed); 3 fatal error (model or cache could not be loaded).",
+    "2 bad usage or configuration (nothing computed); 3 fatal error (model, cache or LLM endpoint could not be loaded "
+    "or reached); 4 internal error (a bug: the traceback file is named); 130 interrupted (Ctrl-C; re-run to resume).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

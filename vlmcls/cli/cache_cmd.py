@@ -7,7 +7,10 @@ from typing import Optional
 import typer
 
 from ..cache import Store
+from ..errors import ConfigError
 from ._render import console, handle_errors, key_value_table
+
+CACHE_KINDS = ("image", "text", "llm", "digest")
 
 app = typer.Typer(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
 
@@ -31,9 +34,11 @@ def clear(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Remove cached entries (all, or one kind)."""
+    if kind is not None and kind not in CACHE_KINDS:
+        raise ConfigError(f"unknown cache kind '{kind}'. Valid: {', '.join(CACHE_KINDS)} (or no --kind for all).")
     with Store(cache_dir) as store:
         what = f"all '{kind}' entries" if kind else "every entry"
-        if not yes and not typer.confirm(f"Remove {what} from {store.directory}?"):
+        if not yes and not typer.confirm(f"Remove {what} from {store.directory}?"):  # plain click prompt: no markup
             raise typer.Abort()
         removed = store.clear(kind)
     console.print(f"removed {removed} entries")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -15,8 +16,8 @@ from ..descriptors import DescriptorSet
 from ..errors import ConfigError
 from ..llm import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
-from ..report import check_report_path
-from ..output import check_output_path, write_json, write_rows
+from ..report import REPORT_SUFFIXES
+from ..output import OUTPUT_SUFFIXES, write_json, write_rows
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -26,7 +27,8 @@ from .describe_cmd import (
 )
 from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from ._preflight import check_input_files, check_outputs
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries, safe
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 from ._settings import with_method_settings
 
@@ -42,7 +44,7 @@ _SHOWN_ROWS = 30
 @with_source_options
 @with_method_settings
 def classify(
-    images: str = typer.Argument(..., help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
+    images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv or .json."),
@@ -71,22 +73,44 @@ def classify(
     output_format: str = typer.Option("parquet", "--output-format", help="Ray shards: parquet or jsonl.", rich_help_panel="Scale out"),
     no_collect: bool = typer.Option(False, "--no-collect", help="Ray: leave predictions in --output-dir only (for very large runs).", rich_help_panel="Scale out"),
     feature_store: Optional[Path] = typer.Option(None, "--feature-store", help="Ray: image features kept here for later runs (a folder every node reaches; default <cache>/features).", rich_help_panel="Scale out"),
+    watch: bool = typer.Option(False, "--watch", help="Keep the model loaded and re-run when the classes, descriptor, pairs, templates or prompt files change (Ctrl-C ends)."),
+    watch_limit: Optional[int] = typer.Option(None, "--watch-limit", min=0, hidden=True, help="Stop watching after this many re-runs (for tests and scripts)."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
     settings: dict = None,  # from the method flags (with_method_settings), by setting name
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
-    out_path = check_output_path(output) if output is not None else None
-    if report is not None:
-        check_report_path(report)
     if engine not in ("single", "ray"):
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
     if engine == "single" and (ray_address or ray_workers or output_dir or no_collect or feature_store):
         raise ConfigError("--ray-address, --ray-workers, --output-dir, --no-collect and --feature-store need --engine ray.")
-    from ..api import Classifier, as_records
+    if watch and (engine != "single" or dry_run):
+        raise ConfigError("--watch runs the single-process engine; drop --engine ray / --dry-run to watch.")
+    from ..api import Classifier, as_records, load_classes
     from ..methods import MethodOptions
 
+    if quiet:
+        quiet_libraries()
+    # the method settings that name files, for the checks below and --watch
+    descriptors, pairs, templates, hierarchy, distances, label_space, support = (settings.get(k) for k in (
+        "descriptors", "pairs_file", "templates", "hierarchy", "distances", "label_space", "support"))
+    # Everything a user can get wrong is checked before the model loads (which can take a minute).
+    load_classes(classes)
+    check_input_files({"--descriptors": descriptors, "--pairs": pairs, "--hierarchy": hierarchy,
+                       "--distances": distances}, {"--support": support, "--prompts": prompts})
     records = None  # the single engine lists the source once, for the run and the report
+    if engine == "single":
+        records = as_records(images, **source_options)
+    inputs = [images, classes, descriptors, pairs, templates, hierarchy, distances, label_space,
+              *(r.path for r in records or [] if r.path is not None)]
+    targets = check_outputs({
+        "--output": (output, OUTPUT_SUFFIXES, None),
+        "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
+        "--export-descriptors": (export_descriptors, (".json",), "descriptor files are .json"),
+        "--export-pairs": (export_pairs, (".json",), "pair files are .json"),
+    }, inputs)
+    out_path = targets["--output"]
+
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
@@ -96,6 +120,7 @@ def classify(
     # The client only connects when a stage asks the LLM something, so runs without one need no key.
     store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
     llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
+    outputs = RunOutputs(out_path, report, export_descriptors, export_pairs, images, source_options, model, quiet)
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)
@@ -109,27 +134,77 @@ def classify(
                 output_dir=output_dir, output_format=output_format, collect=not no_collect,
                 cache_dir=cache_dir, feature_store=feature_store, **source_options,
             )
+        elif watch:
+            from .watch import watch_and_rerun
+
+            exit_code = watch_and_rerun(clf, records, classes, method, options, top_k, outputs, explain,
+                                        watched_files(classes, descriptors, pairs, templates, prompts),
+                                        max_reruns=watch_limit, render_result=render_result,
+                                        exit_code_of=exit_code_of)
+            raise typer.Exit(exit_code)
         else:
-            records = as_records(images, **source_options)  # listed once: the run and the report's thumbnails
+            if report is not None:  # thumbnails from the decoded images: no file is read twice
+                from ..report import THUMBNAIL_SIZE
+
+                clf.encoder.thumbnail_size = THUMBNAIL_SIZE
             with progress_bar("encoding images", enabled=not quiet) as progress:
                 result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
                                       progress=progress)
     finally:
         llm.close()
-    if export_descriptors is not None and "descriptors" in result.artifacts:
-        DescriptorSet(result.artifacts["descriptors"]).to_json(export_descriptors)
-    if export_pairs is not None and "pairs" in result.artifacts:
-        write_json(export_pairs, result.artifacts["pairs"])
-    if out_path is not None:
-        write_rows(result.rows(), out_path)
-    if report is not None:
-        write_classify_report(result, report, images, source_options, model, quiet, records=records)
+    outputs.write(result, records)
     if not quiet:
         render_result(result, out_path, explain)
-    if out_path is not None and result.warnings:
-        write_rows(result.warnings, out_path.with_name(out_path.stem + ".warnings.jsonl"))
-    if result.errors or result.warnings or result.stats.get("errors"):
-        raise typer.Exit(EXIT_INPUT_ERRORS)
+    raise typer.Exit(exit_code_of(result))
+
+
+def exit_code_of(result: ClassificationResult) -> int:
+    """0 when every input was classified and nothing fell back, else 1 (the README's exit codes)."""
+    return EXIT_INPUT_ERRORS if result.errors or result.warnings or result.stats.get("errors") else 0
+
+
+@dataclass
+class RunOutputs:
+    """The files one classify run writes (all checked before the model loaded), rewritten on every --watch re-run."""
+
+    predictions: Optional[Path]
+    report: Optional[Path]
+    export_descriptors: Optional[Path]
+    export_pairs: Optional[Path]
+    images: Any
+    source_options: dict
+    model: str
+    quiet: bool
+
+    def write(self, result: ClassificationResult, records: list | None) -> None:
+        if self.export_descriptors is not None and "descriptors" in result.artifacts:
+            DescriptorSet(result.artifacts["descriptors"]).to_json(self.export_descriptors)
+        if self.export_pairs is not None and "pairs" in result.artifacts:
+            write_json(self.export_pairs, result.artifacts["pairs"])
+        if self.predictions is not None:
+            write_rows(result.rows(), self.predictions)
+            warnings_path = self.predictions.with_name(self.predictions.stem + ".warnings.jsonl")
+            if result.warnings:
+                write_rows(result.warnings, warnings_path)
+            else:  # a sidecar left by an earlier run would describe warnings this run did not have
+                warnings_path.unlink(missing_ok=True)
+        if self.report is not None:
+            write_classify_report(result, self.report, self.images, self.source_options, self.model, self.quiet,
+                                  records=records)
+
+
+def watched_files(classes: str, descriptors: Path | None, pairs: Path | None, templates: str | None,
+                  prompts: Path | None) -> list[Path]:
+    """The files whose edits change a classify run's text side: the classes file, the descriptor and pair files,
+    a templates file and every prompt file the run can read (in the folders searched, in order)."""
+    from ..prompting import prompt_search_path
+
+    files = [Path(p) for p in (classes, templates) if p is not None and Path(p).is_file()]
+    files += [p for p in (descriptors, pairs) if p is not None]
+    for _, folder in prompt_search_path(str(prompts) if prompts else None):
+        if folder.is_dir():
+            files.extend(sorted(p for p in folder.iterdir() if p.is_file()))
+    return files
 
 
 def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
@@ -169,12 +244,12 @@ def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptio
             feats = clf.encode_images(images, progress=progress, **source_options).feats
     stages = estimate_llm_cost(spec, clf.run_context(class_names, options), feats)
     if not stages:
-        console.print(f"dry run: method '{method}' makes no LLM calls with these options.")
+        console.print(f"dry run: method '{safe(method)}' makes no LLM calls with these options.")
     for stage, estimate in stages.items():
         if isinstance(estimate, CallEstimate):
             render_estimate(estimate, stage)
         else:
-            console.print(f"{stage}: {estimate}")
+            console.print(f"{safe(stage)}: {safe(estimate)}")
 
 
 def render_result(result: ClassificationResult, out_path: Path | None, explain: bool = False) -> None:
@@ -185,10 +260,10 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
             table.add_column(col)
         for pred in result.predictions[:_SHOWN_ROWS]:
             if pred.error:
-                table.add_row(pred.id, "[red]error[/red]", "", pred.error)
+                table.add_row(safe(pred.id), "[red]error[/red]", "", safe(pred.error))
             else:
                 runner = f"{pred.top_k[1][0]} ({pred.top_k[1][1]:.2f})" if len(pred.top_k) > 1 else ""
-                table.add_row(pred.id, pred.label, f"{pred.top_k[0][1]:.3f}", runner)
+                table.add_row(safe(pred.id), safe(pred.label), f"{pred.top_k[0][1]:.3f}", safe(runner))
         console.print(table)
         if len(result.predictions) > _SHOWN_ROWS:
             console.print(f"… {len(result.predictions) - _SHOWN_ROWS} more rows: use --output to keep them all.")
@@ -204,6 +279,7 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
         "classes": len(result.class_names),
         "time": f"{seconds:.2f} s ({stats.get('images', 0) / seconds:.1f} img/s)" if seconds else "-",
     }
+    summary.update(accuracy_summary(result))
     if stats.get("llm_calls") or stats.get("llm_tokens") or stats.get("llm_cached_answers"):
         summary["LLM calls / cached"] = f"{stats.get('llm_calls', 0)} / {stats.get('llm_cached_answers', 0)}"
         summary["LLM tokens"] = f"{stats.get('llm_tokens', 0):,}"
@@ -213,28 +289,94 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
     if out_path is not None:
         summary["output"] = str(out_path)
     counts = Counter(p.label for p in result.ok)
-    summary.update({f"  {label}": n for label, n in counts.most_common(10)})
+    if counts:
+        shown = min(10, len(counts))
+        summary[f"predicted per class (top {shown} of {len(counts)})" if len(counts) > shown else "predicted per class"] = ""
+        summary.update({f"  {label}": n for label, n in counts.most_common(shown)})
     console_err.print(key_value_table("summary", summary))
     for row in result.warnings[:10]:
-        console_err.print(f"[yellow]{row.get('severity', 'warning')}[/yellow] {row.get('item', '')}: {row.get('message', row)}", highlight=False)
+        console_err.print(f"[yellow]{safe(row.get('severity', 'warning'))}[/yellow] {safe(row.get('item', ''))}: "
+                          f"{safe(row.get('message', row))}", highlight=False)
     for pred in result.errors[:10]:
-        console_err.print(f"[red]error[/red] {pred.id}: {pred.error}", highlight=False)
+        console_err.print(f"[red]error[/red] {safe(pred.id)}: {safe(pred.error)}", highlight=False)
     if len(result.errors) > 10:
         console_err.print(f"… and {len(result.errors) - 10} more errors (all are in the output file)")
 
 
+def accuracy_summary(result: ClassificationResult, confusions: int = 3) -> dict[str, str]:
+    """Top-1 accuracy and the worst confusions, when the images carry true labels (class sub-folders, a label
+    column); nothing otherwise."""
+    known = set(result.class_names)  # folder names that are not classes say nothing about accuracy
+    labelled = [p for p in result.ok if p.true_label is not None and p.true_label in known]
+    if not labelled:
+        return {}
+    correct = sum(p.label == p.true_label for p in labelled)
+    lines = {"top-1 accuracy": f"{100 * correct / len(labelled):.1f} % ({correct} of {len(labelled)} labelled)"}
+    mistakes = Counter((p.true_label, p.label) for p in labelled if p.label != p.true_label)
+    if mistakes:
+        lines["worst confusions (true → predicted)"] = ", ".join(
+            f"{true} → {pred} ({n})" for (true, pred), n in mistakes.most_common(confusions))
+    return lines
+
+
 def render_explanations(result: ClassificationResult, limit: int = _SHOWN_ROWS) -> None:
-    """One block per image: what each part of the pipeline contributed to its decision."""
+    """One readable block per image: the descriptors behind its label and runner-up, with their scores, and the
+    differential captions that moved it."""
     for pred in result.ok[:limit]:
         if not pred.explanation:
             continue
-        console.print(f"[bold]{pred.id}[/bold] → {pred.label}", highlight=False)
+        console.print(f"[bold]{safe(pred.id)}[/bold] → {safe(pred.label)}", highlight=False)
         for part, detail in pred.explanation.items():
-            console.print(f"  {part}: {_short(detail)}", highlight=False, markup=False)
+            lines = _explanation_lines(detail)
+            if len(lines) == 1:
+                console.print(f"  {safe(part)}: {safe(lines[0])}", highlight=False)
+                continue
+            console.print(f"  {safe(part)}:", highlight=False)
+            for line in lines[:12]:
+                console.print(f"    {safe(line)}", highlight=False)
 
 
-def _short(detail) -> str:
-    import json
+def _explanation_lines(detail: Any) -> list[str]:
+    """An explanation part as short readable lines: 'class: descriptor 0.376 · …' for scored descriptors, 'moved
+    a → b: attribute (margin m)' for a differential move, 'key: value' for anything else."""
+    if isinstance(detail, dict):
+        if "descriptors" in detail and isinstance(detail["descriptors"], list):
+            scored = " · ".join(_scored(d) for d in detail["descriptors"])
+            return [f"{detail.get('class', '')}: {scored}" if "class" in detail else scored]
+        if "moved_from" in detail and "moved_to" in detail:
+            reason = _reason(detail.get("because"))
+            return [f"moved {detail['moved_from']} → {detail['moved_to']}" + (f" ({reason})" if reason else "")]
+        lines: list[str] = []
+        for key, value in detail.items():
+            inner = _explanation_lines(value)
+            if len(inner) == 1:
+                lines.append(f"{key.replace('_', ' ')}: {inner[0]}")
+            else:
+                lines.append(f"{key.replace('_', ' ')}:")
+                lines.extend("  " + line for line in inner)
+        return lines
+    if isinstance(detail, (list, tuple)):
+        if all(not isinstance(x, (dict, list, tuple)) for x in detail):
+            return [", ".join(_value(x) for x in detail)]
+        return [line for item in detail for line in _explanation_lines(item)]
+    return [_value(detail)]
 
-    text = json.dumps(detail, ensure_ascii=False, default=str)
-    return text if len(text) < 400 else text[:400] + "…"
+
+def _reason(because: Any) -> str:
+    """What decided a differential move: 'attribute shape, margin 0.245' per entry, entries joined by '; '."""
+    items = because if isinstance(because, list) else [because] if because else []
+    return "; ".join(", ".join(f"{k} {_value(v)}" for k, v in item.items()) if isinstance(item, dict) else _value(item)
+                     for item in items)
+
+
+def _scored(item: Any) -> str:
+    if isinstance(item, dict):
+        text = item.get("descriptor") or item.get("text") or item.get("caption")
+        score = item.get("similarity", item.get("score"))
+        if text is not None and isinstance(score, (int, float)):
+            return f"{text} {score:.3f}"
+    return _value(item)
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._render import console, handle_errors
+from ._render import console, handle_errors, safe
 
 app = typer.Typer(help="The offline demo world: invented classes, a small trained CLIP, images drawn on demand.",
                   no_args_is_help=True)
@@ -26,7 +26,7 @@ def images(
     from ..demo.world import DEMO_CLASSES
 
     written = render_dataset(out_dir, list(DEMO_CLASSES), per_class, seed)
-    console.print(f"wrote {len(written)} images of {len(DEMO_CLASSES)} classes to {out_dir}")
+    console.print(f"wrote {len(written)} images of {len(DEMO_CLASSES)} classes to {safe(out_dir)}")
 
 
 @app.command("paths")
@@ -38,4 +38,4 @@ def paths() -> None:
         "descriptors": DEMO_DATA / "demo" / "descriptors.json",
         "images": DEMO_DATA / "demo" / "images",
     }.items():
-        console.print(f"{name:12s} {path}", highlight=False)
+        console.print(f"{name:12s} {safe(path)}", highlight=False)

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
 from ..methods import DEFAULT_DESCRIBER
 from ._options import option_group
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table
+from ._preflight import check_outputs
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
 from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
 
 __all__ = [
@@ -111,7 +112,7 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         colour = "red" if row.severity == "error" else "yellow"
-        table.add_row(row.item, row.stage, f"[{colour}]{row.severity}[/{colour}]", row.message)
+        table.add_row(safe(row.item), safe(row.stage), f"[{colour}]{safe(row.severity)}[/{colour}]", safe(row.message))
     console_err.print(table)
 
 
@@ -139,8 +140,8 @@ def describe(
     from ..methods import METHODS, build_config
     from ..prompting import load_prompt
 
-    if output is not None and output.suffix.lower() != ".json":
-        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; descriptor files are .json.")
+    output = check_outputs({"--output": (output, (".json",), "descriptor files are .json")},
+                           [classes, prompt_file])["--output"]
     record = METHODS.get(method)
     if record is None or record.describe is None:
         valid = ", ".join(name for name, r in METHODS.items() if r.describe is not None)

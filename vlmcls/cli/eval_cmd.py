@@ -18,7 +18,8 @@ from rich.table import Table
 from ..errors import ConfigError
 from ..llm import LLMConfig
 from ..methods import DEFAULT_COMPARISON, spec_help
-from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from ._preflight import check_outputs
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -90,19 +91,23 @@ def eval_command(
     from ..llm import LLMClient
     from ..methods import MethodOptions, check_settings, label_metric
     from ..output import write_json
-    from ..report import check_report_path, write_report
+    from ..report import REPORT_SUFFIXES, write_report
 
+    if quiet:
+        quiet_libraries()
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     names = parse_methods(methods)
     class_names = load_classes(classes)
-    if output is not None and output.suffix.lower() != ".json":
-        raise ConfigError(f"output '{output}' has suffix '{output.suffix}'; eval results are saved as .json.")
-    report_path = check_report_path(report) if report is not None else None
     settings = {**settings, **parse_method_options(method_option)}  # a flag and a KEY=VALUE are the same setting
     check_settings(settings)
     descriptors = settings.get("descriptors")
     if descriptors is not None and not Path(descriptors).is_file():
         raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
+    targets = check_outputs({
+        "--output": (output, (".json",), "eval results are saved as .json"),
+        "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
+    }, [data, classes, descriptors, *(settings.get(k) for k in ("templates", "hierarchy", "distances", "label_space"))])
+    report_path = targets["--report"]
     options = MethodOptions.from_settings(settings, prompts_dir=str(prompts) if prompts else None,
                                           domain_hint=domain_hint, explain=report_path is not None)
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
@@ -159,6 +164,9 @@ def render_comparison(result) -> None:
         # Answers read from the cache cost nothing this time; their column shows what a fresh run would ask.
         cached = [f"{run.info.get('llm_cached_answers') or 0:,}"] if any_cached else []
         table.add_row(name, *cells, f"{run.llm_calls:,}", *cached, f"{run.llm_tokens:,}", f"{run.seconds:.2f}")
+    if best is not None and len(result.runs) > 1:
+        table.caption = f"* {escape(best.method)}: the best top-1; the per-class table and confusions below are its."
+        table.caption_justify = "left"
     console.print(table)
     images = result.images
     console_err.print(key_value_table("images", {

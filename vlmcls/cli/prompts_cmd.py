@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import PromptError
 from ..prompting import list_prompts, load_prompt, prompt_search_path
-from ._render import console, handle_errors
+from ._render import console, handle_errors, safe
 
 __all__ = ["app", "PROMPTS_DIR_OPTION", "PROMPT_FILE_OPTION"]
 
@@ -34,8 +34,10 @@ def list_command(prompts: Optional[Path] = PROMPTS_DIR_OPTION) -> None:
         try:
             description = load_prompt(source.name, prompts).description
         except PromptError as exc:
-            description = f"[red]invalid:[/red] {exc}"
-        table.add_row(source.name, source.origin, str(source.path), description)
+            description = f"[red]invalid:[/red] {safe(exc)}"
+        else:
+            description = safe(description)
+        table.add_row(safe(source.name), safe(source.origin), safe(source.path), description)
     console.print(table)
 
 
