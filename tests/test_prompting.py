@@ -43,7 +43,7 @@ def write_prompt(folder: Path, name: str, text: str) -> Path:
 def test_packaged_prompts_are_identical_to_the_checkout_copies():
     checkout = sorted(p.name for p in (REPO / "prompts").glob("*.toml"))
     packaged = sorted(p.name for p in packaged_prompts_dir().glob("*.toml"))
-    assert checkout == packaged == ["descriptors.toml", "differential.toml"]
+    assert checkout == packaged == ["cupl.toml", "descriptors.toml", "differential.toml"]
     for name in checkout:
         assert (REPO / "prompts" / name).read_bytes() == (packaged_prompts_dir() / name).read_bytes(), name
 
