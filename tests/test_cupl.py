@@ -136,5 +136,9 @@ def test_a_sentence_file_needs_no_llm(demo_images, tmp_path):
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = json.loads(out.read_text())["methods"][0]
-    assert run["llm_calls"] == 0
+    assert run["llm_calls"] == 0 and run["info"]["texts"] == 6  # one sentence per class (five fell back)
     assert {w["item"] for w in run["warnings"]} == set(CLASSES.split(",")) - {"zorblax"}
+    hybrid = runner.invoke(app, [*args, "--method-option", "cupl_with_templates=true", "--templates", "small"],
+                           catch_exceptions=False)
+    assert hybrid.exit_code == 0, hybrid.output
+    assert json.loads(out.read_text())["methods"][0]["info"]["texts"] == 6 + 6 * 7  # plus the 7 templates each

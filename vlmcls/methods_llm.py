@@ -101,6 +101,11 @@ def _cupl(clf, image_feats, class_names, options):
     from .cupl import cupl_sentences
 
     sentences, rows, usage = cupl_sentences(class_names, options)
+    if options.extra.get("cupl_with_templates"):  # the paper's hybrid: LLM sentences and templates in one mean
+        from .templates import apply_templates, load_templates
+
+        templates = load_templates(options.templates if isinstance(options.templates, str) else "imagenet80")
+        sentences = {c: [*found, *apply_templates(templates, c)] for c, found in sentences.items()}
     out = _score_sentences(clf, image_feats, sentences, options.aggregation or "mean_embedding")
     out.warnings.extend(r.to_dict() for r in rows)
     if usage is not None:
