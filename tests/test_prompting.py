@@ -130,7 +130,7 @@ def test_prompt_folder_overrides_by_name_and_falls_back_for_the_rest(tmp_path):
     fallback = find_prompt("differential", folder)
     assert fallback.origin in ("checkout", "package") and fallback.path.parent != folder
     names = {s.name: s.origin for s in list_prompts(folder)}
-    assert names == {"descriptors": "override", "differential": fallback.origin}
+    assert names == {"descriptors": "override", "differential": fallback.origin, "cupl": fallback.origin}
 
 
 def test_env_var_points_at_a_prompt_folder(tmp_path, monkeypatch):
