@@ -155,3 +155,28 @@ def test_without_a_file_the_llm_writes_the_descriptors_once(world, tmp_path, llm
     assert audit["zorblax"] and {row["descriptor"] for row in audit["zorblax"]} == {"a round shape", "a red colour", "a large size"}
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and len(llm_server.chat_requests) == len(CLASSES)  # cached
+
+
+def test_separation_and_verdicts_on_features_built_by_hand():
+    import torch
+
+    from vlmcls.audit import audit_features
+
+    # Images of "a" point along x, images of "b" along y; "z" is an axis no image has.
+    image_feats = torch.nn.functional.normalize(torch.tensor(
+        [[1.0, 0.1, 0.0], [1.0, 0.2, 0.0], [1.0, 0.3, 0.0], [0.1, 1.0, 0.0], [0.2, 1.0, 0.0], [0.3, 1.0, 0.0]]),
+        dim=1).repeat(10, 1)  # 60 images, so the verdicts clear two standard errors
+    labels = torch.tensor([0, 0, 0, 1, 1, 1]).repeat(10)
+    vectors = {"a, which is along x": [1.0, 0.0, 0.0], "a, which is along z": [0.0, 0.0, 1.0],
+               "b, which is along y": [0.0, 1.0, 0.0], "a": [0.6, 0.6, 0.5], "b": [0.6, 0.6, 0.5]}
+    encode = lambda texts: torch.nn.functional.normalize(torch.tensor([vectors[t] for t in texts]), dim=1)  # noqa: E731
+    dset = DescriptorSet({"a": ["along x", "along z"], "b": ["along y"]})
+    audit = audit_features(image_feats, labels, ["a", "b"], dset, encode, logit_scale=5.0)  # soft enough to move
+    rows = {v.descriptor: v for v in audit.entries["a"]}
+    assert rows["along x"].separation == 1.0 and rows["along x"].verdict == "helps"
+    assert rows["along z"].separation == 0.5 and rows["along z"].verdict == "hurts"  # ties count half
+    assert [v.descriptor for v in audit.entries["a"]] == ["along z", "along x"]  # worst first
+    assert audit.entries["b"][0].separation == 1.0 and audit.entries["b"][0].rival == "a"
+    assert audit.to_dict()["a"][0] == {"descriptor": "along z", "delta_recall": 0.0, "delta_top1": 0.0,
+                                       "separation": 0.5, "verdict": "hurts"}
+    assert audit.pruned.to_dict() == {"a": ["along x"], "b": ["along y"]}

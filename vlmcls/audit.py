@@ -236,9 +236,12 @@ def _split(labels: torch.Tensor, holdout: float | None, seed: int,
     if holdout is None:
         return everything, everything
     ids = list(image_ids) if image_ids is not None else [str(i) for i in range(labels.shape[0])]
+    by_class: dict[int, list[int]] = {}
+    for n, c in enumerate(labels.tolist()):
+        by_class.setdefault(c, []).append(n)
     audit_rows, report_rows = [], []
-    for c in sorted(set(labels.tolist())):
-        members = sorted((n for n in range(labels.shape[0]) if labels[n] == c), key=lambda n: ids[n])
+    for c in sorted(by_class):
+        members = sorted(by_class[c], key=lambda n: ids[n])
         random.Random(f"{seed}:{c}").shuffle(members)
         held = round(len(members) * holdout)
         held = min(max(held, 1 if len(members) > 1 else 0), len(members) - 1)  # both halves get one if they can
@@ -285,10 +288,16 @@ def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_s
     is_top = top2_index[:, :1] == columns  # [N, C]
     other_value = torch.where(is_top, second_value, top2_values[:, :1])  # [N, C]
     other_index = torch.where(is_top, second_index, top2_index[:, :1])  # [N, C]
-    # Expected accuracy: softmax at the model's scale; log-sum-exp kept so a changed column is an O(1) update.
+    # Expected accuracy: softmax at the model's scale. With the log-sum-exp of every row *without* each column,
+    # a changed column is an O(1) update. Subtracting a column's share from the total cancels catastrophically
+    # when that column holds nearly all of it, which only the row's top column can (it has p >= 1/2 or no
+    # column has): that one is recomputed with the column masked out.
     logits = logit_scale * scores  # [N, C]
     log_z = torch.logsumexp(logits, dim=1, keepdim=True)  # [N, 1]
     true_logit = logits.gather(1, labels[:, None])  # [N, 1]
+    without_top = logits.masked_fill(is_top, -torch.inf).logsumexp(dim=1, keepdim=True)  # [N, 1]
+    shares = torch.exp(logits - log_z).clamp(max=0.5)  # [N, C]; p <= 1/2 off the top column, where it is used
+    log_z_without = torch.where(is_top, without_top, log_z + torch.log1p(-shares))  # [N, C]
     rivals = _rivals(predicted, labels, scores, num_classes)
 
     owner_list = owner.tolist()
@@ -312,8 +321,7 @@ def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_s
         own_hits = (new_correct & own).sum(0).to(torch.float64)
         delta_recall[cols] = own_hits / support[cls].clamp_min(1) - recall[cls]
         new_logit = logit_scale * left_out  # [N, B]
-        old_logit = logits[:, cls]  # [N, B]
-        new_log_z = log_z + torch.log1p(torch.exp(new_logit - log_z) - torch.exp(old_logit - log_z)).nan_to_num(0.0)
+        new_log_z = torch.logaddexp(log_z_without[:, cls], new_logit)  # [N, B]
         new_true = torch.where(own, new_logit, true_logit)  # [N, B]
         changes = torch.exp(new_true - new_log_z) - torch.exp(true_logit - log_z)  # [N, B] per image
         delta_expected[cols] = changes.mean(0)
@@ -371,6 +379,9 @@ def _separation(descriptor_sims: torch.Tensor, labels: torch.Tensor, c: int, riv
     own, other = descriptor_sims[labels == c], descriptor_sims[labels == rival]
     if own.numel() == 0 or other.numel() == 0:
         return None
-    greater = (own[:, None] > other[None, :]).to(torch.float64).mean()
-    ties = (own[:, None] == other[None, :]).to(torch.float64).mean()
-    return float(greater + 0.5 * ties)
+    # Sorted counts instead of an [own, other] comparison matrix: O(n log n) for classes with many images.
+    other_sorted = other.sort().values
+    below = torch.searchsorted(other_sorted, own, right=False)  # rival images strictly less similar
+    up_to = torch.searchsorted(other_sorted, own, right=True)
+    pairs = own.numel() * other.numel()
+    return float((below.sum() + 0.5 * (up_to - below).sum()) / pairs)
