@@ -56,6 +56,8 @@ def test_leaving_one_out_in_closed_form_matches_scoring_without_it(world):
             own = [n for n, t in enumerate(truth) if t == c]
             recall = lambda r: sum(r.ok[n].label == c for n in own) / len(own)  # noqa: E731
             assert row.delta_recall == pytest.approx(recall(rerun) - recall(full), abs=1e-9)
+            expected = lambda r: float(sum(r.probs[n, classes.index(t)] for n, t in enumerate(truth))) / len(truth)  # noqa: E731
+            assert row.delta_expected == pytest.approx(expected(rerun) - expected(full), abs=1e-5)
 
 
 def _records(root, classes):
