@@ -48,7 +48,7 @@ VERDICTS = ("hurts", "neutral", "helps")  # worst first
 # move: 1e-4 is 0.01 percentage points, too small to matter.
 SOFT_TOLERANCE = 1e-4
 SIGNIFICANCE = 2.0  # and so is a move smaller than this many standard errors of the per-image changes
-_CHUNK_ELEMENTS = 2**24  # [N, chunk] float64 blocks of ~128 MB at most, however many images and descriptors
+_CHUNK_ELEMENTS = 2**24  # the per-descriptor work runs in [N, block] float64 pieces of ~128 MB at most
 
 
 @dataclass
@@ -159,10 +159,10 @@ def audit_descriptors(
     feats = classifier.encode_images(labelled, progress=progress)
     if feats.errors:
         log.warning("%d images could not be read and are left out of the audit", len(feats.errors))
-    index = {name: c for c, name in enumerate(class_names)}
-    labels = torch.tensor([index[r.label] for r in feats.records], dtype=torch.long)  # [N]
     if not feats.records:
         raise ConfigError(f"none of the {len(labelled)} labelled images in '{data}' could be read; nothing to audit.")
+    index = {name: c for c, name in enumerate(class_names)}
+    labels = torch.tensor([index[r.label] for r in feats.records], dtype=torch.long)  # [N]
     result = audit_features(feats.feats, labels, class_names, dset, classifier.encoder.encode_texts,
                             logit_scale=classifier.model.logit_scale, holdout=holdout, prune_neutral=prune_neutral,
                             seed=seed, image_ids=[r.id for r in feats.records])
@@ -193,10 +193,11 @@ def audit_features(
     audited = {c: (selected[c] if selected.sentences(c) != [c] else []) for c in class_names}  # [] = name only
     texts = [s for c in class_names for s in (selected.sentences(c) if audited[c] else [])]
     owner = torch.tensor([i for i, c in enumerate(class_names) for _ in (audited[c] or [])], dtype=torch.long)  # [T]
-    text_feats = encode_texts(texts + class_names).to(torch.float64)  # [T + C, D]
-    feats = image_feats.to(torch.float64)
+    text_feats = encode_texts(texts + class_names).to(torch.float32)  # [T + C, D]
+    feats = image_feats.to(torch.float32)
+    # The one large matrix, kept in float32 (as the model scores); the per-descriptor work is float64, in blocks.
     sims = feats @ text_feats[: len(texts)].T  # [N, T]
-    name_sims = feats @ text_feats[len(texts):].T  # [N, C], the score of a class left with no descriptor
+    name_sims = (feats @ text_feats[len(texts):].T).to(torch.float64)  # [N, C], a class left with no descriptor
 
     audit_rows, report_rows = _split(labels, holdout, seed, image_ids)
     verdicts = _leave_one_out(sims[audit_rows], name_sims[audit_rows], owner, labels[audit_rows], class_names,
@@ -253,12 +254,16 @@ def _split(labels: torch.Tensor, holdout: float | None, seed: int,
     return torch.tensor(sorted(audit_rows)), torch.tensor(sorted(report_rows))
 
 
+def _class_sums(sims: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and class, the sum of the kept descriptors' similarities [N, C], and their counts [C] (float64)."""
+    membership = torch.zeros(owner.shape[0], num_classes, dtype=sims.dtype)  # [T, C]
+    membership[torch.arange(owner.shape[0]), owner] = keep.to(sims.dtype)
+    return (sims @ membership).to(torch.float64), membership.sum(0).to(torch.float64)
+
+
 def _class_scores(sims: torch.Tensor, name_sims: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """CbD scores [N, C] from the kept descriptors' similarities; a class with none kept scores its name."""
-    num_classes = name_sims.shape[1]
-    kept = sims * keep.to(sims.dtype)  # [N, T]
-    sums = torch.zeros(sims.shape[0], num_classes, dtype=sims.dtype).index_add_(1, owner, kept)  # [N, C]
-    counts = torch.zeros(num_classes, dtype=sims.dtype).index_add_(0, owner, keep.to(sims.dtype))  # [C]
+    sums, counts = _class_sums(sims, owner, keep, name_sims.shape[1])
     return torch.where(counts > 0, sums / counts.clamp_min(1), name_sims)
 
 
@@ -272,9 +277,8 @@ def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_s
     """Every descriptor's verdict, in closed form: only its own class's column changes when it is left out."""
     n_images, num_classes = name_sims.shape
     keep_all = torch.ones(owner.shape[0], dtype=torch.bool)
-    scores = _class_scores(sims, name_sims, owner, keep_all)  # [N, C]
-    sums = torch.zeros(n_images, num_classes, dtype=sims.dtype).index_add_(1, owner, sims)  # [N, C]
-    counts = torch.bincount(owner, minlength=num_classes).to(sims.dtype)  # [C]
+    sums, counts = _class_sums(sims, owner, keep_all, num_classes)  # [N, C], [C]
+    scores = torch.where(counts > 0, sums / counts.clamp_min(1), name_sims)  # [N, C]
     predicted = scores.argmax(1)  # [N]
     correct = predicted == labels  # [N]
     top1 = correct.to(torch.float64).mean()
@@ -310,7 +314,7 @@ def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_s
         cols = torch.arange(start, min(start + chunk, len(owner_list)))  # descriptors in this block
         cls = owner[cols]  # [B]
         remaining = (counts[cls] - 1)[None, :]  # [1, B]
-        left_out = torch.where(remaining > 0, (sums[:, cls] - sims[:, cols]) / remaining.clamp_min(1),
+        left_out = torch.where(remaining > 0, (sums[:, cls] - sims[:, cols].to(torch.float64)) / remaining.clamp_min(1),
                                name_sims[:, cls])  # [N, B] the class's new score
         rival_value, rival_index = other_value[:, cls], other_index[:, cls]  # [N, B]
         wins = (left_out > rival_value) | ((left_out == rival_value) & (cls[None, :] < rival_index))
