@@ -14,7 +14,6 @@ from ..llm import LLMConfig
 from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from .describe_cmd import DOMAIN_HINT_OPTION, REFRESH_OPTION, render_error_rows, with_llm_config
-from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 
 __all__ = ["register", "audit_command", "render_audit"]
@@ -31,7 +30,7 @@ def audit_command(
     descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm-model, --base-url)."),
     model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save every descriptor's audit as .json: {class: [{descriptor, delta_recall, delta_top1, separation, verdict}, …]}, worst first."),
-    report: Optional[Path] = REPORT_OPTION,
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the audit as one self-contained HTML page, in the eval report's style."),
     write_pruned: Optional[Path] = typer.Option(None, "--write-pruned", help="Write the descriptors without the 'hurts' ones here (.json, the format --descriptors reads)."),
     prune_neutral: bool = typer.Option(False, "--prune-neutral", help="With --write-pruned: drop the 'neutral' descriptors too."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Keep this share of each class's images out of the audit (e.g. 0.5) and report the accuracy before and after pruning on them."),
