@@ -170,10 +170,11 @@ def test_separation_and_verdicts_on_features_built_by_hand():
         dim=1).repeat(10, 1)  # 60 images, so the verdicts clear two standard errors
     labels = torch.tensor([0, 0, 0, 1, 1, 1]).repeat(10)
     vectors = {"a, which is along x": [1.0, 0.0, 0.0], "a, which is along z": [0.0, 0.0, 1.0],
-               "b, which is along y": [0.0, 1.0, 0.0], "a": [0.6, 0.6, 0.5], "b": [0.6, 0.6, 0.5]}
+               "b, which is along y": [0.0, 1.0, 0.0], "a": [0.6, 0.6, 0.5], "b": [0.6, 0.6, 0.5],
+               "c d": [0.0, 0.0, 1.0]}  # class "c_d" has no descriptors: scored by its wordified name
     encode = lambda texts: torch.nn.functional.normalize(torch.tensor([vectors[t] for t in texts]), dim=1)  # noqa: E731
     dset = DescriptorSet({"a": ["along x", "along z"], "b": ["along y"]})
-    audit = audit_features(image_feats, labels, ["a", "b"], dset, encode, logit_scale=5.0)  # soft enough to move
+    audit = audit_features(image_feats, labels, ["a", "b", "c_d"], dset, encode, logit_scale=5.0)  # soft enough to move
     rows = {v.descriptor: v for v in audit.entries["a"]}
     assert rows["along x"].separation == 1.0 and rows["along x"].verdict == "helps"
     assert rows["along z"].separation == 0.5 and rows["along z"].verdict == "hurts"  # ties count half
@@ -182,3 +183,4 @@ def test_separation_and_verdicts_on_features_built_by_hand():
     assert audit.to_dict()["a"][0] == {"descriptor": "along z", "delta_recall": 0.0, "delta_top1": 0.0,
                                        "separation": 0.5, "verdict": "hurts"}
     assert audit.pruned.to_dict() == {"a": ["along x"], "b": ["along y"]}
+    assert audit.entries["c_d"] == [] and [w["item"] for w in audit.warnings] == ["c_d"]

@@ -35,6 +35,7 @@ import torch
 
 from .descriptors import DescriptorSet
 from .errors import ConfigError
+from .templates import wordify
 
 if TYPE_CHECKING:
     from .api import Classifier
@@ -190,10 +191,11 @@ def audit_features(
         raise ConfigError(f"{image_feats.shape[0]} image features for {labels.shape[0]} labels; give one label "
                           "per image, and at least one image.")
     selected, rows = descriptors.for_classes(class_names)
-    audited = {c: (selected[c] if selected.sentences(c) != [c] else []) for c in class_names}  # [] = name only
+    # A class without descriptors (or with its own name as the only one) is scored by its name: nothing to audit.
+    audited = {c: ([] if not selected[c] or selected[c] == [c] else list(selected[c])) for c in class_names}
     texts = [s for c in class_names for s in (selected.sentences(c) if audited[c] else [])]
     owner = torch.tensor([i for i, c in enumerate(class_names) for _ in (audited[c] or [])], dtype=torch.long)  # [T]
-    text_feats = encode_texts(texts + class_names).to(torch.float32)  # [T + C, D]
+    text_feats = encode_texts(texts + [wordify(c) for c in class_names]).to(torch.float32)  # [T + C, D]
     feats = image_feats.to(torch.float32)
     # The one large matrix, kept in float32 (as the model scores); the per-descriptor work is float64, in blocks.
     sims = feats @ text_feats[: len(texts)].T  # [N, T]

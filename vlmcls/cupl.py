@@ -27,6 +27,7 @@ from .descriptors import ErrorRow
 from .errors import ConfigError, LLMError
 from .llm import CallEstimate, LLMClient, Messages, Usage
 from .prompting import PromptTemplate, load_prompt
+from .templates import wordify
 
 __all__ = [
     "CuplConfig",
@@ -156,7 +157,7 @@ def generate_cupl_sentences(
             if len(found) < asked:
                 log.info("CuPL: %d of %d answers about '%s' gave no sentence", asked - len(found), asked, name)
             continue
-        sentences[name] = [FALLBACK_TEMPLATE.format(name)]
+        sentences[name] = [FALLBACK_TEMPLATE.format(wordify(name))]
         if name in failures:
             rows.append(ErrorRow(name, "cupl", "error", f"{failures[name][-1]} Using '{sentences[name][0]}'."))
         else:
@@ -208,9 +209,9 @@ def cupl_sentences(class_names: Sequence[str], options: Any) -> tuple[dict[str, 
     extra = options.extra
     if extra.get("cupl_file"):
         loaded = load_cupl_file(extra["cupl_file"])
-        rows = [ErrorRow(c, "import", "warning", f"no CuPL sentences for this class; using '{FALLBACK_TEMPLATE.format(c)}'")
+        rows = [ErrorRow(c, "import", "warning", f"no CuPL sentences for this class; using '{FALLBACK_TEMPLATE.format(wordify(c))}'")
                 for c in class_names if not loaded.get(c)]
-        return {c: loaded.get(c) or [FALLBACK_TEMPLATE.format(c)] for c in class_names}, rows, None
+        return {c: loaded.get(c) or [FALLBACK_TEMPLATE.format(wordify(c))] for c in class_names}, rows, None
     if options.llm is None:
         raise ConfigError("method 'cupl' needs sentences: an LLM with --llm-model (and --base-url), "
                           "or a sentence file with --method-option cupl_file=FILE.")
