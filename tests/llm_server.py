@@ -2,8 +2,9 @@
 
 It answers like a knowledgeable LLM about the demo world: a descriptor prompt (one demo class named in the last
 user message) gets a bullet list of ``generic_descriptors(name)``; a differential prompt (the messages mention
-"attr_type" and the last user message names two classes) gets the JSON list of ``differential_descriptions``.
-Unknown class names get a plausible generic answer.
+"attr_type" and the last user message names two classes) gets the JSON list of ``differential_descriptions``;
+a CuPL prompt (the system message asks for "one sentence") gets one sentence built from the same attributes as the
+descriptors, worded by the question asked. Unknown class names get a plausible generic answer.
 
 Faults are scripted per test, in the order requests arrive, or per class (consumed when that class is asked):
 
@@ -24,6 +25,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +40,15 @@ __all__ = ["FakeLLMServer", "RecordedRequest", "llm_server", "track", "close_tra
 _GENERIC_FEATURES = ["a distinctive outline", "a characteristic colour", "a recognisable surface texture"]
 _DESCRIPTOR_QUESTION = re.compile(r"distinguishing an? (.+?)(?: \([^)]*\))? in a photo", re.IGNORECASE)
 _PAIR_QUESTION = re.compile(r"tell an? (.+?) from an? (.+?) in a photo", re.IGNORECASE)
+_CUPL_REQUEST = re.compile(r"\bone sentence\b", re.IGNORECASE)
+# Sentence frames for CuPL answers; the question's wording picks one, so each question variant reads differently.
+_CUPL_FRAMES = (
+    "A {name} is an object with {attributes}.",
+    "You can recognise a {name} by {attributes}.",
+    "A photo of a {name} shows {attributes}.",
+    "In this picture, a {name} stands out with {attributes}.",
+    "A {name} seen from the front, showing {attributes}.",
+)
 
 
 @dataclass
@@ -143,6 +154,9 @@ class FakeLLMServer:
                 match = _PAIR_QUESTION.search(last_user)
                 names = [match.group(1), match.group(2)] if match else ["the first object", "the second object"]
             return json.dumps(_pair_answer(names[0], names[1]), indent=1)
+        system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+        if _CUPL_REQUEST.search(system):
+            return _cupl_answer(names[0] if names else "object", last_user)
         if not names:
             match = _DESCRIPTOR_QUESTION.search(last_user)
             names = [match.group(1)] if match else ["object"]
@@ -188,6 +202,14 @@ def _pair_answer(a: str, b: str) -> list[dict[str, str]]:
         {"attr_type": "overall shape", "a": f"a photo of a {a}, which has its usual outline.",
          "b": f"a photo of a {b}, which has its usual outline."},
     ]
+
+
+def _cupl_answer(name: str, question: str) -> str:
+    """One CuPL sentence: the class's descriptor attributes, in the frame the question's wording picks."""
+    features = world.generic_descriptors(name) if name in world.DEMO_CLASSES else _GENERIC_FEATURES
+    attributes = ", ".join(features[:-1]) + " and " + features[-1] if len(features) > 1 else features[0]
+    frame = _CUPL_FRAMES[zlib.crc32(question.replace(name, "").encode("utf-8")) % len(_CUPL_FRAMES)]
+    return frame.format(name=name, attributes=attributes)
 
 
 def _tokens(text: str) -> int:

@@ -36,7 +36,8 @@ def _register_optional() -> None:
     """Sub-apps that live in their own files; each registers itself if present."""
     import importlib
 
-    for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo")):
+    for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo"),
+                         ("audit_cmd", None)):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:
