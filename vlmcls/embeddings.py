@@ -55,6 +55,14 @@ class Encoder:
         self.model = model
         self.store = store
         self.uint8_transfer = uint8_transfer
+        self._feature_shape: tuple[int] | None = None
+
+    def feature_shape(self) -> tuple[int]:
+        """(D,): the shape of one feature, so a cached array of another shape is dropped as corrupted.
+        Measured once by encoding one short text (milliseconds), since backends do not all declare it."""
+        if self._feature_shape is None:
+            self._feature_shape = (int(self.model.encode_texts(["a photo"]).shape[-1]),)
+        return self._feature_shape
 
     # -- texts --------------------------------------------------------------------------------------
     def _text_key(self, text: str) -> str:
@@ -64,7 +72,7 @@ class Encoder:
         """texts (T) -> unit features [T, D]; each distinct text is encoded once, ever."""
         unique = list(dict.fromkeys(texts))
         keys = {t: self._text_key(t) for t in unique}
-        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        found = self.store.get_arrays(keys.values(), self.feature_shape()) if self.store is not None else {}
         missing = [t for t in unique if keys[t] not in found]
         by_text: dict[str, np.ndarray] = {t: found[keys[t]] for t in unique if keys[t] in found}
         if missing:
@@ -105,7 +113,7 @@ class Encoder:
                 errors[i] = _reason(digest)
             else:
                 keys[i] = self._image_key(digest)
-        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        found = self.store.get_arrays(keys.values(), self.feature_shape()) if keys and self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         todo = [i for i in keys if i not in feats]
         done = len(feats) + len(errors)
