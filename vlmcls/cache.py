@@ -263,20 +263,24 @@ def remove_cache_files(directory: str | os.PathLike) -> int:
     """
     root = Path(directory)
     removed = 0
-    for name in _DB_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
-            removed += 1
-    for outer in _hex_children(root):
-        for inner in _hex_children(outer):
-            for item in inner.iterdir():
-                if _VALUE_FILE.fullmatch(f"{outer.name}/{inner.name}/{item.name}") and not item.is_dir():
-                    item.unlink()
-                    removed += 1
+    try:
+        for name in _DB_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (root / name).unlink()
+                removed += 1
+        for outer in _hex_children(root):
+            for inner in _hex_children(outer):
+                for item in inner.iterdir():
+                    if _VALUE_FILE.fullmatch(f"{outer.name}/{inner.name}/{item.name}") and not item.is_dir():
+                        item.unlink()
+                        removed += 1
+                with contextlib.suppress(OSError):
+                    inner.rmdir()
             with contextlib.suppress(OSError):
-                inner.rmdir()
-        with contextlib.suppress(OSError):
-            outer.rmdir()
+                outer.rmdir()
+    except OSError as exc:
+        raise CacheError(f"cannot delete '{exc.filename}' in the cache folder '{root}': {exc.strerror}. Delete the "
+                         "folder by hand, or fix its permissions and run again.") from exc
     return removed
 
 
