@@ -195,3 +195,18 @@ def test_non_utf8_paths_have_stable_store_keys(tmp_path):
     assert key == cache_key("digest", path=str(tmp_path / name))
     assert key != cache_key("digest", path=str(tmp_path / "caf\u00e9.png"))
     assert json.loads(json.dumps(key)) == key
+
+
+def test_the_digest_memo_sees_a_same_size_rewrite_with_the_mtime_set_back(tmp_path):
+    from vlmcls.cache import file_digest, known_digest
+
+    clear_digest_memo()
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"first picture")
+    before = os.stat(path)
+    first = file_digest(path)
+    time.sleep(0.01)
+    path.write_bytes(b"other picture")  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime restored; ctime cannot be
+    assert known_digest(path) is None
+    assert file_digest(path) != first
