@@ -210,3 +210,20 @@ def test_the_digest_memo_sees_a_same_size_rewrite_with_the_mtime_set_back(tmp_pa
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime restored; ctime cannot be
     assert known_digest(path) is None
     assert file_digest(path) != first
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_database_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path, kind):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    if kind == "fifo":
+        os.mkfifo(folder / "cache.db")  # opening it would block until someone writes
+    else:
+        (tmp_path / "elsewhere.db").write_bytes(b"")
+        (folder / "cache.db").symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(CacheError, match="not a regular file"):
+        Store(folder)
+    result = runner.invoke(app, ["cache", "clear", "-y", "--cache-dir", str(folder)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not os.path.lexists(folder / "cache.db")
+    assert kind == "fifo" or (tmp_path / "elsewhere.db").exists()

@@ -312,8 +312,12 @@ _KNOWN_SETTINGS = {*diskcache.core.DEFAULT_SETTINGS, *diskcache.core.METADATA}
 def _check_settings(directory: Path) -> None:
     """Refuse a database whose Settings table holds keys diskcache never writes (they would run as PRAGMAs)."""
     db = directory / "cache.db"
-    if not db.is_file():
-        return
+    try:
+        mode = os.lstat(db).st_mode
+    except FileNotFoundError:
+        return  # a new cache
+    if not stat.S_ISREG(mode):  # sqlite would block forever on a FIFO, or write through a symlink
+        raise sqlite3.DatabaseError("cache.db is not a regular file")
     con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
     try:
         keys = [row[0] for row in con.execute("SELECT key FROM Settings")]
@@ -384,7 +388,10 @@ class Store:
 
     def _decode(self, key: str, raw: str | bytes | None, kind: str, shape: tuple[int, ...] | None = None) -> Any:
         """A raw value as JSON (``kind`` "json") or an array (``kind`` "array", of ``shape`` when given, finite);
-        None for a missing entry or a corrupted one, which is dropped. Bulk readers decode through here too."""
+        None for a missing entry or a corrupted one, which is dropped.
+
+        Bulk readers that select rows themselves go through here too: ``raw = self._cache.disk.fetch(mode,
+        filename, value, False)`` (a :class:`_SafeDisk`; on ``_CorruptEntry`` call :meth:`_drop`), then this."""
         if raw is None:
             return None
         try:

@@ -303,16 +303,10 @@ class LLMClient:
                     key = _NO_KEY_PLACEHOLDER
                 else:
                     self._secrets.append(key)
-                import httpx2
+                from .llm_http import make_http_client
 
-                from .llm_http import deadline_transport
-
-                http_client = openai.DefaultHttpxClient(
-                    transport=deadline_transport(),
-                    auth=httpx2.BasicAuth(*self._url_credentials) if self._url_credentials else None,
-                )
                 self._sdk_client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.config.timeout_s,
-                                                 max_retries=0, http_client=http_client)
+                                                 max_retries=0, http_client=make_http_client(self._url_credentials))
             return self._sdk_client
 
     def _scrub(self, text: str) -> str:

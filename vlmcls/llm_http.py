@@ -17,8 +17,9 @@ from typing import Any, Iterable, Iterator
 
 import httpcore2
 import httpx2
+import openai
 
-__all__ = ["RequestCancelled", "request_limits", "deadline_transport"]
+__all__ = ["RequestCancelled", "request_limits", "deadline_transport", "make_http_client"]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +126,20 @@ def deadline_transport(**transport_options: Any) -> httpx2.HTTPTransport:
                     "operation only, not in total")
     return transport
 
+
+
+class _HttpClient(openai.DefaultHttpxClient):
+    """The SDK's default client settings; closed when garbage-collected, as the SDK's own client is, so a client
+    nobody closed leaves no sockets behind."""
+
+    def __del__(self) -> None:
+        try:
+            if not self.is_closed:
+                self.close()
+        except Exception:  # interpreter shutdown: nothing left to clean up with
+            pass
+
+
+def make_http_client(auth: tuple[str, str] | None = None) -> httpx2.Client:
+    """The HTTP client the LLM client hands the openai SDK: deadline-bounded sockets, optional basic auth."""
+    return _HttpClient(transport=deadline_transport(), auth=httpx2.BasicAuth(*auth) if auth else None)
