@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -139,20 +140,30 @@ def _bytes_to_array(raw: bytes) -> np.ndarray:
         end = 10 + int.from_bytes(raw[8:10], "little")
         layout = _NPY_HEADERS.get(raw[:end])
         if layout is not None:
-            dtype, shape, count = layout
-            if len(raw) != end + count * dtype.itemsize:
+            dtype, shape, count, total = layout
+            if len(raw) != total:
                 raise ValueError(f"{len(raw)} bytes for a {shape} {dtype} array")
             return np.frombuffer(raw, dtype=dtype, count=count, offset=end).reshape(shape).copy()
         array = np.load(io.BytesIO(raw), allow_pickle=False)
         if len(raw) != end + array.nbytes:
             raise ValueError(f"{len(raw)} bytes for a {array.shape} {array.dtype} array")
         if array.flags.c_contiguous and array.dtype != object and len(_NPY_HEADERS) < 1024:
-            _NPY_HEADERS[raw[:end]] = (array.dtype, array.shape, array.size)
+            _NPY_HEADERS[raw[:end]] = (array.dtype, array.shape, array.size, end + array.nbytes)
         return array
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}  # header: dtype, shape, size, bytes
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity in a float array. One BLAS dot product (a NaN or inf anywhere makes it NaN or inf) costs
+    a fifth of ``isfinite(array).all()``, which matters on a cached re-run of many features; it also refuses values
+    beyond ~1e19, which no feature holds."""
+    if array.dtype.kind != "f":
+        return True
+    flat = array.reshape(-1)
+    return math.isfinite(float(np.dot(flat, flat)))
 
 
 class _CorruptEntry(Exception):
@@ -162,6 +173,7 @@ class _CorruptEntry(Exception):
 # The only value-file names diskcache generates (``Disk.filename``): two hex folders, 28 hex digits, ``.val``.
 _VALUE_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
 _DB_FILES = ("cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal")
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT
 
 
 class _SafeDisk(diskcache.Disk):
@@ -203,11 +215,11 @@ class _SafeDisk(diskcache.Disk):
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> str | bytes:
         if read:
             raise TypeError("the cache never hands out open value files")
-        if mode == diskcache.core.MODE_RAW and isinstance(value, (str, bytes)):
+        if mode == _MODE_RAW and type(value) in (str, bytes):
             return value
-        if mode in (diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT) and value is None:
+        if mode in (_MODE_BINARY, _MODE_TEXT) and value is None:
             data = _read_regular_file(self._value_path(filename))
-            if mode == diskcache.core.MODE_BINARY:
+            if mode == _MODE_BINARY:
                 return data
             try:
                 return data.decode("utf-8")
@@ -378,10 +390,10 @@ class Store:
 
     # -- reading and decoding: the one place cached values are trusted ---------------------------------
     def _read(self, key: str) -> str | bytes | None:
-        """The raw value of one entry (through :class:`_SafeDisk`), or None if missing or corrupted."""
+        """The raw value of one entry (through :class:`_SafeDisk`), or None if missing or corrupted. sqlite errors
+        are left to the caller's :meth:`_guarded` (one per batch: it costs microseconds per entry)."""
         try:
-            with self._guarded():
-                return self._cache.get(key)
+            return self._cache.get(key)
         except _CorruptEntry as exc:
             self._drop(key, str(exc))
             return None
@@ -395,26 +407,24 @@ class Store:
         if raw is None:
             return None
         try:
-            if kind == "json":
-                if not isinstance(raw, str):
-                    raise _CorruptEntry(f"it holds {type(raw).__name__}, not JSON text")
-                return json.loads(raw)
-            if not isinstance(raw, bytes):
-                raise _CorruptEntry(f"it holds {type(raw).__name__}, not array bytes")
-            array = _bytes_to_array(raw)
+            if kind == "array":
+                if type(raw) is not bytes:
+                    raise _CorruptEntry(f"it holds {type(raw).__name__}, not array bytes")
+                array = _bytes_to_array(raw)
+                if shape is not None and array.shape != shape:
+                    raise _CorruptEntry(f"its array has shape {array.shape}, expected {shape}")
+                if not _all_finite(array):
+                    raise _CorruptEntry("its array holds NaN or infinity")
+                return array
+            if type(raw) is not str:
+                raise _CorruptEntry(f"it holds {type(raw).__name__}, not JSON text")
+            return json.loads(raw)
         except _CorruptEntry as exc:
-            self._drop(key, str(exc))
-            return None
+            reason = str(exc)
         except (ValueError, EOFError, OSError) as exc:  # json.JSONDecodeError is a ValueError
-            self._drop(key, f"it cannot be parsed ({exc})")
-            return None
-        if shape is not None and array.shape != tuple(shape):
-            self._drop(key, f"its array has shape {array.shape}, expected {tuple(shape)}")
-            return None
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            self._drop(key, "its array holds NaN or infinity")
-            return None
-        return array
+            reason = f"it cannot be parsed ({exc})"
+        self._drop(key, reason)
+        return None
 
     def _drop(self, key: str, reason: str) -> None:
         self.dropped += 1
@@ -428,7 +438,8 @@ class Store:
 
     # -- JSON ---------------------------------------------------------------------------------------
     def get_json(self, key: str) -> Any | None:
-        return self._decode(key, self._read(key), "json")
+        with self._guarded():
+            return self._decode(key, self._read(key), "json")
 
     def set_json(self, key: str, value: Any) -> None:
         with self._guarded():
@@ -437,10 +448,11 @@ class Store:
     def get_jsons(self, keys: Iterable[str]) -> dict[str, Any]:
         """The JSON values found for ``keys`` (missing keys are absent from the result)."""
         found: dict[str, Any] = {}
-        for key in keys:
-            value = self.get_json(key)
-            if value is not None:
-                found[key] = value
+        with self._guarded():
+            for key in keys:
+                value = self._decode(key, self._read(key), "json")
+                if value is not None:
+                    found[key] = value
         return found
 
     def set_jsons(self, items: Mapping[str, Any]) -> None:
@@ -464,15 +476,17 @@ class Store:
     # -- arrays -------------------------------------------------------------------------------------
     def get_array(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
         """The array under ``key``; with ``shape``, an array of another shape counts as corrupted."""
-        return self._decode(key, self._read(key), "array", shape)
+        return self.get_arrays([key], shape).get(key)
 
     def get_arrays(self, keys: Iterable[str], shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
         """The arrays found for ``keys`` (missing and corrupted keys are absent from the result)."""
+        shape = None if shape is None else tuple(shape)
         found: dict[str, np.ndarray] = {}
-        for key in keys:
-            arr = self.get_array(key, shape)
-            if arr is not None:
-                found[key] = arr
+        with self._guarded():
+            for key in keys:
+                arr = self._decode(key, self._read(key), "array", shape)
+                if arr is not None:
+                    found[key] = arr
         return found
 
     def set_arrays(self, items: Mapping[str, np.ndarray]) -> None:
@@ -481,7 +495,7 @@ class Store:
         with self._guarded(), self._cache.transact():
             for key, arr in items.items():
                 arr = np.asarray(arr)
-                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                if not _all_finite(arr):
                     log.debug("cache: not storing %s, which holds NaN or infinity", key)
                     continue
                 self._cache.set(key, _array_to_bytes(arr))
