@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -190,6 +190,8 @@ class Classifier:
             )
         feats = self.encode_images(images, progress=progress, **source_options)
         result = self.predict(feats, class_names, method, options, top_k)
+        if feats.thumbnails:  # made while decoding (Encoder.thumbnail_size), for a report
+            result.artifacts["thumbnails"] = feats.thumbnails
         result.stats.update(
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,
@@ -216,8 +218,9 @@ class Classifier:
             out = MethodOutput(torch.empty(0, len(class_names)), torch.empty(0, len(class_names)))
         values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
         rows: list[tuple[int, Prediction]] = []
+        top_values, top_indices = values.tolist(), indices.tolist()  # one conversion, not two tensor ops per cell
         for n, rec in enumerate(feats.records):
-            ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
+            ranked = [(class_names[int(j)], float(v)) for v, j in zip(top_values[n], top_indices[n])]
             explanation = out.explanations[n] if out.explanations else None
             label = frechet_labels[n] if frechet_labels is not None else ranked[0][0]
             rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
@@ -246,7 +249,8 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
     keep = finite.nonzero().flatten().tolist()
     bad = [(feats.records[i], NON_FINITE_FEATURE) for i in (~finite).nonzero().flatten().tolist()]
     log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
-    return ImageFeatures([feats.records[i] for i in keep], feats.feats[keep], feats.errors + bad, feats.encoded)
+    return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
+                   errors=feats.errors + bad)
 
 
 def _path(rec: ImageRecord) -> str | None:
