@@ -14,7 +14,9 @@ Faults are scripted per test, in the order requests arrive, or per class (consum
 Fault words: ``ok``; ``429`` (optionally ``:retry-after=S`` or ``:retry-after-date=S``, an HTTP date S seconds
 ahead); ``500``/``502``/``503``; ``400``/``401``; ``slow:S`` (answer after S seconds); ``malformed`` (200 with
 prose, no list); ``empty`` (200 with empty text); ``emptylist`` (200 with ``[]``); ``badjson`` (200 whose body is
-not JSON).
+not JSON); ``drip:S`` (headers at once, then the body one byte every S seconds, giving up after
+``DRIP_GIVE_UP_S``); ``parts`` (the answer's content as a list of content parts); ``badusage`` (usage token counts
+that are not numbers).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _CUPL_FRAMES = (
     "In this picture, a {name} stands out with {attributes}.",
     "A {name} seen from the front, showing {attributes}.",
 )
+DRIP_GIVE_UP_S = 8.0  # a drip ends (connection closed) after this long, so a client without a deadline fails, not hangs
 
 
 @dataclass
@@ -236,6 +239,24 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): nothing to do
                 pass
 
+        def _drip(self, payload: dict[str, Any], every_s: float) -> None:
+            raw = json.dumps(payload).encode("utf-8")
+            given_up_at = time.monotonic() + DRIP_GIVE_UP_S
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(raw)):
+                    if server._stop.wait(every_s) or time.monotonic() > given_up_at:
+                        break
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             self._send(status, {"error": {"message": message, "type": "fake_error", "code": status}}, headers)
 
@@ -304,22 +325,34 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 text = server._answer_text(body)
             prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
             completion_tokens = _tokens(text) if text else 0
-            self._send(200, {
+            content: Any = text
+            if kind == "parts":  # as some gateways answer: a list of typed parts, the text split across two
+                half = len(text) // 2
+                content = [{"type": "text", "text": text[:half]}, {"type": "image_url", "image_url": {"url": "x"}},
+                           {"type": "text", "text": text[half:]}]
+            usage: dict[str, Any] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            if kind == "badusage":
+                usage = {"prompt_tokens": [prompt_tokens], "completion_tokens": "many", "total_tokens": None}
+            payload = {
                 "id": f"chatcmpl-fake-{len(server.requests)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "fake-llm"),
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": content},
                     "finish_reason": "stop",
                 }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            })
+                "usage": usage,
+            }
+            if kind == "drip":
+                self._drip(payload, float(arg or 1))
+            else:
+                self._send(200, payload)
 
     return Handler
 
