@@ -119,7 +119,8 @@ class Encoder:
             num_workers = default_decode_workers(kind)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
-        batches = iter_decoded_batches(todo_records, self._worker_preprocess(), batch_size, num_workers=num_workers,
+        preprocess = self._worker_preprocess() if todo_records else None  # all cached: the model is not needed
+        batches = iter_decoded_batches(todo_records, preprocess, batch_size, num_workers=num_workers,
                                        worker_type=kind)
         for batch in batches:
             for rec, reason in batch.errors:

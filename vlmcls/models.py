@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cache import Store, file_digest
+from .cache import Store, cache_key, file_digest
 from .errors import ConfigError, ModelLoadError
 from .model_ids import ModelSpec, parse_model_id
 
-__all__ = ["ModelBackend", "load_model", "resolve_device", "resolve_precision"]
+__all__ = ["ModelBackend", "LazyModel", "load_model", "resolve_device", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """fp32 | fp16 | bf16; on CPU always fp32 (half precision is slower there and fp16 is inexact)."""
-    key = (precision or "fp32").strip().lower()
-    if key not in _PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
-    if device.type == "cpu" and key != "fp32":
+    """fp32 | fp16 | bf16 | int8 -> the compute dtype. On CPU fp16/bf16 become fp32 (half precision is slower
+    there and fp16 is inexact); int8 runs the image tower through ONNX Runtime (:mod:`vlmcls.quantize`), CPU only."""
+    key = _precision_name(precision)
+    if key == "int8" and device.type != "cpu":
+        raise ConfigError(f"precision 'int8' runs on CPU only, but the device is '{device}'. "
+                          "Use --device cpu with int8, or fp16/bf16 on an accelerator.")
+    if device.type == "cpu" and key in ("fp16", "bf16"):
         log.warning("precision '%s' ignored on CPU: using fp32 (faster and exact there)", key)
         return torch.float32
     return _PRECISIONS[key]
+
+
+def _precision_name(precision: str) -> str:
+    key = (precision or "fp32").strip().lower()
+    if key not in _PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
+    return key
 
 
 def _files_fingerprint(paths: Sequence[Path], store: "Store | None" = None) -> str:
@@ -78,12 +87,32 @@ def _files_fingerprint(paths: Sequence[Path], store: "Store | None" = None) -> s
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:32]
 
 
+def known_weights_fingerprint(spec: ModelSpec, store: "Store | None" = None) -> str | None:
+    """The weights' identity worked out without building the model (a tag, or a content hash of local files);
+    None when only the built model can tell (random init, a transformers hub download)."""
+    if spec.backend == "open_clip":
+        if spec.source == "local-dir":
+            folder = Path(spec.name)
+            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
+            return _files_fingerprint(files, store)
+        if spec.source == "builtin" and spec.pretrained is None:
+            return None
+        if spec.source == "builtin" and Path(spec.pretrained).expanduser().is_file():
+            return _files_fingerprint([Path(spec.pretrained).expanduser()], store)
+        return f"{spec.source}:{spec.name}:{spec.pretrained}"
+    if spec.source == "folder":
+        files = [p for p in Path(spec.name).iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
+        return _files_fingerprint(files, store)
+    return None
+
+
 class ModelBackend(ABC):
     """What the pipeline needs from a vision-language model."""
 
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype  # compute precision (autocast on accelerators)
+    precision: str = "fp32"  # as asked: fp32, fp16, bf16 or int8 (int8: the image tower runs quantised)
     preprocess: Callable  # PIL image -> tensor [3, H, W]
     logit_scale: float  # multiplies cosine similarities (100 for CLIP)
     logit_bias: float | None  # SigLIP's bias; None for CLIP
@@ -102,7 +131,10 @@ class ModelBackend(ABC):
     @property
     def image_key_parts(self) -> dict:
         """Everything about the model that changes an image feature (for the embedding store key)."""
-        return {"model": self.model_id, "weights": self.weights_fingerprint, "preprocess": self.preprocess_fingerprint}
+        parts = {"model": self.model_id, "weights": self.weights_fingerprint, "preprocess": self.preprocess_fingerprint}
+        if self.precision == "int8":  # int8 features differ from fp32 ones (cosine ~0.999); fp32 keys stay as they were
+            parts["precision"] = "int8"
+        return parts
 
     @property
     def text_key_parts(self) -> dict:
@@ -122,6 +154,21 @@ class ModelBackend(ABC):
         decoding. ``encode_images`` accepts both uint8 and float batches.
         """
         return None
+
+    def _image_tower(self) -> torch.nn.Module:
+        """A module mapping preprocessed pixels [B, 3, H, W] to image features [B, D] (what int8 exports)."""
+        raise ConfigError(f"precision 'int8' is not available for '{self.model_id}'. Use --precision fp32.")
+
+    def _encode_images_int8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features from the ONNX Runtime int8 tower, built (or found in the cache folder) on first use."""
+        tower = getattr(self, "_int8_tower", None)
+        if tower is None:
+            from .quantize import int8_image_tower
+
+            folder = Path(self._store.directory) if getattr(self, "_store", None) is not None else None
+            tower = self._int8_tower = int8_image_tower(self._image_tower(), tuple(pixels.shape[1:]),
+                                                        self.image_key_parts, folder)
+        return tower(pixels)
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -194,13 +241,32 @@ def _split_torchvision_preprocess(preprocess) -> tuple[Callable, Callable] | Non
     return split if same else None
 
 
+class _OpenClipImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)  # [B, D]
+
+
+class _HFImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return HFBackend._features(self.model.get_image_features(pixel_values=pixels))  # [B, D]
+
+
 class OpenClipBackend(ModelBackend):
     """open_clip models: built-in architectures, pretrained tags, checkpoints, hf-hub: and local-dir:."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None,
+                 precision: str = "fp32"):
         import open_clip
 
-        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
+        self.spec, self.device, self.dtype, self._store, self.precision = spec, device, dtype, store, precision
         if spec.source == "builtin":
             name, pretrained = spec.name, spec.pretrained
         else:
@@ -223,21 +289,15 @@ class OpenClipBackend(ModelBackend):
         self._split: tuple | None = None  # (PIL stage, device stage) of preprocess, worked out on first use
 
     def _weights_fingerprint(self) -> str:
-        spec = self.spec
-        if spec.source == "local-dir":
-            folder = Path(spec.name)
-            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
-            return _files_fingerprint(files, self._store)
-        if spec.source == "builtin" and spec.pretrained and Path(spec.pretrained).expanduser().is_file():
-            return _files_fingerprint([Path(spec.pretrained).expanduser()], self._store)
-        if spec.source == "builtin" and spec.pretrained is None:
-            # Random init differs per seed: identify these weights by a sample of every tensor.
-            h = hashlib.sha256()
-            for name, tensor in self.model.state_dict().items():
-                h.update(name.encode())
-                h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-            return "random-" + h.hexdigest()[:32]
-        return f"{spec.source}:{spec.name}:{spec.pretrained}"
+        known = known_weights_fingerprint(self.spec, self._store)
+        if known is not None:
+            return known
+        # Random init differs per seed: identify these weights by a sample of every tensor.
+        h = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        return "random-" + h.hexdigest()[:32]
 
     def _trimmable_text_tower(self):
         """The text tower's parts when it is causal and pools at the end-of-text token, else None.
@@ -269,9 +329,14 @@ class OpenClipBackend(ModelBackend):
             if self.uint8_preprocess() is None:
                 raise ConfigError("this model's preprocessing cannot take uint8 pixels")
             pixels = self._split[1](pixels)
+        if self.precision == "int8":
+            return self._encode_images_int8(pixels)
         with self._autocast():
             feats = self.model.encode_image(pixels)
         return feats.float().cpu()
+
+    def _image_tower(self) -> torch.nn.Module:
+        return _OpenClipImageTower(self.model)
 
     def _encode_tokens_trimmed(self, tokens: torch.Tensor) -> torch.Tensor:
         tower, pool = self._text
@@ -319,10 +384,11 @@ class OpenClipBackend(ModelBackend):
 class HFBackend(ModelBackend):
     """HF transformers CLIP and SigLIP (hub id or a save_pretrained folder)."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None,
+                 precision: str = "fp32"):
         from transformers import AutoModel, AutoProcessor
 
-        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
+        self.spec, self.device, self.dtype, self._store, self.precision = spec, device, dtype, store, precision
         try:
             self.model = AutoModel.from_pretrained(spec.name).to(device).eval()
             self.processor = AutoProcessor.from_pretrained(spec.name)
@@ -345,10 +411,9 @@ class HFBackend(ModelBackend):
         self.logit_bias = float(bias.item()) if bias is not None else None
 
     def _weights_fingerprint(self) -> str:
-        folder = Path(self.spec.name)
-        if self.spec.source == "folder":
-            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
-            return _files_fingerprint(files, self._store)
+        known = known_weights_fingerprint(self.spec, self._store)
+        if known is not None:
+            return known
         commit = getattr(self.model.config, "_commit_hash", None)
         return f"hub:{self.spec.name}@{commit or 'main'}"
 
@@ -362,9 +427,14 @@ class HFBackend(ModelBackend):
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.precision == "int8":
+            return self._encode_images_int8(pixels)
         with self._autocast():
             feats = self._features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
         return feats.float().cpu()
+
+    def _image_tower(self) -> torch.nn.Module:
+        return _HFImageTower(self.model)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -400,4 +470,119 @@ def load_model(model_id: str, device: str = "auto", precision: str = "fp32", sto
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
-    return backend_cls(spec, dev, dtype, store)
+    backend = backend_cls(spec, dev, dtype, store, _precision_name(precision))
+    if store is not None and known_weights_fingerprint(spec, store) == backend.weights_fingerprint:
+        key = _identity_key(spec, backend.weights_fingerprint)
+        if key is not None:  # recorded so that a later LazyModel of these weights needs no load
+            store.set_json(key, _identity_of(backend))
+    return backend
+
+
+# What a backend must know to look up its features in the store, recorded by the first load (identity.v1).
+_IDENTITY_FIELDS = ("weights_fingerprint", "preprocess_fingerprint", "logit_scale", "logit_bias")
+
+
+def _identity_key(spec: ModelSpec, weights_fingerprint: str) -> str | None:
+    """Store key of a model's recorded identity. The backend library's version is part of it: an upgrade may
+    change preprocessing, so the first run after one builds the model and records it again."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = "open_clip_torch" if spec.backend == "open_clip" else "transformers"
+    try:
+        library = f"{package}=={version(package)}"
+    except PackageNotFoundError:
+        return None
+    return cache_key("model-identity", model=spec.canonical, weights=weights_fingerprint, library=library)
+
+
+def _identity_of(backend: ModelBackend) -> dict:
+    return {name: getattr(backend, name) for name in _IDENTITY_FIELDS}
+
+
+class LazyModel(ModelBackend):
+    """A backend built on first encode: its cache identity (model id, weights fingerprint, preprocessing, logit
+    scale) is known before that, so a run whose features are all in the store never imports open_clip or
+    transformers, nor reads the weights.
+
+    The identity is recorded in the store by the first load of these exact weights (see :func:`load_model`);
+    until then, and for weights only a load can identify (random init, transformers hub ids), the model is
+    built at once.
+    """
+
+    def __init__(self, model_id: str, device: str = "auto", precision: str = "fp32", store: "Store | None" = None):
+        self.spec = parse_model_id(model_id)
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.precision = _precision_name(precision)
+        self._model_id, self._device_name, self._store = model_id, device, store
+        self._backend: ModelBackend | None = None
+        self._identity = self._recorded_identity()
+        if self._identity is None:
+            self._load()
+
+    def _recorded_identity(self) -> dict | None:
+        if self._store is None:
+            return None
+        fingerprint = known_weights_fingerprint(self.spec, self._store)
+        key = _identity_key(self.spec, fingerprint) if fingerprint is not None else None
+        found = self._store.get_json(key) if key is not None else None
+        if not isinstance(found, dict) or set(found) != set(_IDENTITY_FIELDS):
+            return None
+        return found
+
+    def _load(self) -> ModelBackend:
+        if self._backend is None:
+            log.info("loading model '%s'", self.spec.canonical)
+            self._backend = load_model(self._model_id, self._device_name, self.precision, self._store)
+            self._identity = _identity_of(self._backend)
+        return self._backend
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def backend(self) -> ModelBackend:
+        """The real backend (built now if it was not yet)."""
+        return self._load()
+
+    # -- identity: known without the model ----------------------------------------------------------
+    @property
+    def weights_fingerprint(self) -> str:
+        return self._identity["weights_fingerprint"]
+
+    @property
+    def preprocess_fingerprint(self) -> str:
+        return self._identity["preprocess_fingerprint"]
+
+    @property
+    def logit_scale(self) -> float:
+        return self._identity["logit_scale"]
+
+    @property
+    def logit_bias(self) -> float | None:
+        return self._identity["logit_bias"]
+
+    # -- work: needs the model ----------------------------------------------------------------------
+    @property
+    def preprocess(self) -> Callable:
+        return self._load().preprocess
+
+    @property
+    def tokenizer(self):
+        return self._load().tokenizer
+
+    def uint8_preprocess(self) -> Callable | None:
+        return self._load().uint8_preprocess()
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._load().encode_images(pixels)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        return self._load().encode_texts(texts, batch_size=batch_size)
+
+    def __getattr__(self, name: str):
+        # Anything else a caller reaches for (the nn.Module as .model, .processor, …) lives on the real backend.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._load(), name)
