@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -516,9 +517,12 @@ class LazyModel(ModelBackend):
         self.precision = _precision_name(precision)
         self._model_id, self._device_name, self._store = model_id, device, store
         self._backend: ModelBackend | None = None
-        self._identity = self._recorded_identity()
-        if self._identity is None:
+        self._load_lock = threading.Lock()
+        identity = self._recorded_identity()
+        if identity is None:
             self._load()
+        else:  # weights_fingerprint, preprocess_fingerprint, logit_scale, logit_bias: known without the model
+            self.__dict__.update(identity)
 
     def _recorded_identity(self) -> dict | None:
         if self._store is None:
@@ -531,10 +535,12 @@ class LazyModel(ModelBackend):
         return found
 
     def _load(self) -> ModelBackend:
-        if self._backend is None:
-            log.info("loading model '%s'", self.spec.canonical)
-            self._backend = load_model(self._model_id, self._device_name, self.precision, self._store)
-            self._identity = _identity_of(self._backend)
+        with self._load_lock:  # decode threads may ask for preprocessing at the same moment
+            if self._backend is None:
+                log.info("loading model '%s'", self.spec.canonical)
+                backend = load_model(self._model_id, self._device_name, self.precision, self._store)
+                self.__dict__.update(_identity_of(backend))
+                self._backend = backend
         return self._backend
 
     @property
@@ -546,27 +552,14 @@ class LazyModel(ModelBackend):
         """The real backend (built now if it was not yet)."""
         return self._load()
 
-    # -- identity: known without the model ----------------------------------------------------------
-    @property
-    def weights_fingerprint(self) -> str:
-        return self._identity["weights_fingerprint"]
-
-    @property
-    def preprocess_fingerprint(self) -> str:
-        return self._identity["preprocess_fingerprint"]
-
-    @property
-    def logit_scale(self) -> float:
-        return self._identity["logit_scale"]
-
-    @property
-    def logit_bias(self) -> float | None:
-        return self._identity["logit_bias"]
-
     # -- work: needs the model ----------------------------------------------------------------------
     @property
     def preprocess(self) -> Callable:
-        return self._load().preprocess
+        """The backend's preprocessing; before the model is built, a stand-in that builds it on its first call, so
+        a run whose only uncached images fail to decode (they are retried every run) still needs no model."""
+        if self._backend is not None:
+            return self._backend.preprocess
+        return _PreprocessOnFirstUse(self)
 
     @property
     def tokenizer(self):
@@ -586,3 +579,13 @@ class LazyModel(ModelBackend):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._load(), name)
+
+
+class _PreprocessOnFirstUse:
+    """A LazyModel's preprocessing before the model is built: builds it on the first image that decodes."""
+
+    def __init__(self, lazy: LazyModel):
+        self.lazy = lazy
+
+    def __call__(self, image):
+        return self.lazy._load().preprocess(image)
