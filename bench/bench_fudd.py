@@ -31,22 +31,21 @@ def main() -> None:
     class_weights = l2_normalize(torch.randn(C, D))
     sets = ambiguous_sets(image_feats @ class_weights.T, k)  # [N, k]
     pairs = count_pairs(sets)
-    texts, pair_json = [], {}
+    pair_json = {}
     for (a, b), _ in pairs:
         prompt_pairs = []
         for attr in range(3):
             ta, tb = f"{names[a]} attr{attr} vs {names[b]}", f"{names[b]} attr{attr} vs {names[a]}"
-            texts += [ta, tb]
             prompt_pairs.append({"attr_type": f"attr{attr}", "prompt_pair": [ta, tb]})
         pair_json[f"{names[a]}_{names[b]}"] = {"classes": [names[a], names[b]], "prompt_pairs": prompt_pairs}
-    text_feats = l2_normalize(torch.randn(len(texts), D))
-    index = {t: i for i, t in enumerate(texts)}
 
     start = time.perf_counter()
-    table = build_pair_table(pair_json, names, text_feats, index)
+    table = build_pair_table(pair_json, names)
     t_table = time.perf_counter() - start
+    texts = table.texts
+    text_feats = l2_normalize(torch.randn(len(texts), D))
     start = time.perf_counter()
-    result = rerank(image_feats, sets, table, class_weights, 100.0)
+    result = rerank(image_feats, sets, table, text_feats, 100.0)
     t_rerank = time.perf_counter() - start
     assert bool(result.covered.all())
 

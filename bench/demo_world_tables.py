@@ -47,16 +47,51 @@ def row(name: str, s: dict[str, float], extra: str = "") -> None:
     print(f"| {name:<34} | {100 * s['acc']:6.1f} | {100 * s['pair_acc']:6.1f} | {100 * s['partner_confusion']:6.1f} | {extra}")
 
 
+def self_cache_table(clf, work: Path, args) -> None:
+    """Both KL weights of the self cache, on first stages of different strength and test sets of different size."""
+    from vlmcls.adapters import build_unsupervised_cache, unsupervised_cache_logits
+
+    print("\n| images/class | first stage | cache s/class | cache pseudo-labels right % | alone | + self cache (reference weight) "
+          "| + self cache (2·exp(−KL)) |")
+    print("|---|---|---|---|---|---|---|")
+    from llm_server import FakeLLMServer
+
+    server = FakeLLMServer().start()
+    llm = LLMClient(LLMConfig(model="demo-llm", base_url=server.base_url), clf.store)
+    fudd = MethodOptions(descriptors=str(DESCRIPTORS), llm=llm, extra={"fudd_k": 10})
+    for per_class in [int(x) for x in args.self_cache_per_class.split(",")]:
+        render_dataset(work / f"self_{per_class}", CLASSES, per_class, args.seed + per_class)
+        feats = clf.encode_images(work / f"self_{per_class}")
+        truth = torch.tensor([CLASSES.index(r.label) for r in feats.records])
+        for first, opts in (("templates (small)", MethodOptions()), ("cbd", MethodOptions(descriptors=str(DESCRIPTORS))),
+                            ("fudd (k=10)", fudd)):
+            logits = clf.predict(feats, CLASSES, first.split()[0], opts).logits.double()
+            image_feats = feats.feats.double()
+            cache = build_unsupervised_cache(image_feats, logits, CLASSES, clf.model.logit_scale)
+            right = (truth[cache.sources] == cache.values.argmax(1)).double().mean()
+            cells = [f"{100 * (logits.argmax(1) == truth).double().mean():.1f}"]
+            for kl_weight in ("reference", "exp"):
+                out = unsupervised_cache_logits(image_feats, logits, cache, clf.model.logit_scale, kl_weight=kl_weight)
+                cells.append(f"{100 * (out.logits.argmax(1) == truth).double().mean():.1f}")
+            print(f"| {per_class} | {first} | {cache.per_class} | {100 * right:.1f} | " + " | ".join(cells) + " |")
+    server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--quick", action="store_true", help="only the method table")
+    parser.add_argument("--self-cache-per-class", default="20,60", help="test-set sizes for the self-cache table")
+    parser.add_argument("--only-self-cache", action="store_true", help="only the self-cache table")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlmcls-demo-"))
     render_dataset(work / "test", CLASSES, args.per_class, args.seed)
     clf = Classifier(args.model, cache_dir=work / "cache", batch_size=64)
+    if args.only_self_cache:
+        self_cache_table(clf, work, args)
+        return
     feats = clf.encode_images(work / "test")
     truth = [r.label for r in feats.records]
     print(f"{len(truth)} held-out images, {len(CLASSES)} classes (chance {100 / len(CLASSES):.1f} %), "
@@ -94,6 +129,9 @@ def main() -> None:
                 f"{st['unique_pairs']} unique pairs, {calls} LLM calls, re-run {recalls} calls, {st['images_moved']} images moved")
         opts = MethodOptions(templates="photo", llm=llm, extra={"fudd_k": 10, "fudd_base": "templates", "fudd_rank": "template"})
         row("fudd (reference: template first stage)", scores(clf.predict(feats, CLASSES, "fudd", opts), truth))
+        for max_pairs in (40, 20, 10):  # pairs left unanswered: each contributes its classes' template sentences
+            opts = MethodOptions(descriptors=str(DESCRIPTORS), llm=llm, extra={"fudd_k": 10, "max_pairs": max_pairs})
+            row(f"fudd (k=10, {max_pairs} of 66 pairs asked)", scores(clf.predict(feats, CLASSES, "fudd", opts), truth))
     finally:
         server.stop()
 
@@ -125,6 +163,7 @@ def main() -> None:
     # Self cache (TFUP-style, no labels)
     res = clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=str(DESCRIPTORS), refiners=RefinerOptions(self_cache=True)))
     print(f"\ncbd + self cache (TFUP-style, no labels): {100 * scores(res, truth)['acc']:.1f} % (cbd alone {100 * zs_c:.1f} %)")
+    self_cache_table(clf, work, args)
 
     # Fréchet mean: prompt only some classes, predict over all twelve
     held_out = ["quintor", "vostrel", "trelloq", "skarnel"]  # one of each one-attribute pair, never prompted

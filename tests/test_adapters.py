@@ -451,10 +451,10 @@ def test_tuning_uses_leave_one_out_on_support_only():
 
 @pytest.mark.parametrize(
     ("images", "classes", "expected"),
-    [(1000, 10, 16), (100, 10, 9), (400, 10, 12), (45, 1, 14), (5, 2, 5), (50, 3, 9)],
+    [(1000, 10, 16), (100, 10, 9), (400, 10, 12), (45, 1, 13), (70, 2, 10), (5, 2, 5), (50, 3, 9)],
 )
 def test_cache_size_follows_the_tfup_rule(images, classes, expected):
-    assert cache_size_per_class(images, classes) == expected
+    assert cache_size_per_class(images, classes) == min(max(int(0.3 * images / classes), 9), 16, images) == expected
 
 
 def kl(p, q) -> float:
@@ -479,20 +479,38 @@ def test_unsupervised_cache_matches_the_rule_written_with_loops():
         expected_sources += sorted(ranked, key=lambda j: (typicality[j], ranked.index(j)))[:per_class]
     assert cache.sources == expected_sources
 
-    output = unsupervised_cache_logits(images, zero_shot, cache)
-    expected = zero_shot.clone()
-    for n in range(40):
-        for position, j in enumerate(expected_sources):
-            weight = 2.0 * math.exp(-kl(probs[n], probs[j]))
-            similarity = float(images[n] @ images[j]) * weight
-            expected[n, position // per_class] += 0.3 * math.exp(-1.0 * (1.0 - similarity))
-    assert torch.allclose(output.logits, expected, atol=ATOL)
-    assert output.explain(0)["nearest_cached_example"] in expected_sources
+    def reference_sim(n):  # wlb12345/TFUP utils.get_sim_based_kl, one test row
+        row = torch.tensor([kl(probs[n], probs[j]) for j in expected_sources], dtype=torch.float64)
+        z = (row - row.mean()) / row.std()  # unbiased
+        return 2 * (1 - (z - z.min()) / (z.max() - z.min()))
+
+    for kl_weight, sim in (("reference", reference_sim),
+                           ("exp", lambda n: torch.tensor([2.0 * math.exp(-kl(probs[n], probs[j])) for j in expected_sources]))):
+        output = unsupervised_cache_logits(images, zero_shot, cache, kl_weight=kl_weight)
+        expected = zero_shot.clone()
+        for n in range(40):
+            weights = sim(n)
+            for position, j in enumerate(expected_sources):
+                similarity = float(images[n] @ images[j]) * float(weights[position])
+                expected[n, position // per_class] += 0.3 * math.exp(-1.0 * (1.0 - similarity))
+        torch.testing.assert_close(output.logits, expected, atol=1e-6, rtol=0)
+        assert output.explain(0)["nearest_cached_example"] in expected_sources
 
 
-def test_kl_weight_is_two_for_agreeing_predictions_and_falls_towards_zero():
-    p = torch.tensor([[0.7, 0.2, 0.1], [0.001, 0.001, 0.998]], dtype=torch.float64)
+def test_reference_weight_ranks_keys_within_each_query_row():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.001, 0.001, 0.998]], dtype=torch.float64)
     weights = prediction_weights(p, p.log(), p.log())
+    assert weights[0].tolist() == pytest.approx([2.0, weights[0, 1].item(), 0.0])  # closest 2, farthest 0
+    assert 0.0 < weights[0, 1] < 2.0
+    one_key = prediction_weights(p, p.log(), p[:1].log())  # a single key: the reference divides by zero
+    assert one_key.tolist() == [[1.0], [1.0], [1.0]]
+    with pytest.raises(ConfigError, match="kl_weight is 'cosine'"):
+        prediction_weights(p, p.log(), p.log(), "cosine")
+
+
+def test_exp_kl_weight_is_two_for_agreeing_predictions_and_falls_towards_zero():
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.001, 0.001, 0.998]], dtype=torch.float64)
+    weights = prediction_weights(p, p.log(), p.log(), "exp")
     assert weights.diagonal().tolist() == pytest.approx([2.0, 2.0])
     assert ((weights > 0) & (weights <= 2.0)).all()
     assert weights[0, 1] < 0.1

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from .errors import ConfigError, LLMError
 from .llm import CallEstimate, Completion, LLMClient, Messages, Usage
 from .prompting import PromptTemplate
+from .templates import wordify
 
 __all__ = [
     "DescriptorSet",
@@ -59,7 +60,7 @@ class ErrorRow:
 
 # -- the CbD sentence rule ------------------------------------------------------------------------------------
 def cbd_sentence(class_name: str, descriptor: str) -> str:
-    """The text CbD encodes for one descriptor: ``"{class}, which {phrase}"``.
+    """The text CbD encodes for one descriptor: ``"{class}, which {phrase}"``, the class name ``wordify``'d.
 
     The reference rule, quirks included: "is {d}" when d starts with the letter 'a' (one letter is tested, so
     "antennae" also gets "is"), "{d}" when it starts with has/often/typically/may/can, "is {d}" when it starts
@@ -73,7 +74,7 @@ def cbd_sentence(class_name: str, descriptor: str) -> str:
         phrase = f"is {descriptor}"
     else:
         phrase = f"has {descriptor}"
-    return f"{class_name}, which {phrase}"
+    return f"{wordify(class_name)}, which {phrase}"
 
 
 # -- the descriptor set ---------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class DescriptorSet(Mapping[str, list[str]]):
         """The CbD texts of one class (its bare name when it has no descriptors)."""
         descriptors = self._items.get(class_name) or []
         if not descriptors or descriptors == [class_name]:
-            return [class_name]
+            return [wordify(class_name)]
         return [cbd_sentence(class_name, d) for d in descriptors]
 
     @classmethod
@@ -313,7 +314,7 @@ def waffle_descriptors(
     """
     if n_pairs < 1:
         raise ConfigError(f"n_pairs '{n_pairs}' must be >= 1 (WaffleCLIP uses 15).")
-    names = [n.replace("_", " ") for n in (class_names or [])] or ["random word"]
+    names = [wordify(n) for n in (class_names or [])] or ["random word"]
     words_per_name = [len(n.split()) or 1 for n in names]
     n_words = max(1, round(sum(words_per_name) / len(names)))
     word_lengths = [len(w) for n in names for w in n.split()] or [5]

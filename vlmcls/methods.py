@@ -93,19 +93,21 @@ def _score_sentences(clf: "Classifier", image_feats: torch.Tensor, per_class: di
 
 @register_method("name")
 def _name(clf, image_feats, class_names, options):
-    return _score_sentences(clf, image_feats, {c: [c] for c in class_names}, options.aggregation or "mean_embedding")
+    from .templates import wordify
+
+    return _score_sentences(clf, image_feats, {c: [wordify(c)] for c in class_names}, options.aggregation or "mean_embedding")
 
 
 @register_method("templates")
 def _templates(clf, image_feats, class_names, options):
+    from .templates import apply_templates, load_templates, wordify
+
     if options.sentences is not None:
         missing = [c for c in class_names if c not in options.sentences]
         if missing:
             raise ConfigError(f"no sentences for classes: {', '.join(repr(m) for m in missing)}")
-        per_class = {c: list(options.sentences[c]) or [c] for c in class_names}
+        per_class = {c: list(options.sentences[c]) or [wordify(c)] for c in class_names}
         return _score_sentences(clf, image_feats, per_class, options.aggregation or "mean_similarity")
-    from .templates import apply_templates, load_templates
-
     tmpl = options.templates
     templates = list(tmpl) if isinstance(tmpl, (list, tuple)) else load_templates(tmpl or "small")
     per_class = {c: apply_templates(templates, c) for c in class_names}

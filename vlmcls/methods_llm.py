@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .descriptors import DescriptorSet, generate_descriptors, generate_pair_descriptions
-from .differential import ambiguous_sets, build_pair_table, explain_moves, most_frequent_pairs, rerank
+from .differential import ambiguous_sets, build_pair_table, explain_moves, fudd_template, fudd_text, most_frequent_pairs, rerank
 from .errors import ConfigError
 from .methods import METHODS, MethodOptions, MethodOutput, _score_sentences, register_method
 from .prompting import load_prompt
@@ -96,13 +96,25 @@ def _waffle(clf, image_feats, class_names, options):
 
 
 def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}."""
+    """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}.
+
+    ``a`` and ``b`` are class names or, as in FuDD's released files, integer indices into the class list.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read pair file '{path}': {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and len(v.get("classes", [])) == 2 for v in data.values()):
-        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: expected {{'a_b': {{'classes': [a, b], 'prompt_pairs': [...]}}}}.")
+    expected = "expected {'a_b': {'classes': [a, b], 'prompt_pairs': [{'attr_type': ..., 'prompt_pair': [text_a, text_b]}]}}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: {expected}.")
+    for key, entry in data.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("classes"), list) and len(entry["classes"]) == 2
+        pairs = entry.get("prompt_pairs", []) if ok else None
+        ok = ok and isinstance(pairs, list) and all(
+            isinstance(p, dict) and isinstance(p.get("prompt_pair"), list) and len(p["prompt_pair"]) == 2
+            and all(isinstance(t, str) for t in p["prompt_pair"]) for p in pairs)
+        if not ok:
+            raise ConfigError(f"pair file '{path}': entry '{key}' is not a FuDD pair; {expected}.")
     return data
 
 
@@ -128,6 +140,28 @@ def _ask_pairs(pairs, options: MethodOptions, out: MethodOutput) -> dict[str, di
     return answered
 
 
+def _template_rank_logits(clf, image_feats, class_names) -> torch.Tensor:
+    """The reference's first stage: one sentence per class, the capitalised ``"a photo of a {c}."`` FuDD uses."""
+    sentences = {c: [fudd_text(fudd_template(c))] for c in class_names}
+    return METHODS["templates"](clf, image_feats, class_names, MethodOptions(sentences=sentences, aggregation="mean_embedding")).logits
+
+
+def _report_unmatched(unmatched: list[str], total: int, class_names: list[str], source: str | None, out: MethodOutput) -> None:
+    """Pairs naming no two of the run's classes: an error when none matched, else a warning row."""
+    if not unmatched and total:
+        return
+    where = f"pair file '{source}'" if source else "the differential descriptions"
+    shown = ", ".join(f"'{key}'" for key in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+    valid = f"names from the class list ('{class_names[0]}', ...) or integer indices 0..{len(class_names) - 1} into it"
+    if len(unmatched) == total:
+        raise ConfigError(f"{where}: none of its {total} pairs names two of this run's classes ({shown}). Pair classes "
+                          f"must be {valid}; check that the file belongs to these classes, in this order.")
+    out.warnings.append({"item": f"{len(unmatched)} pairs", "stage": "differential", "severity": "warning",
+                         "message": f"{where}: {len(unmatched)} of {total} pairs name no two of this run's classes "
+                                    f"and were skipped: {shown}. Valid: {valid}."})
+    log.warning("%d of %d FuDD pairs match no class of this run: %s", len(unmatched), total, shown)
+
+
 @register_method("fudd")
 def _fudd(clf, image_feats, class_names, options):
     extra = options.extra
@@ -137,11 +171,9 @@ def _fudd(clf, image_feats, class_names, options):
     if base == "fudd" or base not in METHODS:
         raise ConfigError(f"--fudd-base '{base}' is not a first-stage method. Valid: name, templates, cbd, waffle.")
     first = METHODS[base](clf, image_feats, class_names, options)
-    if first.weights is None:
-        raise ConfigError(f"method '{base}' has no class text weights to fall back on; use name, templates, cbd or waffle.")
     rank = extra.get("fudd_rank", "base")
-    if rank == "template":  # the reference: one template per class
-        rank_logits = METHODS["templates"](clf, image_feats, class_names, MethodOptions(templates=["a photo of a {}."])).logits
+    if rank == "template":
+        rank_logits = _template_rank_logits(clf, image_feats, class_names)
     elif rank == "base":
         rank_logits = first.logits
     else:
@@ -157,15 +189,16 @@ def _fudd(clf, image_feats, class_names, options):
         pair_descriptions = _ask_pairs(pairs, options, out)
     else:
         raise ConfigError("method 'fudd' needs differential descriptions: --pairs FILE, or an LLM with --llm-model.")
-    texts = sorted({t for e in pair_descriptions.values() for p in e.get("prompt_pairs", []) for t in p["prompt_pair"]})
-    text_feats = clf.encoder.encode_texts(texts) if texts else torch.zeros(0, image_feats.shape[1])  # [T, D]
-    table = build_pair_table(pair_descriptions, class_names, text_feats, {t: i for i, t in enumerate(texts)})
-    result = rerank(image_feats, sets, table, first.weights, clf.model.logit_scale)
+    table = build_pair_table(pair_descriptions, class_names)
+    if table.unmatched or extra.get("pairs_file"):
+        _report_unmatched(table.unmatched, len(pair_descriptions), class_names, extra.get("pairs_file"), out)
+    text_feats = clf.encoder.encode_texts([fudd_text(t) for t in table.texts])  # [V, D]
+    result = rerank(image_feats, sets, table, text_feats, clf.model.logit_scale)
     logits = result.logits + clf.model.logit_bias if clf.model.logit_bias is not None else result.logits
     out.logits, out.probs = logits, probabilities(logits, clf.model.score_rule)
     first_top, new_top = first.logits.argmax(1), out.logits.argmax(1)
     out.info.update(fudd_base=base, fudd_rank=rank, fudd_k=int(sets.shape[1]), unique_pairs=unique,
-                    pairs_answered=len(table.sentences), images_moved=int((first_top != new_top).sum()))
+                    pairs_answered=len(table.sentences), pairs_unmatched=len(table.unmatched), images_moved=int((first_top != new_top).sum()))
     out.artifacts["pairs"] = {key: value for key, value in pair_descriptions.items()}
     if options.explain:
         moves = explain_moves(image_feats, first_top, new_top, table, text_feats, class_names)
@@ -197,7 +230,7 @@ def estimate_llm_cost(clf, image_feats: torch.Tensor | None, class_names: list[s
             base = "templates"
         ranking = METHODS[base](clf, image_feats, class_names, options).logits
         if options.extra.get("fudd_rank") == "template":
-            ranking = METHODS["templates"](clf, image_feats, class_names, MethodOptions(templates=["a photo of a {}."])).logits
+            ranking = _template_rank_logits(clf, image_feats, class_names)
         sets = ambiguous_sets(ranking, int(options.extra.get("fudd_k", 10)))
         pairs, unique = most_frequent_pairs(sets, class_names, options.extra.get("max_pairs"))
         prompt = load_prompt("differential", options.prompts_dir, options.extra.get("differential_prompt_file"))

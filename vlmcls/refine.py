@@ -46,6 +46,7 @@ class RefinerOptions:
     tip_beta: float | None = None
     tune: bool = False  # pick α, β by leave-one-out on the support set (never on the images classified)
     self_cache: bool = False  # TFUP-style cache from the unlabelled images themselves
+    self_cache_kl_weight: str = "reference"  # TFUP's row-scaled KL weight, or "exp": 2 · exp(−KL) (adapters.unsupervised)
     label_space: Sequence[str] | str | Path | None = None  # labels the Fréchet mean may predict (file or list)
     hierarchy: str | Path | None = None  # metric (a): parent/child edges
     distances: str | Path | None = None  # metric (b): a named distance matrix
@@ -78,10 +79,11 @@ def load_label_metric(
         return LabelMetric.from_distance_file(options.distances), space
     from .descriptors import DescriptorSet
     from .scoring import ClassTexts, class_text_weights
+    from .templates import wordify
 
     names = list(dict.fromkeys([*class_names, *(space or [])]))
     dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None
-    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {n}."] for n in names}
+    per_label = {n: dset.sentences(n) if dset is not None and n in dset else [f"a photo of a {wordify(n)}."] for n in names}
     texts = ClassTexts.from_mapping(per_label)
     weights = class_text_weights(clf.encoder.encode_texts(texts.texts), texts.owner, len(names), "mean_embedding")  # [Y, D]
     return LabelMetric.from_embeddings(names, weights.double()), space
@@ -126,7 +128,8 @@ def apply_refiners(
             notes[n]["tip"] = info
     if ref.self_cache:
         ucache = build_unsupervised_cache(image_feats.double(), out.logits.double(), class_names, clf.model.logit_scale)
-        refined = unsupervised_cache_logits(image_feats.double(), out.logits.double(), ucache, clf.model.logit_scale)
+        refined = unsupervised_cache_logits(image_feats.double(), out.logits.double(), ucache, clf.model.logit_scale,
+                                            kl_weight=ref.self_cache_kl_weight)
         out.logits = refined.logits.float()
         out.info.update(self_cache_per_class=ucache.per_class)
         for n in range(len(notes)):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["TEMPLATE_SETS", "load_templates", "apply_templates"]
+__all__ = ["TEMPLATE_SETS", "load_templates", "apply_templates", "wordify"]
 
 # The 80 prompts CLIP used for ImageNet (Radford et al. 2021).
 IMAGENET_80 = [
@@ -67,5 +67,11 @@ def load_templates(name_or_file: str | None) -> list[str]:
     return templates
 
 
+def wordify(class_name: str) -> str:
+    """A class name as text for the model: ``_`` becomes a space (CbD's ``wordify``: ``Laysan_Albatross`` ->
+    ``Laysan Albatross``). Only texts change; outputs keep the class name exactly as the user listed it."""
+    return class_name.replace("_", " ")
+
+
 def apply_templates(templates: list[str], class_name: str) -> list[str]:
-    return [t.replace("{}", class_name) for t in templates]
+    return [t.replace("{}", wordify(class_name)) for t in templates]

@@ -4,20 +4,21 @@ Selection (per class c, from the zero-shot distributions ``p = softmax(10 · cos
 take the ``2·s`` images with the highest ``p(c|x)``, and keep the ``s`` whose summed divergence
 ``sum_k KL(p_j ‖ p_k)`` to the other candidates is smallest — the most typical confident images. The same image
 may be kept for two classes when it ranks high for both; each copy votes for its own class.
-``s = clamp(round(0.3 · N / C), 9, 16)``, rounding half up, then clamped to the images available.
+``s = clamp(int(0.3 · N / C), 9, 16)`` (truncated, as the reference), then clamped to the images available.
 
-Similarity of a query x to a cached image j is ``cos(x, j) · w(x, j)`` with ``w = 2 · exp(−KL(p_x ‖ p_j))``:
-in (0, 2], equal to 2 when the two zero-shot distributions agree, 1 at KL = ln 2, and towards 0 when they
-disagree. The reference only says "a KL-based weight in [0, 2]"; this form is our choice: bounded, monotone,
-and neutral (w = 1) at a moderate divergence. Logits then follow Tip-Adapter with α = 0.3, β = 1:
+Similarity of a query x to a cached image j is ``cos(x, j) · w(x, j)``; the default weight is the reference's
+(wlb12345/TFUP ``utils.get_sim_based_kl``): per query row, the divergences ``KL(p_x ‖ p_j)`` to every key are
+z-scored (unbiased std), min-max scaled to [0, 1] and mapped to ``w = 2 · (1 − scaled)``: 2 for the key whose
+distribution is closest, 0 for the farthest. Where every key is equally far (or there is one key), the reference
+divides by zero; here w = 1 there. ``kl_weight="exp"`` selects ``w = 2 · exp(−KL)`` instead (absolute, not
+relative to the other keys). Logits then follow Tip-Adapter with α = 0.3, β = 1:
 ``zero_shot_logits + α · exp(−β (1 − cos · w)) L``. Every query is also a candidate, so an image that was cached
-meets itself (cos = 1, w = 2): the method is transductive by design.
+meets itself (cos = 1): the method is transductive by design.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "TFUP_ALPHA",
     "TFUP_BETA",
     "SELECTION_SCALE",
+    "KL_WEIGHTS",
     "UnsupervisedCache",
     "cache_size_per_class",
     "prediction_weights",
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TFUP_ALPHA = 0.3  # the reference's residual ratio: a cache of pseudo-labels deserves less trust than real shots
 TFUP_BETA = 1.0
+KL_WEIGHTS = ("reference", "exp")  # the reference's row-scaled KL weight; ours, 2 · exp(−KL)
 SELECTION_SCALE = 10.0  # softmax(10 · cos): soft enough that KL between images says something
 _LOG_FLOOR = -1000.0  # log 0 -> -1000, so 0 · log 0 stays 0 and a class with p = 0 still gives a finite KL
 
@@ -55,8 +58,8 @@ class UnsupervisedCache(CacheModel):
 
 
 def cache_size_per_class(num_images: int, num_classes: int) -> int:
-    """``s = clamp(round(0.3 · N / C), 9, 16)``, rounding half up, never more than the images available."""
-    share = math.floor(0.3 * num_images / num_classes + 0.5)
+    """``s = clamp(int(0.3 · N / C), 9, 16)`` (truncated, as the reference), never more than the images available."""
+    share = int(0.3 * num_images / num_classes)
     return max(1, min(max(share, 9), 16, num_images))
 
 
@@ -73,10 +76,19 @@ def _kl_matrix(probs: Tensor, log_probs: Tensor, other_log_probs: Tensor) -> Ten
     return entropy_term - probs @ other_log_probs.T  # [A, B]
 
 
-def prediction_weights(query_probs: Tensor, query_log_probs: Tensor, key_log_probs: Tensor) -> Tensor:
-    """The KL weight ``w(x, j) = 2 · exp(−KL(p_x ‖ p_j))`` in (0, 2]: ``[N, S]``."""
-    divergence = _kl_matrix(query_probs, query_log_probs, key_log_probs).clamp(min=0.0)  # rounding can dip below 0
-    return 2.0 * torch.exp(-divergence)
+def prediction_weights(query_probs: Tensor, query_log_probs: Tensor, key_log_probs: Tensor, kl_weight: str = "reference") -> Tensor:
+    """The KL weight ``w(x, j)`` in [0, 2] of each query to each key (module docstring): ``[N, S]``."""
+    if kl_weight not in KL_WEIGHTS:
+        raise ConfigError(f"kl_weight is '{kl_weight}'. Valid: {', '.join(KL_WEIGHTS)}.")
+    divergence = _kl_matrix(query_probs, query_log_probs, key_log_probs).clamp(min=0.0)  # [N, S]; rounding can dip below 0
+    if kl_weight == "exp":
+        return 2.0 * torch.exp(-divergence)
+    # z-scoring first changes nothing after min-max scaling (both are increasing affine maps per row); it is the
+    # reference's order, and a row of equal divergences is the one case where both would divide by zero
+    spread = divergence.amax(dim=1, keepdim=True) - divergence.amin(dim=1, keepdim=True)  # [N, 1]
+    flat = spread <= 1e-12 * divergence.abs().amax(dim=1, keepdim=True).clamp(min=1.0)
+    scaled = (divergence - divergence.amin(dim=1, keepdim=True)) / torch.where(flat, torch.ones_like(spread), spread)
+    return torch.where(flat, torch.ones_like(scaled), 2.0 * (1.0 - scaled))
 
 
 def build_unsupervised_cache(
@@ -135,6 +147,7 @@ def unsupervised_cache_logits(
     logit_scale: float = 100.0,
     alpha: float = TFUP_ALPHA,
     beta: float = TFUP_BETA,
+    kl_weight: str = "reference",
 ) -> CacheOutput:
     """``zero_shot_logits + α · exp(−β (1 − cos · w)) L`` with the KL weight ``w`` of the module docstring."""
     _check_feats(image_feats, "image features")
@@ -142,6 +155,6 @@ def unsupervised_cache_logits(
     feats = image_feats.to(torch.float64)
     query_probs, query_log_probs = _selection_probs(zero_shot_logits, logit_scale)  # [N, C]
     cosine = feats @ cache.keys.to(torch.float64).T  # [N, S]
-    weight = prediction_weights(query_probs, query_log_probs, cache.key_log_probs)  # [N, S] in (0, 2]
+    weight = prediction_weights(query_probs, query_log_probs, cache.key_log_probs, kl_weight)  # [N, S] in [0, 2]
     affinity = torch.exp(-beta * (1.0 - cosine * weight))  # [N, S]
     return _output(affinity, zero_shot_logits.to(torch.float64), cache, alpha)
