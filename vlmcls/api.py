@@ -14,7 +14,8 @@ from .cache import Store
 from .embeddings import Encoder, ImageFeatures
 from .errors import ConfigError
 from .images import ImageRecord, choose_worker_type, list_images
-from .models import LazyModel, ModelBackend
+from .lazy_model import LazyModel
+from .models import ModelBackend
 from .refine import apply_refiners
 from .methods import MethodOptions, MethodOutput, run_method
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .cache import Store, cache_key, file_digest
+from .cache import Store, file_digest
 from .errors import ConfigError, ModelLoadError
 from .model_ids import ModelSpec, parse_model_id
 
-__all__ = ["ModelBackend", "LazyModel", "load_model", "resolve_device", "resolve_precision"]
+__all__ = ["ModelBackend", "known_weights_fingerprint", "load_model", "resolve_device", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """fp32 | fp16 | bf16 | int8 -> the compute dtype. On CPU fp16/bf16 become fp32 (half precision is slower
     there and fp16 is inexact); int8 runs the image tower through ONNX Runtime (:mod:`vlmcls.quantize`), CPU only."""
-    key = _precision_name(precision)
+    key = precision_name(precision)
     if key == "int8" and device.type != "cpu":
         raise ConfigError(f"precision 'int8' runs on CPU only, but the device is '{device}'. "
                           "Use --device cpu with int8, or fp16/bf16 on an accelerator.")
@@ -72,7 +71,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return _PRECISIONS[key]
 
 
-def _precision_name(precision: str) -> str:
+def precision_name(precision: str) -> str:
+    """The precision's canonical name (fp32, fp16, bf16, int8); a clear error for any other."""
     key = (precision or "fp32").strip().lower()
     if key not in _PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
@@ -471,121 +471,4 @@ def load_model(model_id: str, device: str = "auto", precision: str = "fp32", sto
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
-    backend = backend_cls(spec, dev, dtype, store, _precision_name(precision))
-    if store is not None and known_weights_fingerprint(spec, store) == backend.weights_fingerprint:
-        key = _identity_key(spec, backend.weights_fingerprint)
-        if key is not None:  # recorded so that a later LazyModel of these weights needs no load
-            store.set_json(key, _identity_of(backend))
-    return backend
-
-
-# What a backend must know to look up its features in the store, recorded by the first load (identity.v1).
-_IDENTITY_FIELDS = ("weights_fingerprint", "preprocess_fingerprint", "logit_scale", "logit_bias")
-
-
-def _identity_key(spec: ModelSpec, weights_fingerprint: str) -> str | None:
-    """Store key of a model's recorded identity. The backend library's version is part of it: an upgrade may
-    change preprocessing, so the first run after one builds the model and records it again."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = "open_clip_torch" if spec.backend == "open_clip" else "transformers"
-    try:
-        library = f"{package}=={version(package)}"
-    except PackageNotFoundError:
-        return None
-    return cache_key("model-identity", model=spec.canonical, weights=weights_fingerprint, library=library)
-
-
-def _identity_of(backend: ModelBackend) -> dict:
-    return {name: getattr(backend, name) for name in _IDENTITY_FIELDS}
-
-
-class LazyModel(ModelBackend):
-    """A backend built on first encode: its cache identity (model id, weights fingerprint, preprocessing, logit
-    scale) is known before that, so a run whose features are all in the store never imports open_clip or
-    transformers, nor reads the weights.
-
-    The identity is recorded in the store by the first load of these exact weights (see :func:`load_model`);
-    until then, and for weights only a load can identify (random init, transformers hub ids), the model is
-    built at once.
-    """
-
-    def __init__(self, model_id: str, device: str = "auto", precision: str = "fp32", store: "Store | None" = None):
-        self.spec = parse_model_id(model_id)
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        self.precision = _precision_name(precision)
-        self._model_id, self._device_name, self._store = model_id, device, store
-        self._backend: ModelBackend | None = None
-        self._load_lock = threading.Lock()
-        identity = self._recorded_identity()
-        if identity is None:
-            self._load()
-        else:  # weights_fingerprint, preprocess_fingerprint, logit_scale, logit_bias: known without the model
-            self.__dict__.update(identity)
-
-    def _recorded_identity(self) -> dict | None:
-        if self._store is None:
-            return None
-        fingerprint = known_weights_fingerprint(self.spec, self._store)
-        key = _identity_key(self.spec, fingerprint) if fingerprint is not None else None
-        found = self._store.get_json(key) if key is not None else None
-        if not isinstance(found, dict) or set(found) != set(_IDENTITY_FIELDS):
-            return None
-        return found
-
-    def _load(self) -> ModelBackend:
-        with self._load_lock:  # decode threads may ask for preprocessing at the same moment
-            if self._backend is None:
-                log.info("loading model '%s'", self.spec.canonical)
-                backend = load_model(self._model_id, self._device_name, self.precision, self._store)
-                self.__dict__.update(_identity_of(backend))
-                self._backend = backend
-        return self._backend
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._backend is not None
-
-    @property
-    def backend(self) -> ModelBackend:
-        """The real backend (built now if it was not yet)."""
-        return self._load()
-
-    # -- work: needs the model ----------------------------------------------------------------------
-    @property
-    def preprocess(self) -> Callable:
-        """The backend's preprocessing; before the model is built, a stand-in that builds it on its first call, so
-        a run whose only uncached images fail to decode (they are retried every run) still needs no model."""
-        if self._backend is not None:
-            return self._backend.preprocess
-        return _PreprocessOnFirstUse(self)
-
-    @property
-    def tokenizer(self):
-        return self._load().tokenizer
-
-    def uint8_preprocess(self) -> Callable | None:
-        return self._load().uint8_preprocess()
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._load().encode_images(pixels)
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        return self._load().encode_texts(texts, batch_size=batch_size)
-
-    def __getattr__(self, name: str):
-        # Anything else a caller reaches for (the nn.Module as .model, .processor, …) lives on the real backend.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._load(), name)
-
-
-class _PreprocessOnFirstUse:
-    """A LazyModel's preprocessing before the model is built: builds it on the first image that decodes."""
-
-    def __init__(self, lazy: LazyModel):
-        self.lazy = lazy
-
-    def __call__(self, image):
-        return self.lazy._load().preprocess(image)
+    return backend_cls(spec, dev, dtype, store, precision_name(precision))
