@@ -153,7 +153,7 @@ def test_large_folders_hash_on_threads_and_keep_order_and_error_rows(tiny_open_c
     threaded = clf.classify(inputs, ["red", "blue"])
     assert [p.id for p in threaded.predictions] == [str(p) for p in inputs]
     errors = {p.id: p.error for p in threaded.predictions if p.error}
-    assert errors == {str(missing): "file not found", str(a_dir): "cannot read file (Is a directory)"}
+    assert errors == {str(missing): "file not found", str(a_dir): "is a folder, not an image file"}
     sequential = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=0,
                             cache_dir=tmp_path / "other-cache").classify(inputs, ["red", "blue"])
     assert [(p.id, p.label, p.error) for p in sequential.predictions] == [(p.id, p.label, p.error) for p in threaded.predictions]
@@ -195,15 +195,17 @@ def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):
 
 
 def test_a_new_process_does_not_reread_unchanged_files_but_notices_an_edit(tiny_open_clip, tmp_path, monkeypatch):
-    import vlmcls.images as images_module
+    import vlmcls.image_sources as sources_module
     from vlmcls import Classifier
-    from vlmcls.cache import clear_digest_memo, file_digest
+    from vlmcls.cache import clear_digest_memo
 
     folder = tmp_path / "photos"
     for i in range(5):
         imagegen.write_solid(folder / f"{i}.png", (40 * i, 10, 200))
     hashed = []
-    monkeypatch.setattr(images_module, "file_digest", lambda p: hashed.append(Path(p).name) or file_digest(p))
+    real_read = sources_module.read_file_bytes
+    monkeypatch.setattr(sources_module, "read_file_bytes",
+                        lambda p, *a: hashed.append(Path(p).name) or real_read(p, *a))
 
     def run():  # a new process: empty in-memory memo, same store
         clear_digest_memo()

@@ -192,6 +192,8 @@ class Classifier:
             )
         feats = self.encode_images(images, progress=progress, **source_options)
         result = self.predict(feats, class_names, method, options, top_k)
+        if feats.thumbnails:  # made while decoding (Encoder.thumbnail_size), for a report
+            result.artifacts["thumbnails"] = feats.thumbnails
         result.stats.update(
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,
@@ -217,8 +219,9 @@ class Classifier:
             out = MethodOutput(torch.empty(0, len(class_names)), torch.empty(0, len(class_names)))
         values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
         rows: list[tuple[int, Prediction]] = []
+        top_values, top_indices = values.tolist(), indices.tolist()  # one conversion, not two tensor ops per cell
         for n, rec in enumerate(feats.records):
-            ranked = [(class_names[int(j)], float(v)) for v, j in zip(values[n], indices[n])]
+            ranked = [(class_names[int(j)], float(v)) for v, j in zip(top_values[n], top_indices[n])]
             explanation = out.explanations[n] if out.explanations else None
             label = frechet_labels[n] if frechet_labels is not None else ranked[0][0]
             rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .cache import Store, cache_key, known_digest, stat_key
+from .cache import Store, cache_key, cache_key_for, stat_key
 from .errors import ImageError
 from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend
@@ -26,6 +25,11 @@ __all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (done, total)
+
+# JPEGs are decoded at reduced size (libjpeg's DCT scaling) down to a short side of at least this many times the
+# model's input side, then resized as before. Measured with bench/bench_photos.py on the demo world at 12 MP:
+# see the README's "Large photos" note for the label agreement and feature cosines behind the choice.
+REDUCED_DECODING_MARGIN = 1.0
 
 
 def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
@@ -43,18 +47,25 @@ class ImageFeatures:
     feats: torch.Tensor  # [N, D], unit rows, aligned with records
     errors: list[tuple[ImageRecord, str]] = field(default_factory=list)  # (image, reason)
     encoded: int = 0  # how many were encoded now (the rest came from the store)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # image id -> small JPEG, when the encoder keeps them
 
 
 class Encoder:
     """Encodes images and texts through a model, reading and writing the embedding store."""
 
-    def __init__(self, model: ModelBackend, store: Store | None = None, uint8_transfer: bool | None = None):
+    def __init__(self, model: ModelBackend, store: Store | None = None, uint8_transfer: bool | None = None,
+                 reduced_decoding: bool = True, thumbnail_size: int | None = None):
         """``uint8_transfer``: decode workers hand over uint8 pixels and the model side converts them
         (:meth:`ModelBackend.uint8_preprocess`); default: only when the model is on an accelerator, where that
-        traffic bounds throughput. The features are the same either way."""
+        traffic bounds throughput. The features are the same either way.
+        ``reduced_decoding``: decode large JPEGs at reduced size (see :data:`REDUCED_DECODING_MARGIN`); False
+        decodes every pixel. ``thumbnail_size``: keep a small JPEG of each image decoded
+        (:attr:`ImageFeatures.thumbnails`), for a report that then need not read the files again."""
         self.model = model
         self.store = store
         self.uint8_transfer = uint8_transfer
+        self.reduced_decoding = reduced_decoding
+        self.thumbnail_size = thumbnail_size
 
     # -- texts --------------------------------------------------------------------------------------
     def _text_key(self, text: str) -> str:
@@ -81,8 +92,18 @@ class Encoder:
         wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
 
-    def _image_key(self, digest: str) -> str:
-        return cache_key("image", content=digest, **self.model.image_key_parts)
+    def _image_key_function(self) -> Callable[[str], str]:
+        """content digest -> feature key (model × weights × preprocessing × decoding × content)."""
+        parts = self.model.image_key_parts
+        if self.reduced_decoding and self._min_side() is not None:
+            # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
+            parts = {**parts, "jpeg_min_side": self._min_side()}
+        return cache_key_for("image", "content", **parts)
+
+    def _min_side(self) -> int | None:
+        """The short side JPEGs are decoded to at least: REDUCED_DECODING_MARGIN × the model's input side."""
+        side = model_input_side(self.model)
+        return int(side * REDUCED_DECODING_MARGIN) if side else None
 
     def encode_images(
         self,
@@ -92,23 +113,22 @@ class Encoder:
         progress: ProgressFn | None = None,
         worker_type: str = "auto",
     ) -> ImageFeatures:
-        """Features for every image that decodes; error rows for the rest. Cached images are not decoded.
+        """Features for every image that decodes; error rows for the rest. Cached images are not read.
 
-        ``worker_type``: ``thread``, ``process`` or ``auto`` (see :func:`vlmcls.images.choose_worker_type`).
+        A file whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`) and whose
+        features are stored is not opened at all; every other file is read once, and its digest and pixels come
+        from those same bytes. ``worker_type``: ``thread``, ``process`` or ``auto`` (see
+        :func:`vlmcls.images.choose_worker_type`).
         """
         total = len(records)
-        keys: dict[int, str] = {}
         errors: dict[int, str] = {}
-        hash_workers = default_decode_workers() if num_workers is None else num_workers
-        for i, digest in enumerate(_content_keys(records, hash_workers, self.store)):
-            if isinstance(digest, Exception):
-                errors[i] = _reason(digest)
-            else:
-                keys[i] = self._image_key(digest)
+        thumbnails: dict[str, bytes] = {}
+        image_key = self._image_key_function()  # once per run: a re-run of 48,000 images is all look-ups
+        keys = self._known_keys(records, image_key)
         found = self.store.get_arrays(keys.values()) if self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
-        todo = [i for i in keys if i not in feats]
-        done = len(feats) + len(errors)
+        todo = [i for i in range(total) if i not in feats]
+        done = len(feats)
         if progress:
             progress(done, total)
         position = {id(records[i]): i for i in todo}
@@ -120,19 +140,35 @@ class Encoder:
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
         preprocess = self._worker_preprocess() if todo_records else None  # all cached: the model is not needed
-        batches = iter_decoded_batches(todo_records, preprocess, batch_size, num_workers=num_workers,
-                                       worker_type=kind)
+        batches = iter_decoded_batches(
+            todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
+            min_side=self._min_side() if self.reduced_decoding else None, thumbnail_size=self.thumbnail_size,
+            lookup=self._stored_features if self.store is not None else None,
+        )
         for batch in batches:
             for rec, reason in batch.errors:
                 errors[position[id(rec)]] = reason
+            digests: dict[str, str] = {}  # stat key -> digest, for the next process
+            for rec, digest, file_stat, value, thumbnail in batch.known:
+                feats[position[id(rec)]] = value
+                digests.update(_stat_digest(rec, file_stat, digest))
+                if thumbnail is not None:
+                    thumbnails[rec.id] = thumbnail
+            new: dict[str, np.ndarray] = {}
             if batch.records_ok:
                 out = l2_normalize(self.model.encode_images(batch.pixels)).numpy()  # [B, D]
-                rows = {position[id(rec)]: out[j] for j, rec in enumerate(batch.records_ok)}
-                feats.update(rows)
-                encoded += len(rows)
-                if self.store is not None:
-                    self.store.set_arrays({keys[i]: v for i, v in rows.items()})
-            done += len(batch.records_ok) + len(batch.errors)
+                for j, rec in enumerate(batch.records_ok):
+                    i = position[id(rec)]
+                    feats[i] = out[j]
+                    if self.store is not None:
+                        new[image_key(batch.digests[j])] = out[j]
+                        digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
+                    if batch.thumbnails[j] is not None:
+                        thumbnails[rec.id] = batch.thumbnails[j]
+                encoded += len(batch.records_ok)
+            if self.store is not None and (new or digests):
+                self.store.set_many(arrays=new, jsons=digests)  # one transaction per batch
+            done += len(batch.records_ok) + len(batch.errors) + len(batch.known)
             if progress:
                 progress(done, total)
         ok = sorted(feats)
@@ -143,7 +179,30 @@ class Encoder:
             feats=stacked,
             errors=[(records[i], errors[i]) for i in sorted(errors)],
             encoded=encoded,
+            thumbnails=thumbnails,
         )
+
+    def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
+        """Feature keys of the files whose digest the store keeps under their unchanged stat (one query per few
+        hundred files), so they need not be read."""
+        if self.store is None:
+            return {}
+        stat_keys: dict[int, str] = {}
+        for i, record in enumerate(records):
+            if record.fetch is None and record.path is not None:
+                key = _stat_key_or_none(record.path)
+                if key is not None:
+                    stat_keys[i] = key
+        kept = self.store.get_jsons(stat_keys.values())
+        keys = {i: image_key(kept[k]) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
+        return keys
+
+    def _stored_features(self, digests: list[str]) -> dict[str, np.ndarray]:
+        """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
+        image_key = self._image_key_function()
+        keys = {digest: image_key(digest) for digest in digests}
+        found = self.store.get_arrays(keys.values())
+        return {digest: found[key] for digest, key in keys.items() if key in found}
 
 
 def _reason(exc: BaseException) -> str:
@@ -155,51 +214,44 @@ def _reason(exc: BaseException) -> str:
 
 
 def _content_key_or_error(record: ImageRecord) -> str | Exception:
+    """For the Ray engine, which hashes on the driver."""
     try:
         return content_key(record)
     except (OSError, ImageError) as exc:
         return exc
 
 
-def _content_keys(
-    records: Sequence[ImageRecord], num_workers: int, store: Store | None = None
-) -> list[str | Exception]:
-    """Each record's content hash (or the error reading it), in order.
-
-    A file is read only when neither this process (:func:`~vlmcls.cache.known_digest`) nor the store (a digest
-    kept under the file's :func:`~vlmcls.cache.stat_key`) has seen it unchanged, so a re-run in a new process
-    does not re-read a folder of large photos. What must be read is hashed on threads: hashlib releases the GIL.
-    """
-    stats = [_stat(r.path) if r.fetch is None and r.path is not None else None for r in records]  # one stat each
-    out: list[str | Exception | None] = [
-        known_digest(r.path, st) if st is not None else None for r, st in zip(records, stats)
-    ]
-    stat_keys: dict[int, str] = {}
-    if store is not None:
-        for i, (r, st) in enumerate(zip(records, stats)):
-            if out[i] is None and st is not None:
-                stat_keys[i] = stat_key(r.path, st)
-        kept = store.get_jsons(stat_keys.values())
-        for i, key in stat_keys.items():
-            if isinstance(kept.get(key), str):
-                out[i] = kept[key]
-    todo = [i for i, digest in enumerate(out) if digest is None]
-    if num_workers <= 1 or len(todo) < 64:
-        for i in todo:
-            out[i] = _content_key_or_error(records[i])
-    else:
-        with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-hash") as pool:
-            for i, digest in zip(todo, pool.map(_content_key_or_error, [records[i] for i in todo], chunksize=16)):
-                out[i] = digest
-    if store is not None:
-        fresh = {stat_keys[i]: out[i] for i in todo if i in stat_keys and isinstance(out[i], str)}
-        if fresh:
-            store.set_jsons(fresh)
-    return out  # type: ignore[return-value]
+def model_input_side(model: ModelBackend) -> int | None:
+    """The short side the model's preprocessing resizes images to (224 for ViT-B/32), or None if unknown."""
+    side = getattr(model, "input_side", None)
+    if side:
+        return int(side)
+    for step in getattr(getattr(model, "preprocess", None), "transforms", []):
+        size = getattr(step, "size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(min(size))
+    return None
 
 
-def _stat(path) -> os.stat_result | None:
+def _stat_key_or_none(path) -> str | None:
     try:
-        return os.stat(path)
-    except OSError:  # reported with its reason when the file is hashed
+        return stat_key(path)
+    except (OSError, ValueError, UnicodeError):  # reported with its reason when the file is read
+        return None
+
+
+def _stat_digest(record: ImageRecord, file_stat: os.stat_result | None, digest: str) -> dict[str, str]:
+    """{stat key of the file as it was read: digest of the bytes read}, so a later run need not read it again."""
+    if file_stat is None or record.path is None:
+        return {}
+    key = _stat_key_or_none_from(record.path, file_stat)
+    return {key: digest} if key is not None else {}
+
+
+def _stat_key_or_none_from(path, file_stat: os.stat_result) -> str | None:
+    try:
+        return stat_key(path, file_stat)
+    except (ValueError, UnicodeError):
         return None

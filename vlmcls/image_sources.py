@@ -1,14 +1,16 @@
 """Image sources: folders, path-list files, single images and HF datasets, listed as :class:`ImageRecord` s.
 
 Nothing is decoded here (see :mod:`vlmcls.images`): a listed file that is missing or broken fails later, in
-``load_image``, as an error row.
+``load_image``, as an error row. :func:`read_image_data` is the one place an image's bytes are read: regular files
+only, bounded in size, so a FIFO or a link to ``/dev/zero`` named ``*.png`` is an error row, not a hang.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import functools
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -17,17 +19,21 @@ from PIL import Image
 
 from .errors import ConfigError, ImageError, MissingExtraError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "ImageData", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "list_images", "read_image_data",
+           "read_file_bytes"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+# The most bytes one image file may hold: far above any photo (a 12 MP phone JPEG is 3-5 MB, an 89 Mpx 16-bit TIFF
+# ~540 MB), low enough that a few decode threads reading at once cannot exhaust memory.
+DEFAULT_MAX_BYTES = 1 << 30
 _ACCEPTED = (
     "Give a folder of images (class sub-folders allowed), a .txt file with one image path per line, "
     "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, or imagefolder:DIR."
 )
-
-# What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.
 
 # What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.
 ImageData = Union[bytes, Path, Image.Image]
@@ -43,6 +49,83 @@ class ImageRecord:
     source_index: int  # position in the source listing (the row index for datasets)
     fetch: Callable[[], ImageData] | None = field(default=None, repr=False, compare=False)  # dataset rows
 
+
+# -- reading --------------------------------------------------------------------------------------------
+
+
+def read_image_data(record: ImageRecord, max_bytes: int | None = DEFAULT_MAX_BYTES
+                    ) -> tuple[bytes | Image.Image, os.stat_result | None]:
+    """The encoded bytes of one record (a decoded image for dataset rows that hold one), and the file's stat as
+    read (None for bytes and images held by a dataset). Raises :class:`ImageError` with a short reason."""
+    data: ImageData
+    if record.fetch is not None:
+        try:
+            data = record.fetch()
+        except ImageError:
+            raise
+        except Exception as exc:  # an arrow or file-system error inside datasets
+            raise ImageError(f"cannot read the dataset row ({type(exc).__name__}: {exc})") from exc
+    elif record.path is not None:
+        data = record.path
+    else:
+        raise ImageError("the record has neither a path nor a dataset row")
+    if isinstance(data, Path):
+        return read_file_bytes(data, max_bytes)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        if not data:
+            raise ImageError("empty file")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ImageError(f"file too large: {len(data)} bytes exceeds limit {max_bytes}")
+    return data, None
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[bytes, os.stat_result]:
+    """All bytes of a regular file, read through one descriptor, and that descriptor's stat.
+
+    Opened non-blocking, so a FIFO without a writer cannot hang the open; anything but a regular file (FIFO, device,
+    socket, folder) is refused before a byte is read; at most ``max_bytes + 1`` bytes are ever read, so a file that
+    grows while it is read (or lies about its size) is refused too.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:  # a dangling link loop, a name too long, an I/O error
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError("is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("not a regular file (a pipe, device or socket); give image files only")
+        if info.st_size == 0:
+            raise ImageError("empty file")
+        limit = max_bytes if max_bytes is not None else info.st_size + (1 << 30)
+        if info.st_size > limit:
+            raise ImageError(f"file too large: {info.st_size} bytes exceeds limit {limit}")
+        chunks, total, want = [], 0, info.st_size + 1  # +1: sees a file that grew since fstat
+        while want > 0:
+            block = os.read(fd, min(want, limit + 1 - total))
+            if not block:
+                break
+            chunks.append(block)
+            total += len(block)
+            if total > limit:
+                raise ImageError(f"file too large: more than {limit} bytes")
+            want = 1 << 20
+        if total == 0:
+            raise ImageError("empty file")
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), info
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
 
 
 # -- sources --------------------------------------------------------------------------------------------
@@ -101,7 +184,9 @@ def list_images(
 
 
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    relative_paths: list[Path] = []
+    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing.
+    base = str(root)
+    found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -110,20 +195,22 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
             continue
         visited.add(real)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+        relative = os.path.relpath(dirpath, base)
+        folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                relative_paths.append(Path(dirpath, name).relative_to(root))
-    if not relative_paths:
+                parts = (*folder_parts, name)
+                found.append((parts, os.path.join(base, *parts) if base != os.curdir else os.path.join(*parts)))
+    if not found:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
-    relative_paths.sort(key=lambda rel: rel.parts)  # parts, not strings: independent of the OS separator
+    found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
     return [
         # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        ImageRecord(id=str(root / rel), path=root / rel, label=rel.parts[0] if len(rel.parts) > 1 else None,
-                    source_index=index)
-        for index, rel in enumerate(relative_paths)
+        ImageRecord(id=listed, path=Path(listed), label=parts[0] if len(parts) > 1 else None, source_index=index)
+        for index, (parts, listed) in enumerate(found)
     ]
 
 

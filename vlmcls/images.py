@@ -1,35 +1,33 @@
-"""Safe decoding: image records in (listed by :mod:`vlmcls.image_sources`); RGB images or error rows out.
+"""Images for the model: records in (listed by :mod:`vlmcls.image_sources`); batches of pixels or error rows out.
 
-``list_images`` (re-exported from :mod:`vlmcls.image_sources`) turns a source into :class:`ImageRecord` s without
-reading any pixels. ``load_image`` decodes
-one record to an RGB ``PIL.Image`` or raises :class:`~vlmcls.errors.ImageError` with a short human reason
-("empty file", "truncated image", "not an image", "file not found", "image too large: …").
-``iter_decoded_batches`` decodes and preprocesses on a thread pool ahead of the consumer, so decoding overlaps
-with encoding, and turns every bad image into an error row instead of stopping.
+``list_images`` (from :mod:`vlmcls.image_sources`) turns a source into :class:`ImageRecord` s without reading any
+pixels; ``load_image`` (from :mod:`vlmcls.decoding`) decodes one. ``iter_decoded_batches`` reads, hashes, decodes
+and preprocesses on worker threads ahead of the consumer, so decoding overlaps with encoding, each file is read
+once, and every bad image becomes an error row instead of stopping.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
+import itertools
 import logging
 import os
-import re
-import threading
-import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .cache import file_digest
+from .decoding import (
+    DEFAULT_MAX_PIXELS,
+    content_key,
+    decode_image,
+    digest_of,
+    load_image,
+    thumbnail_jpeg,
+)
 from .errors import ConfigError, ImageError
-from .image_sources import IMAGE_EXTENSIONS, ImageData, ImageRecord, list_images
+from .image_sources import DEFAULT_MAX_BYTES, IMAGE_EXTENSIONS, ImageRecord, list_images, read_image_data
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +35,15 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_BYTES",
     "ImageRecord",
     "DecodedBatch",
     "list_images",
     "load_image",
+    "decode_image",
     "content_key",
+    "digest_of",
+    "thumbnail_jpeg",
     "iter_decoded_batches",
     "decode_and_preprocess",
     "default_decode_workers",
@@ -52,27 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-# PIL's own default (1024**3 / 4 / 3 ≈ 89.5 Mpx, about 256 MiB as RGB); above it we refuse without decoding.
-DEFAULT_MAX_PIXELS = 89_478_485
-
-# Only raster formats are tried. PIL would otherwise also accept e.g. EPS (handed to Ghostscript) for a file
-# that merely claims to be a .jpg.
-Image.init()
-_SAFE_FORMATS = tuple(
-    f for f in ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "AVIF")
-    if f in Image.OPEN
-)
-
-# `warnings.catch_warnings` swaps process-wide state; the lock keeps our decode threads from interleaving it.
-_OPEN_LOCK = threading.Lock()
-
-# The first bytes of the formats above, to tell a damaged image from a file that never was one.
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-ImageSource = Union["ImageRecord", str, os.PathLike, bytes]
-
-
 @dataclass
 class DecodedBatch:
     """Up to ``batch_size`` decoded images ready to encode, plus the images that failed on the way."""
@@ -80,178 +61,11 @@ class DecodedBatch:
     records_ok: list[ImageRecord]
     pixels: "torch.Tensor"  # [B, 3, H, W], B = len(records_ok); [0, 3, 0, 0] when nothing decoded
     errors: list[tuple[ImageRecord, str]]  # (record, reason), in input order
-
-
-# -- decoding -------------------------------------------------------------------------------------------
-
-
-def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image to RGB: EXIF orientation applied, alpha composited on white, 16-bit scaled to 8.
-
-    Raises ImageError with a short reason for missing, empty, truncated, corrupt, non-image and too-large
-    files. ``max_pixels`` is checked against the header before any pixel is decoded; ``None`` leaves only
-    PIL's hard limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``).
-    """
-    data = _resolve(source)
-    if isinstance(data, Image.Image):
-        _check_size(data.size, max_pixels)
-        return _to_rgb(_oriented(data))
-    if isinstance(data, bytes):
-        if not data:
-            raise ImageError("empty file")
-        return _decode(io.BytesIO(data), max_pixels)
-    try:
-        if data.stat().st_size == 0:
-            raise ImageError("empty file")
-        with open(data, "rb") as handle:
-            return _decode(handle, max_pixels)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as exc:  # I/O errors of the file system itself, not of the image
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
-
-
-def content_key(source: ImageSource) -> str:
-    """sha256 of the image's bytes (hex): a renamed or re-listed image keeps its key."""
-    data = _resolve(source)
-    if isinstance(data, bytes):
-        return hashlib.sha256(data).hexdigest()
-    if isinstance(data, Image.Image):  # a dataset that hands out decoded images: hash the pixels
-        digest = hashlib.sha256(f"{data.mode}:{data.size[0]}x{data.size[1]}:".encode())
-        digest.update(data.tobytes())
-        return digest.hexdigest()
-    try:
-        return file_digest(data)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read file ({exc.strerror or exc})") from exc
-
-
-def _resolve(source: ImageSource) -> ImageData:
-    if isinstance(source, ImageRecord):
-        if source.fetch is not None:
-            try:
-                return source.fetch()
-            except ImageError:
-                raise
-            except Exception as exc:  # an arrow or file-system error inside datasets
-                raise ImageError(f"cannot read the dataset row ({type(exc).__name__}: {exc})") from exc
-        if source.path is None:
-            raise ImageError("the record has neither a path nor a dataset row")
-        return source.path
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source)
-    raise ConfigError(f"cannot load an image from a {type(source).__name__}; give a record, a path or bytes.")
-
-
-def _decode(handle: io.BufferedIOBase, max_pixels: int | None) -> Image.Image:
-    try:
-        # PIL warns above MAX_IMAGE_PIXELS: silenced here because the limit that counts is ours, checked
-        # right below with the exact size in the message. PIL still raises above twice its limit.
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle, formats=_SAFE_FORMATS)  # reads the header only
-    except Image.DecompressionBombError as exc:
-        # PIL refused before we could see the size; its message still carries the pixel count.
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        limit = min(max_pixels, pil_limit) if max_pixels is not None else pil_limit
-        count = found.group(1) if found else "too many"
-        raise ImageError(f"image too large: {count} pixels exceeds limit {limit}") from None
-    except UnidentifiedImageError:
-        handle.seek(0)
-        head = handle.read(12)
-        if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-            # a damaged image rather than some other kind of file
-            raise ImageError("corrupt image (unreadable header)") from None
-        raise ImageError("not an image") from None
-    except EOFError:
-        raise ImageError("truncated image") from None
-    except Exception as exc:  # a plugin choking on a malformed header
-        raise ImageError(_failure_reason(exc)) from exc
-    with image:  # closes PIL's hold on the handle; everything returned below is a fresh image
-        _check_size(image.size, max_pixels)
-        try:
-            image.load()
-        except Exception as exc:  # hostile input makes decoders raise nearly anything; none may stop a run
-            raise ImageError(_failure_reason(exc)) from exc
-        return _to_rgb(_oriented(image))
-
-
-def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:
-    width, height = size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(f"image too large: {width}×{height} pixels exceeds limit {max_pixels}")
-
-
-def _failure_reason(exc: BaseException) -> str:
-    message = str(exc)
-    if isinstance(exc, EOFError) or "truncated" in message.lower():
-        return "truncated image"
-    if isinstance(exc, MemoryError):
-        return "image too large: out of memory while decoding"
-    if isinstance(exc, Image.DecompressionBombError):
-        return "image too large: a frame exceeds PIL's pixel limit"
-    detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return f"corrupt image ({detail[:200]})"
-
-
-def _oriented(image: Image.Image) -> Image.Image:
-    """A new image turned upright by its EXIF orientation tag (a copy when there is none)."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception as exc:  # broken EXIF should cost the orientation, not the image
-        log.debug("ignoring unreadable EXIF data: %s", exc)
-        return image.copy()
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _HIGH_DEPTH_MODES:
-        return _high_depth_to_rgb(image)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in _ALPHA_MODES:
-        # Composite on white: transparent regions of logos and icons are meant to be background, and black
-        # (what a plain convert gives) changes what the model sees.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    try:
-        return image.convert("RGB")  # L, 1, CMYK, YCbCr, RGBX, …
-    except ValueError as exc:
-        raise ImageError(f"unsupported colour mode '{mode}'") from exc
-
-
-def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    """Scale 16-bit, 32-bit and float single-channel images to 8 bit (clipping would turn them white)."""
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64))  # [H, W]
-    low = float(values.min()) if values.size else 0.0
-    high = float(values.max()) if values.size else 0.0
-    if image.mode.startswith("I;16"):
-        scaled = values / 257.0  # 65535 -> 255, exactly
-    elif image.mode == "I" and low >= 0 and high <= 255:
-        scaled = values  # 8-bit data in a 32-bit container
-    elif image.mode == "I" and low >= 0 and high <= 65535:
-        scaled = values / 257.0  # 16-bit data (PGM/TIFF) in a 32-bit container
-    elif image.mode == "F" and low >= 0 and high <= 1:
-        scaled = values * 255.0
-    elif high > low:
-        scaled = (values - low) * (255.0 / (high - low))  # unknown range: stretch
-    else:
-        scaled = np.zeros_like(values)
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray).convert("RGB")
+    digests: list[str] = field(default_factory=list)  # sha256 of the bytes each of records_ok was decoded from
+    file_stats: list[os.stat_result | None] = field(default_factory=list)  # each file as read; None: dataset rows
+    # (record, digest, file stat, value, thumbnail): images whose digest the look-up knew, not decoded for the model
+    known: list[tuple[ImageRecord, str, os.stat_result | None, Any, bytes | None]] = field(default_factory=list)
+    thumbnails: list[bytes | None] = field(default_factory=list)  # small JPEGs when asked for, aligned with records_ok
 
 
 # -- batches --------------------------------------------------------------------------------------------
@@ -299,6 +113,9 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+LookupFn = Callable[[list[str]], Mapping[str, Any]]  # content digests -> the values already known for some
+
+
 def iter_decoded_batches(
     records: Iterable[ImageRecord],
     preprocess: Callable[[Image.Image], "torch.Tensor"],
@@ -308,14 +125,24 @@ def iter_decoded_batches(
     prefetch_batches: int = 2,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     worker_type: str = "thread",
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    min_side: int | None = None,
+    thumbnail_size: int | None = None,
+    lookup: LookupFn | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
+    """Read, hash, decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
 
-    Each batch holds ``batch_size`` decoded images (the last may hold fewer) and the records that failed
-    since the previous batch, with their reasons. A failure never stops the iteration. ``num_workers``
-    threads (``worker_type="thread"``) or forked processes (``"process"``, see :func:`choose_worker_type`) decode
-    (default: :func:`default_decode_workers`; 0 decodes in the calling thread). About
-    ``batch_size * (prefetch_batches + 1)`` records are in flight.
+    Each file is read once: its digest and its pixels come from the same bytes, so a file replaced meanwhile can
+    never be stored under the other content's key. Each batch holds ``batch_size`` decoded images (the last may
+    hold fewer) and the records that failed since the previous batch, with their reasons. A failure never stops
+    the iteration. ``num_workers`` threads (``worker_type="thread"``) or forked processes (``"process"``, see
+    :func:`choose_worker_type`) do the work in chunks of a few records (default: :func:`default_decode_workers`;
+    0 works in the calling thread). About ``batch_size * (prefetch_batches + 1)`` records are in flight.
+
+    ``lookup`` (threads only) is called once per chunk with the chunk's digests; a record whose digest it returns
+    a value for is not decoded and comes back in ``DecodedBatch.known``. ``thumbnail_size`` keeps a small JPEG
+    of each decoded image (``DecodedBatch.thumbnails``), so a report need not read the file again.
+    ``min_side``: see :func:`decode_image`.
     """
     import torch
 
@@ -331,59 +158,164 @@ def iter_decoded_batches(
         )
     if worker_type not in ("thread", "process"):
         raise ConfigError(f"worker_type must be 'thread' or 'process' here, got '{worker_type}'.")
-    decode = functools.partial(decode_and_preprocess, preprocess=preprocess, max_pixels=max_pixels)
+    in_processes = worker_type == "process" and num_workers > 0
+    settings = _DecodeSettings(preprocess, max_pixels, max_bytes, min_side, thumbnail_size,
+                               None if in_processes else lookup)
+    # Chunks, not single records, are the unit of work: one future (or one hand-over between processes) and one
+    # store look-up per chunk. Small enough that every worker gets several chunks of each batch.
+    chunk = max(1, min(16, batch_size // max(1, num_workers)))
     window = batch_size * (prefetch_batches + 1)
-    if worker_type == "process" and num_workers > 0:
-        outcomes = _in_order_processes(list(records), decode, num_workers, batch_size, prefetch_batches)
+    if in_processes:
+        outcomes = _in_order_processes(list(records), settings, num_workers, chunk, window)
     else:
-        outcomes = _in_order(records, decode, num_workers, window)
-    records_ok: list[ImageRecord] = []
-    tensors: list[torch.Tensor] = []
-    errors: list[tuple[ImageRecord, str]] = []
-    item_shape: tuple[int, ...] = (3, 0, 0)
-
-    def take_batch() -> DecodedBatch:
-        nonlocal records_ok, tensors, errors
-        pixels = torch.stack(tensors) if tensors else torch.empty((0, *item_shape))  # [B, 3, H, W]
-        batch = DecodedBatch(records_ok=records_ok, pixels=pixels, errors=errors)
-        records_ok, tensors, errors = [], [], []
-        return batch
-
+        outcomes = _in_order(records, settings, num_workers, chunk, window)
+    batch = _BatchBuilder(torch)
     for record, outcome in outcomes:
-        if isinstance(outcome, str):
-            errors.append((record, outcome))
-            continue
-        records_ok.append(record)
-        tensors.append(outcome)
-        item_shape = tuple(outcome.shape)
-        if len(records_ok) == batch_size:
-            yield take_batch()
-    if records_ok or errors:
-        yield take_batch()
+        if batch.add(record, outcome) == batch_size:
+            yield batch.take()
+    if batch.records_ok or batch.errors or batch.known:
+        yield batch.take()
+
+
+@dataclass(frozen=True)
+class _DecodeSettings:
+    preprocess: Callable[[Image.Image], Any]
+    max_pixels: int | None
+    max_bytes: int | None
+    min_side: int | None
+    thumbnail_size: int | None
+    lookup: LookupFn | None
+
+
+@dataclass
+class _Outcome:
+    """What became of one record: pixels, or an error, or a value already known for its digest."""
+
+    digest: str | None = None  # sha256 of the bytes read; None when they could not be read
+    file_stat: os.stat_result | None = None  # the file as read (None: a dataset row's bytes)
+    pixels: Any = None  # preprocess(image)
+    error: str | None = None
+    known: Any = None  # lookup's value for the digest; the image was not decoded
+    thumbnail: bytes | None = None
+
+
+class _BatchBuilder:
+    def __init__(self, torch_module):
+        self._torch = torch_module
+        self._item_shape: tuple[int, ...] = (3, 0, 0)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.records_ok: list[ImageRecord] = []
+        self.tensors: list[Any] = []
+        self.errors: list[tuple[ImageRecord, str]] = []
+        self.known: list[tuple[ImageRecord, str, os.stat_result | None, Any, bytes | None]] = []
+        self.digests: list[str] = []
+        self.file_stats: list[os.stat_result | None] = []
+        self.thumbnails: list[bytes | None] = []
+
+    def add(self, record: ImageRecord, outcome: _Outcome) -> int:
+        """Adds one outcome; returns how many decoded images the batch holds now."""
+        if outcome.error is not None:
+            self.errors.append((record, outcome.error))
+        elif outcome.known is not None:
+            self.known.append((record, outcome.digest, outcome.file_stat, outcome.known, outcome.thumbnail))
+        else:
+            self.records_ok.append(record)
+            self.tensors.append(outcome.pixels)
+            self.digests.append(outcome.digest)
+            self.file_stats.append(outcome.file_stat)
+            self.thumbnails.append(outcome.thumbnail)
+            self._item_shape = tuple(outcome.pixels.shape)
+        return len(self.records_ok)
+
+    def take(self) -> DecodedBatch:
+        pixels = self._torch.stack(self.tensors) if self.tensors else self._torch.empty((0, *self._item_shape))
+        batch = DecodedBatch(self.records_ok, pixels, self.errors, self.digests, self.file_stats, self.known,
+                             self.thumbnails)  # pixels: [B, 3, H, W]
+        self._reset()
+        return batch
 
 
 def decode_and_preprocess(
-    record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None
+    record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None,
+    min_side: int | None = None,
 ) -> Any:
     """The preprocessed tensor of one record, or the reason it failed (never raises)."""
+    settings = _DecodeSettings(preprocess, max_pixels, DEFAULT_MAX_BYTES, min_side, None, None)
+    outcome = _work_on_chunk([record], settings)[0]
+    return outcome.error if outcome.error is not None else outcome.pixels
+
+
+def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) -> list[_Outcome]:
+    """Read and hash each record, ask ``lookup`` once about the digests, decode the rest (never raises)."""
+    outcomes: list[_Outcome] = []
+    contents: list[bytes | Image.Image | None] = []
+    for record in records:
+        data = None
+        try:
+            data, file_stat = read_image_data(record, settings.max_bytes)
+            outcomes.append(_Outcome(digest=digest_of(data), file_stat=file_stat))
+        except ImageError as exc:
+            outcomes.append(_Outcome(error=str(exc)))
+        except Exception as exc:  # a bug here must not end a long run; it is logged with its traceback
+            log.warning("unexpected error reading '%s'", record.id, exc_info=True)
+            outcomes.append(_Outcome(error=f"unexpected error ({type(exc).__name__}: {exc})"))
+        contents.append(data)
+    known: Mapping[str, Any] = {}
+    if settings.lookup is not None:
+        digests = [o.digest for o in outcomes if o.digest is not None]
+        try:
+            known = settings.lookup(digests) if digests else {}
+        except Exception:  # the look-up only saves work; without it the images are decoded
+            log.warning("looking up %d digests failed; decoding them", len(digests), exc_info=True)
+    for record, outcome, data in zip(records, outcomes, contents):
+        if data is None:
+            continue
+        if outcome.digest in known:
+            outcome.known = known[outcome.digest]
+            if settings.thumbnail_size:  # decoded for the thumbnail alone, so the report need not read it again
+                _decode_into(outcome, record, data, settings, preprocess=False)
+            continue
+        _decode_into(outcome, record, data, settings)
+    return outcomes
+
+
+def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Image, settings: _DecodeSettings,
+                 preprocess: bool = True) -> None:
     try:
-        image = load_image(record, max_pixels=max_pixels)
-    except ImageError as exc:
-        return str(exc)
-    except Exception as exc:  # a bug here must not end a long run; it is logged with its traceback
-        log.warning("unexpected error decoding '%s'", record.id, exc_info=True)
-        return f"unexpected error ({type(exc).__name__}: {exc})"
-    try:
-        return preprocess(image)
+        image = decode_image(data, max_pixels=settings.max_pixels,
+                             min_side=settings.min_side if preprocess else settings.thumbnail_size)
     except Exception as exc:
-        log.warning("preprocessing failed for '%s'", record.id, exc_info=True)
-        return f"preprocessing failed ({type(exc).__name__}: {exc})"
+        if preprocess:
+            outcome.error = str(exc) if isinstance(exc, ImageError) else f"unexpected error ({type(exc).__name__}: {exc})"
+            if not isinstance(exc, ImageError):
+                log.warning("unexpected error decoding '%s'", record.id, exc_info=True)
+        return
+    if preprocess:
+        try:
+            outcome.pixels = settings.preprocess(image)
+        except Exception as exc:
+            log.warning("preprocessing failed for '%s'", record.id, exc_info=True)
+            outcome.error = f"preprocessing failed ({type(exc).__name__}: {exc})"
+            return
+    if settings.thumbnail_size:
+        try:
+            outcome.thumbnail = thumbnail_jpeg(image, settings.thumbnail_size)
+        except Exception as exc:  # a missing thumbnail costs the report a picture, never the image its row
+            log.info("no thumbnail for '%s': %s", record.id, exc)
+
+
+def _chunks(records: Iterable[ImageRecord], size: int) -> Iterator[list[ImageRecord]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _in_order(
-    records: Iterable[ImageRecord], work: Callable[[ImageRecord], Any], num_workers: int, window: int
-) -> Iterator[tuple[ImageRecord, Any]]:
-    """``(record, work(record))`` in input order, computed by a thread pool up to ``window`` records ahead.
+    records: Iterable[ImageRecord], settings: _DecodeSettings, num_workers: int, chunk: int, window: int
+) -> Iterator[tuple[ImageRecord, _Outcome]]:
+    """``(record, outcome)`` in input order, worked out by a thread pool, chunk by chunk, up to ``window`` ahead.
 
     Threads, not processes: PIL releases the GIL while decoding and resizing, and threads need no pickling
     and no start-up. Measured on 2 busy cores, 256 JPEGs of 500×375 through open_clip's ViT-B-32 transform,
@@ -391,33 +323,34 @@ def _in_order(
     3.4 / 3.9 / 3.1 s; torch DataLoader worker processes 1 / 2: 3.9 / 4.6 s.
     """
     if num_workers == 0:
-        for record in records:
-            yield record, work(record)
+        for part in _chunks(records, chunk):
+            yield from zip(part, _work_on_chunk(part, settings))
         return
     pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="vlmcls-decode")
-    pending: deque[tuple[ImageRecord, Future]] = deque()
+    pending: deque[tuple[list[ImageRecord], Future]] = deque()
+    ahead = max(1, -(-window // chunk))
     try:
-        for record in records:
-            pending.append((record, pool.submit(work, record)))
-            if len(pending) >= window:
-                done_record, future = pending.popleft()
-                yield done_record, future.result()
+        for part in _chunks(records, chunk):
+            pending.append((part, pool.submit(_work_on_chunk, part, settings)))
+            if len(pending) >= ahead:
+                done, future = pending.popleft()
+                yield from zip(done, future.result())
         while pending:
-            done_record, future = pending.popleft()
-            yield done_record, future.result()
+            done, future = pending.popleft()
+            yield from zip(done, future.result())
     finally:  # also runs when the consumer stops early: drop queued work, wait for the running few
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _ChunkDecoder:
-    """Map-style dataset for DataLoader worker processes: item ``i`` is the ``i``-th chunk of records, decoded.
+    """Map-style dataset for DataLoader worker processes: item ``i`` is the ``i``-th chunk of records, worked out.
 
-    A chunk comes back as one stacked tensor (one shared-memory segment) plus the failures' positions and reasons,
-    so passing images between processes costs one hand-over per chunk, not one per image.
+    A chunk's pixels come back as one stacked tensor (one shared-memory segment), so passing images between
+    processes costs one hand-over per chunk, not one per image.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], decode: Callable[[ImageRecord], Any], chunk: int):
-        self.records, self.decode, self.chunk = records, decode, chunk
+    def __init__(self, records: Sequence[ImageRecord], settings: _DecodeSettings, chunk: int):
+        self.records, self.settings, self.chunk = records, settings, chunk
 
     def __len__(self) -> int:
         return -(-len(self.records) // self.chunk)
@@ -425,21 +358,21 @@ class _ChunkDecoder:
     def __getitem__(self, i: int):
         import torch
 
-        outcomes = [self.decode(r) for r in self.records[i * self.chunk : (i + 1) * self.chunk]]
-        ok = [j for j, o in enumerate(outcomes) if not isinstance(o, str)]
-        pixels = torch.stack([outcomes[j] for j in ok]) if ok else None  # [k, 3, H, W]
-        failed = [(j, o) for j, o in enumerate(outcomes) if isinstance(o, str)]
-        return ok, pixels, failed
+        outcomes = _work_on_chunk(self.records[i * self.chunk : (i + 1) * self.chunk], self.settings)
+        decoded = [o for o in outcomes if o.pixels is not None]
+        pixels = torch.stack([o.pixels for o in decoded]) if decoded else None  # [k, 3, H, W]
+        for o in decoded:
+            o.pixels = None
+        return outcomes, pixels
 
 
 def _in_order_processes(
-    records: Sequence[ImageRecord], work: Callable[[ImageRecord], Any], num_workers: int, batch_size: int,
-    prefetch_batches: int,
-) -> Iterator[tuple[ImageRecord, Any]]:
-    """``(record, work(record))`` in input order, computed by ``num_workers`` forked worker processes.
+    records: Sequence[ImageRecord], settings: _DecodeSettings, num_workers: int, chunk: int, window: int,
+) -> Iterator[tuple[ImageRecord, _Outcome]]:
+    """``(record, outcome)`` in input order, worked out by ``num_workers`` forked worker processes.
 
     Fork, so nothing is pickled on the way in (the records and the preprocessing are inherited) and CUDA is never
-    touched in a worker. ``work`` never raises; a worker that dies (a crashing decoder library) ends the run with a
+    touched in a worker. The work never raises; a worker that dies (a crashing decoder library) ends the run with a
     :class:`~vlmcls.errors.VlmclsError`, after every batch already yielded was stored by the consumer.
     """
     import multiprocessing
@@ -448,25 +381,25 @@ def _in_order_processes(
 
     from .errors import VlmclsError
 
-    chunk = max(1, min(16, batch_size))
-    # prefetch_factor counts chunks per worker: keep about (prefetch_batches + 1) batches in flight overall
-    per_worker = max(2, -(-batch_size * (prefetch_batches + 1) // (chunk * num_workers)))
+    # prefetch_factor counts chunks per worker: keep about `window` records in flight overall
+    per_worker = max(2, -(-window // (chunk * num_workers)))
     loader = DataLoader(
-        _ChunkDecoder(records, work, chunk), batch_size=None, shuffle=False, num_workers=num_workers,
+        _ChunkDecoder(records, settings, chunk), batch_size=None, shuffle=False, num_workers=num_workers,
         multiprocessing_context=multiprocessing.get_context("fork"), prefetch_factor=per_worker,
     )
     iterator = iter(loader)
     try:
         for i in range(len(loader)):
             try:
-                ok, pixels, failed = next(iterator)
+                outcomes, pixels = next(iterator)
             except RuntimeError as exc:  # DataLoader's "worker (pid …) exited unexpectedly"
                 raise VlmclsError(f"a decoding worker process failed ({exc}); try --worker-type thread") from exc
-            base = i * chunk
-            reasons = dict(failed)
-            position = {j: k for k, j in enumerate(ok)}
-            for j in range(min(chunk, len(records) - base)):
-                yield records[base + j], reasons[j] if j in reasons else pixels[position[j]]
+            decoded = 0
+            for j, outcome in enumerate(outcomes):
+                if outcome.error is None and outcome.known is None:
+                    outcome.pixels = pixels[decoded]
+                    decoded += 1
+                yield records[i * chunk + j], outcome
     finally:  # also when the consumer stops early: end the workers now, not at garbage collection
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:

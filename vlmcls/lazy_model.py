@@ -24,7 +24,8 @@ __all__ = ["LazyModel"]
 log = logging.getLogger(__name__)
 
 # What a backend must know to look up its features in the store, recorded by the first load.
-_IDENTITY_FIELDS = ("weights_fingerprint", "preprocess_fingerprint", "logit_scale", "logit_bias")
+# input_side: reduced-size JPEG decoding is part of the image feature key (vlmcls.embeddings).
+_IDENTITY_FIELDS = ("weights_fingerprint", "preprocess_fingerprint", "logit_scale", "logit_bias", "input_side")
 
 
 def _identity_key(spec: ModelSpec, weights_fingerprint: str) -> str | None:
@@ -65,7 +66,7 @@ class LazyModel(ModelBackend):
         identity = self._recorded_identity()
         if identity is None:
             self._load()
-        else:  # weights_fingerprint, preprocess_fingerprint, logit_scale, logit_bias: known without the model
+        else:  # weights and preprocessing fingerprints, logit scale and bias, input side: known without the model
             self.__dict__.update(identity)
 
     def _recorded_identity(self) -> dict | None:
@@ -106,6 +107,11 @@ class LazyModel(ModelBackend):
     def backend(self) -> ModelBackend:
         """The real backend (built now if it was not yet)."""
         return self._load()
+
+    @property
+    def input_side(self) -> int | None:
+        # ModelBackend's property would ask preprocess (and build the model): the recorded value comes first.
+        return self.__dict__["input_side"] if "input_side" in self.__dict__ else self._load().input_side
 
     # -- work: needs the model ----------------------------------------------------------------------
     @property

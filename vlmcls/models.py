@@ -138,6 +138,17 @@ class ModelBackend(ABC):
         return parts
 
     @property
+    def input_side(self) -> int | None:
+        """The short side preprocessing resizes images to (224 for ViT-B/32); None when it cannot tell."""
+        for step in getattr(self.preprocess, "transforms", []):
+            size = getattr(step, "size", None)
+            if isinstance(size, int):
+                return size
+            if isinstance(size, (tuple, list)) and size:
+                return int(min(size))
+        return None
+
+    @property
     def text_key_parts(self) -> dict:
         return {"model": self.model_id, "weights": self.weights_fingerprint}
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import math
 import os
@@ -46,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GALLERY_LIMIT = 60  # thumbnails in the gallery: enough to see the failure modes, small enough to open fast
+THUMBNAIL_SIZE = 96  # pixels, longest side
 REPORT_SUFFIXES = (".html", ".htm")
 _MATRIX_CLASSES = 40  # larger confusion matrices show the classes involved in the most confusions
 _BAR_CLASSES = 80  # per-class bars show the classes with the lowest recall first, up to this many
@@ -170,19 +170,20 @@ def select_gallery(results: Mapping[str, Any], limit: int = GALLERY_LIMIT) -> li
     return (wrong + sorted(rest, key=confidence))[:limit]
 
 
-def thumbnail_data_uri(source: Any, size: int = 96) -> str | None:
+def thumbnail_data_uri(source: Any, size: int = THUMBNAIL_SIZE) -> str | None:
     """A small JPEG of an image (a record, path or bytes) as a data URI, or None when it cannot be read."""
-    from .images import load_image
+    from .images import load_image, thumbnail_jpeg
 
     try:
-        image = load_image(source)
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=75)
+        jpeg = thumbnail_jpeg(load_image(source, min_side=size), size)
     except (ImageError, ConfigError, OSError, ValueError) as exc:
         log.info("no thumbnail for '%s': %s", getattr(source, "id", source), exc)
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return jpeg_data_uri(jpeg)
+
+
+def jpeg_data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 # -- sections -------------------------------------------------------------------------------------------------
@@ -474,29 +475,35 @@ def write_report(
     data: str | None = None,
     model: str | None = None,
     gallery_limit: int = GALLERY_LIMIT,
-    thumbnail_size: int = 96,
+    thumbnail_size: int = THUMBNAIL_SIZE,
 ) -> Path:
     """Render an eval report, a classify result or a results dict to one HTML file (written atomically).
 
-    Thumbnails are made for the gallery's images only, from ``records`` (dataset rows need them; an
+    Thumbnails are made for the gallery's images only: those a classify run kept while decoding
+    (``artifacts["thumbnails"]``, so no file is read twice), else from ``records`` (dataset rows need them; an
     ``EvalReport`` brings its own) or else from each prediction's path.
     """
     from .api import ClassificationResult
     from .evaluate import EvalReport
 
     path = check_report_path(path)
+    kept: Mapping[str, bytes] = {}  # image id -> thumbnail JPEG made while decoding
     if isinstance(report, EvalReport):
         records = records if records is not None else report.records
         results: Mapping[str, Any] = report.to_dict()
     elif isinstance(report, ClassificationResult):
         results = classification_to_dict(report, data=data, model=model)
+        kept = report.artifacts.get("thumbnails") or {}
     else:
         results = report
     by_id = {rec.id: rec for rec in records or []}
     thumbnails = {}
     for row in select_gallery(results, gallery_limit):
         source = by_id.get(row["id"]) or row.get("path")
-        uri = thumbnail_data_uri(source, thumbnail_size) if source else None
+        if row["id"] in kept:
+            uri = jpeg_data_uri(kept[row["id"]])
+        else:
+            uri = thumbnail_data_uri(source, thumbnail_size) if source else None
         if uri:
             thumbnails[row["id"]] = uri
     page = render_report(results, thumbnails, title=title, gallery_limit=gallery_limit)

@@ -137,6 +137,10 @@ def classify(
             )
         else:
             records = as_records(images, **source_options)  # listed once: the run and the report's thumbnails
+            if report is not None:  # thumbnails from the decoded images: no file is read twice
+                from ..report import THUMBNAIL_SIZE
+
+                clf.encoder.thumbnail_size = THUMBNAIL_SIZE
             with progress_bar("encoding images", enabled=not quiet) as progress:
                 result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
                                       progress=progress)
