@@ -46,7 +46,7 @@ def test_specs_parse_to_one_head_and_stages_in_run_order(text, head, stages):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("magic", r"unknown method 'magic' in 'magic'\. Valid: name, templates, cbd, waffle, fudd, tip, tfup, frechet"),
+    ("magic", r"unknown method 'magic' in 'magic'\. Valid: name, templates, cbd, waffle, cupl, fudd, tip, tfup, frechet"),
     ("cbd+", "empty part"),
     ("cbd+cbd", "names a stage twice"),
     ("cbd+name", "two heads"),

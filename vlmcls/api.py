@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -14,7 +15,8 @@ from .classes import load_classes
 from .embeddings import Encoder, ImageFeatures
 from .images import ImageRecord, choose_worker_type, list_images
 from .methods import DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec
-from .models import ModelBackend, load_model
+from .lazy_model import LazyModel
+from .models import ModelBackend
 from .results import ClassificationResult, Prediction
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
 
@@ -64,7 +66,8 @@ class Classifier:
     ):
         choose_worker_type(worker_type, [])  # a bad worker type fails here, before the model loads
         self.store = Store(cache_dir) if use_cache else None
-        self.model = (load_model(model, device=device, precision=precision, store=self.store)
+        # Lazy: a run whose features are all in the store never builds (nor imports) the model.
+        self.model = (LazyModel(model, device=device, precision=precision, store=self.store)
                       if isinstance(model, str) else model)
         self.encoder = Encoder(self.model, self.store)
         self.batch_size = batch_size
@@ -121,7 +124,7 @@ class Classifier:
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,
             cached=len(feats.records) - feats.encoded,
-            errors=len(feats.errors),
+            errors=len(result.errors),
             seconds=round(time.perf_counter() - started, 3),
         )
         return result
@@ -144,6 +147,7 @@ class Classifier:
         options give (a support folder, a label metric, ``self_cache``) are added to it."""
         options = options or MethodOptions()
         spec = parse_spec(method).with_implied(options)
+        feats = _finite_only(feats)
         if feats.records:
             out = run_spec(spec, self.run_context(class_names, options), feats.feats)
         else:  # nothing decoded: every input is an error row
@@ -169,6 +173,25 @@ def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: lis
              "method_seconds": round(out.seconds, 4), **out.info}
     return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
                                 out.artifacts, out.label_metric)
+
+
+NON_FINITE_FEATURE = ("the model returned NaN or infinite features for this image (in half precision this is "
+                      "an overflow: try --precision fp32)")
+
+
+def _finite_only(feats: ImageFeatures) -> ImageFeatures:
+    """The features with every image whose feature holds NaN or infinity moved to the error rows (a NaN would
+    otherwise come out as a prediction with probability NaN)."""
+    if not feats.records:
+        return feats
+    finite = torch.isfinite(feats.feats).all(dim=1)  # [N]
+    if bool(finite.all()):
+        return feats
+    keep = finite.nonzero().flatten().tolist()
+    bad = [(feats.records[i], NON_FINITE_FEATURE) for i in (~finite).nonzero().flatten().tolist()]
+    log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
+    return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
+                   errors=feats.errors + bad)
 
 
 def _path(rec: ImageRecord) -> str | None:

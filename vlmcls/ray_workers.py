@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .embeddings import l2_normalize
+from .api import NON_FINITE_FEATURE
 from .errors import ModelLoadError
 from .feature_store import FeatureStore, read_feats
 from .images import DEFAULT_MAX_PIXELS, ImageRecord
@@ -69,7 +70,12 @@ class EncoderActor:
         if ok_rows:
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok_rows]))  # [B, 3, H, W]
             feats = l2_normalize(self.model.encode_images(pixels)).numpy()  # [B, D]
-            self.store.write_shard([str(batch["digest"][i]) for i in ok_rows], feats)
+            finite = np.isfinite(feats).all(axis=1)  # [B]: a NaN feature is an error row, never stored
+            for n in np.flatnonzero(~finite):
+                errors[ok_rows[n]] = NON_FINITE_FEATURE
+            kept = [row for row, ok in zip(ok_rows, finite) if ok]
+            if kept:
+                self.store.write_shard([str(batch["digest"][i]) for i in kept], feats[finite])
         return {"digest": batch["digest"], "error": np.array(errors, dtype=object),
                 "done_at": np.full(len(errors), time.time())}
 

@@ -51,7 +51,7 @@ def classify(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help()),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,

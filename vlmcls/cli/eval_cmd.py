@@ -67,7 +67,7 @@ def eval_command(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method setting by its Python name (repeatable), e.g. fudd_k=5; the same as its flag."),

@@ -3,7 +3,7 @@
     spec ``cbd+fudd+tip`` ─▶ parse_spec ─▶ build_pipeline (text, LLM, gathers; on the driver)
                          ─▶ Pipeline.apply per batch (in this process, or on Ray workers) ─▶ logits, labels, notes
 
-Records live beside their code: :mod:`.heads` (name, templates, cbd, waffle), :mod:`.fudd`, :mod:`.refiners`
+Records live beside their code: :mod:`.heads` (name, templates, cbd, waffle), :mod:`.cupl`, :mod:`.fudd`, :mod:`.refiners`
 (tip, tfup, frechet). A new method is one module and one ``register(MethodRecord(...))``.
 """
 
@@ -31,7 +31,7 @@ from .registry import (
     setting_fields,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
-from . import heads, fudd, refiners  # noqa: E402,F401  (each module registers its records, in this order)
+from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module registers its records, in this order)
 
 if TYPE_CHECKING:
     import torch
