@@ -132,16 +132,18 @@ def method_inputs(tmp_path_factory) -> dict:
         {"attr_type": "colour", "prompt_pair": [f"a red {a}.", f"a blue {b}."]}]}
         for i, a in enumerate(CLASSES) for b in CLASSES[i + 1:]}
     (root / "pairs.json").write_text(json.dumps(pairs))
+    cupl = {c: [f"A photo of a {c}, seen from the side.", f"A {c} in bright daylight."] for c in CLASSES}
+    (root / "cupl.json").write_text(json.dumps(cupl))
     for c, colour in zip(CLASSES, (ig.RED, ig.BLUE, (20, 200, 20), (200, 200, 20))):
         ig.write_solid(root / "support" / c / "0.png", colour)
         ig.write_noise_jpeg(root / "support" / c / "1.jpg", size=(36, 30), seed=len(c))
-    return {"descriptors": descriptors, "pairs": root / "pairs.json", "support": root / "support",
+    return {"descriptors": descriptors, "pairs": root / "pairs.json", "cupl": root / "cupl.json", "support": root / "support",
             "store": root / "feature-store"}
 
 
 # Every head and every later stage at least once, a chain of all of them, and a stage named alone (it picks its
 # head): the Ray rows must be the single engine's, explanations included. (Few runs: Ray is slow on a busy box.)
-SPECS = ["name+tip", "templates+tfup", "waffle+frechet", "cbd+fudd+tip+tfup+frechet", "fudd"]
+SPECS = ["name+tip", "templates+tfup", "waffle+frechet", "cupl+tip", "cbd+fudd+tip+tfup+frechet", "fudd"]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,8 @@ def test_every_method_and_refiner_gives_the_single_engine_rows_on_ray(ray_local,
                                                                        spec):
     refiners = RefinerOptions(support=method_inputs["support"], tune=True, self_metric=True)
     options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True, refiners=refiners,
-                            extra={"pairs_file": str(method_inputs["pairs"]), "fudd_k": 3})
+                            extra={"pairs_file": str(method_inputs["pairs"]), "fudd_k": 3,
+                                   "cupl_file": str(method_inputs["cupl"])})
     options = options_for_spec(spec, options)  # only the refiners the spec names, as eval does
     single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
                                                                           options=options, top_k=3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import math
 import time
 from contextlib import contextmanager
@@ -330,8 +331,19 @@ def _connect(ray, address: str | None) -> None:
         if address is not None:
             log.warning("Ray is already initialised in this process: ignoring ray_address '%s'", address)
         return
+    # Ray prints ~50 lines of its own (worker logs, dashboard, Data's execution plan and progress bars): the user
+    # sees them only with -v/-vv; errors still reach the driver as exceptions.
+    verbose = log.isEnabledFor(logging.DEBUG)
+    quiet_logs = {} if verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address is None and not verbose:
+        quiet_logs["include_dashboard"] = False  # only for a local instance this process starts
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
-        ray.init(address=address)
+        ray.init(address=address, **quiet_logs)
+        if not sys.stderr.isatty():  # bars only on a terminal, like classify's own progress
+            ray.data.DataContext.get_current().enable_progress_bars = False
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError… for a bad address
         where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
         raise ConfigError(

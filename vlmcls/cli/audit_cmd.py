@@ -56,8 +56,7 @@ def audit_command(
     from ..audit_report import write_audit_report
     from ..descriptors import ErrorRow
     from ..llm import LLMClient
-    from ..methods import MethodOptions
-    from ..methods_llm import resolve_descriptors
+    from ..methods import DEFAULT_DESCRIBER, METHODS, build_config
     from ..output import check_output_path, write_json
     from ..report import check_report_path
 
@@ -81,8 +80,10 @@ def audit_command(
         source = str(descriptors)
     else:  # the client only connects for answers that are not cached
         with LLMClient(llm_config, clf.store, refresh=refresh) as client:
-            options = MethodOptions(llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint)
-            source, llm_rows, _usage = resolve_descriptors(class_names, options)
+            record = METHODS[DEFAULT_DESCRIBER]  # the method that writes descriptors with the LLM (CbD)
+            source, rows, _usage = record.describe(class_names, build_config(record, {}), client,
+                                                   str(prompts) if prompts else None, domain_hint)
+            llm_rows = [r.to_dict() for r in rows]
     with progress_bar("encoding images", enabled=not quiet) as progress:
         result = audit_descriptors(clf, data, class_names, source, holdout=holdout, prune_neutral=prune_neutral,
                                    seed=seed, progress=progress, **source_options)
