@@ -8,11 +8,12 @@ import typer
 
 from ..cache import Store
 from ..errors import ConfigError
+from ._app import App
 from ._render import console, handle_errors, key_value_table
 
 CACHE_KINDS = ("image", "text", "llm", "digest")
 
-app = typer.Typer(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
+app = App(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
 
 
 @app.command("info")
