@@ -2,8 +2,9 @@
 
 It answers like a knowledgeable LLM about the demo world: a descriptor prompt (one demo class named in the last
 user message) gets a bullet list of ``generic_descriptors(name)``; a differential prompt (the messages mention
-"attr_type" and the last user message names two classes) gets the JSON list of ``differential_descriptions``.
-Unknown class names get a plausible generic answer.
+"attr_type" and the last user message names two classes) gets the JSON list of ``differential_descriptions``;
+a CuPL prompt (the system message asks for "one sentence") gets one sentence built from the same attributes as the
+descriptors, worded by the question asked. Unknown class names get a plausible generic answer.
 
 Faults are scripted per test, in the order requests arrive, or per class (consumed when that class is asked):
 
@@ -13,7 +14,9 @@ Faults are scripted per test, in the order requests arrive, or per class (consum
 Fault words: ``ok``; ``429`` (optionally ``:retry-after=S`` or ``:retry-after-date=S``, an HTTP date S seconds
 ahead); ``500``/``502``/``503``; ``400``/``401``; ``slow:S`` (answer after S seconds); ``malformed`` (200 with
 prose, no list); ``empty`` (200 with empty text); ``emptylist`` (200 with ``[]``); ``badjson`` (200 whose body is
-not JSON).
+not JSON); ``drip:S`` (headers at once, then the body one byte every S seconds, giving up after
+``DRIP_GIVE_UP_S``); ``parts`` (the answer's content as a list of content parts); ``badusage`` (usage token counts
+that are not numbers).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +42,16 @@ __all__ = ["FakeLLMServer", "RecordedRequest", "llm_server", "track", "close_tra
 _GENERIC_FEATURES = ["a distinctive outline", "a characteristic colour", "a recognisable surface texture"]
 _DESCRIPTOR_QUESTION = re.compile(r"distinguishing an? (.+?)(?: \([^)]*\))? in a photo", re.IGNORECASE)
 _PAIR_QUESTION = re.compile(r"tell an? (.+?) from an? (.+?) in a photo", re.IGNORECASE)
+_CUPL_REQUEST = re.compile(r"\bone sentence\b", re.IGNORECASE)
+# Sentence frames for CuPL answers; the question's wording picks one, so each question variant reads differently.
+_CUPL_FRAMES = (
+    "A {name} is an object with {attributes}.",
+    "You can recognise a {name} by {attributes}.",
+    "A photo of a {name} shows {attributes}.",
+    "In this picture, a {name} stands out with {attributes}.",
+    "A {name} seen from the front, showing {attributes}.",
+)
+DRIP_GIVE_UP_S = 8.0  # a drip ends (connection closed) after this long, so a client without a deadline fails, not hangs
 
 
 @dataclass
@@ -143,6 +157,9 @@ class FakeLLMServer:
                 match = _PAIR_QUESTION.search(last_user)
                 names = [match.group(1), match.group(2)] if match else ["the first object", "the second object"]
             return json.dumps(_pair_answer(names[0], names[1]), indent=1)
+        system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+        if _CUPL_REQUEST.search(system):
+            return _cupl_answer(names[0] if names else "object", last_user)
         if not names:
             match = _DESCRIPTOR_QUESTION.search(last_user)
             names = [match.group(1)] if match else ["object"]
@@ -190,6 +207,14 @@ def _pair_answer(a: str, b: str) -> list[dict[str, str]]:
     ]
 
 
+def _cupl_answer(name: str, question: str) -> str:
+    """One CuPL sentence: the class's descriptor attributes, in the frame the question's wording picks."""
+    features = world.generic_descriptors(name) if name in world.DEMO_CLASSES else _GENERIC_FEATURES
+    attributes = ", ".join(features[:-1]) + " and " + features[-1] if len(features) > 1 else features[0]
+    frame = _CUPL_FRAMES[zlib.crc32(question.replace(name, "").encode("utf-8")) % len(_CUPL_FRAMES)]
+    return frame.format(name=name, attributes=attributes)
+
+
 def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -213,6 +238,24 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(raw)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): nothing to do
                 pass
+
+        def _drip(self, payload: dict[str, Any], every_s: float) -> None:
+            raw = json.dumps(payload).encode("utf-8")
+            given_up_at = time.monotonic() + DRIP_GIVE_UP_S
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(raw)):
+                    if server._stop.wait(every_s) or time.monotonic() > given_up_at:
+                        break
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
 
         def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
             self._send(status, {"error": {"message": message, "type": "fake_error", "code": status}}, headers)
@@ -282,22 +325,34 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 text = server._answer_text(body)
             prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
             completion_tokens = _tokens(text) if text else 0
-            self._send(200, {
+            content: Any = text
+            if kind == "parts":  # as some gateways answer: a list of typed parts, the text split across two
+                half = len(text) // 2
+                content = [{"type": "text", "text": text[:half]}, {"type": "image_url", "image_url": {"url": "x"}},
+                           {"type": "text", "text": text[half:]}]
+            usage: dict[str, Any] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            if kind == "badusage":
+                usage = {"prompt_tokens": [prompt_tokens], "completion_tokens": "many", "total_tokens": None}
+            payload = {
                 "id": f"chatcmpl-fake-{len(server.requests)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "fake-llm"),
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": {"role": "assistant", "content": content},
                     "finish_reason": "stop",
                 }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            })
+                "usage": usage,
+            }
+            if kind == "drip":
+                self._drip(payload, float(arg or 1))
+            else:
+                self._send(200, payload)
 
     return Handler
 

@@ -375,7 +375,7 @@ def test_a_missing_file_in_a_path_list_is_an_error_row_naming_the_path_resolved_
 
 @pytest.mark.parametrize(
     "command",
-    [["classify"], ["eval"], ["describe"], ["cache"], ["cache", "info"], ["cache", "clear"], ["prompts"],
+    [["classify"], ["eval"], ["describe"], ["audit"], ["cache"], ["cache", "info"], ["cache", "clear"], ["prompts"],
      ["prompts", "list"], ["prompts", "show"], ["prompts", "path"], ["demo"], ["demo", "images"], ["demo", "paths"], []],
     ids=lambda command: " ".join(command) or "vlmcls",
 )
@@ -384,8 +384,8 @@ def test_help_shows_no_value_placeholder_on_flags_and_names_arguments_plainly(co
     assert "--help" in help_text and "<bool>" not in help_text
     usage = next(line for line in help_text.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage
-    expected_usage = {"classify": "[OPTIONS] IMAGES", "eval": "[OPTIONS] DATA", "show": "[OPTIONS] NAME",
-                      "path": "[OPTIONS] [NAME]", "images": "[OPTIONS] OUT_DIR"}
+    expected_usage = {"classify": "[OPTIONS] IMAGES", "eval": "[OPTIONS] DATA", "audit": "[OPTIONS] DATA",
+                      "show": "[OPTIONS] NAME", "path": "[OPTIONS] [NAME]", "images": "[OPTIONS] OUT_DIR"}
     if command and command[-1] in expected_usage:
         assert usage.rstrip().endswith(expected_usage[command[-1]])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -221,7 +221,7 @@ class Classifier:
             images=len(feats.records) + len(feats.errors),
             encoded=feats.encoded,
             cached=len(feats.records) - feats.encoded,
-            errors=len(feats.errors),
+            errors=len(result.errors),
             seconds=round(time.perf_counter() - started, 3),
         )
         return result
@@ -232,6 +232,7 @@ class Classifier:
     ) -> ClassificationResult:
         """Predictions from image features already computed (eval shares them across methods)."""
         options = options or MethodOptions()
+        feats = _finite_only(feats)
         frechet_labels = None
         if feats.records:
             out = run_method(method, self, feats.feats, class_names, options)
@@ -256,6 +257,25 @@ class Classifier:
                  "method_seconds": round(out.seconds, 4), **out.info}
         return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
                                     out.artifacts, metric)
+
+
+NON_FINITE_FEATURE = ("the model returned NaN or infinite features for this image (in half precision this is "
+                      "an overflow: try --precision fp32)")
+
+
+def _finite_only(feats: ImageFeatures) -> ImageFeatures:
+    """The features with every image whose feature holds NaN or infinity moved to the error rows (a NaN would
+    otherwise come out as a prediction with probability NaN)."""
+    if not feats.records:
+        return feats
+    finite = torch.isfinite(feats.feats).all(dim=1)  # [N]
+    if bool(finite.all()):
+        return feats
+    keep = finite.nonzero().flatten().tolist()
+    bad = [(feats.records[i], NON_FINITE_FEATURE) for i in (~finite).nonzero().flatten().tolist()]
+    log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
+    return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
+                   errors=feats.errors + bad)
 
 
 def _path(rec: ImageRecord) -> str | None:

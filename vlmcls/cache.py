@@ -2,25 +2,38 @@
 
 Everything is kept in a diskcache ``Cache`` under ``$VLMCLS_CACHE``, or ``cache/`` when vlmcls runs from a
 checkout, or ``~/.cache/vlmcls``. Values are only ever ``str`` (JSON) or ``bytes`` (``.npy`` arrays loaded with
-``allow_pickle=False``): diskcache stores both raw, so nothing read back from the cache is ever unpickled.
+``allow_pickle=False``).
+
+Nothing in a cache folder is trusted: anyone who can write a shared ``$VLMCLS_CACHE`` can craft ``cache.db``.
+diskcache's own ``Disk`` unpickles a row whose ``mode`` says "pickle" and joins the row's ``filename`` to the folder
+(an absolute one wins), so :class:`_SafeDisk` replaces it: it never unpickles, reads and deletes only value files
+with the exact names diskcache generates that resolve inside the folder, and reports anything else as a corrupted
+entry, which the store drops and recomputes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
+import sqlite3
+import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import diskcache
 import numpy as np
 
 from .errors import CacheError
 
-__all__ = ["FORMAT_VERSION", "cache_key", "cache_key_for", "default_cache_dir", "Store", "file_digest", "known_digest", "stat_key", "clear_digest_memo"]
+__all__ = ["FORMAT_VERSION", "cache_key", "cache_key_for", "default_cache_dir", "Store", "file_digest", "known_digest",
+           "stat_key", "clear_digest_memo", "remove_cache_files"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,8 @@ def cache_key(kind: str, **parts: Any) -> str:
     payload = json.dumps(
         {"v": FORMAT_VERSION, "kind": kind, **parts}, sort_keys=True, ensure_ascii=False, default=str
     )
-    return f"{kind}:{hashlib.sha256(payload.encode('utf-8')).hexdigest()}"
+    # surrogatepass: a non-UTF-8 file name arrives with surrogate escapes (os.fsdecode); other text is plain UTF-8.
+    return f"{kind}:{hashlib.sha256(payload.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def cache_key_for(kind: str, varying: str, **parts: Any) -> Callable[[str], str]:
@@ -74,10 +88,10 @@ def cache_key_for(kind: str, varying: str, **parts: Any) -> Callable[[str], str]
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (content addressing: a renamed file keeps its key).
 
-    Memoised per process by (path, size, mtime), so a re-run in the same process reads no file twice.
+    Memoised per process by path and stat (as :func:`stat_key`), so a re-run in the same process reads no file twice.
     """
     st = os.stat(path)
-    memo_key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    memo_key = _memo_key(path, st)
     digest = _DIGESTS.get(memo_key)
     if digest is None:
         h = hashlib.sha256()
@@ -99,7 +113,12 @@ def known_digest(path: str | os.PathLike, st: os.stat_result | None = None) -> s
             st = os.stat(path)
         except OSError:
             return None
-    return _DIGESTS.get((os.fspath(path), st.st_size, st.st_mtime_ns))
+    return _DIGESTS.get(_memo_key(path, st))
+
+
+def _memo_key(path: str | os.PathLike, st: os.stat_result) -> tuple[str, int, int, int, int]:
+    # The same fields as stat_key: a same-size rewrite with its mtime set back still changes the inode or ctime.
+    return os.fspath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
 
 
 def stat_key(path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
@@ -121,7 +140,7 @@ def clear_digest_memo() -> None:
 
 
 _DIGEST_MEMO_SIZE = 1 << 18
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # dict get/set are atomic under the GIL: safe from hash threads
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # dict get/set are atomic under the GIL: safe from hash threads
 
 
 def _array_to_bytes(array: np.ndarray) -> bytes:
@@ -131,22 +150,217 @@ def _array_to_bytes(array: np.ndarray) -> bytes:
 
 
 def _bytes_to_array(raw: bytes) -> np.ndarray:
-    """Parse .npy bytes. Every feature of one model shares one header, so headers are parsed once, not per array
-    (numpy parses each with ``ast.literal_eval``, which was most of a cached re-run's time)."""
-    if raw[:7] == b"\x93NUMPY\x01" and len(raw) >= 10:
+    """Parse .npy bytes; ValueError when they are not exactly one array. Every feature of one model shares one
+    header, so headers are parsed once, not per array (numpy parses each with ``ast.literal_eval``, which was most
+    of a cached re-run's time)."""
+    if raw[:6] != b"\x93NUMPY" or len(raw) < 10:
+        raise ValueError("not a .npy array")
+    if raw[6:7] == b"\x01":
         end = 10 + int.from_bytes(raw[8:10], "little")
         layout = _NPY_HEADERS.get(raw[:end])
         if layout is not None:
-            dtype, shape, count = layout
+            dtype, shape, count, total = layout
+            if len(raw) != total:
+                raise ValueError(f"{len(raw)} bytes for a {shape} {dtype} array")
             return np.frombuffer(raw, dtype=dtype, count=count, offset=end).reshape(shape).copy()
         array = np.load(io.BytesIO(raw), allow_pickle=False)
+        if len(raw) != end + array.nbytes:
+            raise ValueError(f"{len(raw)} bytes for a {array.shape} {array.dtype} array")
         if array.flags.c_contiguous and array.dtype != object and len(_NPY_HEADERS) < 1024:
-            _NPY_HEADERS[raw[:end]] = (array.dtype, array.shape, array.size)
+            _NPY_HEADERS[raw[:end]] = (array.dtype, array.shape, array.size, end + array.nbytes)
         return array
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}  # header: dtype, shape, size, bytes
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN or infinity in a float array. One BLAS dot product (a NaN or inf anywhere makes it NaN or inf) costs
+    a fifth of ``isfinite(array).all()``, which matters on a cached re-run of many features; it also refuses values
+    beyond ~1e19, which no feature holds."""
+    if array.dtype.kind != "f":
+        return True
+    flat = array.reshape(-1)
+    return math.isfinite(float(np.dot(flat, flat)))
+
+
+class _CorruptEntry(Exception):
+    """A cache row or value file that vlmcls did not write (damaged or crafted); the store drops it."""
+
+
+# The only value-file names diskcache generates (``Disk.filename``): two hex folders, 28 hex digits, ``.val``.
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+_DB_FILES = ("cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal")
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY, diskcache.core.MODE_TEXT
+
+
+class _SafeDisk(diskcache.Disk):
+    """diskcache's storage layer, minus everything a crafted ``cache.db`` could abuse.
+
+    Keys are ``str``; values are ``str`` or ``bytes``, stored raw in the database or, when large, in a value file.
+    Reading never unpickles (a pickle row is a corrupted entry), and a value file is read or deleted only when its
+    name is one diskcache generates and its real path lies inside the cache folder.
+    """
+
+    def __init__(self, directory: str, min_file_size: int = 2**15, **_ignored: Any):
+        # ``_ignored``: other ``disk_*`` settings (the pickle protocol) that diskcache passes along; none apply.
+        super().__init__(directory, min_file_size=min_file_size)
+        self._real_directory = os.path.realpath(directory)
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"cache keys are str, not {type(key).__name__}")
+        return key, True
+
+    def get(self, key: Any, raw: bool) -> Any:
+        # A pickled key (raw false) is never unpickled: it is handed back as its bytes, which match no vlmcls key.
+        return bytes(key) if isinstance(key, (bytes, memoryview)) else key
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple[int, int, str | None, Any]:
+        if read or type(value) not in (str, bytes):
+            raise TypeError(f"cache values are str or bytes, not {type(value).__name__}")
+        return super().store(value, False, key)
+
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> tuple[str, str]:
+        filename, full_path = super().filename(key, value)
+        try:
+            self._value_path(filename)  # a value folder swapped for a symlink would send the write elsewhere
+        except _CorruptEntry as exc:
+            raise CacheError(f"not writing into the cache at '{self._directory}': {exc}. Empty it with "
+                             f"`vlmcls cache clear --cache-dir '{self._directory}'`.") from None
+        return filename, full_path
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> str | bytes:
+        if read:
+            raise TypeError("the cache never hands out open value files")
+        if mode == _MODE_RAW and type(value) in (str, bytes):
+            return value
+        if mode in (_MODE_BINARY, _MODE_TEXT) and value is None:
+            data = _read_regular_file(self._value_path(filename))
+            if mode == _MODE_BINARY:
+                return data
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _CorruptEntry("its text file is not UTF-8") from exc
+        raise _CorruptEntry(f"its row has storage mode {mode!r} with a {type(value).__name__} value, "
+                            "which vlmcls never writes (a pickle is never loaded)")
+
+    def remove(self, file_path: str) -> None:
+        try:
+            full_path = self._value_path(file_path)
+        except _CorruptEntry as exc:
+            log.warning("cache: not deleting %r: %s", file_path, exc)
+            return
+        with contextlib.suppress(OSError):
+            os.remove(full_path)
+        # Empty value folders go too, but never the cache folder itself or anything above it.
+        folder = os.path.dirname(full_path)
+        for _ in range(2):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+            folder = os.path.dirname(folder)
+
+    def _value_path(self, filename: Any) -> str:
+        if not isinstance(filename, str) or not _VALUE_FILE.fullmatch(filename):
+            raise _CorruptEntry(f"value file name {filename!r} is not one the cache writes")
+        full_path = os.path.join(self._directory, filename)
+        real = os.path.realpath(full_path)
+        if os.path.dirname(os.path.dirname(os.path.dirname(real))) != self._real_directory:
+            raise _CorruptEntry(f"value file {filename!r} resolves outside the cache folder, to {real!r}")
+        return full_path
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of a regular file; a FIFO, device or symlink is a corrupted entry (reading one could hang)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise  # diskcache treats a vanished file as a miss (another process deleted the entry)
+    except OSError as exc:
+        raise _CorruptEntry(f"its value file cannot be opened ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _CorruptEntry("its value file is not a regular file")
+        return fh.read()
+
+
+def remove_cache_files(directory: str | os.PathLike) -> int:
+    """Delete a cache folder's database and value files without opening the database (for a damaged one).
+
+    Only the names diskcache creates are touched; symlinks are removed, never followed. Returns how many files
+    were deleted.
+    """
+    root = Path(directory)
+    removed = 0
+    try:
+        for name in _DB_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (root / name).unlink()
+                removed += 1
+        for outer in _hex_children(root):
+            for inner in _hex_children(outer):
+                for item in inner.iterdir():
+                    if _VALUE_FILE.fullmatch(f"{outer.name}/{inner.name}/{item.name}") and not item.is_dir():
+                        item.unlink()
+                        removed += 1
+                with contextlib.suppress(OSError):
+                    inner.rmdir()
+            with contextlib.suppress(OSError):
+                outer.rmdir()
+    except OSError as exc:
+        raise CacheError(f"cannot delete '{exc.filename}' in the cache folder '{root}': {exc.strerror}. Delete the "
+                         "folder by hand, or fix its permissions and run again.") from exc
+    return removed
+
+
+def _hex_children(folder: Path) -> list[Path]:
+    """The two-hex-digit value folders inside ``folder`` (real folders, not symlinks)."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir()
+            if re.fullmatch(r"[0-9a-f]{2}", p.name) and p.is_dir() and not p.is_symlink()]
+
+
+# Every diskcache setting, given explicitly so none is taken from a crafted database (its ``sqlite_*`` settings
+# become PRAGMA statements, its ``disk_*`` ones arguments of the Disk).
+_SETTINGS = {
+    "statistics": 0,
+    "tag_index": 0,
+    "eviction_policy": "least-recently-stored",
+    "cull_limit": 10,
+    "sqlite_auto_vacuum": 1,
+    "sqlite_cache_size": 2**13,
+    "sqlite_journal_mode": "wal",
+    "sqlite_mmap_size": 2**26,
+    "sqlite_synchronous": 1,
+    "disk_min_file_size": 2**15,
+}
+_KNOWN_SETTINGS = {*diskcache.core.DEFAULT_SETTINGS, *diskcache.core.METADATA}
+
+
+def _check_settings(directory: Path) -> None:
+    """Refuse a database whose Settings table holds keys diskcache never writes (they would run as PRAGMAs)."""
+    db = directory / "cache.db"
+    try:
+        mode = os.lstat(db).st_mode
+    except FileNotFoundError:
+        return  # a new cache
+    if not stat.S_ISREG(mode):  # sqlite would block forever on a FIFO, or write through a symlink
+        raise sqlite3.DatabaseError("cache.db is not a regular file")
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        keys = [row[0] for row in con.execute("SELECT key FROM Settings")]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return  # diskcache creates it
+        raise
+    finally:
+        con.close()
+    unknown = sorted(str(k) for k in keys if k not in _KNOWN_SETTINGS)
+    if unknown:
+        raise sqlite3.DatabaseError(f"unexpected settings {', '.join(repr(k) for k in unknown[:5])}")
 
 
 def _parts(items: list, size: int) -> Iterable[list]:
@@ -155,20 +369,86 @@ def _parts(items: list, size: int) -> Iterable[list]:
 
 
 class Store:
-    """A diskcache-backed store of JSON values and numpy arrays, keyed by :func:`cache_key`."""
+    """A diskcache-backed store of JSON values and numpy arrays, keyed by :func:`cache_key`.
+
+    A corrupted entry (damaged or crafted: not JSON, not an array, a wrong shape, a pickle, a file outside the
+    folder) reads as missing: it is deleted, so it is recomputed, and the first one is logged as a warning.
+    """
 
     def __init__(self, directory: str | os.PathLike | None = None, size_limit_gb: float = 20.0):
-        import diskcache
-
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.dropped = 0  # corrupted entries deleted so far
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2**30))
-        except Exception as exc:  # sqlite or filesystem errors
+        except OSError as exc:
             raise CacheError(
-                f"cannot open the cache at '{self.directory}': {exc}. "
-                f"Point ${_ENV_VAR} at a writable folder."
+                f"cannot create the cache folder '{self.directory}': {exc.strerror or exc}. "
+                f"Point ${_ENV_VAR} (or --cache-dir) at a writable folder."
             ) from exc
+        try:
+            _check_settings(self.directory)
+            self._cache = diskcache.Cache(str(self.directory), disk=_SafeDisk,
+                                          size_limit=int(size_limit_gb * 2**30), **_SETTINGS)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._open_error(exc) from exc
+
+    def _open_error(self, exc: BaseException) -> CacheError:
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            return CacheError(
+                f"the cache database in '{self.directory}' is damaged ({exc}). Everything in it can be recomputed: "
+                f"empty it with `vlmcls cache clear --cache-dir '{self.directory}'`, then run again."
+            )
+        return CacheError(
+            f"cannot use the cache in '{self.directory}' ({exc}). If the folder is not writable, point "
+            f"${_ENV_VAR} (or --cache-dir) at one that is; if its database is damaged, empty it with "
+            f"`vlmcls cache clear --cache-dir '{self.directory}'`."
+        )
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """sqlite errors mid-run (a database damaged after it opened, a full disk) as one clear CacheError."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from exc
+
+    # -- reading and decoding: the one place cached values are trusted ---------------------------------
+    def _decode(self, key: str, raw: str | bytes | None, kind: str, shape: tuple[int, ...] | None = None) -> Any:
+        """A raw value as JSON (``kind`` "json") or an array (``kind`` "array", of ``shape`` when given, finite);
+        None for a missing entry or a corrupted one, which is dropped.
+
+        Every read goes row -> :meth:`_value_from_row` (through :class:`_SafeDisk`) -> here."""
+        if raw is None:
+            return None
+        try:
+            if kind == "array":
+                if type(raw) is not bytes:
+                    raise _CorruptEntry(f"it holds {type(raw).__name__}, not array bytes")
+                array = _bytes_to_array(raw)
+                if shape is not None and array.shape != shape:
+                    raise _CorruptEntry(f"its array has shape {array.shape}, expected {shape}")
+                if not _all_finite(array):
+                    raise _CorruptEntry("its array holds NaN or infinity")
+                return array
+            if type(raw) is not str:
+                raise _CorruptEntry(f"it holds {type(raw).__name__}, not JSON text")
+            return json.loads(raw)
+        except _CorruptEntry as exc:
+            reason = str(exc)
+        except (ValueError, EOFError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            reason = f"it cannot be parsed ({exc})"
+        self._drop(key, reason)
+        return None
+
+    def _drop(self, key: str, reason: str) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("cache: dropped a corrupted entry in '%s' (%s); it is recomputed. Further corrupted "
+                        "entries are logged at debug level.", self.directory, reason)
+        else:
+            log.debug("cache: dropped corrupted entry %s (%s)", key, reason)
+        with contextlib.suppress(sqlite3.Error):
+            self._cache.delete(key)
 
     # -- JSON ---------------------------------------------------------------------------------------
     def get_json(self, key: str) -> Any | None:
@@ -180,11 +460,11 @@ class Store:
     def get_jsons(self, keys: Iterable[str]) -> dict[str, Any]:
         """The JSON values found for ``keys`` (missing keys are absent from the result), in bulk queries."""
         found: dict[str, Any] = {}
-        for key, raw in self._get_raw(keys).items():
-            if not isinstance(raw, str):
-                log.warning("cache entry %s is not JSON text; ignoring it", key)
-                continue
-            found[key] = json.loads(raw)
+        with self._guarded():
+            for key, raw in self._get_raw(keys).items():
+                value = self._decode(key, raw, "json")
+                if value is not None:
+                    found[key] = value
         return found
 
     def set_jsons(self, items: Mapping[str, Any]) -> None:
@@ -204,21 +484,25 @@ class Store:
         return digest
 
     # -- arrays -------------------------------------------------------------------------------------
-    def get_array(self, key: str) -> np.ndarray | None:
-        return self.get_arrays([key]).get(key)
+    def get_array(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The array under ``key``; with ``shape``, an array of another shape counts as corrupted."""
+        return self.get_arrays([key], shape).get(key)
 
-    def get_arrays(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
-        """The arrays found for ``keys`` (missing keys are absent from the result), in bulk queries."""
+    def get_arrays(self, keys: Iterable[str], shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+        """The arrays found for ``keys`` (missing and corrupted keys are absent from the result), in bulk queries;
+        with ``shape``, an array of another shape counts as corrupted."""
+        shape = None if shape is None else tuple(shape)
         found: dict[str, np.ndarray] = {}
-        for key, raw in self._get_raw(keys).items():
-            if not isinstance(raw, bytes):
-                log.warning("cache entry %s is not an array; ignoring it", key)
-                continue
-            found[key] = _bytes_to_array(raw)
+        with self._guarded():
+            for key, raw in self._get_raw(keys).items():
+                arr = self._decode(key, raw, "array", shape)
+                if arr is not None:
+                    found[key] = arr
         return found
 
     def set_arrays(self, items: Mapping[str, np.ndarray]) -> None:
-        """Write many arrays in one transaction (one batch of a run: all or nothing)."""
+        """Write many arrays in one transaction (one batch of a run: all or nothing). An array holding NaN or
+        infinity is not kept: it would read back as corrupted, and a re-run should compute it again."""
         self.set_many(arrays=items)
 
     def set_array(self, key: str, array: np.ndarray) -> None:
@@ -232,14 +516,20 @@ class Store:
 
     def set_many(self, arrays: Mapping[str, np.ndarray] | None = None, jsons: Mapping[str, Any] | None = None) -> None:
         """Write arrays and JSON values in one transaction (all or nothing)."""
-        items = [(key, _array_to_bytes(arr)) for key, arr in (arrays or {}).items()]
-        items += [(key, json.dumps(value, ensure_ascii=False)) for key, value in (jsons or {}).items()]
+        items = []
+        for key, arr in (arrays or {}).items():
+            arr = np.asarray(arr)
+            if _all_finite(arr):
+                items.append((key, _array_to_bytes(arr)))
+            else:  # it would read back as corrupted; a re-run computes it again
+                log.debug("cache: not storing %s, which holds NaN or infinity", key)
+        items += [(key, json.dumps(value, ensure_ascii=False, allow_nan=False)) for key, value in (jsons or {}).items()]
         if not items:
             return
         cache, disk = self._cache, self._cache._disk
         inline_limit = getattr(disk, "min_file_size", 0)  # larger values go to files: diskcache's own set does that
         now = time.time()
-        with cache.transact():
+        with self._guarded(), cache.transact():
             existing = set()
             for part in _parts([key for key, _ in items], self._KEYS_PER_QUERY):
                 marks = ",".join("?" * len(part))
@@ -278,34 +568,37 @@ class Store:
         entry is gone or unreadable."""
         try:
             return self._cache._disk.fetch(mode, filename, value, False)
+        except _CorruptEntry as exc:  # a pickle, a file outside the folder, ...: never loaded, dropped
+            self._drop(key, str(exc))
+            return None
         except OSError:  # its file was removed meanwhile (another process culled it)
             log.warning("cache entry %s lost its file; ignoring it", key)
             return None
 
     # -- housekeeping -------------------------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
-        return key in self._cache
+        with self._guarded():
+            return key in self._cache
 
     def info(self) -> dict[str, Any]:
         """Counts per kind of entry and the size on disk."""
         kinds: dict[str, int] = {}
-        for key in self._cache.iterkeys():
-            kind = str(key).split(":", 1)[0]
-            kinds[kind] = kinds.get(kind, 0) + 1
-        return {
-            "directory": str(self.directory),
-            "entries": sum(kinds.values()),
-            "by_kind": kinds,
-            "size_bytes": int(self._cache.volume()),
-        }
+        with self._guarded():
+            for key in self._cache.iterkeys():
+                kind = key.split(":", 1)[0] if isinstance(key, str) else "(not vlmcls)"
+                kinds[kind] = kinds.get(kind, 0) + 1
+            size = int(self._cache.volume())
+        return {"directory": str(self.directory), "entries": sum(kinds.values()), "by_kind": kinds,
+                "size_bytes": size}
 
     def clear(self, kind: str | None = None) -> int:
         """Remove every entry, or only those of one kind; returns how many were removed."""
-        if kind is None:
-            return int(self._cache.clear())
-        doomed = [k for k in self._cache.iterkeys() if str(k).startswith(f"{kind}:")]
-        for key in doomed:
-            self._cache.delete(key)
+        with self._guarded():
+            if kind is None:
+                return int(self._cache.clear())
+            doomed = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(f"{kind}:")]
+            for key in doomed:
+                self._cache.delete(key)
         return len(doomed)
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .api import Classifier, ClassificationResult, Prediction, as_records, load_classes
+from .api import NON_FINITE_FEATURE, Classifier, ClassificationResult, Prediction, as_records, load_classes
 from .embeddings import _content_key_or_error, _reason, l2_normalize
 from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, ImageRecord
@@ -357,9 +357,15 @@ class _EncoderActor:
             head = self.head
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok_rows]))  # [B, 3, H, W]
             feats = l2_normalize(self.model.encode_images(pixels))  # [B, D]
+            finite = torch.isfinite(feats).all(dim=1).tolist()  # [B]
+            for n, row in enumerate(ok_rows):
+                if not finite[n]:
+                    errors[row] = NON_FINITE_FEATURE
             logits = compute_logits(feats, self.text_weights, head.logit_scale, head.logit_bias)  # [B, C]
             values, indices = top_k(probabilities(logits, head.score_rule), self.k)  # [B, k]
             for n, row in enumerate(ok_rows):
+                if not finite[n]:
+                    continue
                 names = [head.class_names[int(j)] for j in indices[n]]
                 ranked[row] = [{"label": c, "prob": round(float(v), 6)} for c, v in zip(names, values[n])]
                 labels[row] = names[0]

@@ -66,6 +66,14 @@ class Encoder:
         self.uint8_transfer = uint8_transfer
         self.reduced_decoding = reduced_decoding
         self.thumbnail_size = thumbnail_size
+        self._feature_shape: tuple[int] | None = None
+
+    def feature_shape(self) -> tuple[int]:
+        """(D,): the shape of one feature, so a cached array of another shape is dropped as corrupted.
+        Measured once by encoding one short text (milliseconds), since backends do not all declare it."""
+        if self._feature_shape is None:
+            self._feature_shape = (int(self.model.encode_texts(["a photo"]).shape[-1]),)
+        return self._feature_shape
 
     # -- texts --------------------------------------------------------------------------------------
     def _text_key(self, text: str) -> str:
@@ -75,7 +83,7 @@ class Encoder:
         """texts (T) -> unit features [T, D]; each distinct text is encoded once, ever."""
         unique = list(dict.fromkeys(texts))
         keys = {t: self._text_key(t) for t in unique}
-        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        found = self.store.get_arrays(keys.values(), self.feature_shape()) if self.store is not None else {}
         missing = [t for t in unique if keys[t] not in found]
         by_text: dict[str, np.ndarray] = {t: found[keys[t]] for t in unique if keys[t] in found}
         if missing:
@@ -125,7 +133,7 @@ class Encoder:
         thumbnails: dict[str, bytes] = {}
         image_key = self._image_key_function()  # once per run: a re-run of 48,000 images is all look-ups
         keys = self._known_keys(records, image_key)
-        found = self.store.get_arrays(keys.values()) if self.store is not None else {}
+        found = self.store.get_arrays(keys.values(), self.feature_shape()) if keys and self.store is not None else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         todo = [i for i in range(total) if i not in feats]
         done = len(feats)
@@ -200,7 +208,7 @@ class Encoder:
         """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
         image_key = self._image_key_function()
         keys = {digest: image_key(digest) for digest in digests}
-        found = self.store.get_arrays(keys.values())
+        found = self.store.get_arrays(keys.values(), self.feature_shape())
         return {digest: found[key] for digest, key in keys.items() if key in found}
 
 

@@ -3,21 +3,28 @@
 Every answer is stored in the cache the moment it arrives, keyed by the rendered messages, the model, the base
 URL and the sampling settings, so a re-run makes no calls and an interrupted run loses nothing. The API key is
 read from an environment variable when the first call is made; it never enters a cache key, a cached value, a
-log line or an error message.
+log line or an error message. Credentials in the base URL (``http://user:KEY@host``) are treated the same way:
+they are sent as HTTP basic auth, and the URL is shown only through :func:`redact_url`.
+
+Every request is bounded in total (``timeout_s``, however slowly a server drips its answer), Ctrl-C during
+:meth:`LLMClient.complete_many` stops every worker at once, and after ``breaker_failures`` failed requests in a row
+the client stops asking that endpoint (one warning, every remaining request an LLMError saying why).
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
-from urllib.parse import urlparse
+from typing import Any, Iterator, Sequence
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .cache import Store, cache_key
 from .errors import ConfigError, LLMError, LLMResponseError, LLMUnreachableError
@@ -31,6 +38,7 @@ __all__ = [
     "CallEstimate",
     "LLMClient",
     "approx_tokens",
+    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,9 @@ class LLMConfig:
     max_tokens: int | None = 512
     backoff_base_s: float = 1.0  # first retry waits about this long (doubling after), unless Retry-After says
     backoff_max_s: float = 30.0
+    # Failed requests in a row (any request, 429 excepted) after which the client stops asking the endpoint for
+    # the rest of its life: a dead server then costs seconds, not every class its full retry budget. 0: never.
+    breaker_failures: int = 10
 
     def resolved_base_url(self) -> str:
         """The endpoint actually used, normalised (it is part of every cache key)."""
@@ -75,11 +86,14 @@ class LLMConfig:
             problems.append(f"max_retries '{self.max_retries}' must be >= 0")
         if self.max_concurrency < 1:
             problems.append(f"max_concurrency '{self.max_concurrency}' must be >= 1")
+        if self.breaker_failures < 0:
+            problems.append(f"breaker_failures '{self.breaker_failures}' must be >= 0 (0: never stop asking)")
         if self.api_key_env.startswith(("sk-", "Bearer")):
             problems.append("api_key_env must name an environment variable, not hold a key")
-        url = urlparse(self.resolved_base_url())
-        if url.scheme not in ("http", "https") or not url.netloc:
-            problems.append(f"base URL '{self.resolved_base_url()}' is not an http(s) URL such as {DEFAULT_BASE_URL}")
+        url = urlsplit(self.resolved_base_url())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            problems.append(f"base URL '{redact_url(self.resolved_base_url())}' is not an http(s) URL such as "
+                            f"{DEFAULT_BASE_URL}")
         if problems:
             raise ConfigError("invalid LLM settings: " + "; ".join(problems) + ".")
 
@@ -132,6 +146,59 @@ class CallEstimate:
     @property
     def approx_total_tokens(self) -> int:
         return self.approx_prompt_tokens + self.approx_completion_tokens
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any credentials in it (``user:KEY@``) replaced by ``***@``: the one form of a base URL that is
+    logged, printed, or written to a warning row or report."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"  # not parseable: it could hide anything
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(the URL without ``user:password@``, (user, password) or None)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
+
+
+def _token_count(value: Any) -> int:
+    """A usage field as a token count; 0 unless it is a plain non-negative number (some servers send lists)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
+
+
+def _usage_field(usage: Any, name: str) -> int:
+    value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+    return _token_count(value)
+
+
+def _message_text(content: Any) -> str:
+    """An answer's text: a string, or a list of content parts (``[{"type": "text", "text": ...}]``) whose text
+    parts are joined; other parts (images, refusals) carry no descriptor text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+            text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
+            if isinstance(text, str) and kind in (None, "text", "output_text"):
+                texts.append(text)
+        return "".join(texts)
+    raise LLMResponseError(f"the answer's content is a {type(content).__name__}, not text or a list of text parts.")
 
 
 def approx_tokens(text: str) -> int:
@@ -189,12 +256,16 @@ class LLMClient:
         self.config = config
         self.store = store  # None: no cache (every call goes to the network)
         self.refresh = refresh  # True: ignore cached answers (they are overwritten by the new ones)
-        self.base_url = config.resolved_base_url()
+        # base_url: without credentials (they go to HTTP basic auth), so they reach no cache key, log or message.
+        self.base_url, self._url_credentials = _split_credentials(config.resolved_base_url())
+        self.display_url = redact_url(config.resolved_base_url())
         self.usage = Usage()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
         self._sdk_client: Any = None
-        self._secret: str | None = None  # kept only to scrub it from error text
+        self._secrets = [c for c in self._url_credentials or () if len(c) >= 4]  # only to scrub them from text
+        self._failures_in_a_row = 0
+        self._breaker_message: str | None = None  # set once the endpoint failed breaker_failures requests in a row
         self._unreachable: LLMUnreachableError | None = None  # set once a connection is refused: ask no more
 
     def close(self) -> None:
@@ -236,24 +307,28 @@ class LLMClient:
 
                 key = os.environ.get(self.config.api_key_env, "").strip()
                 if not key:
-                    host = urlparse(self.base_url).hostname or ""
+                    host = urlsplit(self.base_url).hostname or ""
                     if host.endswith("openai.com"):
                         raise ConfigError(
                             f"no API key: the environment variable '{self.config.api_key_env}' is not set, "
-                            f"and '{self.base_url}' requires one. Export it (export "
+                            f"and '{self.display_url}' requires one. Export it (export "
                             f"{self.config.api_key_env}=...), or point --base-url at a local server."
                         )
-                    log.debug("$%s is not set; sending a placeholder key to %s", self.config.api_key_env, self.base_url)
+                    log.debug("$%s is not set; sending a placeholder key to %s", self.config.api_key_env,
+                              self.display_url)
                     key = _NO_KEY_PLACEHOLDER
                 else:
-                    self._secret = key
-                self._sdk_client = openai.OpenAI(
-                    base_url=self.base_url, api_key=key, timeout=self.config.timeout_s, max_retries=0
-                )
+                    self._secrets.append(key)
+                from .llm_http import make_http_client
+
+                self._sdk_client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.config.timeout_s,
+                                                 max_retries=0, http_client=make_http_client(self._url_credentials))
             return self._sdk_client
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # -- asking -----------------------------------------------------------------------------------------
     def cached(self, messages: Messages, variant: int = 0) -> Completion | None:
@@ -264,19 +339,19 @@ class LLMClient:
         value = self.store.get_json(key)
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
             return None
-        usage = value.get("usage") or {}
+        usage = value.get("usage")
         with self._lock:
             self.usage.cached += 1
         return Completion(
             text=value["text"],
             usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=int(usage.get("completion_tokens", 0)),
+                prompt_tokens=_usage_field(usage, "prompt_tokens"),
+                completion_tokens=_usage_field(usage, "completion_tokens"),
             ),
             cached=True,
             key=key,
             model=str(value.get("model", "")),
-            finish_reason=value.get("finish_reason"),
+            finish_reason=value.get("finish_reason") if isinstance(value.get("finish_reason"), str) else None,
         )
 
     def complete(self, messages: Messages, variant: int = 0) -> Completion:
@@ -295,7 +370,8 @@ class LLMClient:
         """Answer many requests concurrently (at most ``max_concurrency`` in flight), in input order.
 
         A request that fails after its retries comes back as its LLMError; the others still finish, and every
-        answer is cached as it arrives, so an interrupted run keeps what it already got.
+        answer is cached as it arrives, so an interrupted run keeps what it already got. An interrupt (Ctrl-C)
+        stops every worker within a fraction of a second and is re-raised.
         """
         keys = [self.key_for(m, variant) for m in requests]
         answers: dict[str, Completion | LLMError] = {}
@@ -312,17 +388,25 @@ class LLMClient:
             self._sdk()
             log.info("asking %s for %d answers (%d cached)", self.config.model, len(pending), len(answers))
 
+            cancel = threading.Event()
+
             def fetch(key: str) -> Completion | LLMError:
                 if self._unreachable is not None:
                     return self._unreachable
                 try:
-                    return self._fetch(pending[key], variant)
+                    return self._fetch(pending[key], variant, cancel)
                 except LLMError as exc:
                     return exc
 
             workers = min(self.config.max_concurrency, len(pending))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmcls-llm") as pool:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlmcls-llm")
+            try:
                 answers.update(zip(pending, pool.map(fetch, pending)))
+            except BaseException:  # Ctrl-C: the workers see the event at their next read slice, retry wait or slot
+                cancel.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
             if self._unreachable is not None:  # one message for the run, not one row per request
                 raise self._unreachable
         return [answers[key] for key in keys]
@@ -340,9 +424,14 @@ class LLMClient:
             approx_completion_tokens=per_answer * len(to_call),
         )
 
-    def _fetch(self, messages: Messages, variant: int) -> Completion:
-        """One request over the network with retries; the answer is cached before it is returned."""
+    def _fetch(self, messages: Messages, variant: int, cancel: threading.Event | None = None) -> Completion:
+        """One request over the network with retries; the answer is cached before it is returned.
+
+        Each attempt is bounded in total by ``timeout_s``; ``cancel`` (set on Ctrl-C) ends it within a fraction of
+        a second."""
         import openai
+
+        from .llm_http import RequestCancelled, request_limits
 
         sdk = self._sdk()
         key = self.key_for(messages, variant)
@@ -353,39 +442,49 @@ class LLMClient:
             extra["max_tokens"] = self.config.max_tokens
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
+            self._check_breaker()
             retry_after: float | None = None
+            rate_limited = False
             try:
-                with self._slots:
+                with self._slot(cancel), request_limits(self.config.timeout_s, cancel):
                     response = sdk.chat.completions.create(
                         model=self.config.model, messages=messages, temperature=self.config.temperature, **extra
                     )
-                return self._store_answer(key, response)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 reason = f"HTTP {status}: {self._scrub(str(exc.message))}"
                 if status not in _RETRYABLE_STATUS and status < 500:
                     self._count_failure()
+                    self._note_failure(reason)
                     hint = (
-                        f" Check that ${self.config.api_key_env} holds a valid key for {self.base_url}."
+                        f" Check that ${self.config.api_key_env} holds a valid key for {self.display_url}."
                         if status in (401, 403)
                         else " Check the model name and the endpoint."
                     )
-                    raise LLMError(f"the LLM at '{self.base_url}' refused the request ({reason}).{hint}") from None
+                    raise LLMError(f"the LLM at '{self.display_url}' refused the request ({reason}).{hint}") from None
                 retry_after = _retry_after_seconds(exc.response.headers)
+                rate_limited = status == 429  # the server is alive and asks us to wait: not a failure in a row
             except openai.APITimeoutError:
                 reason = f"no answer within {self.config.timeout_s:g} s"
             except openai.APIConnectionError as exc:
+                if isinstance(exc.__cause__, RequestCancelled) or (cancel is not None and cancel.is_set()):
+                    raise LLMError("the run was interrupted before this answer arrived") from None
                 if _is_refused(exc):  # nothing listens there: retrying (or asking again) cannot help
                     self._count_failure()
                     self._unreachable = LLMUnreachableError(
-                        f"cannot connect to the LLM at '{self.base_url}' ({self._scrub(str(exc.__cause__ or exc))}). "
+                        f"cannot connect to the LLM at '{self.display_url}' ({self._scrub(str(exc.__cause__ or exc))}). "
                         "Start the server, or point --base-url (or $OPENAI_BASE_URL) at one that runs."
                     )
                     raise self._unreachable from None
                 reason = f"connection failed ({self._scrub(str(exc))})"
             except (ValueError, openai.APIResponseValidationError) as exc:
                 reason = f"unreadable response ({type(exc).__name__})"
-            if attempt + 1 >= attempts:
+            else:
+                self._note_success()
+                return self._store_answer(key, response)
+            if not rate_limited:
+                self._note_failure(reason)
+            if attempt + 1 >= attempts or self._breaker_message is not None:
                 break
             delay = self._delay(attempt, retry_after)
             log.warning(
@@ -393,10 +492,15 @@ class LLMClient:
             )
             with self._lock:
                 self.usage.retries += 1
-            time.sleep(delay)
+            if cancel is not None and cancel.wait(delay):
+                raise LLMError("the run was interrupted before this answer arrived")
+            if cancel is None:
+                time.sleep(delay)
         self._count_failure()
+        if self._breaker_message is not None:
+            raise LLMError(self._breaker_message)
         raise LLMError(
-            f"the LLM at '{self.base_url}' (model '{self.config.model}') failed after {attempts} attempts: {reason}. "
+            f"the LLM at '{self.display_url}' (model '{self.config.model}') failed after {attempts} attempts: {reason}. "
             "Answers already fetched are cached; re-run to retry only the failed requests "
             "(raise --llm-timeout or --llm-retries, or lower --llm-concurrency, if this keeps happening)."
         )
@@ -412,20 +516,55 @@ class LLMClient:
         with self._lock:
             self.usage.failed += 1
 
+    @contextmanager
+    def _slot(self, cancel: threading.Event | None) -> Iterator[None]:
+        """One of the ``max_concurrency`` request slots, given up on when the run is interrupted."""
+        while not self._slots.acquire(timeout=0.2):
+            if cancel is not None and cancel.is_set():
+                raise LLMError("the run was interrupted before this request was sent")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    # -- the circuit breaker ----------------------------------------------------------------------------
+    def _check_breaker(self) -> None:
+        if self._breaker_message is not None:
+            self._count_failure()
+            raise LLMError(self._breaker_message)
+
+    def _note_success(self) -> None:
+        with self._lock:
+            self._failures_in_a_row = 0
+
+    def _note_failure(self, reason: str) -> None:
+        limit = self.config.breaker_failures
+        with self._lock:
+            self._failures_in_a_row += 1
+            if not limit or self._failures_in_a_row < limit or self._breaker_message is not None:
+                return
+            self._breaker_message = (
+                f"the LLM at '{self.display_url}' failed {self._failures_in_a_row} requests in a row (last: "
+                f"{reason}), so vlmcls stopped asking it for the rest of this run. Check that the server is up and "
+                "that --base-url, --llm-model and the key are right, then run again: answers already fetched are "
+                "cached and are not asked again."
+            )
+        log.error("%s", self._breaker_message)
+
     def _store_answer(self, key: str, response: Any) -> Completion:
         try:
             choice = response.choices[0]
-            text = choice.message.content or ""
-            finish_reason = choice.finish_reason
+            text = _message_text(choice.message.content)
+            finish_reason = choice.finish_reason if isinstance(choice.finish_reason, str) else None
         except (AttributeError, IndexError, TypeError) as exc:
             raise LLMResponseError(
-                f"the LLM at '{self.base_url}' answered without a message ({type(response).__name__}). "
+                f"the LLM at '{self.display_url}' answered without a message ({type(response).__name__}). "
                 "Check that the endpoint speaks the OpenAI chat-completions API."
             ) from exc
         usage = Usage(
             calls=1,
-            prompt_tokens=int(getattr(response.usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(response.usage, "completion_tokens", 0) or 0),
+            prompt_tokens=_usage_field(response.usage, "prompt_tokens"),
+            completion_tokens=_usage_field(response.usage, "completion_tokens"),
         )
         model = str(getattr(response, "model", "") or self.config.model)
         if self.store is not None:

@@ -141,4 +141,4 @@ def _tfup(clf, image_feats, class_names, options):
     return _refined(clf, image_feats, class_names, options, RefinerOptions(self_cache=True))
 
 
-from . import methods_llm  # noqa: E402,F401  (registers cbd, waffle, fudd)
+from . import methods_llm  # noqa: E402,F401  (registers cbd, waffle, cupl, fudd)

@@ -1,7 +1,8 @@
-"""The methods whose text comes from an LLM or stands in for one: cbd, waffle and fudd.
+"""The methods whose text comes from an LLM or stands in for one: cbd, waffle, cupl and fudd.
 
 ``cbd`` scores with Classification-by-Description sentences and the mean of similarities; ``waffle`` does the same
-with WaffleCLIP's random descriptors (the baseline an LLM must beat); ``fudd`` re-ranks each image's ambiguous set
+with WaffleCLIP's random descriptors (the baseline an LLM must beat); ``cupl`` averages the embeddings of
+LLM-written sentences (CuPL, see :mod:`vlmcls.cupl`); ``fudd`` re-ranks each image's ambiguous set
 with differential descriptions of the pairs inside it.
 """
 
@@ -93,6 +94,24 @@ def _cbd(clf, image_feats, class_names, options):
 def _waffle(clf, image_feats, class_names, options):
     n_pairs = int(options.extra.get("waffle_pairs", 15))
     return _score_descriptor_set(clf, image_feats, class_names, options, DescriptorSet.waffle(class_names, n_pairs, options.seed))
+
+
+@register_method("cupl")
+def _cupl(clf, image_feats, class_names, options):
+    from .cupl import cupl_sentences
+
+    sentences, rows, usage = cupl_sentences(class_names, options)
+    if options.extra.get("cupl_with_templates"):  # the paper's hybrid: LLM sentences and templates in one mean
+        from .templates import apply_templates, load_templates
+
+        templates = load_templates(options.templates if isinstance(options.templates, str) else "imagenet80")
+        sentences = {c: [*found, *apply_templates(templates, c)] for c, found in sentences.items()}
+    out = _score_sentences(clf, image_feats, sentences, options.aggregation or "mean_embedding")
+    out.warnings.extend(r.to_dict() for r in rows)
+    if usage is not None:
+        _usage_into(out, usage)
+    out.artifacts["cupl_sentences"] = sentences
+    return out
 
 
 def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -224,6 +243,12 @@ def estimate_llm_cost(clf, image_feats: torch.Tensor | None, class_names: list[s
         est = estimate_descriptors(class_names, options.llm, prompt, options.domain_hint)
         stages["descriptors"] = est
         descriptors_free = est.to_call == 0
+    if method == "cupl" and not options.extra.get("cupl_file") and options.llm is not None:
+        from .cupl import PROMPT_NAME, CuplConfig, estimate_cupl
+
+        prompt = load_prompt(PROMPT_NAME, options.prompts_dir, options.extra.get("cupl_prompt_file"))
+        stages["cupl sentences"] = estimate_cupl(class_names, options.llm, prompt, CuplConfig.from_extra(options.extra),
+                                                 options.domain_hint)
     if method == "fudd" and not options.extra.get("pairs_file") and options.llm is not None and image_feats is not None:
         base = options.extra.get("fudd_base") or ("cbd" if descriptors_free else "templates")
         if base == "cbd" and not descriptors_free:

@@ -1,17 +1,24 @@
-"""Writing predictions to CSV, JSONL or JSON, chosen by the file's suffix."""
+"""Writing predictions to CSV, JSONL or JSON, chosen by the file's suffix.
+
+Strict JSON only: a NaN or infinity is refused (VlmclsError), never written as the invalid ``NaN``. A file name that
+is not valid UTF-8 (Linux allows any bytes) is kept losslessly: Python reads it with surrogate escapes
+(``os.fsdecode``); JSON and JSONL write each escape as a ``\\udcXX`` sequence, which ``json.loads`` turns back
+into the same string (``os.fsencode`` of it is the original bytes), and CSV writes the name's original bytes.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
-from .errors import ConfigError
+from .errors import ConfigError, VlmclsError
 
-__all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "check_output_path"]
+__all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "json_text", "check_output_path"]
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
 
@@ -47,14 +54,29 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """Strict JSON (VlmclsError on NaN or infinity) that any UTF-8 writer can write: the surrogate escapes of a
+    non-UTF-8 file name become ``\\udcXX`` JSON escapes (lossless), everything else stays readable text."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
+    except ValueError as exc:
+        raise VlmclsError(f"refusing to write a NaN or infinite number as JSON ({exc}); this is a bug in the step "
+                          "that produced it, please report it") from exc
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[TextIO]:
+def atomic_open(path: str | Path, errors: str = "strict") -> Iterator[TextIO]:
     """A UTF-8 text handle whose content replaces ``path`` only when the block ends without an error, so a crash
-    never leaves half a file. A plain open underneath: the file gets the user's umask."""
+    never leaves half a file. A plain open underneath: the file gets the user's umask. ``errors``: how text that
+    is not valid UTF-8 (surrogate escapes) is written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        with open(tmp, "w", encoding="utf-8", errors=errors, newline="") as fh:
             yield fh
         os.replace(tmp, path)
     except BaseException:
@@ -66,13 +88,14 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json."""
     path = check_output_path(path)
     rows = list(rows)
-    with atomic_open(path) as fh:
-        suffix = path.suffix.lower()
+    suffix = path.suffix.lower()
+    # CSV has no escapes: a non-UTF-8 file name is written as its original bytes (surrogateescape).
+    with atomic_open(path, errors="surrogateescape" if suffix == ".csv" else "strict") as fh:
         if suffix == ".jsonl":
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(json_text(row) + "\n")
         elif suffix == ".json":
-            json.dump(rows, fh, ensure_ascii=False, indent=1)
+            fh.write(json_text(rows, indent=1) + "\n")
         else:
             fields: list[str] = []
             for row in rows:
@@ -93,7 +116,7 @@ def write_json(path: str | Path, value: Any, indent: int = 1) -> Path:
     """Write one JSON document atomically (strict JSON: NaN is refused, not written)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"  # fails before any write
+    text = json_text(value, indent) + "\n"  # fails before any write
     with atomic_open(path) as fh:
         fh.write(text)
     return path

@@ -487,6 +487,6 @@ def write_report(
         if uri:
             thumbnails[row["id"]] = uri
     page = render_report(results, thumbnails, title=title, gallery_limit=gallery_limit)
-    with atomic_open(path) as fh:
+    with atomic_open(path, errors="backslashreplace") as fh:  # a non-UTF-8 file name shows as \udcXX
         fh.write(page)
     return path

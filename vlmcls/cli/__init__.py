@@ -37,7 +37,8 @@ def _register_optional() -> None:
     """Sub-apps that live in their own files; each registers itself if present."""
     import importlib
 
-    for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo")):
+    for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo"),
+                         ("audit_cmd", None)):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:
@@ -56,6 +57,9 @@ _register_optional()
 @app.callback()
 def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name prints as \udcXX instead of crashing the table
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 

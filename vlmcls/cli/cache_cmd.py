@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from ..cache import Store
-from ..errors import ConfigError
+from ..cache import Store, default_cache_dir, remove_cache_files
+from ..errors import CacheError, ConfigError
 from ._app import App
 from ._render import console, handle_errors, key_value_table
 
@@ -37,9 +39,24 @@ def clear(
     """Remove cached entries (all, or one kind)."""
     if kind is not None and kind not in CACHE_KINDS:
         raise ConfigError(f"unknown cache kind '{kind}'. Valid: {', '.join(CACHE_KINDS)} (or no --kind for all).")
-    with Store(cache_dir) as store:
+    try:
+        store = Store(cache_dir)
+    except CacheError:
+        if kind is not None:  # one kind needs a readable database
+            raise
+        _clear_damaged(Path(cache_dir) if cache_dir else default_cache_dir(), yes)
+        return
+    with store:
         what = f"all '{kind}' entries" if kind else "every entry"
         if not yes and not typer.confirm(f"Remove {what} from {store.directory}?"):  # plain click prompt: no markup
             raise typer.Abort()
         removed = store.clear(kind)
     console.print(f"removed {removed} entries")
+
+
+def _clear_damaged(folder: Path, yes: bool) -> None:
+    """A cache whose database cannot be opened: delete its files without opening it."""
+    if not yes and not typer.confirm(f"The cache database in {folder} cannot be opened. Delete it and every cached value?"):
+        raise typer.Abort()
+    removed = remove_cache_files(folder)
+    console.print(f"removed the damaged cache in {escape(str(folder))} ({removed} files)", highlight=False)

@@ -49,7 +49,7 @@ def classify(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
-    method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), fudd (differential follow-ups), tip, tfup."),
+    method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), cupl (LLM-written sentences), fudd (differential follow-ups), tip, tfup."),
     templates: Optional[str] = typer.Option(None, "--templates", "-t", help="name, photo, small (default), imagenet80, or a file with one '{}' template per line."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method."),
     workers: Optional[int] = WORKERS_OPTION,
@@ -138,7 +138,7 @@ def classify(
     options = MethodOptions(templates=templates, aggregation=aggregation, explain=explain or report is not None, refiners=refiners,
                             descriptors=descriptors, prompts_dir=str(prompts) if prompts else None,
                             domain_hint=domain_hint, extra=extra)
-    needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd")))
+    needs_llm = method == "cbd" and descriptors is None or method == "fudd" and (pairs is None or (descriptors is None and fudd_base in (None, "cbd"))) or method == "cupl"
     llm = None
     if needs_llm:
         store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))

@@ -1,0 +1,82 @@
+"""The descriptor audit as HTML, in the eval report's style (its CSS, escaping and table helper).
+
+:func:`render_audit_section` is the section alone (for a page that holds more); :func:`write_audit_report` writes
+one self-contained page. Descriptors are LLM text: every string goes through the report's escaping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .output import atomic_open
+from .report import _CSP, _CSS, _e, _num, _pct, _table, check_report_path
+
+if TYPE_CHECKING:
+    from .audit import AuditResult
+
+__all__ = ["render_audit_section", "render_audit_report", "write_audit_report"]
+
+_VERDICT_CSS = {"helps": "ok", "hurts": "bad", "neutral": "note"}
+
+
+def _signed_pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.2f}"
+
+
+def render_audit_section(result: "AuditResult", limit: int | None = None) -> str:
+    """The audit's summary, its optimism warning when there is one, and every descriptor's row, worst first."""
+    where = (f"the {result.report_images} held-out images ({result.holdout:g} of each class)" if result.holdout
+             else f"the {result.report_images} audited images")
+    counts = result.counts
+    facts = [
+        ("images audited", _e(result.audited_images)),
+        ("verdicts", ", ".join(f"{_e(verdict)}: {count}" for verdict, count in counts.items())),
+        (f"top-1 % on {_e(where)}, all descriptors", _pct(result.accuracy_before)),
+        (f"top-1 % on {_e(where)}, without the {_e(' and '.join(result.dropped))} ones", _pct(result.accuracy_after)),
+    ]
+    summary = _table(["", ""], [[label, value] for label, value in facts])
+    warning = ""
+    if result.optimistic:
+        warning = ('<p class="bad">The accuracy after pruning is measured on the images the pruning was decided '
+                   "on, so it is optimistic. Audit with a holdout (<code>--holdout 0.5</code>) to prune on one half "
+                   "and report on the other.</p>")
+    rows = []
+    for v in result.worst(limit):
+        rows.append([_e(v.class_name), _e(v.descriptor), _signed_pct(v.delta_recall), _signed_pct(v.delta_top1),
+                     _signed_pct(v.delta_expected), _num(v.separation, 2), _e(v.rival or "–"),
+                     f'<span class="{_VERDICT_CSS[v.verdict]}">{_e(v.verdict)}</span>'])
+    table = _table(["class", "descriptor", "Δ recall (points)", "Δ top-1 (points)", "Δ expected acc. (points)",
+                    "separation", "rival", "verdict"], rows, {2, 3, 4, 5})
+    shown = "" if limit is None or limit >= sum(counts.values()) else f" (the {limit} worst)"
+    note = ('<p class="note">Each Δ is the change when that one descriptor is left out: negative means the '
+            "descriptor helps. The verdict follows the expected accuracy (mean probability of the true class), "
+            "which moves with every image; top-1 and recall move in whole images. Separation: how often the "
+            "descriptor is closer to an image of its class than to an image of the rival (the class it is most "
+            "confused with); 0.5 separates nothing.</p>")
+    return f"<h2>Descriptor audit</h2>{summary}{warning}<h2>Descriptors, worst first{shown}</h2>{note}{table}"
+
+
+def render_audit_report(result: "AuditResult", *, data: str | None = None, model: str | None = None,
+                        title: str = "vlmcls descriptor audit") -> str:
+    meta = " · ".join(f"{label}: {_e(value)}" for label, value in (
+        ("data", data), ("model", model), ("classes", len(result.class_names))) if value is not None)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p class=\"meta\">{meta}</p>{render_audit_section(result)}</body></html>\n"
+    )
+
+
+def write_audit_report(result: "AuditResult", path: str | os.PathLike, *, data: str | None = None,
+                       model: str | None = None) -> Path:
+    """One self-contained HTML page of the audit, written atomically."""
+    path = check_report_path(path)
+    page = render_audit_report(result, data=data, model=model)
+    with atomic_open(path) as fh:
+        fh.write(page)
+    return path

@@ -1,0 +1,144 @@
+"""`vlmcls audit DATA --classes … --descriptors F`: which descriptors help, which are neutral, which hurt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ConfigError
+from ..llm import LLMConfig
+from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
+from .describe_cmd import DOMAIN_HINT_OPTION, REFRESH_OPTION, render_error_rows, with_llm_config
+from .prompts_cmd import PROMPTS_DIR_OPTION
+
+__all__ = ["register", "audit_command", "render_audit"]
+
+_VERDICT_COLOUR = {"helps": "green", "neutral": "yellow", "hurts": "red"}
+
+
+@handle_errors
+@with_llm_config
+@with_source_options
+def audit_command(
+    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
+    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
+    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm-model, --base-url)."),
+    model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save every descriptor's audit as .json: {class: [{descriptor, delta_recall, delta_top1, separation, verdict}, …]}, worst first."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the audit as one self-contained HTML page, in the eval report's style."),
+    write_pruned: Optional[Path] = typer.Option(None, "--write-pruned", help="Write the descriptors without the 'hurts' ones here (.json, the format --descriptors reads)."),
+    prune_neutral: bool = typer.Option(False, "--prune-neutral", help="With --write-pruned: drop the 'neutral' descriptors too."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Keep this share of each class's images out of the audit (e.g. 0.5) and report the accuracy before and after pruning on them."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --holdout split."),
+    show: int = typer.Option(15, "--show", min=0, help="Rows of the terminal table (the worst descriptors)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
+    prompts: Optional[Path] = PROMPTS_DIR_OPTION,
+    refresh: bool = REFRESH_OPTION,
+    workers: Optional[int] = WORKERS_OPTION,
+    worker_type: str = WORKER_TYPE_OPTION,
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
+    source_options: dict = None,  # from the dataset flags (with_source_options)
+) -> None:
+    """Score every descriptor by what leaving it out does to recall and top-1; exit code 1 when images failed."""
+    from ..api import Classifier, load_classes
+    from ..audit import audit_descriptors
+    from ..audit_report import write_audit_report
+    from ..descriptors import ErrorRow
+    from ..llm import LLMClient
+    from ..methods import MethodOptions
+    from ..methods_llm import resolve_descriptors
+    from ..output import check_output_path, write_json
+    from ..report import check_report_path
+
+    # Everything a user can get wrong is checked before the model loads or any image is encoded.
+    class_names = load_classes(classes)
+    for path, what in ((output, "output"), (write_pruned, "pruned descriptor file")):
+        if path is not None:
+            check_output_path(path, (".json",), what, "it is written as .json")
+    report_path = check_report_path(report) if report is not None else None
+    if descriptors is not None and not descriptors.is_file():
+        raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
+    if holdout is not None and not 0.0 < holdout < 1.0:
+        raise ConfigError(f"--holdout '{holdout}' must lie strictly between 0 and 1, e.g. 0.5.")
+    if prune_neutral and write_pruned is None:
+        raise ConfigError("--prune-neutral only changes the file --write-pruned writes; add --write-pruned FILE.")
+
+    clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
+                     batch_size=batch_size, num_workers=workers, worker_type=worker_type)
+    llm_rows: list[dict] = []
+    if descriptors is not None:
+        source = str(descriptors)
+    else:  # the client only connects for answers that are not cached
+        with LLMClient(llm_config, clf.store, refresh=refresh) as client:
+            options = MethodOptions(llm=client, prompts_dir=str(prompts) if prompts else None, domain_hint=domain_hint)
+            source, llm_rows, _usage = resolve_descriptors(class_names, options)
+    with progress_bar("encoding images", enabled=not quiet) as progress:
+        result = audit_descriptors(clf, data, class_names, source, holdout=holdout, prune_neutral=prune_neutral,
+                                   seed=seed, progress=progress, **source_options)
+    if output is not None:
+        write_json(output, result.to_dict(), indent=2)
+    if write_pruned is not None:
+        result.pruned.to_json(write_pruned)
+    if report_path is not None:
+        write_audit_report(result, report_path, data=str(data), model=model)
+    if not quiet:
+        render_audit(result, show)
+        for what, where in {"audit": output, "pruned descriptors": write_pruned, "report": report_path}.items():
+            if where is not None:
+                console_err.print(f"{what}: {escape(str(where))}", highlight=False)
+    render_error_rows([ErrorRow(**row) for row in llm_rows + result.warnings], "descriptors fell back")
+    for row in result.image_errors[:10]:
+        console_err.print(f"[red]error[/red] {escape(row['id'])}: {escape(row['error'])}", highlight=False)
+    if result.image_errors:
+        raise typer.Exit(EXIT_INPUT_ERRORS)
+
+
+def render_audit(result, limit: int = 15) -> None:
+    """The worst descriptors as a table, then the accuracy before and after pruning, and the optimism warning."""
+    rows = result.worst(limit)
+    table = Table(title=f"descriptors, worst first ({len(rows)} of {sum(result.counts.values())}; "
+                        "Δ = change in points when left out, negative = it helps; exp. = expected accuracy, "
+                        "which decides the verdict; sep. = separation from the rival class)", title_justify="left")
+    for col in ("class", "descriptor", "Δ recall", "Δ top-1", "Δ exp.", "sep.", "rival", "verdict"):
+        table.add_column(col, justify="right" if col.startswith(("Δ", "sep")) else "left",
+                         no_wrap=col != "descriptor", overflow="fold")
+    for v in rows:
+        colour = _VERDICT_COLOUR[v.verdict]
+        table.add_row(escape(v.class_name), escape(v.descriptor), _signed(v.delta_recall), _signed(v.delta_top1),
+                      _signed(v.delta_expected), "-" if v.separation is None else f"{v.separation:.2f}",
+                      escape(v.rival or "-"), f"[{colour}]{v.verdict}[/{colour}]")
+    console.print(table)
+    where = (f"on the {result.report_images} held-out images" if result.holdout
+             else f"on the {result.report_images} audited images")
+    console.print(key_value_table("audit", {
+        "images audited": result.audited_images,
+        "verdicts": ", ".join(f"{verdict} {count}" for verdict, count in result.counts.items()),
+        f"top-1 % {where}": f"{100 * result.accuracy_before:.2f} with all descriptors → "
+                            f"{100 * result.accuracy_after:.2f} without the {' and '.join(result.dropped)} ones",
+    }))
+    if result.optimistic:
+        console_err.print("[yellow]warning:[/yellow] the accuracy after pruning is measured on the images the pruning "
+                          "was decided on, so it is optimistic; use --holdout 0.5 to prune on one half and report on "
+                          "the other.", highlight=False)
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.2f}"
+
+
+def register(root: typer.Typer) -> None:
+    """Add `audit` to the root app as a plain command."""
+    root.command("audit", help="Which descriptors help, which are neutral, which hurt: measured on labelled images.")(
+        audit_command
+    )

@@ -1,0 +1,219 @@
+"""CuPL ("customized prompts via language models", Pratt et al. 2023): LLM-written sentences as class text.
+
+Each class is described by whole sentences an LLM writes when asked, in several wordings, what a photo of it
+looks like; the sentences are encoded and averaged like a template ensemble (the renormalised mean embedding),
+where CbD encodes "{class}, which has {descriptor}" and averages the similarities.
+
+The reference's defaults, reproduced here: every question variant is asked 10 times at temperature 0.99 with
+at most 50 tokens, an answer is cut at its first full stop (the reference stops generation at ".") and keeps
+it, and repeated sentences stay in (they weigh more in the mean, as in the reference). Each sample is its own
+cached request (the seed is offset by the sample number), so a re-run asks nothing and a half-finished run keeps
+what it got. A class whose every answer failed falls back to "a photo of a {class}." with a warning row.
+
+The prompt file (``prompts/cupl.toml``) holds the question variants: every user message in its final run of
+user messages is one question, asked with everything before that run (system message, worked examples).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .descriptors import ErrorRow
+from .errors import ConfigError, LLMError
+from .llm import CallEstimate, LLMClient, Messages, Usage
+from .prompting import PromptTemplate, load_prompt
+from .templates import wordify
+
+__all__ = [
+    "CuplConfig",
+    "question_requests",
+    "parse_cupl_sentence",
+    "generate_cupl_sentences",
+    "estimate_cupl",
+    "load_cupl_file",
+    "cupl_sentences",
+]
+
+log = logging.getLogger(__name__)
+
+PROMPT_NAME = "cupl"
+FALLBACK_TEMPLATE = "a photo of a {}."  # what a class without any usable answer is scored with
+_MAX_SENTENCE_CHARS = 300  # longer answers are prose, not a caption; CLIP truncates at 77 tokens anyway
+_SENTENCE_END = re.compile(r"(?<=[^\s.])\.(?=\s|$)")  # a full stop after a word, not "..." or "3.5"
+_LEADING_NOISE = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)]|(?:caption|answer|sentence)\s*:)\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CuplConfig:
+    """How CuPL samples the LLM; the defaults are the reference's."""
+
+    samples_per_question: int = 10  # answers per question variant (the reference's n=10)
+    temperature: float = 0.99  # high, so the samples of one question differ
+    max_tokens: int = 50  # one sentence fits; the reference's completion length
+
+    # --method-option names of the fields, so a user can write cupl_samples=3
+    OPTION_NAMES = {"cupl_samples": "samples_per_question", "cupl_temperature": "temperature",
+                    "cupl_max_tokens": "max_tokens"}
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> "CuplConfig":
+        """The config from method options (``cupl_samples``, ``cupl_temperature``, ``cupl_max_tokens``)."""
+        given = {field: extra[key] for key, field in cls.OPTION_NAMES.items() if extra.get(key) is not None}
+        try:
+            config = cls(**{k: (float(v) if k == "temperature" else int(v)) for k, v in given.items()})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"CuPL options {given} are not numbers: {exc}. E.g. --method-option cupl_samples=3.") from exc
+        if config.samples_per_question < 1 or config.max_tokens < 1 or not 0 <= config.temperature <= 2:
+            raise ConfigError(
+                f"CuPL options samples_per_question '{config.samples_per_question}', temperature "
+                f"'{config.temperature}', max_tokens '{config.max_tokens}' are out of range: samples and max "
+                "tokens must be >= 1 and temperature within 0..2 (the reference: 10, 0.99, 50)."
+            )
+        return config
+
+
+# -- asking -------------------------------------------------------------------------------------------------
+def question_requests(
+    class_names: Sequence[str], prompt: PromptTemplate, domain_hint: str | None = None
+) -> dict[tuple[str, int], Messages]:
+    """One request per (class, question variant): the shared context followed by that one question."""
+    prompt.check_supports({"class_name", "domain_hint"}, {"class_name"})
+    if domain_hint and "domain_hint" not in prompt.placeholders:
+        prompt.check_supports({"class_name", "domain_hint"}, {"class_name", "domain_hint"})
+    requests: dict[tuple[str, int], Messages] = {}
+    for name in dict.fromkeys(class_names):
+        messages = prompt.render(class_name=name, domain_hint=domain_hint)
+        first_question = len(messages)
+        while first_question > 0 and messages[first_question - 1]["role"] == "user":
+            first_question -= 1
+        context = messages[:first_question]
+        for index, question in enumerate(messages[first_question:]):
+            requests[(name, index)] = [*context, question]
+    return requests
+
+
+def parse_cupl_sentence(text: str) -> str | None:
+    """The sentence in one answer: its first sentence, ending in ".", or None when there is none.
+
+    The reference stops generation at the first "." and appends one; a chat model may say more, so the answer
+    is cut at its first full stop. Bullets, quotes and a "Caption:" label are dropped.
+    """
+    if not text:
+        return None
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    line = _LEADING_NOISE.sub("", line.replace("**", "")).strip().strip("\"'`“”").strip()
+    match = _SENTENCE_END.search(line)
+    sentence = " ".join((line[: match.start()] if match else line).split()).rstrip(".!?;:, ")
+    if len(sentence) < 3 or len(sentence) > _MAX_SENTENCE_CHARS:
+        return None
+    return sentence + "."
+
+
+def _sampling_client(client: LLMClient, config: CuplConfig) -> LLMClient:
+    """A client on the same endpoint and cache with CuPL's sampling settings (they enter every cache key)."""
+    sampled = replace(client.config, temperature=config.temperature, max_tokens=config.max_tokens)
+    return LLMClient(sampled, client.store, refresh=client.refresh)
+
+
+def generate_cupl_sentences(
+    class_names: Sequence[str],
+    client: LLMClient,
+    prompt: PromptTemplate,
+    config: CuplConfig = CuplConfig(),
+    domain_hint: str | None = None,
+) -> tuple[dict[str, list[str]], list[ErrorRow], Usage]:
+    """CuPL sentences for every class (cached), the rows of classes that fell back, and the usage of this run."""
+    requests = question_requests(class_names, prompt, domain_hint)
+    keys = list(requests)
+    sentences: dict[str, list[str]] = {name: [] for name in dict.fromkeys(class_names)}
+    failures: dict[str, list[str]] = {}
+    usage = Usage()
+    with _sampling_client(client, config) as sampler:
+        for sample in range(config.samples_per_question):  # the sample number offsets the seed (and the key)
+            answers = sampler.complete_many([requests[k] for k in keys], variant=sample)
+            for (name, _question), answer in zip(keys, answers):
+                if isinstance(answer, LLMError):
+                    usage.failed += 1
+                    failures.setdefault(name, []).append(str(answer))
+                    continue
+                if answer.cached:
+                    usage.cached += 1
+                else:
+                    usage.calls += 1
+                    usage.prompt_tokens += answer.usage.prompt_tokens
+                    usage.completion_tokens += answer.usage.completion_tokens
+                sentence = parse_cupl_sentence(answer.text)
+                if sentence is not None:
+                    sentences[name].append(sentence)
+    rows: list[ErrorRow] = []
+    for name, found in sentences.items():
+        asked = len([k for k in keys if k[0] == name]) * config.samples_per_question
+        if found:
+            if len(found) < asked:
+                log.info("CuPL: %d of %d answers about '%s' gave no sentence", asked - len(found), asked, name)
+            continue
+        sentences[name] = [FALLBACK_TEMPLATE.format(wordify(name))]
+        if name in failures:
+            rows.append(ErrorRow(name, "cupl", "error", f"{failures[name][-1]} Using '{sentences[name][0]}'."))
+        else:
+            rows.append(ErrorRow(name, "cupl", "warning",
+                                 f"none of the {asked} answers held a sentence; using '{sentences[name][0]}'."))
+    return sentences, rows, usage
+
+
+def estimate_cupl(
+    class_names: Sequence[str],
+    client: LLMClient,
+    prompt: PromptTemplate,
+    config: CuplConfig = CuplConfig(),
+    domain_hint: str | None = None,
+) -> CallEstimate:
+    """What :func:`generate_cupl_sentences` would spend now (for --dry-run); nothing is sent."""
+    requests = list(question_requests(class_names, prompt, domain_hint).values())
+    with _sampling_client(client, config) as sampler:
+        parts = [sampler.estimate(requests, variant=sample) for sample in range(config.samples_per_question)]
+    return CallEstimate(
+        requests=sum(p.requests for p in parts),
+        cached=sum(p.cached for p in parts),
+        to_call=sum(p.to_call for p in parts),
+        approx_prompt_tokens=sum(p.approx_prompt_tokens for p in parts),
+        approx_completion_tokens=sum(p.approx_completion_tokens for p in parts),
+    )
+
+
+# -- sentences from a file ----------------------------------------------------------------------------------
+def load_cupl_file(path: str | Path) -> dict[str, list[str]]:
+    """A CuPL sentence file ``{"class": ["sentence", ...]}`` (the format the CuPL release ships), read as is."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read CuPL sentence file '{path}': {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"CuPL sentence file '{path}' is not valid JSON: {exc}. Fix or regenerate it.") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
+    ):
+        raise ConfigError(f"CuPL sentence file '{path}' must map each class name to a list of sentences: "
+                          '{"class name": ["a photo of ...", ...]}.')
+    return {str(k): [s for s in v if s.strip()] for k, v in data.items()}
+
+
+def cupl_sentences(class_names: Sequence[str], options: Any) -> tuple[dict[str, list[str]], list[ErrorRow], Usage | None]:
+    """The sentences of every class for the ``cupl`` method: from ``cupl_file`` when given, else from the LLM."""
+    extra = options.extra
+    if extra.get("cupl_file"):
+        loaded = load_cupl_file(extra["cupl_file"])
+        rows = [ErrorRow(c, "import", "warning", f"no CuPL sentences for this class; using '{FALLBACK_TEMPLATE.format(wordify(c))}'")
+                for c in class_names if not loaded.get(c)]
+        return {c: loaded.get(c) or [FALLBACK_TEMPLATE.format(wordify(c))] for c in class_names}, rows, None
+    if options.llm is None:
+        raise ConfigError("method 'cupl' needs sentences: an LLM with --llm-model (and --base-url), "
+                          "or a sentence file with --method-option cupl_file=FILE.")
+    prompt = load_prompt(PROMPT_NAME, options.prompts_dir, extra.get("cupl_prompt_file"))
+    return generate_cupl_sentences(class_names, options.llm, prompt, CuplConfig.from_extra(extra), options.domain_hint)
