@@ -143,5 +143,5 @@ def test_cuda_asked_without_cuda_says_so():
 
 def test_precision_is_fp32_on_cpu_and_checked():
     assert resolve_precision("bf16", torch.device("cpu")) == torch.float32
-    with pytest.raises(ConfigError, match="fp32, fp16, bf16"):
-        resolve_precision("int8", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="unknown precision 'int4'. Valid: fp32, fp16, bf16, int8"):
+        resolve_precision("int4", torch.device("cpu"))

@@ -15,7 +15,8 @@ from .cache import Store
 from .embeddings import Encoder, ImageFeatures
 from .errors import ConfigError
 from .images import ImageRecord, choose_worker_type, list_images
-from .models import ModelBackend, load_model
+from .lazy_model import LazyModel
+from .models import ModelBackend
 from .refine import apply_refiners
 from .methods import MethodOptions, MethodOutput, run_method
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
@@ -164,7 +165,8 @@ class Classifier:
     ):
         choose_worker_type(worker_type, [])  # a bad worker type fails here, before the model loads
         self.store = Store(cache_dir) if use_cache else None
-        self.model = (load_model(model, device=device, precision=precision, store=self.store)
+        # Lazy: a run whose features are all in the store never builds (nor imports) the model.
+        self.model = (LazyModel(model, device=device, precision=precision, store=self.store)
                       if isinstance(model, str) else model)
         self.encoder = Encoder(self.model, self.store)
         self.batch_size = batch_size

@@ -238,6 +238,7 @@ def _portable_preprocess(backend):
     import copy
     import types
 
+    backend = getattr(backend, "backend", backend)  # a LazyModel: the real backend it built
     preprocess = backend.preprocess
     if getattr(preprocess, "__self__", None) is backend:  # a bound method (HF): bind it to a light copy
         light = copy.copy(backend)

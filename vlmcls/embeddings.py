@@ -69,10 +69,10 @@ class Encoder:
         self._feature_shape: tuple[int] | None = None
 
     def feature_shape(self) -> tuple[int]:
-        """(D,): the shape of one feature, so a cached array of another shape is dropped as corrupted.
-        Measured once by encoding one short text (milliseconds), since backends do not all declare it."""
+        """(D,): the shape of one feature, so a cached array of another shape is dropped as corrupted (a lazy
+        model knows D from its recorded identity, without being built)."""
         if self._feature_shape is None:
-            self._feature_shape = (int(self.model.encode_texts(["a photo"]).shape[-1]),)
+            self._feature_shape = (int(self.model.feature_dim),)
         return self._feature_shape
 
     # -- texts --------------------------------------------------------------------------------------
@@ -147,8 +147,9 @@ class Encoder:
             num_workers = default_decode_workers(kind)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
+        preprocess = self._worker_preprocess() if todo_records else None  # all cached: the model is not needed
         batches = iter_decoded_batches(
-            todo_records, self._worker_preprocess(), batch_size, num_workers=num_workers, worker_type=kind,
+            todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
             min_side=self._min_side() if self.reduced_decoding else None, thumbnail_size=self.thumbnail_size,
             lookup=self._stored_features if self.store is not None else None,
         )

@@ -19,7 +19,7 @@ from .cache import Store, file_digest
 from .errors import ConfigError, ModelLoadError
 from .model_ids import ModelSpec, parse_model_id
 
-__all__ = ["ModelBackend", "load_model", "resolve_device", "resolve_precision"]
+__all__ = ["ModelBackend", "known_weights_fingerprint", "load_model", "resolve_device", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """fp32 | fp16 | bf16; on CPU always fp32 (half precision is slower there and fp16 is inexact)."""
-    key = (precision or "fp32").strip().lower()
-    if key not in _PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
-    if device.type == "cpu" and key != "fp32":
+    """fp32 | fp16 | bf16 | int8 -> the compute dtype. On CPU fp16/bf16 become fp32 (half precision is slower
+    there and fp16 is inexact); int8 runs the image tower through ONNX Runtime (:mod:`vlmcls.quantize`), CPU only."""
+    key = precision_name(precision)
+    if key == "int8" and device.type != "cpu":
+        raise ConfigError(f"precision 'int8' runs on CPU only, but the device is '{device}'. "
+                          "Use --device cpu with int8, or fp16/bf16 on an accelerator.")
+    if device.type == "cpu" and key in ("fp16", "bf16"):
         log.warning("precision '%s' ignored on CPU: using fp32 (faster and exact there)", key)
         return torch.float32
     return _PRECISIONS[key]
+
+
+def precision_name(precision: str) -> str:
+    """The precision's canonical name (fp32, fp16, bf16, int8); a clear error for any other."""
+    key = (precision or "fp32").strip().lower()
+    if key not in _PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'. Valid: {', '.join(_PRECISIONS)}.")
+    return key
 
 
 def _files_fingerprint(paths: Sequence[Path], store: "Store | None" = None) -> str:
@@ -78,12 +88,32 @@ def _files_fingerprint(paths: Sequence[Path], store: "Store | None" = None) -> s
     return hashlib.sha256(";".join(parts).encode()).hexdigest()[:32]
 
 
+def known_weights_fingerprint(spec: ModelSpec, store: "Store | None" = None) -> str | None:
+    """The weights' identity worked out without building the model (a tag, or a content hash of local files);
+    None when only the built model can tell (random init, a transformers hub download)."""
+    if spec.backend == "open_clip":
+        if spec.source == "local-dir":
+            folder = Path(spec.name)
+            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
+            return _files_fingerprint(files, store)
+        if spec.source == "builtin" and spec.pretrained is None:
+            return None
+        if spec.source == "builtin" and Path(spec.pretrained).expanduser().is_file():
+            return _files_fingerprint([Path(spec.pretrained).expanduser()], store)
+        return f"{spec.source}:{spec.name}:{spec.pretrained}"
+    if spec.source == "folder":
+        files = [p for p in Path(spec.name).iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
+        return _files_fingerprint(files, store)
+    return None
+
+
 class ModelBackend(ABC):
     """What the pipeline needs from a vision-language model."""
 
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype  # compute precision (autocast on accelerators)
+    precision: str = "fp32"  # as asked: fp32, fp16, bf16 or int8 (int8: the image tower runs quantised)
     preprocess: Callable  # PIL image -> tensor [3, H, W]
     logit_scale: float  # multiplies cosine similarities (100 for CLIP)
     logit_bias: float | None  # SigLIP's bias; None for CLIP
@@ -102,7 +132,30 @@ class ModelBackend(ABC):
     @property
     def image_key_parts(self) -> dict:
         """Everything about the model that changes an image feature (for the embedding store key)."""
-        return {"model": self.model_id, "weights": self.weights_fingerprint, "preprocess": self.preprocess_fingerprint}
+        parts = {"model": self.model_id, "weights": self.weights_fingerprint, "preprocess": self.preprocess_fingerprint}
+        if self.precision == "int8":  # int8 features differ from fp32 ones (cosine ~0.999); fp32 keys stay as they were
+            parts["precision"] = "int8"
+        return parts
+
+    @property
+    def input_side(self) -> int | None:
+        """The short side preprocessing resizes images to (224 for ViT-B/32); None when it cannot tell."""
+        for step in getattr(self.preprocess, "transforms", []):
+            size = getattr(step, "size", None)
+            if isinstance(size, int):
+                return size
+            if isinstance(size, (tuple, list)) and size:
+                return int(min(size))
+        return None
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the length of one feature (the store drops a cached array of another length as corrupted). Measured
+        once by encoding one short text (milliseconds), since backends do not all declare it."""
+        dim = self.__dict__.get("_feature_dim")
+        if dim is None:
+            dim = self.__dict__["_feature_dim"] = int(self.encode_texts(["a photo"]).shape[-1])
+        return dim
 
     @property
     def text_key_parts(self) -> dict:
@@ -122,6 +175,21 @@ class ModelBackend(ABC):
         decoding. ``encode_images`` accepts both uint8 and float batches.
         """
         return None
+
+    def _image_tower(self) -> torch.nn.Module:
+        """A module mapping preprocessed pixels [B, 3, H, W] to image features [B, D] (what int8 exports)."""
+        raise ConfigError(f"precision 'int8' is not available for '{self.model_id}'. Use --precision fp32.")
+
+    def _encode_images_int8(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features from the ONNX Runtime int8 tower, built (or found in the cache folder) on first use."""
+        tower = getattr(self, "_int8_tower", None)
+        if tower is None:
+            from .quantize import int8_image_tower
+
+            folder = Path(self._store.directory) if getattr(self, "_store", None) is not None else None
+            tower = self._int8_tower = int8_image_tower(self._image_tower(), tuple(pixels.shape[1:]),
+                                                        self.image_key_parts, folder)
+        return tower(pixels)
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -194,13 +262,32 @@ def _split_torchvision_preprocess(preprocess) -> tuple[Callable, Callable] | Non
     return split if same else None
 
 
+class _OpenClipImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)  # [B, D]
+
+
+class _HFImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return HFBackend._features(self.model.get_image_features(pixel_values=pixels))  # [B, D]
+
+
 class OpenClipBackend(ModelBackend):
     """open_clip models: built-in architectures, pretrained tags, checkpoints, hf-hub: and local-dir:."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None,
+                 precision: str = "fp32"):
         import open_clip
 
-        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
+        self.spec, self.device, self.dtype, self._store, self.precision = spec, device, dtype, store, precision
         if spec.source == "builtin":
             name, pretrained = spec.name, spec.pretrained
         else:
@@ -223,21 +310,15 @@ class OpenClipBackend(ModelBackend):
         self._split: tuple | None = None  # (PIL stage, device stage) of preprocess, worked out on first use
 
     def _weights_fingerprint(self) -> str:
-        spec = self.spec
-        if spec.source == "local-dir":
-            folder = Path(spec.name)
-            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".pth", ".pt")]
-            return _files_fingerprint(files, self._store)
-        if spec.source == "builtin" and spec.pretrained and Path(spec.pretrained).expanduser().is_file():
-            return _files_fingerprint([Path(spec.pretrained).expanduser()], self._store)
-        if spec.source == "builtin" and spec.pretrained is None:
-            # Random init differs per seed: identify these weights by a sample of every tensor.
-            h = hashlib.sha256()
-            for name, tensor in self.model.state_dict().items():
-                h.update(name.encode())
-                h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-            return "random-" + h.hexdigest()[:32]
-        return f"{spec.source}:{spec.name}:{spec.pretrained}"
+        known = known_weights_fingerprint(self.spec, self._store)
+        if known is not None:
+            return known
+        # Random init differs per seed: identify these weights by a sample of every tensor.
+        h = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        return "random-" + h.hexdigest()[:32]
 
     def _trimmable_text_tower(self):
         """The text tower's parts when it is causal and pools at the end-of-text token, else None.
@@ -269,9 +350,14 @@ class OpenClipBackend(ModelBackend):
             if self.uint8_preprocess() is None:
                 raise ConfigError("this model's preprocessing cannot take uint8 pixels")
             pixels = self._split[1](pixels)
+        if self.precision == "int8":
+            return self._encode_images_int8(pixels)
         with self._autocast():
             feats = self.model.encode_image(pixels)
         return feats.float().cpu()
+
+    def _image_tower(self) -> torch.nn.Module:
+        return _OpenClipImageTower(self.model)
 
     def _encode_tokens_trimmed(self, tokens: torch.Tensor) -> torch.Tensor:
         tower, pool = self._text
@@ -319,10 +405,11 @@ class OpenClipBackend(ModelBackend):
 class HFBackend(ModelBackend):
     """HF transformers CLIP and SigLIP (hub id or a save_pretrained folder)."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None):
+    def __init__(self, spec: ModelSpec, device: torch.device, dtype: torch.dtype, store: "Store | None" = None,
+                 precision: str = "fp32"):
         from transformers import AutoModel, AutoProcessor
 
-        self.spec, self.device, self.dtype, self._store = spec, device, dtype, store
+        self.spec, self.device, self.dtype, self._store, self.precision = spec, device, dtype, store, precision
         try:
             self.model = AutoModel.from_pretrained(spec.name).to(device).eval()
             self.processor = AutoProcessor.from_pretrained(spec.name)
@@ -345,10 +432,9 @@ class HFBackend(ModelBackend):
         self.logit_bias = float(bias.item()) if bias is not None else None
 
     def _weights_fingerprint(self) -> str:
-        folder = Path(self.spec.name)
-        if self.spec.source == "folder":
-            files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin")]
-            return _files_fingerprint(files, self._store)
+        known = known_weights_fingerprint(self.spec, self._store)
+        if known is not None:
+            return known
         commit = getattr(self.model.config, "_commit_hash", None)
         return f"hub:{self.spec.name}@{commit or 'main'}"
 
@@ -362,9 +448,14 @@ class HFBackend(ModelBackend):
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.precision == "int8":
+            return self._encode_images_int8(pixels)
         with self._autocast():
             feats = self._features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
         return feats.float().cpu()
+
+    def _image_tower(self) -> torch.nn.Module:
+        return _HFImageTower(self.model)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -459,4 +550,4 @@ def load_model(model_id: str, device: str = "auto", precision: str = "fp32", sto
     dtype = resolve_precision(precision, dev)
     check_hub_reachable(spec)
     backend_cls = OpenClipBackend if spec.backend == "open_clip" else HFBackend
-    return backend_cls(spec, dev, dtype, store)
+    return backend_cls(spec, dev, dtype, store, precision_name(precision))

@@ -48,7 +48,7 @@ def classify(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
     method: str = typer.Option("templates", "--method", help="name, templates, cbd (descriptors), waffle (random descriptors), cupl (LLM-written sentences), fudd (differential follow-ups), tip, tfup."),
     templates: Optional[str] = typer.Option(None, "--templates", "-t", help="name, photo, small (default), imagenet80, or a file with one '{}' template per line."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method."),

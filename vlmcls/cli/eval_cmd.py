@@ -64,7 +64,7 @@ def eval_command(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
     templates: Optional[str] = typer.Option(None, "--templates", "-t", help="Template set (name, photo, small, imagenet80) or a file with one '{}' template per line."),
     aggregation: Optional[str] = typer.Option(None, "--aggregation", help="mean_similarity or mean_embedding; default per method."),
     descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="A CbD descriptor JSON for the methods that use descriptors."),
