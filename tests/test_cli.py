@@ -153,7 +153,7 @@ def test_large_folders_hash_on_threads_and_keep_order_and_error_rows(tiny_open_c
     threaded = clf.classify(inputs, ["red", "blue"])
     assert [p.id for p in threaded.predictions] == [str(p) for p in inputs]
     errors = {p.id: p.error for p in threaded.predictions if p.error}
-    assert errors == {str(missing): "file not found", str(a_dir): "is a folder, not an image file"}
+    assert errors == {str(missing): f"not found: {missing}", str(a_dir): "is a folder, not an image file"}
     sequential = Classifier(f"local-dir:{tiny_open_clip}", batch_size=16, num_workers=0,
                             cache_dir=tmp_path / "other-cache").classify(inputs, ["red", "blue"])
     assert [(p.id, p.label, p.error) for p in sequential.predictions] == [(p.id, p.label, p.error) for p in threaded.predictions]

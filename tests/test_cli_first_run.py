@@ -353,6 +353,49 @@ def test_help_keeps_brackets_and_errors_are_one_line_without_a_leading_blank(tmp
     assert result.output.startswith("error: image source") and result.output.count("\n") == 1
 
 
+def test_a_missing_file_in_a_path_list_is_an_error_row_naming_the_path_resolved_from_the_list(
+        tiny_open_clip, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    imagegen.write_solid(data / "imgs" / "red.png", imagegen.RED)
+    (data / "list.txt").write_text("imgs/red.png\nimgs/gone.png\n", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the list is given relative to here; its entries are relative to its own folder
+
+    result = _invoke("classify", "../data/list.txt", "--classes", "red,blue", "--model", f"local-dir:{tiny_open_clip}",
+                     "--output", "pred.jsonl", env={"COLUMNS": "400"})
+
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in (elsewhere / "pred.jsonl").read_text().splitlines()]
+    not_found = f"not found: {data / 'imgs' / 'gone.png'}"
+    assert [row["error"] for row in rows] == [None, not_found]
+    assert rows[0]["label"] == "red"
+    assert not_found in _one_line(result.output)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["classify"], ["eval"], ["describe"], ["audit"], ["cache"], ["cache", "info"], ["cache", "clear"], ["prompts"],
+     ["prompts", "list"], ["prompts", "show"], ["prompts", "path"], ["demo"], ["demo", "images"], ["demo", "paths"], []],
+    ids=lambda command: " ".join(command) or "vlmcls",
+)
+def test_help_shows_no_value_placeholder_on_flags_and_names_arguments_plainly(command):
+    help_text = _invoke(*command, "--help", env={"COLUMNS": "250"}).output
+    assert "--help" in help_text and "<bool>" not in help_text
+    usage = next(line for line in help_text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage
+    expected_usage = {"classify": "[OPTIONS] IMAGES", "eval": "[OPTIONS] DATA", "audit": "[OPTIONS] DATA",
+                      "show": "[OPTIONS] NAME", "path": "[OPTIONS] [NAME]", "images": "[OPTIONS] OUT_DIR"}
+    if command and command[-1] in expected_usage:
+        assert usage.rstrip().endswith(expected_usage[command[-1]])
+
+
+def test_flags_still_take_no_value_and_a_missing_argument_is_named_as_in_usage():
+    cleared = _invoke("cache", "clear", "--kind", "llm", "--yes")  # a flag still takes no value
+    assert cleared.exit_code == 0, cleared.output
+    assert "Missing argument 'NAME'" in _one_line(_invoke("prompts", "show").output)
+
+
 def test_eval_checks_its_outputs_before_the_model_loads(labelled_folder, tmp_path):
     result = _invoke("eval", labelled_folder, "--classes", "cat,dog", "--output", tmp_path)
     assert result.exit_code == 2 and "is a folder" in _one_line(result.output)

@@ -164,7 +164,7 @@ def test_pixel_limit_is_configurable(tmp_path, decode_spy):
         (lambda p: gen.write_truncated_jpeg(p / "cut.jpg"), "truncated image"),
         (lambda p: gen.write_random_bytes(p / "noise.png"), "not an image"),
         (lambda p: gen.write_text_as_image(p / "notes.jpg"), "not an image"),
-        (lambda p: p / "missing.jpg", "file not found"),
+        (lambda p: p / "missing.jpg", "not found: {tmp_path}/missing.jpg"),
         (lambda p: p, "is a folder, not an image file"),
     ],
     ids=["zero-byte", "truncated-jpeg", "random-bytes", "text-as-jpg", "missing", "folder"],
@@ -172,7 +172,7 @@ def test_pixel_limit_is_configurable(tmp_path, decode_spy):
 def test_bad_files_raise_image_error_with_a_short_reason(tmp_path, write, reason):
     with pytest.raises(ImageError) as caught:
         load_image(write(tmp_path))
-    assert str(caught.value) == reason
+    assert str(caught.value) == reason.format(tmp_path=tmp_path)
 
 
 @pytest.mark.parametrize("keep", [12, 20, 40])
@@ -245,7 +245,7 @@ def test_bad_images_become_error_rows_and_the_rest_still_come_out(tmp_path, num_
         ("3.jpg", "truncated image"),
         ("4.png", "not an image"),
         ("5.jpg", "not an image"),
-        ("7-missing.jpg", "file not found"),
+        ("7-missing.jpg", f"not found: {tmp_path / '7-missing.jpg'}"),
     ]
     pixels = torch.cat([b.pixels for b in batches])  # [3, 3, 8, 8]
     assert pixels.shape == (3, 3, 8, 8)
@@ -345,7 +345,7 @@ def test_a_batch_of_only_failures_has_an_empty_pixel_tensor(tmp_path):
     record = ImageRecord(id="gone", path=tmp_path / "gone.jpg", label=None, source_index=0)
     [batch] = iter_decoded_batches([record], tiny_preprocess, batch_size=4)
     assert batch.records_ok == [] and batch.pixels.shape[0] == 0
-    assert batch.errors == [(record, "file not found")]
+    assert batch.errors == [(record, f"not found: {tmp_path / 'gone.jpg'}")]
 
 
 def test_batch_size_must_be_positive():
@@ -399,7 +399,7 @@ def test_path_list_resolves_against_its_own_folder(tmp_path, monkeypatch):
     assert all(r.label is None for r in records)
     _, ok, errors = all_batches(records, batch_size=8)
     assert [r.path.name for r in ok] == ["a.png", "b.png"]
-    assert errors == [(str(data / "imgs" / "missing.png"), "file not found")]
+    assert errors == [(str(data / "imgs" / "missing.png"), f"not found: {data / 'imgs' / 'missing.png'}")]
 
 
 def test_single_image_file_is_a_source(tmp_path):
@@ -510,7 +510,7 @@ def test_content_key_follows_the_bytes_not_the_name(tmp_path):
     other = gen.write_solid(tmp_path / "b.png", gen.BLUE)
     assert content_key(a) == content_key(renamed) == hashlib.sha256(a.read_bytes()).hexdigest()
     assert content_key(other) != content_key(a)
-    with pytest.raises(ImageError, match="file not found"):
+    with pytest.raises(ImageError, match=r"^not found: /.*/gone\.png$"):
         content_key(tmp_path / "gone.png")
 
 

@@ -118,7 +118,7 @@ def test_jsonl_shards_without_collecting_cover_missing_files_and_folders(ray_loc
     rows.sort(key=lambda r: r["index"])
     assert [r["index"] for r in rows] == list(range(len(paths)))
     assert_same_rows(rows, single.rows())
-    assert rows[-2]["error"] == "file not found"
+    assert rows[-2]["error"] == f"not found: {image_folder / 'a' / 'gone.jpg'}"
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Safe decoding of one image: bytes in (read by :func:`vlmcls.image_sources.read_image_data`), RGB out.
 
 ``load_image`` reads and decodes one source to an RGB ``PIL.Image`` or raises :class:`~vlmcls.errors.ImageError`
-with a short human reason ("empty file", "truncated image", "not an image", "file not found", "not a regular file",
-"image too large: …"). ``decode_image`` does the decoding half for bytes already read, which is how the batch
-pipeline (:mod:`vlmcls.images`) hashes and decodes the same bytes.
+with a short human reason ("empty file", "truncated image", "not an image", "not found: /abs/path",
+"not a regular file", "image too large: …"). ``decode_image`` does the decoding half for bytes already read, which
+is how the batch pipeline (:mod:`vlmcls.images`) hashes and decodes the same bytes.
 """
 
 from __future__ import annotations

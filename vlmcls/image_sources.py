@@ -91,7 +91,8 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MAX
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        # The absolute path: a list file's relative entries are read from the list's folder, not the working one.
+        raise ImageError(f"not found: {os.path.abspath(path)}") from None
     except IsADirectoryError:
         raise ImageError("is a folder, not an image file") from None
     except PermissionError:

@@ -13,12 +13,13 @@ import sys
 import typer
 
 from . import cache_cmd, classify_cmd
+from ._app import App
 from ._render import EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FATAL", "EXIT_INTERNAL",
            "EXIT_INTERRUPTED"]
 
-app = typer.Typer(
+app = App(
     name="vlmcls",
     help="Zero-shot image classification with vision-language models steered by an LLM.\n\n"
     "Exit codes: 0 all inputs classified; 1 finished, but some inputs failed (error rows are in the output); "

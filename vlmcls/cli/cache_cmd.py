@@ -10,11 +10,12 @@ from rich.markup import escape
 
 from ..cache import Store, default_cache_dir, remove_cache_files
 from ..errors import CacheError, ConfigError
+from ._app import App
 from ._render import console, handle_errors, key_value_table
 
 CACHE_KINDS = ("image", "text", "llm", "digest")
 
-app = typer.Typer(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
+app = App(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
 
 
 @app.command("info")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from ._app import App
 from ._render import console, handle_errors, safe
 
-app = typer.Typer(help="The offline demo world: invented classes, a small trained CLIP, images drawn on demand.",
-                  no_args_is_help=True)
+app = App(help="The offline demo world: invented classes, a small trained CLIP, images drawn on demand.",
+          no_args_is_help=True)
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -13,6 +13,7 @@ from ..cache import Store
 from ..errors import ConfigError
 from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
 from ..methods import DEFAULT_DESCRIBER
+from ._app import App
 from ._options import option_group
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
@@ -56,7 +57,7 @@ REFRESH_OPTION = typer.Option(False, "--refresh", help="Ask the LLM again instea
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Only say how many LLM calls and about how many tokens this would spend.")
 DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class is, e.g. 'a kind of bird' (sent in the prompt).")
 
-app = typer.Typer(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
+app = App(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
 
 
 _LLM_CONFIG_PARAMS = (  # (parameter, annotation, option): the flags that make one LLMConfig

@@ -10,11 +10,12 @@ from rich.table import Table
 
 from ..errors import PromptError
 from ..prompting import list_prompts, load_prompt, prompt_search_path
+from ._app import App
 from ._render import console, handle_errors, safe
 
 __all__ = ["app", "PROMPTS_DIR_OPTION", "PROMPT_FILE_OPTION"]
 
-app = typer.Typer(help="List, show and locate the prompt files sent to the LLM.", no_args_is_help=True)
+app = App(help="List, show and locate the prompt files sent to the LLM.", no_args_is_help=True)
 
 # Shared with the commands that ask the LLM (describe, classify), so the flags read the same everywhere.
 PROMPTS_DIR_OPTION = typer.Option(

@@ -1,0 +1,62 @@
+"""The Typer app class every vlmcls command hangs on, so ``--help`` reads the way the README writes commands.
+
+Typer's own help shows an on/off flag with a ``<bool>`` placeholder (as if ``--quiet true`` were typed) and a required
+argument as ``{images}`` on the usage line. Here flags show no placeholder and arguments are written in capitals,
+``[NAME]`` when optional, as click and the README do. Only the help text changes: names, parsing and values do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+import typer.core
+
+__all__ = ["App"]
+
+
+def _plain_metavars(params: list[Any]) -> list[Any]:
+    for param in params:
+        if param.param_type_name == "option" and (param.is_flag or param.count) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value, so its help shows none
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+    return params
+
+
+def _argument_usage(argument: Any) -> str:
+    name = argument.metavar or argument.name.upper()
+    name = name if argument.required else f"[{name}]"
+    return f"{name}..." if argument.nargs != 1 else name
+
+
+class _PlainHelpCommand(typer.core.TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_metavars(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(_argument_usage(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class _PlainHelpGroup(typer.core.TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_metavars(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """A ``typer.Typer`` whose groups and commands render their help plainly (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", _PlainHelpGroup)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("cls") is None:
+            kwargs["cls"] = _PlainHelpCommand
+        return super().command(*args, **kwargs)
