@@ -18,7 +18,7 @@ import torch
 from .cache import Store, cache_key, cache_key_for, stat_key
 from .errors import ImageError
 from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
-from .models import ModelBackend
+from .models import ModelBackend, preprocess_input_side
 
 __all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
 
@@ -234,13 +234,7 @@ def model_input_side(model: ModelBackend) -> int | None:
     side = getattr(model, "input_side", None)
     if side:
         return int(side)
-    for step in getattr(getattr(model, "preprocess", None), "transforms", []):
-        size = getattr(step, "size", None)
-        if isinstance(size, int):
-            return size
-        if isinstance(size, (tuple, list)) and size:
-            return int(min(size))
-    return None
+    return preprocess_input_side(getattr(model, "preprocess", None))  # a backend that is not a ModelBackend
 
 
 def _stat_key_or_none(path) -> str | None:

@@ -107,6 +107,17 @@ def known_weights_fingerprint(spec: ModelSpec, store: "Store | None" = None) -> 
     return None
 
 
+def preprocess_input_side(preprocess: Callable | None) -> int | None:
+    """The short side a torchvision-style ``Compose`` resizes images to, or None when it cannot tell."""
+    for step in getattr(preprocess, "transforms", []):
+        size = getattr(step, "size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(min(size))
+    return None
+
+
 class ModelBackend(ABC):
     """What the pipeline needs from a vision-language model."""
 
@@ -140,13 +151,7 @@ class ModelBackend(ABC):
     @property
     def input_side(self) -> int | None:
         """The short side preprocessing resizes images to (224 for ViT-B/32); None when it cannot tell."""
-        for step in getattr(self.preprocess, "transforms", []):
-            size = getattr(step, "size", None)
-            if isinstance(size, int):
-                return size
-            if isinstance(size, (tuple, list)) and size:
-                return int(min(size))
-        return None
+        return preprocess_input_side(self.preprocess)
 
     @property
     def feature_dim(self) -> int:
