@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .output import atomic_open
-from .report import _CSP, _CSS, _e, _num, _pct, _table, check_report_path
+from .report import _e, _num, _pct, _table, check_report_path, html_page
 
 if TYPE_CHECKING:
     from .audit import AuditResult
@@ -62,14 +62,7 @@ def render_audit_report(result: "AuditResult", *, data: str | None = None, model
                         title: str = "vlmcls descriptor audit") -> str:
     meta = " · ".join(f"{label}: {_e(value)}" for label, value in (
         ("data", data), ("model", model), ("classes", len(result.class_names))) if value is not None)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_e(title)}</h1><p class=\"meta\">{meta}</p>{render_audit_section(result)}</body></html>\n"
-    )
+    return html_page(title, meta, render_audit_section(result))
 
 
 def write_audit_report(result: "AuditResult", path: str | os.PathLike, *, data: str | None = None,

@@ -25,6 +25,7 @@ from .templates import wordify
 __all__ = [
     "DescriptorSet",
     "ErrorRow",
+    "read_class_lists",
     "cbd_sentence",
     "parse_descriptor_list",
     "parse_differential",
@@ -77,6 +78,30 @@ def cbd_sentence(class_name: str, descriptor: str) -> str:
     return f"{wordify(class_name)}, which {phrase}"
 
 
+def read_class_lists(path: str | os.PathLike, what: str, item: str, fmt_note: str = "") -> dict[str, list[str]]:
+    """A JSON file mapping each class name to a list of strings (CbD descriptors, CuPL sentences), checked.
+    ``what`` names the file in errors ("descriptor file"), ``item`` one string of it ("descriptor")."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} '{path}': {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} '{path}' is not valid JSON: {exc}. Fix or regenerate it.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} '{path}' holds a {type(data).__name__}; expected an object "
+            f'{{"class name": ["{item}", ...]}}{" " + fmt_note if fmt_note else ""}.'
+        )
+    bad = [k for k, v in data.items() if not isinstance(v, list) or not all(isinstance(d, str) for d in v)]
+    if bad:
+        raise ConfigError(
+            f"{what} '{path}': the value for {', '.join(repr(k) for k in bad[:5])} is not a list "
+            f"of strings. Every class must map to a list of {item} strings (an empty list is allowed)."
+        )
+    return data
+
+
 # -- the descriptor set ---------------------------------------------------------------------------------------
 class DescriptorSet(Mapping[str, list[str]]):
     """An ordered mapping class name -> descriptors; the CbD JSON file format on disk."""
@@ -104,25 +129,8 @@ class DescriptorSet(Mapping[str, list[str]]):
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "DescriptorSet":
         """Read a CbD descriptor file ``{"class": ["descriptor", ...], ...}``."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read descriptor file '{path}': {exc}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"descriptor file '{path}' is not valid JSON: {exc}. Fix or regenerate it.") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"descriptor file '{path}' holds a {type(data).__name__}; expected an object "
-                '{"class name": ["descriptor", ...]} (the Classification-by-Description format).'
-            )
-        bad = [k for k, v in data.items() if not isinstance(v, list) or not all(isinstance(d, str) for d in v)]
-        if bad:
-            raise ConfigError(
-                f"descriptor file '{path}': the value for {', '.join(repr(k) for k in bad[:5])} is not a list "
-                "of strings. Every class must map to a list of descriptor strings (an empty list is allowed)."
-            )
-        return cls(data)
+        return cls(read_class_lists(path, "descriptor file", "descriptor",
+                                    "(the Classification-by-Description format)"))
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the CbD descriptor file (UTF-8, class order kept); returns the path."""

@@ -436,14 +436,7 @@ def render_report(results: Mapping[str, Any], thumbnails: Mapping[str, str] | No
         sections.append(_distribution_section(results, best))
     sections += [_gallery_section(results, thumbnails, gallery_limit), _errors_section(results),
                  _warnings_section(results)]
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_e(title)}</h1><p class=\"meta\">{meta}</p>" + "".join(sections) + "</body></html>\n"
-    )
+    return html_page(title, meta, "".join(sections))
 
 
 def write_report(
@@ -490,3 +483,16 @@ def write_report(
     with atomic_open(path, errors="backslashreplace") as fh:  # a non-UTF-8 file name shows as \udcXX
         fh.write(page)
     return path
+
+
+def html_page(title: str, meta: str, body: str) -> str:
+    """One self-contained page in the report's style: the CSP that loads nothing, the CSS, a title and a meta line
+    (``meta`` and ``body`` are HTML already escaped by the caller)."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p class=\"meta\">{meta}</p>{body}</body></html>\n"
+    )

@@ -16,14 +16,13 @@ user messages is one question, asked with everything before that run (system mes
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..descriptors import ErrorRow
+from ..descriptors import ErrorRow, read_class_lists
 from ..errors import ConfigError, LLMError
 from ..llm import CallEstimate, LLMClient, Messages, Usage
 from ..prompting import PromptTemplate, load_prompt
@@ -190,18 +189,7 @@ def estimate_cupl(
 # -- sentences from a file ----------------------------------------------------------------------------------
 def load_cupl_file(path: str | Path) -> dict[str, list[str]]:
     """A CuPL sentence file ``{"class": ["sentence", ...]}`` (the format the CuPL release ships), read as is."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read CuPL sentence file '{path}': {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"CuPL sentence file '{path}' is not valid JSON: {exc}. Fix or regenerate it.") from exc
-    if not isinstance(data, dict) or not all(
-        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
-    ):
-        raise ConfigError(f"CuPL sentence file '{path}' must map each class name to a list of sentences: "
-                          '{"class name": ["a photo of ...", ...]}.')
+    data = read_class_lists(path, "CuPL sentence file", "sentence")
     return {str(k): [s for s in v if s.strip()] for k, v in data.items()}
 
 
