@@ -124,14 +124,15 @@ def _memo_key(path: str | os.PathLike, st: os.stat_result) -> tuple[str, int, in
 def stat_key(path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
     """A store key for "this file, unchanged": absolute path, size, inode, mtime and ctime (ctime moves on every
     write and cannot be set back, so an edit that restores the old mtime still misses). None if it cannot be
-    stat-ed. ``st``: the file's stat when the caller has it already."""
-    if st is None:
-        try:
+    stat-ed or keyed (a bad path is reported with its reason when the file is read). ``st``: the file's stat when
+    the caller has it already."""
+    try:
+        if st is None:
             st = os.stat(path)
-        except OSError:
-            return None
-    return cache_key("digest", path=os.path.abspath(path), size=st.st_size, inode=st.st_ino,
-                     mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return cache_key("digest", path=os.path.abspath(path), size=st.st_size, inode=st.st_ino,
+                         mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    except (OSError, ValueError, UnicodeError):  # ValueError: a NUL byte in the path
+        return None
 
 
 def clear_digest_memo() -> None:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from .api import Classifier, as_records, load_classes
-from .embeddings import _content_key_or_error, _reason, _stat_key_or_none
+from .cache import stat_key
+from .embeddings import _content_key_or_error, _reason
 from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .feature_store import FeatureStore, default_feature_root, shards_for
 from .images import ImageRecord, default_decode_workers
@@ -237,7 +238,7 @@ def _digests(records: list[ImageRecord], store) -> list:
     stat_keys: dict[int, str] = {}
     if store is not None:
         for i, record in enumerate(records):
-            key = _stat_key_or_none(record.path)
+            key = stat_key(record.path)
             if key is not None:
                 stat_keys[i] = key
         kept = store.get_jsons(stat_keys.values())

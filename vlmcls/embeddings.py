@@ -198,7 +198,7 @@ class Encoder:
         stat_keys: dict[int, str] = {}
         for i, record in enumerate(records):
             if record.fetch is None and record.path is not None:
-                key = _stat_key_or_none(record.path)
+                key = stat_key(record.path)
                 if key is not None:
                     stat_keys[i] = key
         kept = self.store.get_jsons(stat_keys.values())
@@ -237,23 +237,10 @@ def model_input_side(model: ModelBackend) -> int | None:
     return preprocess_input_side(getattr(model, "preprocess", None))  # a backend that is not a ModelBackend
 
 
-def _stat_key_or_none(path) -> str | None:
-    try:
-        return stat_key(path)
-    except (OSError, ValueError, UnicodeError):  # reported with its reason when the file is read
-        return None
-
-
 def _stat_digest(record: ImageRecord, file_stat: os.stat_result | None, digest: str) -> dict[str, str]:
     """{stat key of the file as it was read: digest of the bytes read}, so a later run need not read it again."""
     if file_stat is None or record.path is None:
         return {}
-    key = _stat_key_or_none_from(record.path, file_stat)
+    key = stat_key(record.path, file_stat)
     return {key: digest} if key is not None else {}
 
-
-def _stat_key_or_none_from(path, file_stat: os.stat_result) -> str | None:
-    try:
-        return stat_key(path, file_stat)
-    except (ValueError, UnicodeError):
-        return None
