@@ -59,6 +59,21 @@ def test_cached_cbd_rerun_with_explanations_imports_no_torch(tiny_open_clip, lab
                                                  for r in rows if not r["error"])
 
 
+def test_the_readme_main_job_reruns_without_torch(tmp_path):
+    """FuDD's re-rank runs in numpy too: the README's main job, re-run, answers from the store alone."""
+    demo = REPO / "vlmcls" / "data" / "demo"
+    args = ["classify", demo / "images", "--classes", demo / "classes.txt", "--method", "fudd", "--descriptors",
+            demo / "descriptors.json", "--pairs", demo / "pairs.json", "--model",
+            f"local-dir:{REPO / 'vlmcls' / 'data' / 'demo_model'}", "-q", "--explain"]
+    first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert "torch" in _cli(*args, "-o", first_out, cache=tmp_path / "cache")
+    assert _cli(*args, "-o", second_out, cache=tmp_path / "cache") == []
+    assert second_out.read_text() == first_out.read_text()
+    rows = [json.loads(line) for line in second_out.read_text().splitlines()]
+    assert sum(r["label"] == r["true_label"] for r in rows) == len(rows) == 48  # as the README says
+    assert sum("differential" in r["explanation"] for r in rows) == 20  # the images FuDD moved
+
+
 def test_numpy_and_tensor_results_agree(tiny_open_clip, labelled_folder, tmp_path):
     """``as_numpy`` changes the result's array type, never its numbers; specs with torch-only stages too."""
     import numpy as np
