@@ -2,6 +2,7 @@
 and text that must not crash or fool the CLI (issue 14: markup, output paths, class-file encodings, exit codes)."""
 
 import json
+import re
 import os
 import socket
 import stat
@@ -382,12 +383,20 @@ def test_a_missing_file_in_a_path_list_is_an_error_row_naming_the_path_resolved_
 def test_help_shows_no_value_placeholder_on_flags_and_names_arguments_plainly(command):
     help_text = _invoke(*command, "--help", env={"COLUMNS": "250"}).output
     assert "--help" in help_text and "<bool>" not in help_text
+    assert not any(f"<{kind}" in help_text for kind in ("str", "path", "int", "float"))  # click's TEXT, PATH, …
     usage = next(line for line in help_text.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage
     expected_usage = {"classify": "[OPTIONS] IMAGES", "eval": "[OPTIONS] DATA", "audit": "[OPTIONS] DATA",
                       "show": "[OPTIONS] NAME", "path": "[OPTIONS] [NAME]", "images": "[OPTIONS] OUT_DIR"}
     if command and command[-1] in expected_usage:
         assert usage.rstrip().endswith(expected_usage[command[-1]])
+
+
+def test_help_texts_show_as_written_and_values_are_named_like_click():
+    help_text = _invoke("classify", "--help", env={"COLUMNS": "250"}).output
+    assert "needs vlmcls[int8]" in help_text  # was read as a rich markup tag and vanished
+    assert re.search(r"--top-k\s+-k\s+INTEGER", help_text) and re.search(r"--output\s+-o\s+PATH", help_text)
+    assert re.search(r"--classes\s+-c\s+TEXT", help_text)
 
 
 def test_flags_still_take_no_value_and_a_missing_argument_is_named_as_in_usage():

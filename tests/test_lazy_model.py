@@ -18,7 +18,8 @@ from vlmcls.cli import app
 try:
     app(sys.argv[1:], standalone_mode=False)
 finally:
-    print("MODULES=" + json.dumps(sorted(m for m in ("open_clip", "transformers", "onnxruntime") if m in sys.modules)))
+    print("MODULES=" + json.dumps(sorted(m for m in ("open_clip", "transformers", "onnxruntime", "torch")
+                                        if m in sys.modules)))
 """
 
 
@@ -36,9 +37,55 @@ def test_cached_cli_rerun_imports_no_model_backend_and_gives_the_same_rows(tiny_
     args = ["classify", labelled_folder, "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}", "-q"]
     first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     assert "open_clip" in _cli(*args, "-o", first_out, cache=cache)
-    assert _cli(*args, "-o", second_out, cache=cache) == []  # everything cached: no open_clip, no transformers
+    assert _cli(*args, "-o", second_out, cache=cache) == []  # everything cached: no torch, open_clip, transformers
     assert second_out.read_text() == first_out.read_text()
     assert "open_clip" in _cli(*args[:3], "cat,dog,fox", *args[4:], "-o", tmp_path / "third.jsonl", cache=cache)
+
+
+def test_cached_cbd_rerun_with_explanations_imports_no_torch(tiny_open_clip, labelled_folder, tmp_path):
+    """A linear head scores numpy arrays: descriptors, explanations and error rows need no torch on a re-run."""
+    (Path(labelled_folder) / "broken.png").write_bytes(b"not a png")
+    descriptors = tmp_path / "descriptors.json"
+    descriptors.write_text(json.dumps({"cat": ["whiskers", "pointed ears"], "dog": ["a wagging tail", "floppy ears"]}))
+    cache = tmp_path / "cache"
+    args = ["classify", labelled_folder, "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}", "-q",
+            "--method", "cbd", "--descriptors", descriptors, "--explain"]
+    first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert "torch" in _cli(*args, "-o", first_out, cache=cache)
+    assert _cli(*args, "-o", second_out, cache=cache) == []
+    rows = [json.loads(line) for line in second_out.read_text().splitlines()]
+    assert second_out.read_text() == first_out.read_text()
+    assert any(r["error"] for r in rows) and all(r["explanation"]["descriptors"]["top"]["class"] == r["label"]
+                                                 for r in rows if not r["error"])
+
+
+def test_the_readme_main_job_reruns_without_torch(tmp_path):
+    """FuDD's re-rank runs in numpy too: the README's main job, re-run, answers from the store alone."""
+    demo = REPO / "vlmcls" / "data" / "demo"
+    args = ["classify", demo / "images", "--classes", demo / "classes.txt", "--method", "fudd", "--descriptors",
+            demo / "descriptors.json", "--pairs", demo / "pairs.json", "--model",
+            f"local-dir:{REPO / 'vlmcls' / 'data' / 'demo_model'}", "-q", "--explain"]
+    first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert "torch" in _cli(*args, "-o", first_out, cache=tmp_path / "cache")
+    assert _cli(*args, "-o", second_out, cache=tmp_path / "cache") == []
+    assert second_out.read_text() == first_out.read_text()
+    rows = [json.loads(line) for line in second_out.read_text().splitlines()]
+    assert sum(r["label"] == r["true_label"] for r in rows) == len(rows) == 48  # as the README says
+    assert sum("differential" in r["explanation"] for r in rows) == 20  # the images FuDD moved
+
+
+def test_numpy_and_tensor_results_agree(tiny_open_clip, labelled_folder, tmp_path):
+    """``as_numpy`` changes the result's array type, never its numbers; specs with torch-only stages too."""
+    import numpy as np
+    import torch
+
+    clf = Classifier(f"local-dir:{tiny_open_clip}", device="cpu", cache_dir=tmp_path / "cache")
+    for method in ("templates", "templates+tfup"):
+        tensors = clf.classify(labelled_folder, ["cat", "dog", "fox"], method=method)
+        arrays = clf.classify(labelled_folder, ["cat", "dog", "fox"], method=method, as_numpy=True)
+        assert isinstance(tensors.probs, torch.Tensor) and isinstance(arrays.probs, np.ndarray)
+        assert np.array_equal(tensors.probs.numpy(), arrays.probs)
+        assert [p.top_k for p in tensors.predictions] == [p.top_k for p in arrays.predictions]
 
 
 def test_new_text_loads_the_model_and_the_run_still_works(tiny_open_clip, labelled_folder, tmp_path):

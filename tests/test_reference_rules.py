@@ -25,8 +25,8 @@ def run(tiny_open_clip, tmp_path):
     clf = Classifier(f"local-dir:{tiny_open_clip}", cache_dir=tmp_path / "cache")
     feats = clf.encode_images(root)
     encoded: list[str] = []
-    encode = clf.encoder.encode_texts
-    clf.encoder.encode_texts = lambda texts: (encoded.extend(texts), encode(texts))[1]
+    encode = clf.encoder.text_array  # what encode_texts calls too, so both array types are seen
+    clf.encoder.text_array = lambda texts, *args: (encoded.extend(texts), encode(texts, *args))[1]
     return clf, feats, encoded
 
 

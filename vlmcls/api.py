@@ -6,19 +6,23 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import torch
+import numpy as np
 
+from .backend import ModelBackend
 from .cache import Store
 from .classes import load_classes
-from .embeddings import Encoder, ImageFeatures
+from .embeddings import Encoder, ImageFeatures, to_torch
 from .images import ImageRecord, choose_worker_type, list_images
-from .methods import DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec
+from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec,
+                      runs_on_numpy)
 from .lazy_model import LazyModel
-from .models import ModelBackend
 from .results import ClassificationResult, Prediction
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
+
+if TYPE_CHECKING:  # imported when a model is built or a stage needs it: a cached linear-head run imports no torch
+    import torch
 
 __all__ = ["Classifier", "ClassificationResult", "Prediction", "load_classes", "as_records"]
 
@@ -75,9 +79,11 @@ class Classifier:
         self.worker_type = worker_type
 
     # -- building blocks ----------------------------------------------------------------------------
-    def encode_images(self, images, progress: ProgressFn | None = None, **source_options: Any) -> ImageFeatures:
+    def encode_images(self, images, progress: ProgressFn | None = None, as_numpy: bool = False,
+                      **source_options: Any) -> ImageFeatures:
         records = as_records(images, **source_options)
-        return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress, self.worker_type)
+        return self.encoder.encode_images(records, self.batch_size, self.num_workers, progress, self.worker_type,
+                                          as_numpy=as_numpy)
 
     def text_weights(self, class_texts: ClassTexts, aggregation: str) -> torch.Tensor:
         text_feats = self.encoder.encode_texts(class_texts.texts)  # [T, D]
@@ -101,12 +107,15 @@ class Classifier:
         aggregation: str | None = None,
         top_k: int = 5,
         progress: ProgressFn | None = None,
+        as_numpy: bool = False,
         **source_options: Any,
     ) -> ClassificationResult:
         """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows.
 
         ``method`` is a spec such as ``cbd+fudd+tip`` (:func:`vlmcls.methods.parse_spec`); ``options`` carries
         its settings (``templates``, ``sentences`` and ``aggregation`` are shortcuts for the common ones).
+        ``as_numpy``: the result's logits and probs as numpy arrays instead of tensors; then a run of a linear head
+        (name, templates, cbd, waffle, cupl) whose features are all in the store imports neither torch nor a model.
         """
         started = time.perf_counter()
         class_names = load_classes(classes)
@@ -116,8 +125,9 @@ class Classifier:
                 aggregation=aggregation,
                 sentences={k: list(v) for k, v in sentences.items()} if sentences is not None else None,
             )
-        feats = self.encode_images(images, progress=progress, **source_options)
-        result = self.predict(feats, class_names, method, options, top_k)
+        numpy_run = self._numpy_spec(method, options)
+        feats = self.encode_images(images, progress=progress, as_numpy=numpy_run, **source_options)
+        result = self.predict(feats, class_names, method, options, top_k, as_numpy=as_numpy)
         if feats.thumbnails:  # made while decoding (Encoder.thumbnail_size), for a report
             result.artifacts["thumbnails"] = feats.thumbnails
         result.stats.update(
@@ -129,36 +139,51 @@ class Classifier:
         )
         return result
 
-    def text_side(self) -> TextSide:
-        """What methods see of the model: text encoding (through the store) and the scoring constants."""
+    def text_side(self, as_numpy: bool = False) -> TextSide:
+        """What methods see of the model: text encoding (through the store) and the scoring constants.
+        ``as_numpy``: texts come back as numpy arrays (for stages that score numpy, see ``MethodRecord.numpy``)."""
         model = self.model
-        return TextSide(self.encoder.encode_texts, model.logit_scale, model.logit_bias, model.score_rule)
+        encode = self.encoder.text_array if as_numpy else self.encoder.encode_texts
+        return TextSide(encode, model.logit_scale, model.logit_bias, model.score_rule)
 
-    def run_context(self, class_names: list[str], options: MethodOptions) -> RunContext:
-        return RunContext(self.text_side(), class_names, options, encode_images=self.encode_images)
+    def run_context(self, class_names: list[str], options: MethodOptions, as_numpy: bool = False) -> RunContext:
+        return RunContext(self.text_side(as_numpy), class_names, options, encode_images=self.encode_images)
+
+    @staticmethod
+    def _numpy_spec(method: str, options: MethodOptions | None) -> bool:
+        """Whether this spec (with the stages its options imply) scores in numpy: only stages that declare it."""
+        options = options or MethodOptions()
+        spec = parse_spec(method).with_implied(options).resolve(options)
+        return runs_on_numpy((spec.head, *spec.stages))
 
     def predict(
         self, feats: ImageFeatures, class_names: list[str], method: str = DEFAULT_METHOD,
-        options: MethodOptions | None = None, k: int = 5,
+        options: MethodOptions | None = None, k: int = 5, as_numpy: bool = False,
     ) -> ClassificationResult:
         """Predictions from image features already computed (eval shares them across methods).
 
         ``method`` is a spec (``cbd+fudd+tip``, see :func:`vlmcls.methods.parse_spec`); refiners whose input the
-        options give (a support folder, a label metric, ``self_cache``) are added to it."""
+        options give (a support folder, a label metric, ``self_cache``) are added to it. Specs made of stages that
+        score numpy arrays (the linear heads) run in numpy whatever ``feats`` holds, so every caller gets the same
+        numbers; ``as_numpy`` says what the result holds."""
         options = options or MethodOptions()
         spec = parse_spec(method).with_implied(options)
-        feats = _finite_only(feats)
+        numpy_run = self._numpy_spec(method, options)
+        feats = _finite_only(feats.as_numpy() if numpy_run else feats.as_torch())
         if feats.records:
-            out = run_spec(spec, self.run_context(class_names, options), feats.feats)
+            out = run_spec(spec, self.run_context(class_names, options, numpy_run), feats.feats)
         else:  # nothing decoded: every input is an error row
-            out = MethodOutput(torch.empty(0, len(class_names)), torch.empty(0, len(class_names)))
-        return result_from_output(out, feats, class_names, method, k)
+            out = MethodOutput(np.zeros((0, len(class_names)), np.float32), np.zeros((0, len(class_names)), np.float32))
+        result = result_from_output(out, feats, class_names, method, k)
+        convert = _to_numpy if as_numpy else to_torch
+        result.logits, result.probs = convert(result.logits), convert(result.probs)
+        return result
 
 
 def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
                        k: int) -> ClassificationResult:
     """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""
-    values, indices = top_k(out.probs, k) if len(feats.records) else (torch.empty(0, 0), torch.empty(0, 0))
+    values, indices = top_k(out.probs, k) if len(feats.records) else (np.zeros((0, 0)), np.zeros((0, 0)))
     rows: list[tuple[int, Prediction]] = []
     top_values, top_indices = values.tolist(), indices.tolist()  # one conversion, not two tensor ops per cell
     for n, rec in enumerate(feats.records):
@@ -184,14 +209,18 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
     otherwise come out as a prediction with probability NaN)."""
     if not feats.records:
         return feats
-    finite = torch.isfinite(feats.feats).all(dim=1)  # [N]
+    finite = np.isfinite(np.asarray(feats.feats)).all(axis=1)  # [N]
     if bool(finite.all()):
         return feats
-    keep = finite.nonzero().flatten().tolist()
-    bad = [(feats.records[i], NON_FINITE_FEATURE) for i in (~finite).nonzero().flatten().tolist()]
+    keep = np.flatnonzero(finite).tolist()
+    bad = [(feats.records[i], NON_FINITE_FEATURE) for i in np.flatnonzero(~finite).tolist()]
     log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
     return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
                    errors=feats.errors + bad)
+
+
+def _to_numpy(array):
+    return array if isinstance(array, np.ndarray) else array.detach().cpu().numpy()
 
 
 def _path(rec: ImageRecord) -> str | None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+import threading
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 
+from .backend import ModelBackend, preprocess_input_side
 from .cache import Store, cache_key, cache_key_for, stat_key
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
-from .models import ModelBackend, preprocess_input_side
+
+if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
+    import torch
 
 __all__ = ["l2_normalize", "Encoder", "ImageFeatures"]
 
@@ -33,6 +36,8 @@ REDUCED_DECODING_MARGIN = 1.0
 
 def l2_normalize(feats: torch.Tensor) -> torch.Tensor:
     """Unit-length rows (the only normalisation in vlmcls); half precision is promoted to float32."""
+    import torch
+
     if feats.dtype not in (torch.float32, torch.float64):
         feats = feats.float()
     return torch.nn.functional.normalize(feats, dim=-1)
@@ -43,10 +48,25 @@ class ImageFeatures:
     """Features for the images that decoded, and the reasons for those that did not."""
 
     records: list[ImageRecord]  # the images with features, in input order
-    feats: torch.Tensor  # [N, D], unit rows, aligned with records
+    feats: torch.Tensor  # [N, D], unit rows, aligned with records (a numpy array when asked for as_numpy)
     errors: list[tuple[ImageRecord, str]] = field(default_factory=list)  # (image, reason)
     encoded: int = 0  # how many were encoded now (the rest came from the store)
     thumbnails: dict[str, bytes] = field(default_factory=dict)  # image id -> small JPEG, when the encoder keeps them
+
+    def as_numpy(self) -> "ImageFeatures":
+        return self if isinstance(self.feats, np.ndarray) else replace(self, feats=self.feats.numpy())
+
+    def as_torch(self) -> "ImageFeatures":
+        return replace(self, feats=to_torch(self.feats)) if isinstance(self.feats, np.ndarray) else self
+
+
+def to_torch(array):
+    """A numpy array as a tensor sharing its memory (imports torch); tensors and None pass through."""
+    if isinstance(array, np.ndarray):
+        import torch
+
+        return torch.from_numpy(array)
+    return array
 
 
 class Encoder:
@@ -80,6 +100,10 @@ class Encoder:
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """texts (T) -> unit features [T, D]; each distinct text is encoded once, ever."""
+        return to_torch(self.text_array(texts, batch_size))
+
+    def text_array(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """:meth:`encode_texts` as a numpy array: when every text is in the store, no model and no torch."""
         unique = list(dict.fromkeys(texts))
         keys = {t: self._text_key(t) for t in unique}
         found = self.store.get_arrays(keys.values(), self.feature_shape()) if self.store is not None else {}
@@ -92,7 +116,9 @@ class Encoder:
             by_text.update(fresh)
             if self.store is not None:
                 self.store.set_arrays({keys[t]: v for t, v in fresh.items()})
-        return torch.from_numpy(np.stack([by_text[t] for t in texts]))  # [T, D]
+        if not texts:
+            return np.zeros((0, self.feature_shape()[0]), dtype=np.float32)
+        return np.stack([by_text[t] for t in texts])  # [T, D]
 
     # -- images -------------------------------------------------------------------------------------
     def _worker_preprocess(self):
@@ -128,8 +154,10 @@ class Encoder:
         num_workers: int | None = None,
         progress: ProgressFn | None = None,
         worker_type: str = "auto",
+        as_numpy: bool = False,
     ) -> ImageFeatures:
         """Features for every image that decodes; error rows for the rest. Cached images are not read.
+        ``as_numpy``: the features as a numpy array (then a run whose images are all in the store imports no torch).
 
         A file whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`) and whose
         features are stored is not opened at all; every other file is read once, and its digest and pixels come
@@ -155,8 +183,10 @@ class Encoder:
             num_workers = default_decode_workers(kind)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
-        preprocess = self._worker_preprocess() if todo_records else None  # all cached: the model is not needed
-        batches = iter_decoded_batches(
+        preprocess = None  # all cached: the model is not needed
+        if todo_records:  # threads choose on the first image that decodes: undecodable files alone need no model
+            preprocess = self._worker_preprocess() if kind == "process" else _FirstCall(self._worker_preprocess)
+        batches = () if not todo_records else iter_decoded_batches(  # all cached: nothing to decode, no torch
             todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
             min_side=self.decode_min_side(), thumbnail_size=self.thumbnail_size,
             lookup=self._stored_features if self.store is not None else None,
@@ -189,14 +219,15 @@ class Encoder:
                 progress(done, total)
         ok = sorted(feats)
         dim = next(iter(feats.values())).shape[-1] if feats else 0
-        stacked = torch.from_numpy(np.stack([feats[i] for i in ok])) if ok else torch.empty(0, dim)
-        return ImageFeatures(
+        stacked = np.stack([feats[i] for i in ok]) if ok else np.zeros((0, dim), dtype=np.float32)
+        result = ImageFeatures(
             records=[records[i] for i in ok],
             feats=stacked,
             errors=[(records[i], errors[i]) for i in sorted(errors)],
             encoded=encoded,
             thumbnails=thumbnails,
         )
+        return result if as_numpy else result.as_torch()
 
     def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
         """Feature keys of the files whose digest the store keeps under their unchanged stat, so they need not be
@@ -223,6 +254,21 @@ class Encoder:
         keys = {digest: image_key(digest) for digest in digests}
         found = self.store.get_arrays(keys.values(), self.feature_shape())
         return {digest: found[key] for digest, key in keys.items() if key in found}
+
+
+class _FirstCall:
+    """A preprocessing chosen on its first call (choosing asks the model's device, which builds a lazy model and
+    imports torch); a run whose only uncached files fail to decode never needs it."""
+
+    def __init__(self, choose: Callable[[], Callable]):
+        self._choose, self._chosen, self._lock = choose, None, threading.Lock()
+
+    def __call__(self, image):
+        if self._chosen is None:
+            with self._lock:
+                if self._chosen is None:
+                    self._chosen = self._choose()
+        return self._chosen(image)
 
 
 def model_input_side(model: ModelBackend) -> int | None:

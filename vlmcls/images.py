@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .decoding import (
@@ -143,8 +144,6 @@ def iter_decoded_batches(
     of each decoded image (``DecodedBatch.thumbnails``), so a report need not read the file again.
     ``min_side``: see :func:`decode_image`.
     """
-    import torch
-
     if num_workers is None:
         num_workers = default_decode_workers(worker_type)
 
@@ -168,7 +167,7 @@ def iter_decoded_batches(
         outcomes = _in_order_processes(list(records), settings, num_workers, chunk, window)
     else:
         outcomes = _in_order(records, settings, num_workers, chunk, window)
-    batch = _BatchBuilder(torch)
+    batch = _BatchBuilder()
     for record, outcome in outcomes:
         if batch.add(record, outcome) == batch_size:
             yield batch.take()
@@ -199,8 +198,7 @@ class _Outcome:
 
 
 class _BatchBuilder:
-    def __init__(self, torch_module):
-        self._torch = torch_module
+    def __init__(self):
         self._item_shape: tuple[int, ...] = (3, 0, 0)
         self._reset()
 
@@ -229,7 +227,12 @@ class _BatchBuilder:
         return len(self.records_ok)
 
     def take(self) -> DecodedBatch:
-        pixels = self._torch.stack(self.tensors) if self.tensors else self._torch.empty((0, *self._item_shape))
+        if self.tensors:  # pixels come from the model's preprocessing: torch is already imported
+            import torch
+
+            pixels = torch.stack(self.tensors)
+        else:  # only errors and known images: no torch (a re-run with undecodable files in the folder)
+            pixels = np.empty((0, *self._item_shape), dtype=np.float32)
         batch = DecodedBatch(self.records_ok, pixels, self.errors, self.digests, self.file_stats, self.known,
                              self.thumbnails)  # pixels: [B, 3, H, W]
         self._reset()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
-
+from .backend import ModelBackend, known_weights_fingerprint, precision_name
 from .cache import Store, cache_key
 from .model_ids import ModelSpec, parse_model_id
-from .models import (ModelBackend, known_weights_fingerprint, load_model, precision_name, resolve_device,
-                     resolve_precision)
+
+if TYPE_CHECKING:  # imported with the model: a run that needs no model imports no torch
+    import torch
 
 __all__ = ["LazyModel"]
 
@@ -59,17 +59,38 @@ class LazyModel(ModelBackend):
 
     def __init__(self, model_id: str, device: str = "auto", precision: str = "fp32", store: "Store | None" = None):
         self.spec = parse_model_id(model_id)
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
         self.precision = precision_name(precision)
         self._model_id, self._device_name, self._store = model_id, device, store
         self._backend: ModelBackend | None = None
         self._load_lock = threading.Lock()
+        self._device: torch.device | None = None
+        self._dtype: torch.dtype | None = None
+        if (device or "auto").strip().lower() not in ("auto", "cpu"):
+            self._resolve()  # a device named outright (cuda:1, mps) is checked now, before anything else runs
         identity = self._recorded_identity()
         if identity is None:
             self._load()
         else:  # weights and preprocessing fingerprints, logit scale and bias, input side: known without the model
             self.__dict__.update(identity)
+
+    def _resolve(self) -> None:
+        """Resolve the device and compute dtype (imports torch): on first use for ``auto`` and ``cpu``, so a run
+        that needs no model never imports it."""
+        if self._device is None:
+            from .models import resolve_device, resolve_precision
+
+            device = resolve_device(self._device_name)
+            self._dtype, self._device = resolve_precision(self.precision, device), device
+
+    @property
+    def device(self) -> torch.device:
+        self._resolve()
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        self._resolve()
+        return self._dtype
 
     def _recorded_identity(self) -> dict | None:
         if self._store is None:
@@ -84,6 +105,9 @@ class LazyModel(ModelBackend):
     def _load(self) -> ModelBackend:
         with self._load_lock:  # decode threads may ask for preprocessing at the same moment
             if self._backend is None:
+                from .models import load_model
+
+                self._resolve()  # a bad device or precision fails before the weights are read
                 log.info("loading model '%s'", self.spec.canonical)
                 backend = load_model(self._model_id, self._device_name, self.precision, self._store)
                 self.__dict__.update(_identity_of(backend))

@@ -1,26 +1,52 @@
 """The Typer app class every vlmcls command hangs on, so ``--help`` reads the way the README writes commands.
 
-Typer's own help shows an on/off flag with a ``<bool>`` placeholder (as if ``--quiet true`` were typed) and a required
-argument as ``{images}`` on the usage line. Here flags show no placeholder and arguments are written in capitals,
-``[NAME]`` when optional, as click and the README do. Only the help text changes: names, parsing and values do not.
+Typer's own help shows an on/off flag with a ``<bool>`` placeholder (as if ``--quiet true`` were typed), values as
+``<str>``/``<path>`` and a required argument as ``{images}`` on the usage line; it also reads help texts as rich
+markup, so ``vlmcls[int8]`` showed as ``vlmcls``. Here flags show no placeholder, values show click's TEXT, PATH,
+INTEGER or FLOAT, arguments are written in capitals (``[NAME]`` when optional) as click and the README do, and help
+texts show as written. Only the help text changes: names, parsing and values do not.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import typer
 import typer.core
+from rich.markup import escape
 
 __all__ = ["App"]
+
+
+_VALUE_NAMES = {"int": "INTEGER", "int range": "INTEGER", "integer": "INTEGER", "float": "FLOAT",
+                "float range": "FLOAT", "path": "PATH", "file": "PATH", "directory": "PATH"}
+
+
+def _value_name(param_type: Any) -> str:
+    return _VALUE_NAMES.get(getattr(param_type, "name", ""), "TEXT")
+
+
+def _named_type(param_type: Any) -> Any:
+    """A copy of an argument's type (click's are shared) whose help placeholder is its value name."""
+    named = copy.copy(param_type)
+    name = _value_name(param_type)
+    named.get_metavar, named._value_named = (lambda *args, **kwargs: name), True
+    return named
 
 
 def _plain_metavars(params: list[Any]) -> list[Any]:
     for param in params:
         if param.param_type_name == "option" and (param.is_flag or param.count) and param.metavar is None:
             param.metavar = ""  # a flag takes no value, so its help shows none
-        elif param.param_type_name == "argument" and param.metavar is None:
-            param.metavar = param.name.upper()
+        elif param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            if not getattr(param.type, "_value_named", False):
+                param.type = _named_type(param.type)  # its type column, as for options
+        elif param.param_type_name == "option" and param.metavar is None:
+            param.metavar = _value_name(param.type)
+        if getattr(param, "help", None) and not getattr(param, "_help_escaped", False):
+            param.help, param._help_escaped = escape(param.help), True  # shown as written, not read as markup
     return params
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
 from ..methods import setting_fields
 from ._options import option_group
@@ -40,7 +39,7 @@ def _params() -> list[tuple[str, Any, Any]]:
     for name, field in setting_fields().items():
         meta = field.metadata
         flags = (meta.get("flag") or flag_of(field)).split("/")
-        kwargs = {"help": escape(meta.get("help") or ""), "rich_help_panel": meta.get("panel")}
+        kwargs = {"help": meta.get("help") or "", "rich_help_panel": meta.get("panel")}
         if meta.get("min") is not None:
             kwargs["min"] = meta["min"]
         params.append((name, _annotation(field, hints[name]), typer.Option(field.default, *flags, **kwargs)))

@@ -149,7 +149,7 @@ def classify(
                 clf.encoder.thumbnail_size = THUMBNAIL_SIZE
             with progress_bar("encoding images", enabled=not quiet) as progress:
                 result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
-                                      progress=progress)
+                                      progress=progress, as_numpy=True)  # the writers read rows, not tensors
     finally:
         llm.close()
     outputs.write(result, records)

@@ -28,6 +28,7 @@ from .registry import (
     get_record,
     method_names,
     register,
+    runs_on_numpy,
     setting_fields,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
@@ -42,7 +43,7 @@ __all__ = [
     "MethodSpec", "parse_spec", "parse_specs", "TextSide", "RunContext", "RunReport", "BatchScores", "Pipeline",
     "build_pipeline", "run_spec", "asks_llm", "estimate_llm_cost", "DEFAULT_METHOD", "DEFAULT_COMPARISON",
     "DEFAULT_DESCRIBER", "spec_help",
-    "label_metric",
+    "label_metric", "runs_on_numpy",
 ]
 
 

@@ -261,6 +261,7 @@ def _estimate_cupl(context, config: CuplMethodConfig, image_feats, head=None) ->
 
 register(MethodRecord(
     name="cupl", kind=HEAD, summary="CuPL: LLM-written sentences averaged like a template ensemble",
+    numpy=True,
     text_source="LLM sentences (or a sentence file)", config=CuplMethodConfig, prepare=_prepare_cupl,
     cost="classes × question variants × samples LLM calls (cached), unless a sentence file is given",
     asks_llm=lambda config: config.cupl_file is None, estimate=_estimate_cupl,

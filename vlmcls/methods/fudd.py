@@ -26,7 +26,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import numpy as np
+
 from ..descriptors import generate_pair_descriptions, pair_requests
+from ..embeddings import to_torch
 from ..errors import ConfigError
 from ..prompting import load_prompt
 from ..templates import wordify
@@ -34,7 +37,7 @@ from .heads import LinearHead, linear_head
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
 from .registry import HEAD, METHODS, RERANK, MethodRecord, register, setting
 
-if TYPE_CHECKING:  # torch is imported where the maths runs, so the CLI can declare FuDD's flags without it
+if TYPE_CHECKING:  # FuDD's maths runs in numpy: a cached run of cbd+fudd imports no torch
     import torch
 
 __all__ = ["FuddConfig", "FuddRerank", "load_pair_file", "fudd_template", "fudd_text", "PairTable", "ambiguous_sets",
@@ -88,26 +91,36 @@ def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
 # -- the pair table and the re-rank ------------------------------------------------------------------------
 
 
+def _np(x: Any) -> np.ndarray:
+    """The maths below runs on numpy arrays (so a cached run needs no torch); tensors come in through here."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+
+
+def _like(x: np.ndarray, template: Any) -> Any:
+    """``x`` as the caller's kind: a tensor when ``template`` was one."""
+    return x if isinstance(template, np.ndarray) else to_torch(np.ascontiguousarray(x))
+
+
 def ambiguous_sets(rank_logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Each image's top-k classes: rank_logits [N, C] -> indices [N, k] (k clipped to C)."""
-    import torch
+    """Each image's top-k classes: rank_logits [N, C] -> indices [N, k] (k clipped to C), best first."""
+    from ..scoring import top_k
 
     if k < 2:
         raise ConfigError(f"--fudd-k is '{k}'; an ambiguous set needs at least 2 classes.")
-    return torch.topk(rank_logits, min(k, rank_logits.shape[1]), dim=1).indices
+    return top_k(rank_logits, k)[1]
 
 
 def count_pairs(sets: torch.Tensor) -> list[tuple[tuple[int, int], int]]:
     """Unique unordered pairs (a < b) across all sets with how many images share them, most frequent first."""
-    import torch
-
+    sets = _np(sets)
     n, k = sets.shape
-    i, j = torch.triu_indices(k, k, offset=1)  # [P] positions of each pair inside a set
+    i, j = np.triu_indices(k, 1)  # [P] positions of each pair inside a set
     a, b = sets[:, i], sets[:, j]  # [N, P]
-    lo, hi = torch.minimum(a, b).flatten(), torch.maximum(a, b).flatten()
-    pairs, counts = torch.unique(torch.stack([lo, hi], dim=1), dim=0, return_counts=True)  # [U, 2], [U]
-    order = sorted(range(len(pairs)), key=lambda u: (-int(counts[u]), int(pairs[u, 0]), int(pairs[u, 1])))
-    return [((int(pairs[u, 0]), int(pairs[u, 1])), int(counts[u])) for u in order]
+    lo, hi = np.minimum(a, b).ravel(), np.maximum(a, b).ravel()
+    pairs, counts = np.unique(np.stack([lo, hi], axis=1), axis=0, return_counts=True)  # [U, 2], [U]
+    pairs, counts = pairs.tolist(), counts.tolist()
+    order = sorted(range(len(pairs)), key=lambda u: (-counts[u], pairs[u][0], pairs[u][1]))
+    return [((pairs[u][0], pairs[u][1]), counts[u]) for u in order]
 
 
 def fudd_template(class_name: str) -> str:
@@ -127,12 +140,12 @@ class PairTable:
     (class a, other b) the ids of a's captions, stored ragged (CSR) so a set's union is a gather."""
 
     texts: list[str]  # [V] unique sentences as written: the answered captions, then each class's template
-    keys: torch.Tensor  # [R] sorted a * C + b for the row holding class a's captions in pair (a, b)
-    starts: torch.Tensor  # [R] where each row's caption ids begin in caption_ids
-    counts: torch.Tensor  # [R] how many captions each row has
-    caption_ids: torch.Tensor  # [sum counts] ids into texts
-    template_ids: torch.Tensor  # [C] id of each class's template sentence in texts
-    private: torch.Tensor  # [R] bool: no sentence of the row can meet another of its class's in a set (sum it whole)
+    keys: np.ndarray  # [R] int64, sorted a * C + b for the row holding class a's captions in pair (a, b)
+    starts: np.ndarray  # [R] where each row's caption ids begin in caption_ids
+    counts: np.ndarray  # [R] how many captions each row has (at least one)
+    caption_ids: np.ndarray  # [sum counts] ids into texts
+    template_ids: np.ndarray  # [C] id of each class's template sentence in texts
+    private: np.ndarray  # [R] bool: no sentence of the row can meet another of its class's in a set (sum it whole)
     num_classes: int
     sentences: dict[tuple[int, int], list[tuple[str, str, int, int]]] = field(default_factory=dict)
     # (a, b) -> [(attr_type, text for a, id of text a, id of text b)] for explanations
@@ -153,8 +166,6 @@ def build_pair_table(pair_descriptions: Mapping[str, Mapping[str, Any]], class_n
     integer indices into ``class_names`` (the released files' form); ``prompt_pair[0]`` describes ``classes[0]``.
     An entry with no captions counts as a pair nobody described; entries that name no pair of these classes are
     listed in ``unmatched``."""
-    import torch
-
     column = {name: c for c, name in enumerate(class_names)}
     C = len(class_names)
     text_id: dict[str, int] = {}
@@ -179,27 +190,25 @@ def build_pair_table(pair_descriptions: Mapping[str, Mapping[str, Any]], class_n
             captions.setdefault(lo * C + hi, []).append(intern(text_lo))
             captions.setdefault(hi * C + lo, []).append(intern(text_hi))
         sentences.setdefault((lo, hi), []).extend((t, x, text_id[x], text_id[y]) for t, x, y in ordered)
-    template_ids = torch.tensor([intern(fudd_template(name)) for name in class_names], dtype=torch.long)
+    template_ids = np.array([intern(fudd_template(name)) for name in class_names], dtype=np.int64)
     keys = sorted(captions)
-    counts = torch.tensor([len(captions[key]) for key in keys], dtype=torch.long)
-    starts = torch.cumsum(counts, 0) - counts
-    caption_ids = torch.tensor([i for key in keys for i in captions[key]], dtype=torch.long)
+    counts = np.array([len(captions[key]) for key in keys], dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    caption_ids = np.array([i for key in keys for i in captions[key]], dtype=np.int64)
     # Most rows hold sentences found nowhere else in their class: adding such a row's sum equals adding its sentences
     # to the set, so only the other rows (a caption repeated, or equal to the template) need the per-sentence union.
     rows_holding = Counter((key // C, i) for key in keys for i in set(captions[key]))
-    private = torch.tensor([len(set(captions[key])) == len(captions[key]) and all(
-        rows_holding[(key // C, i)] == 1 and i != int(template_ids[key // C]) for i in captions[key]) for key in keys], dtype=torch.bool)
-    return PairTable(list(text_id), torch.tensor(keys, dtype=torch.long), starts, counts, caption_ids, template_ids,
+    private = np.array([len(set(captions[key])) == len(captions[key]) and all(
+        rows_holding[(key // C, i)] == 1 and i != int(template_ids[key // C]) for i in captions[key]) for key in keys], dtype=bool)
+    return PairTable(list(text_id), np.array(keys, dtype=np.int64), starts, counts, caption_ids, template_ids,
                      private, C, sentences, unmatched)
 
 
-def _find(table: PairTable, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _find(table: PairTable, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row of each query key in the table and whether it is there."""
-    import torch
-
-    if table.keys.numel() == 0:
-        return torch.zeros_like(query), torch.zeros_like(query, dtype=torch.bool)
-    pos = torch.searchsorted(table.keys, query).clamp_max(table.keys.numel() - 1)
+    if table.keys.size == 0:
+        return np.zeros_like(query), np.zeros(query.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(table.keys, query), table.keys.size - 1)
     return pos, table.keys[pos] == query
 
 
@@ -211,37 +220,34 @@ class FuddResult:
     covered: torch.Tensor  # [N, k] bool: the member had at least one answered pair in its set
 
 
-def _member_sentences(table: PairTable, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _member_sentences(table: PairTable, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For sets s [B, k]: each member's private rows [B, k, k] (R where none), and its other distinct sentence
     ids, flattened (member b * k + i, sentence id).
 
     Member i collects its captions from every answered pair (i, j), j in the set, and its template for every
     pair nobody answered; the union is a set of sentences as written, as in the reference.
     """
-    import torch
-
     B, k = s.shape
-    C, V = table.num_classes, len(table.texts)
+    C, V, R = table.num_classes, len(table.texts), table.keys.size
     keys = s[:, :, None] * C + s[:, None, :]  # [B, k, k] row key of member i's side of pair (i, j)
     pos, found = _find(table, keys)
-    not_self = ~torch.eye(k, dtype=torch.bool)[None]  # [1, k, k]
-    member = torch.arange(B * k).view(B, k, 1).expand(B, k, k)  # [B, k, k] flat member index b * k + i
+    not_self = ~np.eye(k, dtype=bool)[None]  # [1, k, k]
+    member = np.broadcast_to(np.arange(B * k).reshape(B, k, 1), (B, k, k))  # [B, k, k] flat member b * k + i
     answered, missing = found & not_self, ~found & not_self
-    whole = answered & table.private[pos] if table.keys.numel() else answered
-    private_rows = torch.where(whole, pos, torch.full_like(pos, table.keys.numel()))  # [B, k, k]
+    whole = answered & table.private[pos] if R else answered
+    private_rows = np.where(whole, pos, R)  # [B, k, k]
     answered = answered & ~whole
     # other answered pairs: every caption of the row, gathered from the ragged table
     rows, owners = pos[answered], member[answered]
     counts = table.counts[rows]
-    total = int(counts.sum())
-    offsets = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    caption = table.caption_ids[torch.repeat_interleave(table.starts[rows], counts) + offsets]
-    caption_owner = torch.repeat_interleave(owners, counts)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    caption = table.caption_ids[np.repeat(table.starts[rows], counts) + offsets]
+    caption_owner = np.repeat(owners, counts)
     # missing pairs (and a member alone in its set) contribute the member's template sentence
-    alone = torch.zeros(B, k, dtype=torch.bool) if k > 1 else torch.ones(B, k, dtype=torch.bool)
-    template_owner = torch.cat([member[missing], torch.arange(B * k)[alone.flatten()]])
-    template = table.template_ids[s.flatten()[template_owner]]
-    flat = torch.unique(torch.cat([caption_owner, template_owner]) * V + torch.cat([caption, template]))
+    alone = np.zeros((B, k), dtype=bool) if k > 1 else np.ones((B, k), dtype=bool)
+    template_owner = np.concatenate([member[missing], np.arange(B * k)[alone.ravel()]])
+    template = table.template_ids[s.ravel()[template_owner]]
+    flat = np.unique(np.concatenate([caption_owner, template_owner]) * V + np.concatenate([caption, template]))
     return private_rows, flat // V, flat % V
 
 
@@ -254,36 +260,34 @@ def rerank(
     chunk: int = 256,
 ) -> FuddResult:
     """Re-rank inside each image's set: image_feats [N, D], sets [N, k], text_feats [V, D] (unit embeddings of
-    ``fudd_text(t)`` for t in ``table.texts``) -> FuddResult.
+    ``fudd_text(t)`` for t in ``table.texts``) -> FuddResult, in numpy or tensors as ``image_feats`` came.
 
     A member's vector is normalise(mean of the unit embeddings of its distinct sentences in the set).
     """
-    import torch
-
-    from ..embeddings import l2_normalize
-
-    n, k = sets.shape
-    C = table.num_classes
-    set_logits = torch.empty(n, k, dtype=image_feats.dtype)
-    covered = torch.empty(n, k, dtype=torch.bool)
-    not_self = ~torch.eye(k, dtype=torch.bool)  # [k, k]
-    R = table.keys.numel()
-    row_of_caption = torch.repeat_interleave(torch.arange(R), table.counts)
-    row_sums = torch.zeros(R + 1, text_feats.shape[1], dtype=text_feats.dtype)  # [R + 1, D]; the last row is zeros
-    row_sums.index_add_(0, row_of_caption, text_feats[table.caption_ids])
+    feats, s_all, texts = _np(image_feats), _np(sets).astype(np.int64), _np(text_feats)
+    n, k = s_all.shape
+    C, R = table.num_classes, table.keys.size
+    set_logits = np.empty((n, k), dtype=feats.dtype)
+    covered = np.empty((n, k), dtype=bool)
+    not_self = ~np.eye(k, dtype=bool)  # [k, k]
+    row_sums = np.zeros((R + 1, texts.shape[1]), dtype=texts.dtype)  # [R + 1, D]; the last row is zeros
+    if R:  # rows are contiguous runs of caption_ids, none empty
+        row_sums[:R] = np.add.reduceat(texts[table.caption_ids], table.starts, axis=0)
     for start in range(0, n, chunk):
-        s = sets[start : start + chunk]  # [B, k]
+        s = s_all[start : start + chunk]  # [B, k]
         B = s.shape[0]
         private_rows, owner, sentence = _member_sentences(table, s)
-        summed = row_sums[private_rows].sum(dim=2).view(B * k, -1)  # [B·k, D]
-        summed.index_add_(0, owner, text_feats[sentence])
-        reps = l2_normalize(summed).view(B, k, -1)  # [B, k, D]; normalise(mean) = normalise(sum)
-        f = image_feats[start : start + chunk]  # [B, D]
-        set_logits[start : start + chunk] = logit_scale * torch.einsum("bd,bkd->bk", f.to(reps.dtype), reps).to(set_logits.dtype)
-        covered[start : start + chunk] = (_find(table, s[:, :, None] * C + s[:, None, :])[1] & not_self).any(dim=2)
-    logits = torch.full((n, C), float("-inf"), dtype=set_logits.dtype)
-    logits.scatter_(1, sets, set_logits)
-    return FuddResult(logits, set_logits, sets, covered)
+        summed = row_sums[private_rows].sum(axis=2).reshape(B * k, -1)  # [B·k, D]
+        np.add.at(summed, owner, texts[sentence])
+        norms = np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+        reps = (summed / norms).reshape(B, k, -1)  # [B, k, D]; normalise(mean) = normalise(sum)
+        f = feats[start : start + chunk].astype(reps.dtype, copy=False)  # [B, D]
+        set_logits[start : start + chunk] = logit_scale * (reps @ f[:, :, None])[:, :, 0]
+        covered[start : start + chunk] = (_find(table, s[:, :, None] * C + s[:, None, :])[1] & not_self).any(axis=2)
+    logits = np.full((n, C), -np.inf, dtype=set_logits.dtype)
+    np.put_along_axis(logits, s_all, set_logits, axis=1)
+    like = image_feats
+    return FuddResult(_like(logits, like), _like(set_logits, like), _like(s_all, like), _like(covered, like))
 
 
 def explain_moves(
@@ -336,17 +340,18 @@ class FuddRerank:
     class_names: list[str]
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores:
-        first = upstream.logits  # [B, C]
-        rank_logits = self.ranking.apply(feats, None, False).logits if self.ranking is not None else first
+        """Numpy arrays or tensors alike (the head's kind); the re-rank itself runs in numpy."""
+        first = _np(upstream.logits)  # [B, C]
+        rank_logits = _np(self.ranking.apply(feats, None, False).logits) if self.ranking is not None else first
         sets = ambiguous_sets(rank_logits, self.fudd_k)  # [B, k]
-        result = rerank(feats, sets, self.table, self.text_feats, self.logit_scale)
+        result = rerank(_np(feats), sets, self.table, _np(self.text_feats), self.logit_scale)
         logits = result.logits + self.logit_bias if self.logit_bias is not None else result.logits
         first_top, new_top = first.argmax(1), logits.argmax(1)
         notes = upstream.notes
         if explain:
-            moves = explain_moves(feats, first_top, new_top, self.table, self.text_feats, self.class_names)
+            moves = explain_moves(_np(feats), first_top, new_top, self.table, _np(self.text_feats), self.class_names)
             notes = merge_notes(upstream.notes, "differential", moves)
-        return BatchScores(logits, notes, counts={"images_moved": int((first_top != new_top).sum())})
+        return BatchScores(_like(logits, feats), notes, counts={"images_moved": int((first_top != new_top).sum())})
 
     def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
         return {"images_moved": int(counts.get("images_moved", 0))}
@@ -355,7 +360,7 @@ class FuddRerank:
 def _pair_counts(positions, feats, scores: BatchScores, *, fudd_k: int, ranking: LinearHead | None):
     """One batch's pairs inside its ambiguous sets, with counts (what a worker sends the driver)."""
     rank_logits = ranking.apply(feats, None, False).logits if ranking is not None else scores.logits
-    return count_pairs(ambiguous_sets(rank_logits, fudd_k))
+    return count_pairs(ambiguous_sets(_np(rank_logits), fudd_k))
 
 
 def _merge_counts(parts: list[list[tuple[tuple[int, int], int]]]) -> list[tuple[tuple[int, int], int]]:
@@ -460,7 +465,7 @@ def _estimate_fudd(context: RunContext, config: FuddConfig, image_feats, head: L
         return {}
     report = RunReport()
     ranking = _ranking_head(context, config, report) or head
-    sets = ambiguous_sets(ranking.apply(image_feats, None, False).logits, config.fudd_k)
+    sets = ambiguous_sets(_np(ranking.apply(image_feats, None, False).logits), config.fudd_k)
     counted = count_pairs(sets)
     chosen = counted if config.max_pairs is None else counted[: config.max_pairs]
     pairs = [(context.class_names[a], context.class_names[b]) for (a, b), _ in chosen]
@@ -474,4 +479,5 @@ register(MethodRecord(
     text_source="LLM differential descriptions of ambiguous pairs (or a pair file)", config=FuddConfig,
     prepare=_prepare_fudd, cost="one LLM call per unique ambiguous pair (cached), capped by max_pairs/token_budget",
     asks_llm=lambda config: config.pairs_file is None, estimate=_estimate_fudd, head_when_alone=_head_when_alone,
+    numpy=True,
 ))

@@ -44,18 +44,19 @@ class DescriptorExplainer:
     limit: int = 3
 
     def explain(self, feats: torch.Tensor, probs: torch.Tensor) -> list[dict]:
-        import torch
+        """feats [B, D] and probs [B, C], numpy arrays or tensors alike."""
+        from ..scoring import top_k
 
         sims = feats @ self.text_feats.T  # [B, T]
-        top2 = torch.topk(probs, min(2, len(self.class_names)), dim=1).indices  # [B, 2]
+        top2 = top_k(probs, 2)[1].tolist()  # [B, 2]
         out = []
         for n in range(feats.shape[0]):
             entry = {}
-            for role, c in zip(("top", "runner_up"), top2[n].tolist()):
-                row = sims[n, self.starts[c] : self.starts[c] + len(self.labels[c])]
-                order = torch.argsort(row, descending=True)[: self.limit].tolist()
+            for role, c in zip(("top", "runner_up"), top2[n]):
+                row = sims[n, self.starts[c] : self.starts[c] + len(self.labels[c])].tolist()
+                order = sorted(range(len(row)), key=lambda j: -row[j])[: self.limit]
                 entry[role] = {"class": self.class_names[c],
-                               "descriptors": [{"descriptor": self.labels[c][j], "similarity": round(float(row[j]), 4)}
+                               "descriptors": [{"descriptor": self.labels[c][j], "similarity": round(row[j], 4)}
                                                for j in order]}
             out.append(entry)
         return out
@@ -122,6 +123,7 @@ def _prepare_name(context, config: NameConfig, upstream, gather, report) -> Line
 
 register(MethodRecord(
     name="name", kind=HEAD, summary="the bare class name (CLIP-standard baseline)", text_source="class names",
+    numpy=True,
     config=NameConfig, prepare=_prepare_name, cost="one text per class, encoded once",
 ))
 
@@ -149,6 +151,7 @@ def _prepare_templates(context, config: TemplatesConfig, upstream, gather, repor
 
 register(MethodRecord(
     name="templates", kind=HEAD, summary="prompt templates averaged per class (CLIP's ensembles)",
+    numpy=True,
     text_source="prompt templates", config=TemplatesConfig, prepare=_prepare_templates,
     cost="templates × classes texts, encoded once",
 ))
@@ -211,6 +214,7 @@ def _describe_cbd(class_names, config: CbdConfig, llm, prompts_dir, domain_hint)
 
 register(MethodRecord(
     name="cbd", kind=HEAD, summary="Classification by Description: LLM descriptors, mean of similarities",
+    numpy=True,
     text_source="LLM descriptors (or a descriptor file)", config=CbdConfig, prepare=_prepare_cbd,
     cost="one LLM call per class (cached), unless a descriptor file is given",
     asks_llm=lambda config: config.descriptors is None, estimate=_estimate_cbd, describe=_describe_cbd,
@@ -231,6 +235,7 @@ def _prepare_waffle(context, config: WaffleConfig, upstream, gather, report) -> 
 
 register(MethodRecord(
     name="waffle", kind=HEAD, summary="WaffleCLIP: random descriptors, the baseline an LLM must beat",
+    numpy=True,
     text_source="random words and characters", config=WaffleConfig, prepare=_prepare_waffle,
     cost="2 × pairs texts per class, encoded once",
     describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.waffle_pairs, config.seed), [], None),

@@ -130,9 +130,13 @@ def gather_in_process(image_feats: torch.Tensor) -> Gather:
     """The single engine's gather: one batch holding every image."""
 
     def gather(upstream: Pipeline, collect):
-        import torch
+        import numpy as np
 
-        positions = torch.arange(image_feats.shape[0])
+        positions = np.arange(image_feats.shape[0])  # of the features' kind: numpy runs import no torch
+        if not isinstance(image_feats, np.ndarray):
+            import torch
+
+            positions = torch.from_numpy(positions)
         return [collect(positions, image_feats, upstream.apply(image_feats))]
 
     return gather

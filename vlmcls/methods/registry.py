@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_COMPARISON",
     "DEFAULT_DESCRIBER",
+    "runs_on_numpy",
 ]
 
 # The three stage kinds; an engine runs each its own way (DESIGN.md, "The method layer").
@@ -74,6 +75,9 @@ class MethodRecord:
     # (class_names, config, llm, prompts_dir, domain_hint) -> (DescriptorSet, error rows, usage | None): a head
     # whose text is a descriptor set can write one without images (`vlmcls describe`)
     describe: Callable[..., Any] | None = None
+    # its prepared stage also runs on numpy arrays: a spec made only of such stages scores in numpy, so a run
+    # whose features are all in the store imports no torch (the CLI's edit-and-re-run loop)
+    numpy: bool = False
 
 
 METHODS: dict[str, MethodRecord] = {}
@@ -161,3 +165,8 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
             continue
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"setting '{name}' is '{value}'; it must be {names}.")
+
+
+def runs_on_numpy(names: Any) -> bool:
+    """Whether every stage named can score numpy arrays (see ``MethodRecord.numpy``)."""
+    return all(get_record(name).numpy for name in names)
