@@ -536,7 +536,6 @@ def test_public_surface():
         "digest_of",
         "thumbnail_jpeg",
         "iter_decoded_batches",
-        "decode_and_preprocess",
         "default_decode_workers",
         "choose_worker_type",
         "WORKER_TYPES",

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import imagegen as ig
+from test_images import hf_cache  # noqa: F401  (a fixture: datasets' conversion cache inside tmp_path)
+from test_photos import count_opens, write_photo  # noqa: F401  (count_opens is a fixture)
 from vlmcls import distributed
 from vlmcls.api import Classifier
 from vlmcls.distributed import classify_with_ray
 from vlmcls.errors import ConfigError, MissingExtraError
+from vlmcls.feature_store import read_feats
+from vlmcls.images import list_images
 from vlmcls.evaluate import options_for_spec
 from vlmcls.methods import MethodOptions, RefinerOptions
 
@@ -231,12 +238,125 @@ def test_a_second_run_with_other_classes_encodes_nothing_and_asks_the_llm_once_p
     assert sum(p.error is not None for p in again.predictions) == 2
 
 
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Phone-size JPEGs (decoded at reduced size) and small images, in class folders (bad files: see above)."""
+    root = tmp_path_factory.mktemp("ray_photos")
+    for i in range(3):
+        write_photo(root / ("a", "b")[i % 2] / f"photo{i}.jpg", size=(1600, 1200), seed=i)
+    ig.write_noise_jpeg(root / "a" / "small.jpg", size=(60, 40), seed=3)
+    ig.write_solid(root / "b" / "blue.png", ig.BLUE)
+    return root
+
+
 @pytest.mark.ray
-def test_dataset_rows_point_to_the_single_process_engine(ray_local, model_id, tmp_path):
-    pytest.importorskip("datasets")
-    ig.make_hf_dataset([ig.RED, ig.BLUE], [0, 1], ["red", "blue"]).save_to_disk(str(tmp_path / "ds"))
-    with pytest.raises(ConfigError, match=r"dataset row.*single-process engine"):
-        classify_with_ray(model_id, tmp_path / "ds", CLASSES)
+def test_ray_reads_each_new_file_once_on_a_worker_and_decodes_large_jpegs_as_the_single_engine(
+        ray_local, model_id, photos, tmp_path, count_opens, hf_cache, monkeypatch):
+    import pyarrow.parquet as pq
+
+    single_clf = Classifier(model_id, device="cpu", cache_dir=tmp_path / "single")
+    single = single_clf.classify(photos, CLASSES, top_k=3)
+    full = Classifier(model_id, device="cpu", use_cache=False)
+    full.encoder.reduced_decoding = False
+    # full decoding gives other probabilities, ten times the tolerance below away at least: the test can tell
+    assert float((full.classify(photos, CLASSES, top_k=3).probs - single.probs).abs().max()) > 1e-4
+    cache = tmp_path / "ray"
+    opened = count_opens(photos)
+
+    first = classify_with_ray(model_id, photos, CLASSES, top_k=3, batch_size=2, num_workers=1, cache_dir=cache)
+
+    assert opened == {}  # the driver only stat-ed the files; workers read, hashed and decoded them
+    assert first.stats["encoded"] == 5 and first.stats["errors"] == 0
+    assert_same_rows(first.rows(), single.rows())
+    assert torch.allclose(first.probs, single.probs, atol=1e-5)
+    # Both engines key a feature by the same parts and content: the Ray store's feature of each image is the single
+    # engine's stored feature under that image's key.
+    records = list_images(photos)
+    digests = Classifier(model_id, device="cpu", cache_dir=cache).encoder.known_digests(records)  # learned from Ray
+    assert sorted(digests.values()) == sorted(hashlib.sha256(r.path.read_bytes()).hexdigest() for r in records)
+    shards = sorted((cache / "features").rglob("part-*.parquet"))
+    ray_feats = {d: f for shard in shards for d, f in zip(pq.read_table(shard).column("digest").to_pylist(),
+                                                          read_feats(pq.read_table(shard), 32))}
+    key = single_clf.encoder._image_key_function()
+    stored = single_clf.store.get_arrays([key(d) for d in digests.values()])
+    for digest in digests.values():
+        assert np.allclose(ray_feats[digest], stored[key(digest)], atol=1e-5)
+
+    # A second run, here through imagefolder: (the same files as dataset rows): nothing is read or encoded.
+    monkeypatch.setattr(distributed, "_encode", lambda *args: pytest.fail("a worker was asked to read an image"))
+    source = f"imagefolder:{photos}"
+    opened.clear()
+    again = classify_with_ray(model_id, source, CLASSES, top_k=3, batch_size=2, num_workers=1, cache_dir=cache)
+    assert opened == {}
+    assert again.stats["encoded"] == 0 and again.stats["cached"] == 5
+    assert_same_rows(again.rows(), Classifier(model_id, device="cpu", use_cache=False).classify(source, CLASSES,
+                                                                                                top_k=3).rows())
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    ig.solid(colour, (40, 32)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hf_dataset(tmp_path_factory) -> Path:
+    """An Image column and a ClassLabel column, saved with save_to_disk in two Arrow files (``ds``) and as Parquet
+    in row groups of three (``ds.parquet``): six images (one a large JPEG), bytes that are no image, a truncated
+    JPEG and a row without an image."""
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path_factory.mktemp("ray_dataset")
+    truncated = ig.write_truncated_jpeg(root / "cut.jpg").read_bytes()
+    photo = write_photo(root / "photo.jpg", size=(1600, 1200)).read_bytes()
+    cells = [{"bytes": _png(c), "path": None} for c in (ig.RED, ig.BLUE, (20, 200, 20), ig.WHITE, (90, 90, 90))]
+    cells += [{"bytes": photo, "path": None}, {"bytes": b"no picture here", "path": None},
+              {"bytes": truncated, "path": None}, None]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    dataset = datasets.Dataset.from_dict({"image": cells, "label": [i % 4 for i in range(len(cells))]},
+                                         features=features)
+    dataset.save_to_disk(str(root / "ds"), num_shards=2)
+    dataset.to_parquet(str(root / "ds.parquet"), batch_size=3)
+    return root
+
+
+@pytest.mark.ray
+def test_hf_datasets_on_ray_give_the_single_engine_rows_through_the_cli_and_the_api(
+        ray_local, model_id, hf_dataset, hf_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmcls.cli import app
+
+    outs = {}
+    for engine in ("single", "ray"):
+        out = tmp_path / f"{engine}.jsonl"
+        result = CliRunner().invoke(app, ["classify", str(hf_dataset / "ds"), "--classes", ",".join(CLASSES),
+                                          "--model", model_id, "--image-column", "image", "--engine", engine,
+                                          "--batch-size", "2", "--top-k", "3", "-o", str(out), "-q"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 1, result.output  # three rows without a picture
+        outs[engine] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in outs["ray"]] == [f"ds[train]/{i}" for i in range(9)]
+    assert_same_rows(outs["ray"], outs["single"])
+    assert [r["error"] for r in outs["ray"][6:]] == ["not an image", "truncated image",
+                                                     "no image in column 'image' (found NoneType)"]
+
+    # The Parquet copy: Ray tasks read its row groups; the features are the ones just stored (same content).
+    single = Classifier(model_id, device="cpu", use_cache=False).classify(hf_dataset / "ds.parquet", CLASSES, top_k=3)
+    result = classify_with_ray(model_id, hf_dataset / "ds.parquet", CLASSES, top_k=3, batch_size=2, num_workers=1)
+    assert result.stats["encoded"] == 0 and result.stats["cached"] == 6
+    assert_same_rows(result.rows(), single.rows())
+    assert torch.allclose(result.probs, single.probs, atol=1e-5)
+
+
+def test_dataset_rows_handed_over_alone_and_in_memory_datasets_are_refused_with_what_to_give(model_id, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    dataset = ig.make_hf_dataset([ig.RED, ig.BLUE], [0, 1], ["red", "blue"])
+    dataset.save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ConfigError, match=r"dataset row handed over alone.*save_to_disk folder"):
+        classify_with_ray(model_id, list_images(tmp_path / "ds"), CLASSES)
+    with pytest.raises(ConfigError, match=r"in-memory dataset.*save_to_disk"):
+        classify_with_ray(model_id, dataset, CLASSES)
+    assert datasets.load_from_disk(str(tmp_path / "ds")).num_rows == 2
 
 
 @pytest.mark.ray

@@ -1,12 +1,13 @@
 """Classify on a Ray cluster with any method spec: the same rows as the single-process engine.
 
 Image features are the expensive part, so they are computed once and kept in a feature store on shared storage
-(:mod:`vlmcls.feature_store`: Parquet shards keyed by model × weights × preprocessing × content digest)::
+(:mod:`vlmcls.feature_store`: Parquet shards keyed by model × weights × preprocessing × decoding × content digest)::
 
-    driver: list images, content digests ─▶ which digests the store lacks
-    from_items(missing) ─▶ map_batches(decode)  CPU tasks; a bad file becomes an error row
+    driver: list images, stat files ─▶ digests the store keeps for unchanged files; those the feature store holds are done
+    from_items(other files | dataset parts) ─▶ map_batches(decode)  CPU tasks read each image once (a file, or rows
+                        of a Parquet or Arrow file), hash and decode the same bytes; a bad image becomes an error row
                         ─▶ map_batches(actor)   loads the model once, encodes, writes a feature shard
-    read_parquet(shards) ─▶ one row per image: (position, feats) — a re-run with other classes starts here
+    driver: digests (and stat key -> digest, for the next run) ─▶ read_parquet(shards) ─▶ (position, feats) rows
 
 The method spec is then prepared on the driver (:func:`vlmcls.methods.build_pipeline`: LLM calls, text encoding,
 support features) and applied by Ray tasks batch by batch. A stage that needs a pass over all images asks for
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import math
+import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +31,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .api import Classifier, as_records, load_classes
-from .cache import stat_key
-from .embeddings import _content_key_or_error, _reason
+from .api import Classifier, _is_dataset, as_records, load_classes
 from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .feature_store import FeatureStore, default_feature_root, shards_for
-from .images import ImageRecord, default_decode_workers
+from .image_sources import DatasetLocation, ImageRecord, locate_dataset
 from .methods import DEFAULT_METHOD, MethodOptions, build_pipeline, parse_spec
 from .results import ClassificationResult, Prediction
 from .scoring import probabilities
@@ -86,16 +86,9 @@ def classify_with_ray(
     spec = parse_spec(method).with_implied(options)  # a bad spec fails before anything loads
     _check_settings(top_k, batch_size, num_workers, output_dir, output_format, collect)
     class_names = load_classes(classes)
-    # in source order, as the single-process engine returns them
-    records = sorted(as_records(images, **source_options), key=lambda r: r.source_index)
+    records, paths, dataset = _listing(images, source_options)
     if not records:
         raise ConfigError("no images to classify: the image source is empty.")
-    hosted = [r.id for r in records if r.path is None or r.fetch is not None]
-    if hosted:
-        raise ConfigError(
-            f"the Ray engine reads image files only, but '{hosted[0]}' is a dataset row. "
-            "Use the single-process engine for datasets, or export the images to a folder."
-        )
 
     clf = _driver_classifier(model_id, device, precision, cache_dir)
     if clf.model.weights_fingerprint.startswith("random-"):
@@ -105,32 +98,30 @@ def classify_with_ray(
         )
     pixel_shape, dim = _probe_model(clf, class_names[0])
     store = FeatureStore(feature_store if feature_store is not None else default_feature_root(cache_dir),
-                         clf.model.image_key_parts, dim)
+                         clf.encoder.image_key_parts(), dim)
     _connect(ray, ray_address)
     actor_device, gpus_per_worker, workers = _placement(ray, device, num_workers)
 
-    # 1. Features: digests on the driver (unchanged files are not read again: the store keeps their digests),
-    #    then only what the feature store lacks is decoded and encoded, on the workers.
-    errors: dict[int, str] = {}
-    digests: dict[int, str] = {}
-    for i, digest in enumerate(_digests(records, clf.store)):
-        if isinstance(digest, Exception):
-            errors[i] = _reason(digest)
-        else:
-            digests[i] = digest
+    # 1. Features. The driver only stats files: a file whose digest the store keeps under its unchanged stat and
+    #    whose feature the feature store holds is done. The workers read every other image once, hash and decode
+    #    those same bytes (an image the feature store holds is hashed only) and encode what is new.
     index = store.index()
-    missing = list(dict.fromkeys(d for d in digests.values() if d not in index))
-    first_of = {}
-    for i, d in digests.items():
-        first_of.setdefault(d, i)
+    listed = list(paths)
+    known = clf.encoder.known_digests([ImageRecord(records[i].id, Path(paths[i]), None, i) for i in listed])
+    digests = {listed[n]: d for n, d in known.items() if d in index}
+    errors: dict[int, str] = {}
     encode_stats: dict[str, Any] = {"encoded": 0}
     with _worker_start_failures(ray):
-        if missing:
-            failed = _encode_missing(ray, clf, store, model_id, precision, missing, [records[first_of[d]] for d in missing],
-                                     pixel_shape, batch_size, actor_device, gpus_per_worker, workers, encode_stats)
-            for i, d in digests.items():
-                if d in failed:
-                    errors[i] = failed[d]
+        todo = {i: p for i, p in paths.items() if i not in digests}
+        if todo or dataset is not None:
+            held = np.sort(np.array(list(index), dtype="S64"))  # for the workers: one shared array, no set to unpickle
+            found, failed, learned = _encode(ray, clf, store, model_id, precision, todo, dataset, held,
+                                             pixel_shape, batch_size, actor_device, gpus_per_worker, workers,
+                                             encode_stats)
+            digests.update(found)
+            errors.update(failed)
+            if learned and clf.store is not None:  # stat key -> digest: the next run need not read these files
+                clf.store.set_jsons(learned)
             index = store.index()
         ok = [i for i in range(len(records)) if i not in errors]
         unreadable = [i for i in ok if digests[i] not in index]
@@ -194,65 +185,88 @@ def classify_with_ray(
     return result
 
 
-def _encode_missing(ray, clf, store: FeatureStore, model_id, precision, digests: list[str], records: list[ImageRecord],
-                    pixel_shape, batch_size, actor_device, gpus_per_worker, workers, encode_stats) -> dict[str, str]:
-    """Decode and encode the images the store lacks; their features land in the store. Returns digest -> reason
-    for the images that failed to decode."""
-    items = [{"digest": d, "path": str(r.path)} for d, r in zip(digests, records)]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
+def _listing(images, source_options) -> tuple[list[ImageRecord], dict[int, str], DatasetLocation | None]:
+    """(the run's records in source order, as the single engine lists them; the file each is read from, by
+    position, absolute; or the dataset whose Parquet or Arrow files hold the images)."""
+    if isinstance(images, (str, os.PathLike)) or _is_dataset(images):
+        dataset = locate_dataset(images, **source_options)
+        if dataset is not None and dataset.files:  # imagefolder: its rows are files
+            return dataset.records, dict(enumerate(dataset.files)), None
+        if dataset is not None:
+            return dataset.records, {}, dataset
+    records = sorted(as_records(images, **source_options), key=lambda r: r.source_index)
+    hosted = [r.id for r in records if r.path is None or r.fetch is not None]
+    if hosted:
+        raise ConfigError(
+            f"the Ray engine reads files and datasets on disk, but '{hosted[0]}' is a dataset row handed over "
+            "alone. Give the dataset itself (a save_to_disk folder, a .parquet file or imagefolder:DIR)."
+        )
+    return records, {i: os.path.abspath(r.path) for i, r in enumerate(records)}, None
+
+
+def _encode(ray, clf, store: FeatureStore, model_id, precision, paths: dict[int, str],
+            dataset: DatasetLocation | None, known: np.ndarray, pixel_shape, batch_size, actor_device,
+            gpus_per_worker, workers, encode_stats) -> tuple[dict[int, str], dict[int, str], dict[str, str]]:
+    """Read, hash, decode and encode on the workers the files in ``paths`` or the rows of ``dataset``; new features
+    land in the feature store. Returns (position -> digest, position -> error reason, stat key -> digest)."""
     # A decode task asks for the memory it takes (torch for the transforms, plus its batch of pixels). Remote
     # arguments that differ from the actors' also keep Ray from fusing decoding into the encoder actors, so
     # decoding runs on the CPUs the actors leave free, alongside encoding.
     decode_bytes = _DECODE_WORKER_BYTES + 2 * batch_size * 4 * math.prod(pixel_shape)
+    decoding = {"preprocess": _portable_preprocess(clf.model), "min_side": clf.encoder.decode_min_side(),
+                "known": known}
+    if dataset is not None:
+        parts = _dataset_parts(dataset, batch_size)
+        ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
+        ds = ds.map_batches(ray_workers.decode_rows, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
+                            fn_kwargs={**decoding, "column": dataset.column, "base_dir": dataset.base_dir,
+                                       "batch_size": batch_size})
+    else:
+        items = [{"row": i, "path": os.fsencode(p)} for i, p in paths.items()]  # bytes: any file name
+        ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
+        ds = ds.map_batches(ray_workers.decode_files, batch_size=batch_size, batch_format="numpy",
+                            memory=decode_bytes, fn_kwargs=decoding)
     ds = ds.map_batches(
-        ray_workers.decode_batch, batch_size=batch_size, batch_format="numpy", memory=decode_bytes,
-        fn_kwargs={"preprocess": _portable_preprocess(clf.model), "pixel_shape": pixel_shape},
-    )
-    ds = ds.map_batches(
-        ray_workers.EncoderActor, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_worker,
+        ray_workers.EncoderActor, batch_size=batch_size, batch_format="pyarrow", num_gpus=gpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={
             "model_id": model_id, "device": actor_device, "precision": precision,
             "weights_fingerprint": clf.model.weights_fingerprint, "store_root": str(store.folder.parent),
-            "dim": store.dim,
+            "image_key_parts": clf.encoder.image_key_parts(), "dim": store.dim, "pixel_shape": pixel_shape,
         },
     )
-    failed: dict[str, str] = {}
+    digests: dict[int, str] = {}
+    failed: dict[int, str] = {}
+    learned: dict[str, str] = {}
     done_at: list[float] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for digest, error in zip(batch.column("digest").to_pylist(), batch.column("error").to_pylist()):
+        columns = [batch.column(name).to_pylist() for name in ("row", "digest", "stat_key", "error", "encoded",
+                                                                "done_at")]
+        for row, digest, key, error, encoded, done in zip(*columns):
             if error:
-                failed[digest] = error
-        done_at.extend(batch.column("done_at").to_pylist())
-    encode_stats["encoded"] = len(digests) - len(failed)
+                failed[row] = os.fsdecode(error)
+                continue
+            digests[row] = digest
+            if key:
+                learned[key] = digest
+            if encoded:
+                done_at.append(done)
+    encode_stats["encoded"] = len(done_at)
     encode_stats["steady_images_per_second"] = _steady_rate(done_at)
-    return failed
+    return digests, failed, learned
 
 
-def _digests(records: list[ImageRecord], store) -> list:
-    """Each record's content digest, or the error reading it. A file whose digest the store keeps under its
-    unchanged stat is not read again; the rest are read and hashed on threads (hashlib releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out: list = [None] * len(records)
-    stat_keys: dict[int, str] = {}
-    if store is not None:
-        for i, record in enumerate(records):
-            key = stat_key(record.path)
-            if key is not None:
-                stat_keys[i] = key
-        kept = store.get_jsons(stat_keys.values())
-        for i, key in stat_keys.items():
-            if isinstance(kept.get(key), str):
-                out[i] = kept[key]
-    todo = [i for i, digest in enumerate(out) if digest is None]
-    with ThreadPoolExecutor(max_workers=default_decode_workers(), thread_name_prefix="vlmcls-hash") as pool:
-        for i, digest in zip(todo, pool.map(_content_key_or_error, [records[i] for i in todo])):
-            out[i] = digest
-    fresh = {stat_keys[i]: out[i] for i in todo if i in stat_keys and isinstance(out[i], str)}
-    if fresh:
-        store.set_jsons(fresh)
-    return out
+def _dataset_parts(dataset: DatasetLocation, batch_size: int) -> list[dict]:
+    """Work items over a dataset's files: each Parquet row group (read whole, decoded batch by batch), or
+    ``batch_size`` rows of one of datasets' Arrow files (read zero-copy)."""
+    items, first = [], 0
+    for file, group, rows in dataset.parts:
+        step = max(1, rows if group is not None else batch_size)
+        for start in range(0, rows, step):
+            items.append({"file": file, "group": group, "start": start, "stop": min(rows, start + step),
+                          "first": first + start})
+        first += rows
+    return items
 
 
 def _ray_gather(feats_ds, batch_size: int):
@@ -391,7 +405,7 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
     """The rows of every image, error rows included, as shards in output_dir (written by the workers)."""
     import pyarrow as pa
 
-    located = {"index": ok, "path": [str(records[i].path) for i in ok],
+    located = {"index": ok, "path": [_row_path(records[i]) for i in ok],
                "true_label": [records[i].label for i in ok]}
     parts = []
     if scored is not None:
@@ -399,7 +413,7 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
                                                                                               "explain": explain}))
     if errors:
         rows = pa.table({
-            "path": pa.array([str(records[i].path) for i in errors], pa.string()),
+            "path": pa.array([_row_path(records[i]) for i in errors], pa.string()),
             "label": pa.array([None] * len(errors), pa.string()),
             "top_k": pa.array([[] for _ in errors], ray_workers.top_k_type()),
             "error": pa.array(list(errors.values()), pa.string()),
@@ -417,6 +431,11 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
     if "://" in target:
         return []
     return sorted(str(p) for p in Path(target).iterdir() if p.is_file())
+
+
+def _row_path(record: ImageRecord) -> str:
+    """The written row's ``path``, as :meth:`Prediction.to_dict` gives it (a dataset row's id)."""
+    return str(record.path) if record.path is not None else record.id
 
 
 def _collect(ds):

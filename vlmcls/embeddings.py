@@ -17,8 +17,7 @@ import numpy as np
 
 from .backend import ModelBackend, preprocess_input_side
 from .cache import Store, cache_key, cache_key_for, stat_key
-from .errors import ImageError
-from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
+from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
     import torch
@@ -126,18 +125,27 @@ class Encoder:
         wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
 
+    def image_key_parts(self) -> dict:
+        """What a feature key holds besides the content: model × weights × preprocessing × decoding (the Ray
+        engine's feature store is keyed by the same parts)."""
+        parts = dict(self.model.image_key_parts)
+        if self.decode_min_side() is not None:
+            # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
+            parts["jpeg_min_side"] = self.decode_min_side()
+        return parts
+
     def _image_key_function(self) -> Callable[[str], str]:
         """content digest -> feature key (model × weights × preprocessing × decoding × content)."""
-        parts = self.model.image_key_parts
-        if self.reduced_decoding and self._min_side() is not None:
-            # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
-            parts = {**parts, "jpeg_min_side": self._min_side()}
-        return cache_key_for("image", "content", **parts)
+        return cache_key_for("image", "content", **self.image_key_parts())
 
     def _min_side(self) -> int | None:
         """The short side JPEGs are decoded to at least: REDUCED_DECODING_MARGIN × the model's input side."""
         side = model_input_side(self.model)
         return int(side * REDUCED_DECODING_MARGIN) if side else None
+
+    def decode_min_side(self) -> int | None:
+        """``min_side`` for decoding (:func:`vlmcls.decoding.decode_image`): None when every pixel is decoded."""
+        return self._min_side() if self.reduced_decoding else None
 
     def encode_images(
         self,
@@ -180,7 +188,7 @@ class Encoder:
             preprocess = self._worker_preprocess() if kind == "process" else _FirstCall(self._worker_preprocess)
         batches = () if not todo_records else iter_decoded_batches(  # all cached: nothing to decode, no torch
             todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
-            min_side=self._min_side() if self.reduced_decoding else None, thumbnail_size=self.thumbnail_size,
+            min_side=self.decode_min_side(), thumbnail_size=self.thumbnail_size,
             lookup=self._stored_features if self.store is not None else None,
         )
         for batch in batches:
@@ -222,8 +230,13 @@ class Encoder:
         return result if as_numpy else result.as_torch()
 
     def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
-        """Feature keys of the files whose digest the store keeps under their unchanged stat (one query per few
-        hundred files), so they need not be read."""
+        """Feature keys of the files whose digest the store keeps under their unchanged stat, so they need not be
+        read."""
+        return {i: image_key(digest) for i, digest in self.known_digests(records).items()}
+
+    def known_digests(self, records: Sequence[ImageRecord]) -> dict[int, str]:
+        """Content digests of the files the store knows under their unchanged stat (one query per few hundred
+        files), by position in ``records``; nothing is read but the files' stat."""
         if self.store is None:
             return {}
         stat_keys: dict[int, str] = {}
@@ -233,8 +246,7 @@ class Encoder:
                 if key is not None:
                     stat_keys[i] = key
         kept = self.store.get_jsons(stat_keys.values())
-        keys = {i: image_key(kept[k]) for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
-        return keys
+        return {i: kept[k] for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
 
     def _stored_features(self, digests: list[str]) -> dict[str, np.ndarray]:
         """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
@@ -257,22 +269,6 @@ class _FirstCall:
                 if self._chosen is None:
                     self._chosen = self._choose()
         return self._chosen(image)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    return str(exc) or type(exc).__name__
-
-
-def _content_key_or_error(record: ImageRecord) -> str | Exception:
-    """For the Ray engine, which hashes on the driver."""
-    try:
-        return content_key(record)
-    except (OSError, ImageError) as exc:
-        return exc
 
 
 def model_input_side(model: ModelBackend) -> int | None:

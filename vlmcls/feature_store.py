@@ -1,8 +1,9 @@
 """Image features on shared storage, for the Ray engine: Parquet shards of (content digest, unit feature).
 
-One folder per model key (model × weights × preprocessing, :func:`vlmcls.cache.cache_key`), so a feature is reused
-only by the model that made it; inside, each encoder batch writes one shard ``part-<random>.parquet`` (written
-under a temporary name, then renamed: a reader never sees half a shard). A later run — other classes, another
+One folder per feature key (model × weights × preprocessing × JPEG decoding size: the parts of the single engine's
+keys, :meth:`vlmcls.embeddings.Encoder.image_key_parts`), so a feature is reused only by the model and decoding that
+made it; inside, each encoder batch writes one shard ``part-<random>.parquet`` (written under a temporary name, then
+renamed: a reader never sees half a shard). A later run — other classes, another
 method — reads the features of the images it knows instead of encoding them again.
 
 Nothing read here is trusted: only ``part-*.parquet`` files directly inside the folder are read, a shard whose
@@ -35,7 +36,7 @@ def default_feature_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 class FeatureStore:
-    """The shards of one model key under ``root``."""
+    """The shards of one feature key under ``root``."""
 
     def __init__(self, root: str | os.PathLike, image_key_parts: dict, dim: int):
         self.folder = Path(root).expanduser() / cache_key("image-features", **image_key_parts).replace(":", "-")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from .errors import ConfigError, ImageError, MissingExtraError
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "list_images", "read_image_data",
-           "read_file_bytes"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "DatasetLocation", "list_images",
+           "locate_dataset", "read_image_data", "read_file_bytes", "image_data_of"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,19 @@ class ImageRecord:
     source_index: int  # position in the source listing (the row index for datasets)
     fetch: Callable[[], ImageData] | None = field(default=None, repr=False, compare=False)  # dataset rows
 
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """An HF dataset on disk as a reader in another process sees it (the Ray engine): its rows as records (ids and
+    labels as :func:`list_images` gives them, without ``fetch``) and where each row's image is."""
+
+    records: list[ImageRecord]
+    column: str  # the image column
+    base_dir: str | None  # relative image paths in the column are read from this folder
+    # (file, Parquet row group or None for one of datasets' Arrow files, rows), in row order
+    parts: tuple[tuple[str, int | None, int], ...] = ()
+    files: tuple[str, ...] = ()  # or, for an imagefolder: dataset, each row's image file
 
 # -- reading --------------------------------------------------------------------------------------------
 
@@ -146,31 +159,12 @@ def list_images(
     ``image_column``, ``label_column`` and ``split`` apply to datasets only; an in-memory
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
-    if _is_hf_dataset(source):
-        name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
-        return _list_dataset_rows(source, name, None, image_column, label_column, split)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ConfigError(f"cannot list images from a {type(source).__name__}. {_ACCEPTED}")
+    found = _dataset_source(source)
+    if found is not None:
+        loaded, name, base_dir = _load_dataset(*found, split)
+        return _list_dataset_rows(loaded, name, base_dir, image_column, label_column, split)
     text = os.fspath(source)
-    if text.startswith("imagefolder:"):
-        folder = Path(text[len("imagefolder:"):]).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(
-                f"'{text}': '{folder}' is not a folder. Write imagefolder:DIR with an existing DIR."
-            )
-        loaded = _load_hf(lambda ds: ds.load_dataset("imagefolder", data_dir=str(folder), split=split), text)
-        return _list_dataset_rows(loaded, folder.name, folder, image_column, label_column, split)
-
     path = Path(text).expanduser()
-    if not path.exists():
-        raise ConfigError(f"image source '{text}' does not exist. {_ACCEPTED}")
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = _load_hf(lambda ds: ds.load_from_disk(str(path)), text)
-        return _list_dataset_rows(loaded, path.name, path, image_column, label_column, split)
-    if path.suffix.lower() == ".parquet" and path.is_file():
-        loaded = _load_hf(lambda ds: ds.Dataset.from_parquet(str(path), split=split or "train"), text)
-        return _list_dataset_rows(loaded, path.stem, path.parent, image_column, label_column, split)
-
     dataset_options = {"image_column": image_column, "label_column": label_column, "split": split}
     given = [name for name, value in dataset_options.items() if value is not None]
     if given:
@@ -182,6 +176,121 @@ def list_images(
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return [ImageRecord(id=str(path), path=path, label=None, source_index=0)]
     raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
+
+
+def locate_dataset(
+    source: str | os.PathLike | Any,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    split: str | None = None,
+) -> DatasetLocation | None:
+    """Where the images of an HF dataset source are, found without reading one; None when ``source`` is no dataset.
+
+    A ``.parquet`` file is listed from its metadata and label column; a ``save_to_disk`` folder (or an in-memory
+    dataset backed by Arrow files) by its Arrow files; an ``imagefolder:`` dataset by its image files.
+    """
+    found = _dataset_source(source)
+    if found is None:
+        return None
+    kind, where, text = found
+    if kind == "parquet":
+        return _locate_parquet(where, text, image_column, label_column, split)
+    loaded, name, base_dir = _load_dataset(kind, where, text, split)
+    dataset, split_name, column, labels = _dataset_columns(loaded, name, image_column, label_column, split)
+    records = _dataset_records(name, split_name, labels, None)
+    base = os.path.abspath(base_dir) if base_dir is not None else None
+    if kind == "imagefolder":  # its image column holds paths only
+        try:
+            files = [image_data_of(v, column, base) for v in dataset.with_format("arrow")[column].to_pylist()]
+        except ImageError:
+            files = []
+        if files and all(isinstance(f, Path) for f in files):
+            return DatasetLocation(records, column, base, files=tuple(str(f) for f in files))
+    return DatasetLocation(records, column, base, parts=_arrow_parts(dataset, text or name))
+
+
+def _locate_parquet(path: Path, text: str, image_column: str | None, label_column: str | None,
+                    split: str | None) -> DatasetLocation:
+    """A Parquet file's rows as ``Dataset.from_parquet`` would list them, from its metadata and label column."""
+    import pyarrow.parquet as pq
+
+    def read(what: Callable[[Any, Any], Any]) -> Any:  # what(the open file, the datasets module)
+        def load(datasets):
+            with pq.ParquetFile(str(path)) as parquet:
+                return what(parquet, datasets)
+        return _load_hf(load, text)
+
+    meta, features = read(lambda parquet, ds: (parquet.metadata, ds.Features.from_arrow_schema(parquet.schema_arrow)))
+    name = path.stem
+    column = _pick_image_column(features, image_column, name)
+    label_column = _pick_label_column(features, label_column, name)
+    if label_column is None:
+        labels = [None] * meta.num_rows
+    else:
+        values = read(lambda parquet, _: parquet.read(columns=[label_column]).column(label_column).to_pylist())
+        labels = _label_names(values, features[label_column])
+    records = _dataset_records(name, split or "train", labels, None)
+    file = os.path.abspath(path)
+    parts = tuple((file, group, meta.row_group(group).num_rows) for group in range(meta.num_row_groups))
+    return DatasetLocation(records, column, os.path.dirname(file), parts=parts)
+
+
+def _arrow_parts(dataset: Any, name: str) -> tuple[tuple[str, None, int], ...]:
+    """The Arrow files holding a dataset's rows, in row order, with their row counts (read from the files'
+    record batch headers; memory-mapped, so no image is read)."""
+    import pyarrow as pa
+
+    files = [entry["filename"] for entry in dataset.cache_files]
+    parts = []
+    if getattr(dataset, "_indices", None) is None:
+        for file in files:
+            with pa.memory_map(file) as source:
+                parts.append((os.path.abspath(file), None, pa.ipc.open_stream(source).read_all().num_rows))
+    if not parts or sum(rows for _, _, rows in parts) != len(dataset):
+        raise ConfigError(
+            f"the rows of dataset '{name}' are not its Arrow files in order (an in-memory dataset, or one with a "
+            "select/shuffle applied), so Ray workers cannot read them. Save it with save_to_disk and give that folder."
+        )
+    return tuple(parts)
+
+def _dataset_source(source: str | os.PathLike | Any) -> tuple[str, Any, str] | None:
+    """(kind, where, the source as given) when ``source`` names an HF dataset: ``memory`` (a Dataset/DatasetDict
+    object), ``imagefolder`` (a folder), ``saved`` (a save_to_disk folder), ``parquet`` (a file); None for other
+    sources."""
+    if _is_hf_dataset(source):
+        return "memory", source, ""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"cannot list images from a {type(source).__name__}. {_ACCEPTED}")
+    text = os.fspath(source)
+    if text.startswith("imagefolder:"):
+        folder = Path(text[len("imagefolder:"):]).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"'{text}': '{folder}' is not a folder. Write imagefolder:DIR with an existing DIR."
+            )
+        return "imagefolder", folder, text
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ConfigError(f"image source '{text}' does not exist. {_ACCEPTED}")
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        return "saved", path, text
+    if path.suffix.lower() == ".parquet" and path.is_file():
+        return "parquet", path, text
+    return None
+
+
+def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[Any, str, Path | None]:
+    """(the loaded Dataset or DatasetDict, its name in row ids, the folder relative image paths are read from)."""
+    if kind == "memory":
+        return where, getattr(getattr(where, "info", None), "dataset_name", None) or "dataset", None
+    if kind == "imagefolder":
+        loaded = _load_hf(lambda ds: ds.load_dataset("imagefolder", data_dir=str(where), split=split), text)
+        return loaded, where.name, where
+    if kind == "saved":
+        return _load_hf(lambda ds: ds.load_from_disk(str(where)), text), where.name, where
+    loaded = _load_hf(lambda ds: ds.Dataset.from_parquet(str(where), split=split or "train"), text)
+    return loaded, where.stem, where.parent
 
 
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
@@ -268,16 +377,30 @@ def _list_dataset_rows(
     label_column: str | None,
     split: str | None,
 ) -> list[ImageRecord]:
+    dataset, split_name, image_column, labels = _dataset_columns(loaded, name, image_column, label_column, split)
+    return _dataset_records(name, split_name, labels, _DatasetImages(dataset, image_column, base_dir).read)
+
+
+def _dataset_columns(loaded: Any, name: str, image_column: str | None, label_column: str | None,
+                     split: str | None) -> tuple[Any, str, str, list[str | None]]:
+    """(the split's Dataset, the split's name, the image column, each row's label)."""
     dataset, split_name = _pick_split(loaded, name, split)
     features = dataset.features
     image_column = _pick_image_column(features, image_column, name)
     label_column = _pick_label_column(features, label_column, name)
-    labels = _label_names(dataset, features, label_column) if label_column else [None] * len(dataset)
-    rows = _DatasetImages(dataset, image_column, base_dir)
+    if label_column is None:
+        return dataset, split_name, image_column, [None] * len(dataset)
+    values = dataset.with_format("arrow")[label_column].to_pylist()  # arrow: ~1000x faster than a row loop
+    return dataset, split_name, image_column, _label_names(values, features[label_column])
+
+
+def _dataset_records(name: str, split_name: str, labels: list[str | None],
+                     read: Callable[[int], ImageData] | None) -> list[ImageRecord]:
+    """One record per row, ``name[split]/index``; ``read(index)`` fetches a row's image (None: read elsewhere)."""
     return [
-        ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=labels[index], source_index=index,
-                    fetch=functools.partial(rows.read, index))
-        for index in range(len(dataset))
+        ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=label, source_index=index,
+                    fetch=functools.partial(read, index) if read is not None else None)
+        for index, label in enumerate(labels)
     ]
 
 
@@ -337,11 +460,9 @@ def _pick_label_column(features: Any, label_column: str | None, name: str) -> st
     return "label" if "label" in features else None
 
 
-def _label_names(dataset: Any, features: Any, column: str) -> list[str | None]:
+def _label_names(values: list, feature: Any) -> list[str | None]:
     import datasets
 
-    values = dataset.with_format("arrow")[column].to_pylist()  # arrow: ~1000x faster than a row loop
-    feature = features[column]
     if isinstance(feature, datasets.ClassLabel):
         # -1 is datasets' "no label" value
         return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
@@ -362,16 +483,21 @@ class _DatasetImages:
         self._base_dir = base_dir
 
     def read(self, index: int) -> ImageData:
-        value = self._images[index][self._column]
-        if isinstance(value, dict):  # the Image feature's storage: {"bytes": ..., "path": ...}
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
-        if isinstance(value, Image.Image):
-            return value
-        if isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            return path if path.is_absolute() or self._base_dir is None else self._base_dir / path
-        raise ImageError(f"no image in column '{self._column}' (found {type(value).__name__})")
+        return image_data_of(self._images[index][self._column], self._column, self._base_dir)
+
+
+def image_data_of(value: Any, column: str, base_dir: str | os.PathLike | None) -> ImageData:
+    """What one cell of a dataset's image column holds: encoded bytes, a file (a relative path is read from
+    ``base_dir``) or a decoded image. Raises :class:`ImageError` for a cell without an image."""
+    if isinstance(value, dict):  # the Image feature's storage: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+    raise ImageError(f"no image in column '{column}' (found {type(value).__name__})")
 
 

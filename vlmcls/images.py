@@ -46,7 +46,6 @@ __all__ = [
     "digest_of",
     "thumbnail_jpeg",
     "iter_decoded_batches",
-    "decode_and_preprocess",
     "default_decode_workers",
     "choose_worker_type",
     "WORKER_TYPES",
@@ -238,16 +237,6 @@ class _BatchBuilder:
                              self.thumbnails)  # pixels: [B, 3, H, W]
         self._reset()
         return batch
-
-
-def decode_and_preprocess(
-    record: ImageRecord, *, preprocess: Callable[[Image.Image], Any], max_pixels: int | None,
-    min_side: int | None = None,
-) -> Any:
-    """The preprocessed tensor of one record, or the reason it failed (never raises)."""
-    settings = _DecodeSettings(preprocess, max_pixels, DEFAULT_MAX_BYTES, min_side, None, None)
-    outcome = _work_on_chunk([record], settings)[0]
-    return outcome.error if outcome.error is not None else outcome.pixels
 
 
 def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) -> list[_Outcome]:
