@@ -321,3 +321,25 @@ def test_the_fast_key_function_gives_cache_keys_exactly(value):
 
     parts = {"model": "ViT-B-32", "weights": "abc", "preprocess": {"size": 224}, "jpeg_min_side": 224}
     assert cache_key_for("image", "content", **parts)(value) == cache_key("image", content=value, **parts)
+
+
+def test_the_fast_key_function_takes_several_values_in_any_order():
+    from vlmcls.cache import cache_key, cache_key_for
+
+    key = cache_key_for("digest", "path", "size", "inode", "mtime_ns", "ctime_ns")
+    for path in ["/a/b.png", "/x/" + os.fsdecode(b"caf\xe9.png"), "/q/\"quoted\" ünï.png"]:
+        assert key(path, 12, 34, 56, 78) == cache_key("digest", path=path, size=12, inode=34, mtime_ns=56, ctime_ns=78)
+    mixed = cache_key_for("x", "b", "a", fixed={"k": [1, 2]})
+    assert mixed([1, "z"], {"y": 2, "x": None}) == cache_key("x", a={"x": None, "y": 2}, b=[1, "z"], fixed={"k": [1, 2]})
+
+
+def test_stat_keys_are_the_cache_keys_of_the_files_stat(tmp_path):
+    from vlmcls.cache import cache_key, stat_key
+
+    for name in ["plain.png", os.fsdecode(b"caf\xe9.png")]:  # a non-UTF-8 name keeps its key
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        st = os.stat(path)
+        assert stat_key(path) == cache_key("digest", path=str(path), size=st.st_size, inode=st.st_ino,
+                                           mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    assert stat_key(tmp_path / "missing.png") is None and stat_key("bad\x00name.png") is None

@@ -17,6 +17,7 @@ import torch
 
 from .cache import Store, cache_key, cache_key_for, stat_key
 from .errors import ImageError
+from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, content_key, default_decode_workers, iter_decoded_batches
 from .models import ModelBackend, preprocess_input_side
 
@@ -190,6 +191,7 @@ class Encoder:
             thumbnails=thumbnails,
         )
 
+    @paused_gc()
     def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
         """Feature keys of the files whose digest the store keeps under their unchanged stat (one query per few
         hundred files), so they need not be read."""
