@@ -133,3 +133,26 @@ def test_json_reads_give_what_json_loads_gives_and_drop_what_it_cannot_read(tmp_
     _put_raw(folder, "digest:bad", "{not json")
     _put_raw(folder, "digest:bytes", b"bytes where text belongs")
     assert again.get_jsons([*digests, "digest:bad", "digest:bytes"]) == digests and again.dropped == 3
+
+
+def test_paused_gc_switches_the_collector_back_on_after_errors_and_not_inside_an_outer_pause():
+    import gc
+
+    from vlmcls.gcpause import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        with paused_gc():
+            assert not gc.isenabled()
+            with paused_gc():
+                assert not gc.isenabled()
+            assert not gc.isenabled()  # the inner pause leaves the outer one paused
+            raise ValueError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a collector switched off by the caller stays off
+    finally:
+        gc.enable()
