@@ -110,7 +110,7 @@ def test_bulk_array_reads_keep_the_good_arrays_and_drop_each_corrupted_one(tmp_p
 def test_bulk_reads_work_through_many_parts(tmp_path, monkeypatch):
     import vlmcls.cache as cache_module
 
-    monkeypatch.setattr(cache_module, "_BULK_ROWS", 7)
+    monkeypatch.setattr(cache_module, "_BULK_BYTES", 7 * 160)  # 7 arrays of 8 floats (128-byte header) a part
     store = Store(tmp_path / "c")
     rows = {f"image:{i}": np.full(8, i, dtype=np.float32) for i in range(50)}
     store.set_arrays(rows)

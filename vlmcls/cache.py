@@ -209,7 +209,7 @@ def _plain_strings_in_bulk(raws: Mapping[str, Any]) -> dict[str, str]:
     return {key: text[1:-1] for key, text in raws.items()}
 
 
-_BULK_ROWS = 1 << 16  # arrays parsed per numpy call in _arrays_in_bulk: bounds the extra memory of one call
+_BULK_BYTES = 1 << 26  # bytes of arrays parsed per numpy call in _arrays_in_bulk: bounds its extra memory
 
 
 def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
@@ -224,7 +224,7 @@ def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> d
         header = raw[:10 + int.from_bytes(raw[8:10], "little")]
         try:
             _bytes_to_array(raw)  # learns the header, or refuses it
-        except ValueError:
+        except (ValueError, EOFError, OSError):  # as Store._decode
             continue
         layout = _NPY_HEADERS.get(header)
         if layout is not None and layout[1] and (shape is None or layout[1] == shape):
@@ -237,7 +237,7 @@ def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> d
     expected = np.frombuffer(header, np.uint8)
     keys = [key for key, raw in raws.items() if type(raw) is bytes and len(raw) == total]
     found: dict[str, np.ndarray] = {}
-    for part in _parts(keys, _BULK_ROWS):
+    for part in _parts(keys, max(1, _BULK_BYTES // total)):
         rows = np.frombuffer(b"".join([raws[key] for key in part]), np.uint8).reshape(len(part), total)
         ok = (rows[:, :end] == expected).all(axis=1)  # [N] the same header byte for byte
         values = rows[:, end:].copy().view(dtype).reshape(len(part), *item_shape)
@@ -265,7 +265,7 @@ def _plain_strings_in_bulk(raws: Mapping[str, Any]) -> dict[str, str]:
     return {key: text[1:-1] for key, text in raws.items()}
 
 
-_BULK_ROWS = 1 << 16  # arrays parsed per numpy call in _arrays_in_bulk: bounds the extra memory of one call
+_BULK_BYTES = 1 << 26  # bytes of arrays parsed per numpy call in _arrays_in_bulk: bounds its extra memory
 
 
 def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
@@ -288,7 +288,7 @@ def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> d
     header = np.frombuffer(first[:end], np.uint8)
     keys = [key for key, raw in raws.items() if type(raw) is bytes and len(raw) == total]
     found: dict[str, np.ndarray] = {}
-    for part in _parts(keys, _BULK_ROWS):
+    for part in _parts(keys, max(1, _BULK_BYTES // total)):
         rows = np.frombuffer(b"".join([raws[key] for key in part]), np.uint8).reshape(len(part), total)
         ok = (rows[:, :end] == header).all(axis=1)  # [N] the same header byte for byte
         values = rows[:, end:].copy().view(dtype).reshape(len(part), *item_shape)
