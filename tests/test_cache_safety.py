@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import imagegen
 from vlmcls.api import Classifier
-from vlmcls.cache import Store, cache_key, clear_digest_memo
+from vlmcls.cache import Store, cache_key, clear_digest_memo, stat_key
 from vlmcls.cli import app
 from vlmcls.errors import CacheError
 
@@ -147,6 +147,65 @@ def test_corrupted_entries_are_dropped_and_recomputed(tiny_open_clip, tmp_path, 
     assert len(warnings) == 1  # logged once, not once per entry
     third = Classifier(model, cache_dir=cache_dir).classify(root, ["red", "green", "blue"])
     assert third.stats["encoded"] == 0  # the recomputed values were stored again
+
+
+def test_bulk_reads_give_the_rows_of_one_by_one_reads_on_a_mixed_folder_with_corrupted_entries(
+        tiny_open_clip, tmp_path, monkeypatch):
+    import shutil
+
+    import vlmcls.cache as cache_module
+
+    root = tmp_path / "imgs"
+    imagegen.make_class_tree(root, {"a": [(200, 20, 20), (20, 200, 20), (210, 30, 40), (90, 90, 90)],
+                                    "b": [(20, 20, 200), (30, 60, 190), (250, 250, 250)]})
+    for i in range(3):
+        imagegen.write_noise_jpeg(root / "b" / f"noise{i}.jpg", seed=i)
+    imagegen.write_noise_jpeg(root / "loose.jpg", seed=9)  # no class folder
+    imagegen.write_text_as_image(root / "b" / "notes.png")  # error rows stay error rows
+    imagegen.write_empty(root / "a" / "empty.jpg")
+    args = ["classify", str(root), "--classes", "red,green,blue", "--model", f"local-dir:{tiny_open_clip}", "-q"]
+
+    def run(cache_dir: Path, out: str) -> bytes:
+        clear_digest_memo()  # as a new process: file digests come from the store
+        result = runner.invoke(app, [*args, "--cache-dir", str(cache_dir), "-o", str(tmp_path / out)],
+                               catch_exceptions=False)
+        assert result.exit_code == 1, result.output  # the two bad files
+        return (tmp_path / out).read_bytes()
+
+    first = run(tmp_path / "cache", "first.jsonl")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.stat().st_size and p.name != "notes.png")
+    image_key = Classifier(f"local-dir:{tiny_open_clip}").encoder._image_key_function()
+    with Store(tmp_path / "cache") as store:
+        digests = store.get_jsons([stat_key(p) for p in files])
+        assert len(digests) == len(files) == 11
+    nan = np.ones(32, dtype=np.float32)
+    nan[3] = np.nan
+    damage = {  # features read in bulk on the re-run (their digests are kept), and digests that cannot be read
+        image_key(digests[stat_key(files[2])]): _npy(nan),
+        image_key(digests[stat_key(files[5])]): _npy(np.ones(7, dtype=np.float32)),
+        image_key(digests[stat_key(files[8])]): "text where an array belongs",
+        stat_key(files[4]): "{not json",
+        stat_key(files[7]): '"abc"\n"def"',
+    }
+    with sqlite3.connect(tmp_path / "cache" / "cache.db") as con:
+        for key, value in damage.items():
+            assert con.execute("UPDATE Cache SET value = ? WHERE key = ?", (value, key)).rowcount == 1
+    con.close()
+    shutil.copytree(tmp_path / "cache", tmp_path / "same-damage")
+    bulk = run(tmp_path / "cache", "bulk.jsonl")
+    with monkeypatch.context() as patch:  # every value read and checked one by one, as before the bulk paths
+        patch.setattr(cache_module, "_arrays_in_bulk", lambda raws, shape: {})
+        patch.setattr(cache_module, "_plain_strings_in_bulk", lambda raws: {})
+        assert run(tmp_path / "same-damage", "one-by-one.jsonl") == bulk
+    assert run(tmp_path / "cache", "third.jsonl") == bulk  # the recomputed values were stored again
+    before = [json.loads(line) for line in first.decode().splitlines()]
+    after = [json.loads(line) for line in bulk.decode().splitlines()]
+    assert [(r["path"], r["label"], r["error"]) for r in after] == [(r["path"], r["label"], r["error"]) for r in before]
+    for old, new in zip(before, after):  # recomputed in a smaller batch: equal up to float rounding
+        assert [c["label"] for c in new["top_k"]] == [c["label"] for c in old["top_k"]]
+        assert all(abs(a["prob"] - b["prob"]) < 1e-5 for a, b in zip(new["top_k"], old["top_k"]))
+    with Store(tmp_path / "cache") as store:
+        assert store.info()["by_kind"]["image"] == 11
 
 
 def _npy(array: np.ndarray) -> bytes:

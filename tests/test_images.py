@@ -379,6 +379,19 @@ def test_folder_with_class_subfolders_gives_labels_in_a_stable_order(tmp_path):
     assert [r.id for r in list_images(root, recursive=False)] == [str(root / "loose.png")]
 
 
+def test_a_relative_folder_gives_the_listed_relative_paths(tmp_path, monkeypatch):
+    gen.make_class_tree(tmp_path / "photos", {"cat": [gen.RED, gen.BLUE]})
+    gen.write_solid(tmp_path / "photos" / "loose.png")
+    monkeypatch.chdir(tmp_path / "photos")
+    records = list_images(".")
+    assert [(r.id, r.label) for r in records] == [("cat/0.png", "cat"), ("cat/1.png", "cat"), ("loose.png", None)]
+    assert all(r.path == Path(r.id) and str(r.path) == r.id and r.path.is_file() for r in records)
+    monkeypatch.chdir(tmp_path)
+    again = list_images("photos/")
+    assert [r.id for r in again] == ["photos/cat/0.png", "photos/cat/1.png", "photos/loose.png"]
+    assert all(r.path == Path(r.id) and r.path.parts == Path(r.id).parts for r in again)
+
+
 def test_empty_folder_is_a_config_error_naming_it(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ConfigError, match="no images found .*nothing"):

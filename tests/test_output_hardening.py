@@ -123,3 +123,22 @@ def test_url_credentials_reach_no_output(tiny_open_clip, tmp_path, llm_server):
     for text in (result.output, warnings_file.read_text(), out.read_text(), report.read_text()):
         assert password not in text and "alice" not in text  # ... and none carries the credentials
     assert re.search(r"http://(\*\*\*@)?127\.0\.0\.1", result.output)
+
+
+def test_jsonl_rows_stream_from_a_generator_and_a_failure_keeps_the_old_file(tmp_path):
+    rows = [{"path": f"/p/{i}.png", "label": "cat", "top_k": [{"label": "cat", "prob": 0.5}], "error": None}
+            for i in range(2000)]
+    rows.append({"path": "/p/" + os.fsdecode(b"caf\xe9.png"), "label": "ünï", "top_k": [], "error": None})
+    listed = write_rows(rows, tmp_path / "list.jsonl").read_bytes()
+    streamed = write_rows((dict(r) for r in rows), tmp_path / "gen.jsonl").read_bytes()
+    assert streamed == listed
+    assert [json.loads(line) for line in listed.decode("utf-8").splitlines()][-1]["path"].endswith("\udce9.png")
+
+    def failing():
+        yield from rows[:100]
+        raise VlmclsError("stopped half way")
+
+    with pytest.raises(VlmclsError, match="half way"):
+        write_rows(failing(), tmp_path / "gen.jsonl")
+    assert (tmp_path / "gen.jsonl").read_bytes() == listed  # the earlier file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.jsonl", "list.jsonl"]

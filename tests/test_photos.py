@@ -129,13 +129,17 @@ def count_opens(monkeypatch):
     return watch
 
 
-def test_each_image_file_is_opened_once_per_classify_run_report_included(tiny_open_clip, tmp_path, count_opens):
-    folder = tmp_path / "photos"
+def _cat_and_dog_photos(folder: Path) -> list[str]:
     for i in range(3):
         write_photo(folder / "cat" / f"{i}.jpg", size=(800, 600), seed=i)
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
         gen.write_solid(folder / "dog" / f"{i}.png", colour)
-    images = sorted(str(p) for p in folder.rglob("*.*"))
+    return sorted(str(p) for p in folder.rglob("*.*"))
+
+
+def test_each_image_file_is_opened_once_per_classify_run_report_included(tiny_open_clip, tmp_path, count_opens):
+    folder = tmp_path / "photos"
+    images = _cat_and_dog_photos(folder)
     counts = count_opens(folder)
     runner = CliRunner()
     args = ["classify", str(folder), "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}",
@@ -156,6 +160,59 @@ def test_each_image_file_is_opened_once_per_classify_run_report_included(tiny_op
     assert third.exit_code == 0, third.output
     assert counts[str(copy)] == 1
     assert (tmp_path / "r.html").read_text().count("data:image/jpeg;base64,") == len(images) + 1
+
+
+def test_each_image_file_is_opened_once_per_eval_report_run(tiny_open_clip, tmp_path, count_opens):
+    folder = tmp_path / "photos"
+    images = _cat_and_dog_photos(folder)
+    counts = count_opens(folder)
+    args = ["eval", str(folder), "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}",
+            "--report", str(tmp_path / "r.html"), "--output", str(tmp_path / "results.json"), "-q"]
+    first = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert counts == {path: 1 for path in images}
+    html = (tmp_path / "r.html").read_text()
+    assert html.count("data:image/jpeg;base64,") == len(images)  # every thumbnail came from the decoded image
+    counts.clear()
+    again = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert counts == {path: 1 for path in images}  # features cached: only the gallery's thumbnails are read
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["first-run", "features-cached"])
+def test_a_watch_rescore_opens_no_image_file(tiny_open_clip, tmp_path, count_opens, monkeypatch, cached):
+    from vlmcls.cli import watch
+
+    folder = tmp_path / "photos"
+    images = _cat_and_dog_photos(folder)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    model = f"local-dir:{tiny_open_clip}"
+    if cached:  # the watch's first run decodes nothing: its report reads the gallery's thumbnails, once each
+        assert CliRunner().invoke(app, ["classify", str(folder), "--classes", str(classes), "--model", model,
+                                        "-q"]).exit_code == 0
+    counts = count_opens(folder)
+    seen_at_rescore = {}
+    real_sleep = watch.time.sleep
+
+    def edit_classes_once(seconds):  # the loop's first poll: the first run is written, the user edits a file
+        if not seen_at_rescore:
+            seen_at_rescore.update(counts)
+            counts.clear()
+            classes.write_text("cat\ndog\nbird\n")
+        real_sleep(0)
+
+    monkeypatch.setattr(watch.time, "sleep", edit_classes_once)
+    out, report = tmp_path / "p.jsonl", tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["classify", str(folder), "--classes", str(classes), "--model", model,
+                                      "-o", str(out), "--report", str(report), "--watch", "--watch-limit", "1", "-q"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen_at_rescore == {path: 1 for path in images}  # the first run read each file once, report included
+    assert "re-run after editing classes.txt" in " ".join(result.output.split())
+    assert counts == {}  # the re-score and its report opened no image file
+    assert report.read_text().count("data:image/jpeg;base64,") == len(images)
+    assert "bird" in report.read_text()
 
 
 def test_a_file_replaced_after_it_was_read_cannot_poison_the_cache(tiny_open_clip, tmp_path, monkeypatch):
@@ -264,3 +321,26 @@ def test_the_fast_key_function_gives_cache_keys_exactly(value):
 
     parts = {"model": "ViT-B-32", "weights": "abc", "preprocess": {"size": 224}, "jpeg_min_side": 224}
     assert cache_key_for("image", "content", **parts)(value) == cache_key("image", content=value, **parts)
+
+
+def test_the_fast_key_function_takes_several_values_in_any_order():
+    from vlmcls.cache import cache_key, cache_key_for
+
+    key = cache_key_for("digest", "path", "size", "inode", "mtime_ns", "ctime_ns")
+    for path in ["/a/b.png", "/x/" + os.fsdecode(b"caf\xe9.png"), "/q/\"quoted\" ünï.png"]:
+        assert key(path, 12, 34, 56, 78) == cache_key("digest", path=path, size=12, inode=34, mtime_ns=56, ctime_ns=78)
+    mixed = cache_key_for("x", "b", "a", fixed={"k": [1, 2]})
+    want = cache_key("x", a={"x": None, "y": 2}, b=[1, "z"], fixed={"k": [1, 2]})
+    assert mixed([1, "z"], {"y": 2, "x": None}) == want
+
+
+def test_stat_keys_are_the_cache_keys_of_the_files_stat(tmp_path):
+    from vlmcls.cache import cache_key, stat_key
+
+    for name in ["plain.png", os.fsdecode(b"caf\xe9.png")]:  # a non-UTF-8 name keeps its key
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        st = os.stat(path)
+        assert stat_key(path) == cache_key("digest", path=str(path), size=st.st_size, inode=st.st_ino,
+                                           mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    assert stat_key(tmp_path / "missing.png") is None and stat_key("bad\x00name.png") is None

@@ -14,6 +14,7 @@ from .backend import ModelBackend
 from .cache import Store
 from .classes import load_classes
 from .embeddings import Encoder, ImageFeatures, to_torch
+from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, list_images
 from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec,
                       runs_on_numpy)
@@ -180,6 +181,7 @@ class Classifier:
         return result
 
 
+@paused_gc()  # 48,000 rows would trigger full collections that walk every object alive
 def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
                        k: int) -> ClassificationResult:
     """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ import diskcache
 import numpy as np
 
 from .errors import CacheError
+from .gcpause import paused_gc
 
 __all__ = ["FORMAT_VERSION", "cache_key", "cache_key_for", "default_cache_dir", "Store", "file_digest", "known_digest",
            "stat_key", "clear_digest_memo", "remove_cache_files"]
@@ -60,26 +62,39 @@ def cache_key(kind: str, **parts: Any) -> str:
 
     ``parts`` must be JSON-serialisable; keys are sorted so argument order never matters.
     """
-    payload = json.dumps(
-        {"v": FORMAT_VERSION, "kind": kind, **parts}, sort_keys=True, ensure_ascii=False, default=str
-    )
     # surrogatepass: a non-UTF-8 file name arrives with surrogate escapes (os.fsdecode); other text is plain UTF-8.
+    payload = _KEY_JSON.encode({"v": FORMAT_VERSION, "kind": kind, **parts})
     return f"{kind}:{hashlib.sha256(payload.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
-def cache_key_for(kind: str, varying: str, **parts: Any) -> Callable[[str], str]:
-    """A fast ``value -> cache_key(kind, **parts, **{varying: value})``: the fixed parts are serialised and hashed
-    once, not once per key (a re-run of 48,000 images makes 48,000 feature keys). Gives exactly cache_key's keys."""
-    marker = "\x00vlmcls-varying-part\x00"
-    payload = json.dumps({"v": FORMAT_VERSION, "kind": kind, **parts, varying: marker}, sort_keys=True,
-                         ensure_ascii=False, default=str)
-    head, tail = payload.split(json.dumps(marker, ensure_ascii=False))
-    prefix, suffix = hashlib.sha256(head.encode("utf-8")), tail.encode("utf-8")
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # json.dumps with these settings
 
-    def key(value: str) -> str:
+
+def cache_key_for(kind: str, *varying: str, **parts: Any) -> Callable[..., str]:
+    """A fast ``(*values) -> cache_key(kind, **parts, **dict(zip(varying, values)))``: the fixed parts are
+    serialised once, not once per key (a re-run of 48,000 images makes 48,000 stat keys and 48,000 feature keys).
+    Gives exactly cache_key's keys."""
+    markers = [f"\x00vlmcls-varying-part-{n}\x00" for n in range(len(varying))]
+    payload = _KEY_JSON.encode({"v": FORMAT_VERSION, "kind": kind, **parts, **dict(zip(varying, markers))})
+    # the payload's text between the varying values, and which value fills each gap (the keys are sorted)
+    gaps = sorted((payload.index(_KEY_JSON.encode(marker)), n) for n, marker in enumerate(markers))
+    pieces, order, start = [], [], 0
+    for at, n in gaps:
+        pieces.append(payload[start:at])
+        order.append(n)
+        start = at + len(_KEY_JSON.encode(markers[n]))
+    prefix = hashlib.sha256(pieces[0].encode("utf-8", "surrogatepass"))
+    rest = list(zip(order, pieces[1:] + [payload[start:]]))
+    encode = _KEY_JSON.encode
+
+    def key(*values: Any) -> str:
+        text = []
+        for n, piece in rest:
+            value = values[n]
+            text.append(str(value) if type(value) is int else encode(value))  # json writes an int as its str
+            text.append(piece)
         digest = prefix.copy()
-        digest.update(json.dumps(value, ensure_ascii=False).encode("utf-8"))
-        digest.update(suffix)
+        digest.update("".join(text).encode("utf-8", "surrogatepass"))
         return f"{kind}:{digest.hexdigest()}"
 
     return key
@@ -129,10 +144,13 @@ def stat_key(path: str | os.PathLike, st: os.stat_result | None = None) -> str |
     try:
         if st is None:
             st = os.stat(path)
-        return cache_key("digest", path=os.path.abspath(path), size=st.st_size, inode=st.st_ino,
-                         mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return _stat_key(os.path.abspath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     except (OSError, ValueError, UnicodeError):  # ValueError: a NUL byte in the path
         return None
+
+
+# cache_key("digest", path=, size=, inode=, mtime_ns=, ctime_ns=) of a file, with no dict serialised per file
+_stat_key = cache_key_for("digest", "path", "size", "inode", "mtime_ns", "ctime_ns")
 
 
 def clear_digest_memo() -> None:
@@ -174,6 +192,111 @@ def _bytes_to_array(raw: bytes) -> np.ndarray:
 
 
 _NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int, int]] = {}  # header: dtype, shape, size, bytes
+# A run of JSON strings without escapes or control characters, one per line (JSON text holds no raw newline).
+_PLAIN_JSON_STRINGS = re.compile(r'(?:"[^"\\\x00-\x1f]*"\n)*"[^"\\\x00-\x1f]*"')
+
+
+def _plain_strings_in_bulk(raws: Mapping[str, Any]) -> dict[str, str]:
+    """When every value in ``raws`` is the JSON text of a string without escapes (the digests kept under stat
+    keys), those strings, checked by one regex pass over them all instead of one ``json.loads`` each; else
+    nothing, for the one-by-one path. ``'"abc"'`` -> ``'abc'``, exactly as json.loads reads it."""
+    texts = list(raws.values())
+    if not texts or not all(type(text) is str for text in texts):
+        return {}
+    joined = "\n".join(texts)
+    if joined.count("\n") != len(texts) - 1 or not _PLAIN_JSON_STRINGS.fullmatch(joined):
+        return {}  # a newline inside a value would let one value pass as two
+    return {key: text[1:-1] for key, text in raws.items()}
+
+
+_BULK_BYTES = 1 << 26  # bytes of arrays parsed per numpy call in _arrays_in_bulk: bounds its extra memory
+
+
+def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+    """The arrays among ``raws`` (key -> stored value) that are .npy bytes with one common header and length (of
+    ``shape`` when given) and finite (as :func:`_all_finite`), parsed a few thousand at a time instead of one by
+    one: every feature of a model has the same header. The rows of each result share one matrix. Anything else is
+    left out, for the one-by-one path that drops corrupted entries."""
+    layout = None
+    for raw in itertools.islice(raws.values(), 8):  # the header of the first values that parse to the shape
+        if type(raw) is not bytes or raw[:7] != b"\x93NUMPY\x01" or len(raw) < 10:
+            continue
+        header = raw[:10 + int.from_bytes(raw[8:10], "little")]
+        try:
+            _bytes_to_array(raw)  # learns the header, or refuses it
+        except (ValueError, EOFError, OSError):  # as Store._decode
+            continue
+        layout = _NPY_HEADERS.get(header)
+        if layout is not None and layout[1] and (shape is None or layout[1] == shape):
+            break  # (the rows of 0-d arrays would come out as numpy scalars: not here)
+        layout = None
+    if layout is None:
+        return {}
+    dtype, item_shape, _, total = layout
+    end = len(header)
+    expected = np.frombuffer(header, np.uint8)
+    keys = [key for key, raw in raws.items() if type(raw) is bytes and len(raw) == total]
+    found: dict[str, np.ndarray] = {}
+    for part in _parts(keys, max(1, _BULK_BYTES // total)):
+        rows = np.frombuffer(b"".join([raws[key] for key in part]), np.uint8).reshape(len(part), total)
+        ok = (rows[:, :end] == expected).all(axis=1)  # [N] the same header byte for byte
+        values = rows[:, end:].copy().view(dtype).reshape(len(part), *item_shape)
+        if dtype.kind == "f":  # as _all_finite: a NaN or inf anywhere makes the sum of squares NaN or inf
+            flat = values.reshape(len(part), -1)
+            ok &= np.isfinite(np.einsum("ij,ij->i", flat, flat))
+        found.update(zip([part[i] for i in np.flatnonzero(ok)], values[ok]))
+    return found
+
+
+# A run of JSON strings without escapes or control characters, one per line (JSON text holds no raw newline).
+_PLAIN_JSON_STRINGS = re.compile(r'(?:"[^"\\\x00-\x1f]*"\n)*"[^"\\\x00-\x1f]*"')
+
+
+def _plain_strings_in_bulk(raws: Mapping[str, Any]) -> dict[str, str]:
+    """When every value in ``raws`` is the JSON text of a string without escapes (the digests kept under stat
+    keys), those strings, checked by one regex pass over them all instead of one ``json.loads`` each; else
+    nothing, for the one-by-one path. ``'"abc"'`` -> ``'abc'``, exactly as json.loads reads it."""
+    texts = list(raws.values())
+    if not texts or not all(type(text) is str for text in texts):
+        return {}
+    joined = "\n".join(texts)
+    if joined.count("\n") != len(texts) - 1 or not _PLAIN_JSON_STRINGS.fullmatch(joined):
+        return {}  # a newline inside a value would let one value pass as two
+    return {key: text[1:-1] for key, text in raws.items()}
+
+
+_BULK_BYTES = 1 << 26  # bytes of arrays parsed per numpy call in _arrays_in_bulk: bounds its extra memory
+
+
+def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+    """The arrays among ``raws`` (key -> stored value) that are .npy bytes with exactly the first value's header
+    and length, of ``shape`` when given, and finite (as :func:`_all_finite`), parsed a few thousand at a time
+    instead of one by one (the common case: every feature of a model has one header). The rows of each result
+    share one matrix. Anything else is left out, for the one-by-one path that drops corrupted entries."""
+    first = next(iter(raws.values()), None)
+    if type(first) is not bytes or first[:7] != b"\x93NUMPY\x01" or len(first) < 10:
+        return {}
+    end = 10 + int.from_bytes(first[8:10], "little")
+    try:
+        _bytes_to_array(first)  # learns the header, or refuses it
+    except ValueError:
+        return {}
+    layout = _NPY_HEADERS.get(first[:end])
+    if layout is None or not layout[1] or (shape is not None and layout[1] != shape):
+        return {}  # (the rows of 0-d arrays would come out as numpy scalars)
+    dtype, item_shape, _, total = layout
+    header = np.frombuffer(first[:end], np.uint8)
+    keys = [key for key, raw in raws.items() if type(raw) is bytes and len(raw) == total]
+    found: dict[str, np.ndarray] = {}
+    for part in _parts(keys, max(1, _BULK_BYTES // total)):
+        rows = np.frombuffer(b"".join([raws[key] for key in part]), np.uint8).reshape(len(part), total)
+        ok = (rows[:, :end] == header).all(axis=1)  # [N] the same header byte for byte
+        values = rows[:, end:].copy().view(dtype).reshape(len(part), *item_shape)
+        if dtype.kind == "f":  # as _all_finite: a NaN or inf anywhere makes the sum of squares NaN or inf
+            flat = values.reshape(len(part), -1)
+            ok &= np.isfinite(np.einsum("ij,ij->i", flat, flat))
+        found.update(zip([part[i] for i in np.flatnonzero(ok)], values[ok]))
+    return found
 
 
 def _all_finite(array: np.ndarray) -> bool:
@@ -458,14 +581,17 @@ class Store:
     def set_json(self, key: str, value: Any) -> None:
         self.set_many(jsons={key: value})
 
+    @paused_gc()
     def get_jsons(self, keys: Iterable[str]) -> dict[str, Any]:
         """The JSON values found for ``keys`` (missing keys are absent from the result), in bulk queries."""
-        found: dict[str, Any] = {}
         with self._guarded():
-            for key, raw in self._get_raw(keys).items():
-                value = self._decode(key, raw, "json")
-                if value is not None:
-                    found[key] = value
+            raws = self._get_raw(keys)
+            found = _plain_strings_in_bulk(raws)
+            for key, raw in raws.items():  # anything else: one by one, dropped if corrupted
+                if key not in found:
+                    value = self._decode(key, raw, "json")
+                    if value is not None:
+                        found[key] = value
         return found
 
     def set_jsons(self, items: Mapping[str, Any]) -> None:
@@ -489,16 +615,19 @@ class Store:
         """The array under ``key``; with ``shape``, an array of another shape counts as corrupted."""
         return self.get_arrays([key], shape).get(key)
 
+    @paused_gc()
     def get_arrays(self, keys: Iterable[str], shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
         """The arrays found for ``keys`` (missing and corrupted keys are absent from the result), in bulk queries;
         with ``shape``, an array of another shape counts as corrupted."""
         shape = None if shape is None else tuple(shape)
-        found: dict[str, np.ndarray] = {}
         with self._guarded():
-            for key, raw in self._get_raw(keys).items():
-                arr = self._decode(key, raw, "array", shape)
-                if arr is not None:
-                    found[key] = arr
+            raws = self._get_raw(keys)
+            found = _arrays_in_bulk(raws, shape)
+            for key, raw in raws.items():  # anything the bulk path did not take: one by one, dropped if corrupted
+                if key not in found:
+                    arr = self._decode(key, raw, "array", shape)
+                    if arr is not None:
+                        found[key] = arr
         return found
 
     def set_arrays(self, items: Mapping[str, np.ndarray]) -> None:
@@ -551,7 +680,8 @@ class Store:
                 " filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, NULL, ?)", rows)
 
     def _get_raw(self, keys: Iterable[str]) -> dict[str, Any]:
-        """The stored values (bytes or str) of ``keys``, a few hundred keys per query."""
+        """The stored values (bytes or str) of ``keys`` that were found (in no particular order), a few hundred keys
+        per query."""
         found: dict[str, Any] = {}
         wanted = list(dict.fromkeys(keys))
         now = time.time()
@@ -561,8 +691,10 @@ class Store:
                 "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN (" + marks + ")"
                 " AND (expire_time IS NULL OR expire_time > ?)", (*part, now)).fetchall()
             for key, mode, filename, value in rows:
-                found[key] = self._value_from_row(key, mode, filename, value)
-        return {key: found[key] for key in wanted if found.get(key) is not None}
+                value = self._value_from_row(key, mode, filename, value)
+                if value is not None:
+                    found[key] = value
+        return found
 
     def _value_from_row(self, key: str, mode: int, filename: str | None, value: Any) -> Any:
         """One stored value as bytes/str, through the Disk (the one place a row becomes a value); None if the

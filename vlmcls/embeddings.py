@@ -17,6 +17,7 @@ import numpy as np
 
 from .backend import ModelBackend, preprocess_input_side
 from .cache import Store, cache_key, cache_key_for, stat_key
+from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
@@ -234,6 +235,7 @@ class Encoder:
         read."""
         return {i: image_key(digest) for i, digest in self.known_digests(records).items()}
 
+    @paused_gc()
     def known_digests(self, records: Sequence[ImageRecord]) -> dict[int, str]:
         """Content digests of the files the store knows under their unchanged stat (one query per few hundred
         files), by position in ``records``; nothing is read but the files' stat."""

@@ -284,6 +284,7 @@ class EvalReport:
     images: dict[str, Any]  # total, classified, errors, labelled, unlabelled, encoded, cached, encode_seconds
     error_rows: list["Prediction"]  # images that could not be read (same for every method)
     records: list["ImageRecord"] = field(default_factory=list, repr=False)  # for thumbnails; not saved
+    thumbnails: dict[str, bytes] = field(default_factory=dict, repr=False)  # id -> JPEG made while decoding; not saved
 
     @property
     def best(self) -> MethodRun | None:
@@ -397,7 +398,7 @@ def evaluate(
     }
     model_id = getattr(classifier.model, "model_id", None)
     return EvalReport(str(data), str(model_id) if model_id else None, class_names, top_k, runs, images,
-                      error_rows, records)
+                      error_rows, records, feats.thumbnails)
 
 
 def _options_for(options: MethodOptions | Mapping[str, MethodOptions] | None, spec: str) -> MethodOptions:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Union
 from PIL import Image
 
 from .errors import ConfigError, ImageError, MissingExtraError
+from .gcpause import paused_gc
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "DatasetLocation", "list_images",
            "locate_dataset", "read_image_data", "read_file_bytes", "image_data_of"]
@@ -293,8 +294,10 @@ def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[
     return loaded, where.stem, where.parent
 
 
+@paused_gc()
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing.
+    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing;
+    # each file's Path is then its folder's Path with the file's name (with_name parses the name alone).
     base = str(root)
     found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
@@ -307,23 +310,33 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
         relative = os.path.relpath(dirpath, base)
         folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
+        folder = os.path.join(base, *folder_parts) if base != os.curdir else os.path.join(*folder_parts, "")
+        prefix = os.path.join(folder, "") if folder else ""
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                parts = (*folder_parts, name)
-                found.append((parts, os.path.join(base, *parts) if base != os.curdir else os.path.join(*parts)))
+            if not name.startswith(".") and name.lower().endswith(_IMAGE_SUFFIXES):
+                found.append(((*folder_parts, name), prefix + name))
     if not found:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
-    return [
+    in_folder: dict[tuple[str, ...], Path] = {}  # folder parts -> a Path in that folder
+    records = []
+    for index, (parts, listed) in enumerate(found):
+        sibling = in_folder.get(parts[:-1])
+        if sibling is None:
+            sibling = in_folder[parts[:-1]] = Path(listed)
         # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        ImageRecord(id=listed, path=Path(listed), label=parts[0] if len(parts) > 1 else None, source_index=index)
-        for index, (parts, listed) in enumerate(found)
-    ]
+        records.append(ImageRecord(id=listed, path=sibling.with_name(parts[-1]),
+                                   label=parts[0] if len(parts) > 1 else None, source_index=index))
+    return records
 
 
+_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)  # str.endswith takes a tuple: one call per file name
+
+
+@paused_gc()
 def _list_path_file(list_file: Path) -> list[ImageRecord]:
     try:
         lines = list_file.read_text(encoding="utf-8-sig").splitlines()
@@ -397,11 +410,12 @@ def _dataset_columns(loaded: Any, name: str, image_column: str | None, label_col
 def _dataset_records(name: str, split_name: str, labels: list[str | None],
                      read: Callable[[int], ImageData] | None) -> list[ImageRecord]:
     """One record per row, ``name[split]/index``; ``read(index)`` fetches a row's image (None: read elsewhere)."""
-    return [
-        ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=label, source_index=index,
-                    fetch=functools.partial(read, index) if read is not None else None)
-        for index, label in enumerate(labels)
-    ]
+    with paused_gc():  # 48,000 records would trigger full collections that walk every object alive
+        return [
+            ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=label, source_index=index,
+                        fetch=functools.partial(read, index) if read is not None else None)
+            for index, label in enumerate(labels)
+        ]
 
 
 def _pick_split(loaded: Any, name: str, split: str | None) -> tuple[Any, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
 from .errors import ConfigError, VlmclsError
+from .gcpause import paused_gc
 
 __all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "json_text", "check_output_path"]
 
@@ -60,12 +61,18 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def json_text(value: Any, indent: int | None = None) -> str:
     """Strict JSON (VlmclsError on NaN or infinity) that any UTF-8 writer can write: the surrogate escapes of a
     non-UTF-8 file name become ``\\udcXX`` JSON escapes (lossless), everything else stays readable text."""
+    encoder = _STRICT_JSON if indent is None else json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=indent)
     try:
-        text = json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
+        text = encoder.encode(value)  # json.dumps(value, ensure_ascii=False, indent=indent, allow_nan=False)
     except ValueError as exc:
         raise VlmclsError(f"refusing to write a NaN or infinite number as JSON ({exc}); this is a bug in the step "
                           "that produced it, please report it") from exc
+    if text.isascii():  # nothing to escape (the common case, checked at C speed)
+        return text
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_STRICT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)  # one encoder for every row, not one per row
 
 
 @contextmanager
@@ -84,16 +91,20 @@ def atomic_open(path: str | Path, errors: str = "strict") -> Iterator[TextIO]:
         raise
 
 
+@paused_gc()  # 48,000 rows of small dicts and lists: no cycles among them
 def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json."""
+    """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json.
+    ``rows`` may be a generator: JSONL is written as the rows come, without holding them all."""
     path = check_output_path(path)
-    rows = list(rows)
     suffix = path.suffix.lower()
+    if suffix != ".jsonl":
+        rows = list(rows)
     # CSV has no escapes: a non-UTF-8 file name is written as its original bytes (surrogateescape).
     with atomic_open(path, errors="surrogateescape" if suffix == ".csv" else "strict") as fh:
         if suffix == ".jsonl":
+            write = fh.write
             for row in rows:
-                fh.write(json_text(row) + "\n")
+                write(json_text(row) + "\n")
         elif suffix == ".json":
             fh.write(json_text(rows, indent=1) + "\n")
         else:

@@ -155,14 +155,19 @@ def select_gallery(results: Mapping[str, Any], limit: int = GALLERY_LIMIT) -> li
 
 def thumbnail_data_uri(source: Any, size: int = THUMBNAIL_SIZE) -> str | None:
     """A small JPEG of an image (a record, path or bytes) as a data URI, or None when it cannot be read."""
+    jpeg = _read_thumbnail(source, size)
+    return jpeg_data_uri(jpeg) if jpeg is not None else None
+
+
+def _read_thumbnail(source: Any, size: int) -> bytes | None:
+    """A small JPEG of an image (a record, path or bytes), read and decoded now; None when it cannot be read."""
     from .images import load_image, thumbnail_jpeg
 
     try:
-        jpeg = thumbnail_jpeg(load_image(source, min_side=size), size)
+        return thumbnail_jpeg(load_image(source, min_side=size), size)
     except (ImageError, ConfigError, OSError, ValueError) as exc:
         log.info("no thumbnail for '%s': %s", getattr(source, "id", source), exc)
         return None
-    return jpeg_data_uri(jpeg)
 
 
 def jpeg_data_uri(jpeg: bytes) -> str:
@@ -449,12 +454,15 @@ def write_report(
     model: str | None = None,
     gallery_limit: int = GALLERY_LIMIT,
     thumbnail_size: int = THUMBNAIL_SIZE,
+    thumbnails: dict[str, bytes] | None = None,
 ) -> Path:
     """Render an eval report, a classify result or a results dict to one HTML file (written atomically).
 
-    Thumbnails are made for the gallery's images only: those a classify run kept while decoding
-    (``artifacts["thumbnails"]``, so no file is read twice), else from ``records`` (dataset rows need them; an
-    ``EvalReport`` brings its own) or else from each prediction's path.
+    Thumbnails are made for the gallery's images only: those kept while decoding (``thumbnails``, else an
+    ``EvalReport``'s or a classify result's ``artifacts["thumbnails"]``, so no file is read twice), else read from
+    ``records`` (dataset rows need them; an ``EvalReport`` brings its own) or else from each prediction's path.
+    ``thumbnails`` (image id -> JPEG) also receives the ones read here, so writing the report again (``--watch``)
+    reads no file again.
     """
     from .results import ClassificationResult
     from .evaluate import EvalReport
@@ -464,22 +472,27 @@ def write_report(
     if isinstance(report, EvalReport):
         records = records if records is not None else report.records
         results: Mapping[str, Any] = report.to_dict()
+        kept = report.thumbnails
     elif isinstance(report, ClassificationResult):
         results = classification_to_dict(report, data=data, model=model)
         kept = report.artifacts.get("thumbnails") or {}
     else:
         results = report
+    if thumbnails is not None:
+        thumbnails.update({k: v for k, v in kept.items() if k not in thumbnails})
+        kept = thumbnails
     by_id = {rec.id: rec for rec in records or []}
-    thumbnails = {}
+    uris = {}
     for row in select_gallery(results, gallery_limit):
-        source = by_id.get(row["id"]) or row.get("path")
-        if row["id"] in kept:
-            uri = jpeg_data_uri(kept[row["id"]])
-        else:
-            uri = thumbnail_data_uri(source, thumbnail_size) if source else None
-        if uri:
-            thumbnails[row["id"]] = uri
-    page = render_report(results, thumbnails, title=title, gallery_limit=gallery_limit)
+        jpeg = kept.get(row["id"])
+        if jpeg is None:
+            source = by_id.get(row["id"]) or row.get("path")
+            jpeg = _read_thumbnail(source, thumbnail_size) if source else None
+            if jpeg is not None and thumbnails is not None:
+                thumbnails[row["id"]] = jpeg
+        if jpeg is not None:
+            uris[row["id"]] = jpeg_data_uri(jpeg)
+    page = render_report(results, uris, title=title, gallery_limit=gallery_limit)
     with atomic_open(path, errors="backslashreplace") as fh:  # a non-UTF-8 file name shows as \udcXX
         fh.write(page)
     return path

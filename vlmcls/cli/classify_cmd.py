@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -121,6 +121,10 @@ def classify(
     store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
     llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
     outputs = RunOutputs(out_path, report, export_descriptors, export_pairs, images, source_options, model, quiet)
+    if report is not None and engine == "single" and not dry_run:  # thumbnails from the decoded images
+        from ..report import THUMBNAIL_SIZE
+
+        clf.encoder.thumbnail_size = THUMBNAIL_SIZE
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)
@@ -143,10 +147,6 @@ def classify(
                                         exit_code_of=exit_code_of)
             raise typer.Exit(exit_code)
         else:
-            if report is not None:  # thumbnails from the decoded images: no file is read twice
-                from ..report import THUMBNAIL_SIZE
-
-                clf.encoder.thumbnail_size = THUMBNAIL_SIZE
             with progress_bar("encoding images", enabled=not quiet) as progress:
                 result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
                                       progress=progress, as_numpy=True)  # the writers read rows, not tensors
@@ -175,6 +175,9 @@ class RunOutputs:
     source_options: dict
     model: str
     quiet: bool
+    # image id -> report thumbnail: those made while decoding and those the report read, so a --watch re-run
+    # reads no image file again
+    thumbnails: dict = field(default_factory=dict)
 
     def write(self, result: ClassificationResult, records: list | None) -> None:
         if self.export_descriptors is not None and "descriptors" in result.artifacts:
@@ -182,7 +185,7 @@ class RunOutputs:
         if self.export_pairs is not None and "pairs" in result.artifacts:
             write_json(self.export_pairs, result.artifacts["pairs"])
         if self.predictions is not None:
-            write_rows(result.rows(), self.predictions)
+            write_rows((p.to_dict() for p in result.predictions), self.predictions)  # streamed, row by row
             warnings_path = self.predictions.with_name(self.predictions.stem + ".warnings.jsonl")
             if result.warnings:
                 write_rows(result.warnings, warnings_path)
@@ -190,7 +193,7 @@ class RunOutputs:
                 warnings_path.unlink(missing_ok=True)
         if self.report is not None:
             write_classify_report(result, self.report, self.images, self.source_options, self.model, self.quiet,
-                                  records=records)
+                                  records=records, thumbnails=self.thumbnails)
 
 
 def watched_files(classes: str, descriptors: Path | None, pairs: Path | None, templates: str | None,
@@ -208,12 +211,13 @@ def watched_files(classes: str, descriptors: Path | None, pairs: Path | None, te
 
 
 def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
-                          model: str | None = None, quiet: bool = False, records: list | None = None) -> Path:
+                          model: str | None = None, quiet: bool = False, records: list | None = None,
+                          thumbnails: dict | None = None) -> Path:
     """For `classify --report`: the same HTML report without labels (summary, predicted classes, gallery, errors).
 
     ``records``: the run's image records, for thumbnails (dataset rows have no path). Without them ``images``, the
     classify source, is listed again (no decoding). Call ``vlmcls.report.check_report_path`` before the run to fail
-    early on a bad path.
+    early on a bad path. ``thumbnails``: see :func:`vlmcls.report.write_report`.
     """
     from ..api import as_records
     from ..report import write_report
@@ -224,7 +228,7 @@ def write_classify_report(result, report_path: Path, images: Any = None, source_
         except ConfigError:  # the run already read this source; without records, thumbnails come from paths
             records = None
     path = write_report(result, report_path, records=records, data=str(images) if images is not None else None,
-                        model=model)
+                        model=model, thumbnails=thumbnails)
     if not quiet:
         console_err.print(f"report: {escape(str(path))}", highlight=False)
     return path

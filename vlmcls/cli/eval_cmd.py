@@ -91,7 +91,7 @@ def eval_command(
     from ..llm import LLMClient
     from ..methods import MethodOptions, check_settings, label_metric
     from ..output import write_json
-    from ..report import REPORT_SUFFIXES, write_report
+    from ..report import REPORT_SUFFIXES, THUMBNAIL_SIZE, write_report
 
     if quiet:
         quiet_libraries()
@@ -115,6 +115,8 @@ def eval_command(
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                      batch_size=batch_size, num_workers=workers, worker_type=worker_type)
+    if report_path is not None:  # thumbnails from the decoded images: no file is read twice
+        clf.encoder.thumbnail_size = THUMBNAIL_SIZE
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
     metric = label_metric(clf.run_context(class_names, options), str(descriptors) if descriptors else None)
@@ -128,7 +130,7 @@ def eval_command(
     if output is not None:
         write_json(output, results)
     if report_path is not None:
-        write_report(results, report_path, records=result.records)
+        write_report(results, report_path, records=result.records, thumbnails=result.thumbnails)
     if not quiet:
         render_comparison(result)
         render_per_class(result)

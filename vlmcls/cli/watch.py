@@ -107,6 +107,8 @@ def watch_and_rerun(clf: Classifier, records: list, classes: Any, method: str, o
     with progress_bar("encoding images", enabled=not outputs.quiet) as progress:
         feats = clf.encode_images(records, progress=progress)
     result = _score(clf, feats, classes, method, options, top_k, encoded=feats.encoded)
+    if feats.thumbnails:  # made while decoding, for the report (outputs keeps them for the re-runs)
+        result.artifacts["thumbnails"] = feats.thumbnails
     result.stats["seconds"] = round(time.perf_counter() - started, 3)
     outputs.write(result, records)
     if not outputs.quiet:
