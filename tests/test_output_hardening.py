@@ -142,3 +142,21 @@ def test_jsonl_rows_stream_from_a_generator_and_a_failure_keeps_the_old_file(tmp
         write_rows(failing(), tmp_path / "gen.jsonl")
     assert (tmp_path / "gen.jsonl").read_bytes() == listed  # the earlier file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.jsonl", "list.jsonl"]
+
+
+def test_prediction_lines_are_the_text_of_their_row_dicts():
+    """JSONL rows are written straight from each prediction: the same bytes as encoding its to_dict()."""
+    from vlmcls.output import json_text, prediction_line
+    from vlmcls.results import Prediction
+
+    odd = "caf\u00e9/\udcff-name \"quoted\" \\ tab\t.jpg"  # non-ASCII, a surrogate escape, quotes, a backslash
+    predictions = [
+        Prediction("a.jpg", "a.jpg", "cat", [("cat", 0.9123456789), ("dög", 1e-07), ("x", 1.0)]),
+        Prediction(odd, odd, "dög", [("dög", 0.5)], None, "cat"),
+        Prediction("row/3", None, None, [], "cannot decode: \udce9 broken", "dog"),
+        Prediction("e.jpg", "e.jpg", "cat", [("cat", 0.7)], explanation={"descriptors": {"top": "whiskers"}}),
+    ]
+    for pred in predictions:
+        assert prediction_line(pred) == json_text(pred.to_dict()) + "\n"
+    with pytest.raises(VlmclsError, match="NaN"):
+        prediction_line(Prediction("n.jpg", "n.jpg", "cat", [("cat", float("nan"))]))

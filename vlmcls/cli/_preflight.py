@@ -5,6 +5,7 @@ A wrong path found after ten minutes of encoding costs ten minutes; found here i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -43,7 +44,7 @@ def check_outputs(targets: dict[str, tuple[Path | None, tuple[str, ...], str | N
         checked[flag] = out
     names = {real.name for real in claimed}
     for item in inputs:  # a million listed images cost a set lookup each; only a same-named file is resolved
-        if item is None or Path(item).name not in names:
+        if item is None or os.path.basename(os.fspath(item)) not in names:  # no Path built per image
             continue
         real = Path(item).expanduser().resolve()
         if real in claimed and real.is_file():

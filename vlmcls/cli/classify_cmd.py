@@ -185,7 +185,7 @@ class RunOutputs:
         if self.export_pairs is not None and "pairs" in result.artifacts:
             write_json(self.export_pairs, result.artifacts["pairs"])
         if self.predictions is not None:
-            write_rows((p.to_dict() for p in result.predictions), self.predictions)  # streamed, row by row
+            write_rows(result.predictions, self.predictions)  # JSONL: each line straight from its prediction
             warnings_path = self.predictions.with_name(self.predictions.stem + ".warnings.jsonl")
             if result.warnings:
                 write_rows(result.warnings, warnings_path)
