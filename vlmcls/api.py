@@ -13,7 +13,7 @@ import numpy as np
 from .backend import ModelBackend
 from .cache import Store
 from .classes import load_classes
-from .embeddings import Encoder, ImageFeatures, to_torch
+from .embeddings import Encoder, ImageFeatures, to_numpy, to_torch
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, list_images
 from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec,
@@ -176,7 +176,7 @@ class Classifier:
         else:  # nothing decoded: every input is an error row
             out = MethodOutput(np.zeros((0, len(class_names)), np.float32), np.zeros((0, len(class_names)), np.float32))
         result = result_from_output(out, feats, class_names, method, k)
-        convert = _to_numpy if as_numpy else to_torch
+        convert = to_numpy if as_numpy else to_torch
         result.logits, result.probs = convert(result.logits), convert(result.probs)
         return result
 
@@ -219,10 +219,6 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
     log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
     return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
                    errors=feats.errors + bad)
-
-
-def _to_numpy(array):
-    return array if isinstance(array, np.ndarray) else array.detach().cpu().numpy()
 
 
 def _path(rec: ImageRecord) -> str | None:

@@ -61,6 +61,11 @@ class ImageFeatures:
         return replace(self, feats=to_torch(self.feats)) if isinstance(self.feats, np.ndarray) else self
 
 
+def to_numpy(array) -> np.ndarray:
+    """A tensor as a numpy array (on the CPU; shared memory where it can); arrays pass through."""
+    return array if isinstance(array, np.ndarray) else array.detach().cpu().numpy()
+
+
 def to_torch(array):
     """A numpy array as a tensor sharing its memory (imports torch); tensors and None pass through."""
     if isinstance(array, np.ndarray):

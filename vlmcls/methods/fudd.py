@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ..descriptors import generate_pair_descriptions, pair_requests
-from ..embeddings import to_torch
+from ..embeddings import to_numpy as _np, to_torch  # the maths below runs in numpy: a cached run needs no torch
 from ..errors import ConfigError
 from ..prompting import load_prompt
 from ..templates import wordify
@@ -89,11 +89,6 @@ def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 # -- the pair table and the re-rank ------------------------------------------------------------------------
-
-
-def _np(x: Any) -> np.ndarray:
-    """The maths below runs on numpy arrays (so a cached run needs no torch); tensors come in through here."""
-    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
 
 
 def _like(x: np.ndarray, template: Any) -> Any:
