@@ -248,57 +248,6 @@ def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> d
     return found
 
 
-# A run of JSON strings without escapes or control characters, one per line (JSON text holds no raw newline).
-_PLAIN_JSON_STRINGS = re.compile(r'(?:"[^"\\\x00-\x1f]*"\n)*"[^"\\\x00-\x1f]*"')
-
-
-def _plain_strings_in_bulk(raws: Mapping[str, Any]) -> dict[str, str]:
-    """When every value in ``raws`` is the JSON text of a string without escapes (the digests kept under stat
-    keys), those strings, checked by one regex pass over them all instead of one ``json.loads`` each; else
-    nothing, for the one-by-one path. ``'"abc"'`` -> ``'abc'``, exactly as json.loads reads it."""
-    texts = list(raws.values())
-    if not texts or not all(type(text) is str for text in texts):
-        return {}
-    joined = "\n".join(texts)
-    if joined.count("\n") != len(texts) - 1 or not _PLAIN_JSON_STRINGS.fullmatch(joined):
-        return {}  # a newline inside a value would let one value pass as two
-    return {key: text[1:-1] for key, text in raws.items()}
-
-
-_BULK_BYTES = 1 << 26  # bytes of arrays parsed per numpy call in _arrays_in_bulk: bounds its extra memory
-
-
-def _arrays_in_bulk(raws: Mapping[str, Any], shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
-    """The arrays among ``raws`` (key -> stored value) that are .npy bytes with exactly the first value's header
-    and length, of ``shape`` when given, and finite (as :func:`_all_finite`), parsed a few thousand at a time
-    instead of one by one (the common case: every feature of a model has one header). The rows of each result
-    share one matrix. Anything else is left out, for the one-by-one path that drops corrupted entries."""
-    first = next(iter(raws.values()), None)
-    if type(first) is not bytes or first[:7] != b"\x93NUMPY\x01" or len(first) < 10:
-        return {}
-    end = 10 + int.from_bytes(first[8:10], "little")
-    try:
-        _bytes_to_array(first)  # learns the header, or refuses it
-    except ValueError:
-        return {}
-    layout = _NPY_HEADERS.get(first[:end])
-    if layout is None or not layout[1] or (shape is not None and layout[1] != shape):
-        return {}  # (the rows of 0-d arrays would come out as numpy scalars)
-    dtype, item_shape, _, total = layout
-    header = np.frombuffer(first[:end], np.uint8)
-    keys = [key for key, raw in raws.items() if type(raw) is bytes and len(raw) == total]
-    found: dict[str, np.ndarray] = {}
-    for part in _parts(keys, max(1, _BULK_BYTES // total)):
-        rows = np.frombuffer(b"".join([raws[key] for key in part]), np.uint8).reshape(len(part), total)
-        ok = (rows[:, :end] == header).all(axis=1)  # [N] the same header byte for byte
-        values = rows[:, end:].copy().view(dtype).reshape(len(part), *item_shape)
-        if dtype.kind == "f":  # as _all_finite: a NaN or inf anywhere makes the sum of squares NaN or inf
-            flat = values.reshape(len(part), -1)
-            ok &= np.isfinite(np.einsum("ij,ij->i", flat, flat))
-        found.update(zip([part[i] for i in np.flatnonzero(ok)], values[ok]))
-    return found
-
-
 def _all_finite(array: np.ndarray) -> bool:
     """No NaN or infinity in a float array. One BLAS dot product (a NaN or inf anywhere makes it NaN or inf) costs
     a fifth of ``isfinite(array).all()``, which matters on a cached re-run of many features; it also refuses values
@@ -581,18 +530,9 @@ class Store:
     def set_json(self, key: str, value: Any) -> None:
         self.set_many(jsons={key: value})
 
-    @paused_gc()
     def get_jsons(self, keys: Iterable[str]) -> dict[str, Any]:
         """The JSON values found for ``keys`` (missing keys are absent from the result), in bulk queries."""
-        with self._guarded():
-            raws = self._get_raw(keys)
-            found = _plain_strings_in_bulk(raws)
-            for key, raw in raws.items():  # anything else: one by one, dropped if corrupted
-                if key not in found:
-                    value = self._decode(key, raw, "json")
-                    if value is not None:
-                        found[key] = value
-        return found
+        return self._get_decoded(keys, "json", _plain_strings_in_bulk)
 
     def set_jsons(self, items: Mapping[str, Any]) -> None:
         """Write many JSON values in one transaction."""
@@ -615,19 +555,25 @@ class Store:
         """The array under ``key``; with ``shape``, an array of another shape counts as corrupted."""
         return self.get_arrays([key], shape).get(key)
 
-    @paused_gc()
     def get_arrays(self, keys: Iterable[str], shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
         """The arrays found for ``keys`` (missing and corrupted keys are absent from the result), in bulk queries;
         with ``shape``, an array of another shape counts as corrupted."""
         shape = None if shape is None else tuple(shape)
+        return self._get_decoded(keys, "array", lambda raws: _arrays_in_bulk(raws, shape), shape)
+
+    @paused_gc()
+    def _get_decoded(self, keys: Iterable[str], kind: str, bulk: Callable[[dict[str, Any]], dict[str, Any]],
+                     shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+        """The values of ``keys``: what ``bulk`` decodes at once (the common case), the rest one by one, each
+        corrupted value dropped (``_decode``)."""
         with self._guarded():
             raws = self._get_raw(keys)
-            found = _arrays_in_bulk(raws, shape)
-            for key, raw in raws.items():  # anything the bulk path did not take: one by one, dropped if corrupted
+            found = bulk(raws)
+            for key, raw in raws.items():
                 if key not in found:
-                    arr = self._decode(key, raw, "array", shape)
-                    if arr is not None:
-                        found[key] = arr
+                    value = self._decode(key, raw, kind, shape)
+                    if value is not None:
+                        found[key] = value
         return found
 
     def set_arrays(self, items: Mapping[str, np.ndarray]) -> None:
