@@ -55,7 +55,7 @@ class ImageFeatures:
     thumbnails: dict[str, bytes] = field(default_factory=dict)  # image id -> small JPEG, when the encoder keeps them
 
     def as_numpy(self) -> "ImageFeatures":
-        return self if isinstance(self.feats, np.ndarray) else replace(self, feats=self.feats.numpy())
+        return self if isinstance(self.feats, np.ndarray) else replace(self, feats=to_numpy(self.feats))
 
     def as_torch(self) -> "ImageFeatures":
         return replace(self, feats=to_torch(self.feats)) if isinstance(self.feats, np.ndarray) else self
@@ -134,24 +134,21 @@ class Encoder:
     def image_key_parts(self) -> dict:
         """What a feature key holds besides the content: model × weights × preprocessing × decoding (the Ray
         engine's feature store is keyed by the same parts)."""
-        parts = dict(self.model.image_key_parts)
-        if self.decode_min_side() is not None:
+        parts, min_side = dict(self.model.image_key_parts), self.decode_min_side()
+        if min_side is not None:
             # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
-            parts["jpeg_min_side"] = self.decode_min_side()
+            parts["jpeg_min_side"] = min_side
         return parts
 
     def _image_key_function(self) -> Callable[[str], str]:
         """content digest -> feature key (model × weights × preprocessing × decoding × content)."""
         return cache_key_for("image", "content", **self.image_key_parts())
 
-    def _min_side(self) -> int | None:
-        """The short side JPEGs are decoded to at least: REDUCED_DECODING_MARGIN × the model's input side."""
-        side = model_input_side(self.model)
-        return int(side * REDUCED_DECODING_MARGIN) if side else None
-
     def decode_min_side(self) -> int | None:
-        """``min_side`` for decoding (:func:`vlmcls.decoding.decode_image`): None when every pixel is decoded."""
-        return self._min_side() if self.reduced_decoding else None
+        """``min_side`` for decoding (:func:`vlmcls.decoding.decode_image`): the short side JPEGs are decoded to
+        at least, REDUCED_DECODING_MARGIN × the model's input side; None when every pixel is decoded."""
+        side = model_input_side(self.model) if self.reduced_decoding else None
+        return int(side * REDUCED_DECODING_MARGIN) if side else None
 
     def encode_images(
         self,

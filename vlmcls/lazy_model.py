@@ -146,11 +146,9 @@ class LazyModel(ModelBackend):
     # -- work: needs the model ----------------------------------------------------------------------
     @property
     def preprocess(self) -> Callable:
-        """The backend's preprocessing; before the model is built, a stand-in that builds it on its first call, so
-        a run whose only uncached images fail to decode (they are retried every run) still needs no model."""
-        if self._backend is not None:
-            return self._backend.preprocess
-        return _PreprocessOnFirstUse(self)
+        """The backend's preprocessing (built now if it was not yet; the encoder asks for it only when the first
+        image decodes, so a run whose only uncached images fail to decode still needs no model)."""
+        return self._load().preprocess
 
     @property
     def tokenizer(self):
@@ -171,12 +169,3 @@ class LazyModel(ModelBackend):
             raise AttributeError(name)
         return getattr(self._load(), name)
 
-
-class _PreprocessOnFirstUse:
-    """A LazyModel's preprocessing before the model is built: builds it on the first image that decodes."""
-
-    def __init__(self, lazy: LazyModel):
-        self.lazy = lazy
-
-    def __call__(self, image):
-        return self.lazy._load().preprocess(image)
