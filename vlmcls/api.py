@@ -126,8 +126,8 @@ class Classifier:
                 aggregation=aggregation,
                 sentences={k: list(v) for k, v in sentences.items()} if sentences is not None else None,
             )
-        numpy_run = self._numpy_spec(method, options)
-        feats = self.encode_images(images, progress=progress, as_numpy=numpy_run, **source_options)
+        # numpy from the store as it is; predict makes tensors of it only for stages that need them
+        feats = self.encode_images(images, progress=progress, as_numpy=True, **source_options)
         result = self.predict(feats, class_names, method, options, top_k, as_numpy=as_numpy)
         if feats.thumbnails:  # made while decoding (Encoder.thumbnail_size), for a report
             result.artifacts["thumbnails"] = feats.thumbnails
@@ -150,13 +150,6 @@ class Classifier:
     def run_context(self, class_names: list[str], options: MethodOptions, as_numpy: bool = False) -> RunContext:
         return RunContext(self.text_side(as_numpy), class_names, options, encode_images=self.encode_images)
 
-    @staticmethod
-    def _numpy_spec(method: str, options: MethodOptions | None) -> bool:
-        """Whether this spec (with the stages its options imply) scores in numpy: only stages that declare it."""
-        options = options or MethodOptions()
-        spec = parse_spec(method).with_implied(options).resolve(options)
-        return runs_on_numpy((spec.head, *spec.stages))
-
     def predict(
         self, feats: ImageFeatures, class_names: list[str], method: str = DEFAULT_METHOD,
         options: MethodOptions | None = None, k: int = 5, as_numpy: bool = False,
@@ -169,7 +162,8 @@ class Classifier:
         numbers; ``as_numpy`` says what the result holds."""
         options = options or MethodOptions()
         spec = parse_spec(method).with_implied(options)
-        numpy_run = self._numpy_spec(method, options)
+        resolved = spec.resolve(options)
+        numpy_run = runs_on_numpy((resolved.head, *resolved.stages))  # only stages that declare it
         feats = _finite_only(feats.as_numpy() if numpy_run else feats.as_torch())
         if feats.records:
             out = run_spec(spec, self.run_context(class_names, options, numpy_run), feats.feats)

@@ -336,15 +336,15 @@ class FuddRerank:
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores:
         """Numpy arrays or tensors alike (the head's kind); the re-rank itself runs in numpy."""
-        first = _np(upstream.logits)  # [B, C]
+        first, f, text_feats = _np(upstream.logits), _np(feats), _np(self.text_feats)  # [B, C], [B, D], [V, D]
         rank_logits = _np(self.ranking.apply(feats, None, False).logits) if self.ranking is not None else first
         sets = ambiguous_sets(rank_logits, self.fudd_k)  # [B, k]
-        result = rerank(_np(feats), sets, self.table, _np(self.text_feats), self.logit_scale)
+        result = rerank(f, sets, self.table, text_feats, self.logit_scale)
         logits = result.logits + self.logit_bias if self.logit_bias is not None else result.logits
         first_top, new_top = first.argmax(1), logits.argmax(1)
         notes = upstream.notes
         if explain:
-            moves = explain_moves(_np(feats), first_top, new_top, self.table, _np(self.text_feats), self.class_names)
+            moves = explain_moves(f, first_top, new_top, self.table, text_feats, self.class_names)
             notes = merge_notes(upstream.notes, "differential", moves)
         return BatchScores(_like(logits, feats), notes, counts={"images_moved": int((first_top != new_top).sum())})
 
