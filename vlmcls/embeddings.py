@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -91,6 +91,8 @@ class Encoder:
         self.uint8_transfer = uint8_transfer
         self.reduced_decoding = reduced_decoding
         self.thumbnail_size = thumbnail_size
+        # JPEGs decoded on the model's device (vlmcls.device_decode): None = when the model runs on CUDA
+        self.device_decoding: bool | None = None
         self._feature_shape: tuple[int] | None = None
 
     def feature_shape(self) -> tuple[int]:
@@ -128,8 +130,23 @@ class Encoder:
 
     # -- images -------------------------------------------------------------------------------------
     def _worker_preprocess(self):
-        wanted = self.uint8_transfer if self.uint8_transfer is not None else self.model.device.type != "cpu"
+        wanted = self.uint8_transfer if self.uint8_transfer is not None else (
+            self.model.device.type != "cpu" or bool(self.device_decoding))
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
+
+    def _device_decoder(self):
+        """The device JPEG decoder for this run, or None: asked for (``device_decoding``) or the model on CUDA, and
+        the workers handing over uint8 pixels from preprocessing with tensor twins."""
+        wanted = self.device_decoding if self.device_decoding is not None else self.model.device.type == "cuda"
+        if not wanted:
+            return None
+        uint8 = self.model.uint8_preprocess()
+        if uint8 is None or self._worker_preprocess() is not uint8:
+            log.info("device decoding off: the decode workers do not hand over uint8 pixels for this model")
+            return None
+        from .device_decode import DeviceJpegDecoder
+
+        return DeviceJpegDecoder.for_preprocess(uint8, self.model.device)
 
     def image_key_parts(self) -> dict:
         """What a feature key holds besides the content: model × weights × preprocessing × decoding (the Ray
@@ -186,13 +203,14 @@ class Encoder:
             num_workers = default_decode_workers(kind)
         if todo_records:
             log.info("decoding %d images on %d %s(s)", len(todo_records), num_workers, kind)
-        preprocess = None  # all cached: the model is not needed
+        preprocess = device_decoder = None  # all cached: the model is not needed
         if todo_records:  # threads choose on the first image that decodes: undecodable files alone need no model
             preprocess = self._worker_preprocess() if kind == "process" else _FirstCall(self._worker_preprocess)
+            device_decoder = None if kind == "process" or self.device_decoding is False else _Chosen(self._device_decoder)
         batches = () if not todo_records else iter_decoded_batches(  # all cached: nothing to decode, no torch
             todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
             min_side=self.decode_min_side(), thumbnail_size=self.thumbnail_size,
-            lookup=self._stored_features if self.store is not None else None,
+            lookup=self._stored_features if self.store is not None else None, device_decoder=device_decoder,
         )
         for batch in batches:
             for rec, reason in batch.errors:
@@ -273,6 +291,20 @@ class _FirstCall:
                 if self._chosen is None:
                     self._chosen = self._choose()
         return self._chosen(image)
+
+
+class _Chosen:
+    """A value worked out on first use, once (the device decoder: choosing it asks the model's device)."""
+
+    def __init__(self, choose: Callable[[], Any]):
+        self._choose, self._done, self._value, self._lock = choose, False, None, threading.Lock()
+
+    def chosen(self) -> Any:
+        if not self._done:
+            with self._lock:
+                if not self._done:
+                    self._value, self._done = self._choose(), True
+        return self._value
 
 
 def model_input_side(model: ModelBackend) -> int | None:

@@ -129,6 +129,7 @@ def iter_decoded_batches(
     min_side: int | None = None,
     thumbnail_size: int | None = None,
     lookup: LookupFn | None = None,
+    device_decoder: Any = None,
 ) -> Iterator[DecodedBatch]:
     """Read, hash, decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
 
@@ -142,7 +143,9 @@ def iter_decoded_batches(
     ``lookup`` (threads only) is called once per chunk with the chunk's digests; a record whose digest it returns
     a value for is not decoded and comes back in ``DecodedBatch.known``. ``thumbnail_size`` keeps a small JPEG
     of each decoded image (``DecodedBatch.thumbnails``), so a report need not read the file again.
-    ``min_side``: see :func:`decode_image`.
+    ``min_side``: see :func:`decode_image`. ``device_decoder`` (threads only; see :mod:`vlmcls.device_decode`):
+    workers read, hash and check the header of each JPEG it accepts, and the batch decodes them on the device;
+    ``preprocess`` must then give uint8 pixels (the model's ``uint8_preprocess``).
     """
     if num_workers is None:
         num_workers = default_decode_workers(worker_type)
@@ -158,7 +161,7 @@ def iter_decoded_batches(
         raise ConfigError(f"worker_type must be 'thread' or 'process' here, got '{worker_type}'.")
     in_processes = worker_type == "process" and num_workers > 0
     settings = _DecodeSettings(preprocess, max_pixels, max_bytes, min_side, thumbnail_size,
-                               None if in_processes else lookup)
+                               None if in_processes else lookup, None if in_processes else device_decoder)
     # Chunks, not single records, are the unit of work: one future (or one hand-over between processes) and one
     # store look-up per chunk. Small enough that every worker gets several chunks of each batch.
     chunk = max(1, min(16, batch_size // max(1, num_workers)))
@@ -167,7 +170,7 @@ def iter_decoded_batches(
         outcomes = _in_order_processes(list(records), settings, num_workers, chunk, window)
     else:
         outcomes = _in_order(records, settings, num_workers, chunk, window)
-    batch = _BatchBuilder()
+    batch = _BatchBuilder(settings)
     for record, outcome in outcomes:
         if batch.add(record, outcome) == batch_size:
             yield batch.take()
@@ -183,6 +186,8 @@ class _DecodeSettings:
     min_side: int | None
     thumbnail_size: int | None
     lookup: LookupFn | None
+    device_decoder: Any = None  # a vlmcls.device_decode.DeviceJpegDecoder (or a lazy chooser of one): JPEGs it
+    # accepts are decoded in batches on the model's device when the batch is taken
 
 
 @dataclass
@@ -197,9 +202,18 @@ class _Outcome:
     thumbnail: bytes | None = None
 
 
+@dataclass(frozen=True)
+class _OnDevice:
+    """A JPEG the device decoder accepted: its bytes and EXIF orientation, decoded when the batch is taken."""
+
+    data: bytes
+    orientation: int
+
+
 class _BatchBuilder:
-    def __init__(self):
+    def __init__(self, settings: _DecodeSettings | None = None):
         self._item_shape: tuple[int, ...] = (3, 0, 0)
+        self._settings = settings
         self._reset()
 
     def _reset(self) -> None:
@@ -223,10 +237,13 @@ class _BatchBuilder:
             self.digests.append(outcome.digest)
             self.file_stats.append(outcome.file_stat)
             self.thumbnails.append(outcome.thumbnail)
-            self._item_shape = tuple(outcome.pixels.shape)
+            if not isinstance(outcome.pixels, _OnDevice):
+                self._item_shape = tuple(outcome.pixels.shape)
         return len(self.records_ok)
 
     def take(self) -> DecodedBatch:
+        if any(isinstance(t, _OnDevice) for t in self.tensors):
+            self._decode_on_device()
         if self.tensors:  # pixels come from the model's preprocessing: torch is already imported
             import torch
 
@@ -237,6 +254,36 @@ class _BatchBuilder:
                              self.thumbnails)  # pixels: [B, 3, H, W]
         self._reset()
         return batch
+
+    def _decode_on_device(self) -> None:
+        """Decode the batch's accepted JPEGs on the device in one call; a file the device decoder fails on takes the
+        PIL path here, and one that fails there too becomes an error row."""
+        settings = self._settings
+        decoder = _resolved(settings.device_decoder)
+        wanted = [j for j, t in enumerate(self.tensors) if isinstance(t, _OnDevice)]
+        decoded = decoder.decode([(self.tensors[j].data, self.tensors[j].orientation) for j in wanted])
+        failed: set[int] = set()
+        for j, pixels in zip(wanted, decoded):
+            if pixels is None:
+                outcome = _Outcome()
+                _decode_into(outcome, self.records_ok[j], self.tensors[j].data, settings, on_device=False)
+                if outcome.error is not None:
+                    self.errors.append((self.records_ok[j], outcome.error))
+                    failed.add(j)
+                    continue
+                pixels = outcome.pixels
+            self.tensors[j] = pixels
+        device = decoder.device
+        keep = [j for j in range(len(self.tensors)) if j not in failed]
+        self.tensors = [self.tensors[j].to(device, non_blocking=True) for j in keep]
+        for name in ("records_ok", "digests", "file_stats", "thumbnails"):
+            values = getattr(self, name)
+            setattr(self, name, [values[j] for j in keep])
+
+
+def _resolved(decoder: Any) -> Any:
+    """The device decoder itself, whether given outright or as a lazy chooser (``.chosen()``)."""
+    return decoder.chosen() if hasattr(decoder, "chosen") else decoder
 
 
 def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) -> list[_Outcome]:
@@ -274,7 +321,15 @@ def _work_on_chunk(records: Sequence[ImageRecord], settings: _DecodeSettings) ->
 
 
 def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Image, settings: _DecodeSettings,
-                 preprocess: bool = True) -> None:
+                 preprocess: bool = True, on_device: bool = True) -> None:
+    if (on_device and preprocess and settings.device_decoder is not None and not settings.thumbnail_size
+            and isinstance(data, bytes) and data[:3] == b"\xff\xd8\xff"):  # only a JPEG makes the choice (it may
+        # build the model), so a folder whose uncached files are all broken PNGs still needs none
+        decoder = _resolved(settings.device_decoder)
+        orientation = decoder.accepts(data) if decoder is not None else None
+        if orientation is not None:
+            outcome.pixels = _OnDevice(data, orientation)
+            return
     try:
         image = decode_image(data, max_pixels=settings.max_pixels,
                              min_side=settings.min_side if preprocess else settings.thumbnail_size)
