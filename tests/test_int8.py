@@ -74,3 +74,39 @@ def test_int8_without_onnxruntime_names_the_extra(tiny_open_clip, tmp_path, monk
     clf = Classifier(f"local-dir:{tiny_open_clip}", device="cpu", precision="int8", cache_dir=tmp_path / "cache")
     with pytest.raises(MissingExtraError, match=r"pip install 'vlmcls\[int8\]'"):
         clf.encode_images(_colour_folder(tmp_path / "imgs", 2))
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf"])
+def test_export_stand_ins_compute_what_the_tower_computes_and_are_put_back(kind, tiny_open_clip, tiny_hf_clip):
+    """Attention and patch embedding are exported as plain matmuls (so ONNX Runtime fuses and quantises them):
+    the same outputs as the model's own modules, and the model is left as it was."""
+    from vlmcls.models import load_model
+    from vlmcls.quantize import _plain_attention
+
+    model_id = f"local-dir:{tiny_open_clip}" if kind == "open_clip" else f"hf:{tiny_hf_clip}"
+    backend = load_model(model_id, device="cpu")
+    tower = backend._image_tower().eval()
+    from PIL import Image
+
+    shape = tuple(backend.preprocess(Image.new("RGB", (40, 30))).shape)  # [3, H, W]
+    pixels = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    before = [type(m) for m in tower.modules()]
+    with torch.no_grad():
+        expected = tower(pixels)
+        with _plain_attention(tower, shape):
+            swapped = [type(m).__name__ for m in tower.modules()]
+            got = tower(pixels)
+    assert "_PatchMatMul" in swapped and ("_PlainAttention" in swapped or kind == "hf")  # HF has no nn.MHA
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    assert [type(m) for m in tower.modules()] == before
+
+
+def test_the_int8_graph_fuses_attention_and_quantises_every_matmul(tiny_open_clip, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    clf = Classifier(f"local-dir:{tiny_open_clip}", device="cpu", precision="int8", cache_dir=tmp_path / "cache")
+    clf.encode_images(_colour_folder(tmp_path / "imgs", 2))
+    [artefact] = list((tmp_path / "cache" / "int8").glob("*.onnx"))
+    ops = [node.op_type for node in onnx.load(str(artefact)).graph.node]
+    blocks = len(clf.model._load().model.visual.transformer.resblocks)
+    assert ops.count("QAttention") == blocks  # one fused int8 attention per block
+    assert "Conv" not in ops and "MatMul" not in ops  # no fp32 matmul or convolution left

@@ -129,7 +129,7 @@ def _build(tower: torch.nn.Module, pixel_shape: tuple[int, ...], target: Path) -
             # With autograd on, nn.MultiheadAttention takes its plain path; its no-grad fast path is one fused
             # op (aten::_native_multi_head_attention) the exporter cannot write as ONNX.
             with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings(), \
-                    _plain_attention(tower) as shape:
+                    _plain_attention(tower, pixel_shape) as shape:
                 warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
                 example = torch.zeros(1, *pixel_shape)  # [1, 3, H, W], made outside inference mode
                 torch.onnx.export(
@@ -185,19 +185,60 @@ class _PlainAttention(torch.nn.Module):
         return self.mha.out_proj(out), (weights.mean(1) if average_attn_weights else weights)
 
 
+class _PatchMatMul(torch.nn.Module):
+    """Export-only stand-in for a patch embedding (a ``Conv2d`` whose stride is its kernel, no padding): the same
+    sums as one matmul over flattened patches, which quantises like the other matmuls (ORT's integer convolution
+    is slow)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        self.patch = conv.kernel_size[0]
+
+    @property
+    def weight(self) -> torch.Tensor:  # what callers read off the conv (transformers reads its dtype)
+        return self.conv.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        p, rows, cols = self.patch, x.shape[2] // self.patch, x.shape[3] // self.patch
+        patches = x.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(batch, rows * cols, channels * p * p)  # [B, L, C·p·p], the conv's weight order
+        out = torch.matmul(patches, self.conv.weight.reshape(self.conv.out_channels, -1).t())
+        if self.conv.bias is not None:
+            out = out + self.conv.bias
+        return out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # [B, D, rows, cols], as the conv gives
+
+
+def _is_patch_conv(module: torch.nn.Module) -> bool:
+    return (type(module) is torch.nn.Conv2d and module.kernel_size == module.stride and module.kernel_size[0] ==
+            module.kernel_size[1] and module.padding in ((0, 0), 0, "valid") and module.groups == 1
+            and module.dilation == (1, 1) and module.padding_mode == "zeros")
+
+
+def _is_plain_mha(module: torch.nn.Module) -> bool:
+    return (isinstance(module, torch.nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
+            and module.in_proj_bias is not None and module.bias_k is None)
+
+
 @contextmanager
-def _plain_attention(tower: torch.nn.Module):
-    """Swap ``tower``'s batch-first ``nn.MultiheadAttention`` modules for :class:`_PlainAttention` for the export,
-    and put them back after. Yields (heads, width) of the first one swapped, or None."""
-    swapped = []
+def _plain_attention(tower: torch.nn.Module, pixel_shape: tuple[int, ...]):
+    """Swap ``tower``'s batch-first ``nn.MultiheadAttention`` modules for :class:`_PlainAttention` and its patch
+    embeddings for :class:`_PatchMatMul` for the export, and put them back after. Yields (heads, width) of the
+    first attention swapped, or None."""
+    swapped, heads = [], None
     for parent in list(tower.modules()):
         for name, child in list(parent.named_children()):
-            if (isinstance(child, torch.nn.MultiheadAttention) and child.batch_first and child._qkv_same_embed_dim
-                    and child.in_proj_bias is not None and child.bias_k is None):
+            if _is_plain_mha(child):
+                heads = heads or (child.num_heads, child.embed_dim)
                 setattr(parent, name, _PlainAttention(child))
-                swapped.append((parent, name, child))
+            elif _is_patch_conv(child) and all(side % child.kernel_size[0] == 0 for side in pixel_shape[1:]):
+                setattr(parent, name, _PatchMatMul(child))
+            else:
+                continue
+            swapped.append((parent, name, child))
     try:
-        yield (swapped[0][2].num_heads, swapped[0][2].embed_dim) if swapped else None
+        yield heads
     finally:
         for parent, name, child in swapped:
             setattr(parent, name, child)
