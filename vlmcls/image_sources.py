@@ -50,6 +50,10 @@ class ImageRecord:
     source_index: int  # position in the source listing (the row index for datasets)
     fetch: Callable[[], ImageData] | None = field(default=None, repr=False, compare=False)  # dataset rows
 
+    @property
+    def path_text(self) -> str | None:
+        """``path`` as a string (None without a path)."""
+        return os.fspath(self.path) if self.path is not None else None
 
 
 @dataclass(frozen=True)
