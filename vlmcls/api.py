@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -179,20 +181,26 @@ class Classifier:
 def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
                        k: int) -> ClassificationResult:
     """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""
-    values, indices = top_k(out.probs, k) if len(feats.records) else (np.zeros((0, 0)), np.zeros((0, 0)))
-    rows: list[tuple[int, Prediction]] = []
-    top_values, top_indices = values.tolist(), indices.tolist()  # one conversion, not two tensor ops per cell
-    for n, rec in enumerate(feats.records):
-        ranked = [(class_names[int(j)], float(v)) for v, j in zip(top_values[n], top_indices[n])]
-        explanation = out.explanations[n] if out.explanations else None
-        label = out.labels[n] if out.labels is not None else ranked[0][0]
-        rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
-    for rec, reason in feats.errors:
-        rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
-    rows.sort(key=lambda r: r[0])
+    records = feats.records
+    values, indices = top_k(out.probs, k) if len(records) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+    names = np.empty(len(class_names), dtype=object)
+    names[:] = class_names
+    # whole matrices at once, then one zip per row: (class, probability) pairs, best first
+    top_names = names[to_numpy(indices).astype(np.intp, copy=False)].tolist()  # [N][k] the names themselves
+    ranked = list(map(list, map(zip, top_names, values.tolist())))
+    labels = out.labels if out.labels is not None else [row[0] for row in top_names]
+    explanations = out.explanations if out.explanations else itertools.repeat(None)
+    predictions = list(map(Prediction, [rec.id for rec in records], [_path(rec) for rec in records], labels,
+                           ranked, itertools.repeat(None), [rec.label for rec in records], explanations))
+    order = [rec.source_index for rec in records]
+    if feats.errors:
+        predictions += [Prediction(rec.id, _path(rec), None, [], reason, rec.label) for rec, reason in feats.errors]
+        order += [rec.source_index for rec, _ in feats.errors]
+    if not all(map(operator.le, order, itertools.islice(order, 1, None))):  # input order, as the sources number it
+        predictions = [predictions[i] for i in sorted(range(len(order)), key=order.__getitem__)]
     stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
              "method_seconds": round(out.seconds, 4), **out.info}
-    return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
+    return ClassificationResult(predictions, class_names, out.logits, out.probs, stats, out.warnings,
                                 out.artifacts, out.label_metric)
 
 
@@ -216,4 +224,4 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
 
 
 def _path(rec: ImageRecord) -> str | None:
-    return str(rec.path) if rec.path is not None else None
+    return rec.path_text  # (a listed file's Path is not built for it)

@@ -182,8 +182,10 @@ class Encoder:
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
         # what the next snapshot needs of each file it lacks: (digest, stat when the digest was taken)
         learnt: dict[int, tuple[str, tuple[int, int, int, int]]] = {i: known[i] for i in feats}
-        skip = set(snap.positions.tolist()) | feats.keys()
-        todo = [i for i in range(total) if i not in skip]
+        have = np.zeros(total, bool)
+        have[snap.positions] = True
+        have[list(feats)] = True
+        todo = np.flatnonzero(~have).tolist()
         done = total - len(todo)
         if progress:
             progress(done, total)

@@ -56,6 +56,72 @@ class ImageRecord:
         return os.fspath(self.path) if self.path is not None else None
 
 
+class _ListedFile(ImageRecord):
+    """An :class:`ImageRecord` of a file found by listing a folder, equal to the one built with its Path; the
+    Path is built when first asked for (a cached re-run of 48,000 files needs only the text: building the Paths
+    was a third of its listing)."""
+
+    __slots__ = ("_text", "_built")
+
+    def __init__(self, id: str, path: str | os.PathLike, label: str | None, source_index: int,
+                 fetch: Callable[[], ImageData] | None = None):
+        init = object.__setattr__  # frozen, as ImageRecord
+        init(self, "id", id)
+        init(self, "label", label)
+        init(self, "source_index", source_index)
+        init(self, "fetch", fetch)
+        init(self, "_text", os.fspath(path))
+        init(self, "_built", path if isinstance(path, Path) else None)
+
+    @property
+    def path(self) -> Path:  # type: ignore[override]
+        built = self._built
+        if built is None:
+            built = Path(self._text)
+            object.__setattr__(self, "_built", built)
+        return built
+
+    @property
+    def path_text(self) -> str:
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageRecord):
+            return NotImplemented
+        return ((self.id, self.path, self.label, self.source_index)
+                == (other.id, other.path, other.label, other.source_index))
+
+    __hash__ = ImageRecord.__hash__
+
+    def __repr__(self) -> str:
+        return (f"ImageRecord(id={self.id!r}, path={self.path!r}, label={self.label!r}, "
+                f"source_index={self.source_index!r})")
+
+    def __reduce__(self):  # pickles and copies as the plain record
+        return ImageRecord, (self.id, self.path, self.label, self.source_index, self.fetch)
+
+
+def _listed_files(found: list[tuple[tuple[str, ...], str]]) -> list[ImageRecord]:
+    """``_ListedFile(text, text, label, index)`` for each (parts, text) of a listing, with the slots set straight
+    (half the cost of calling ``__init__`` per file): an image directly in the root has no class, deeper ones
+    take their first-level folder's name."""
+    new, slots = object.__new__, (ImageRecord.id, ImageRecord.label, ImageRecord.source_index, ImageRecord.fetch,
+                                  _ListedFile._text, _ListedFile._built)
+    set_id, set_label, set_index, set_fetch, set_text, set_built = (slot.__set__ for slot in slots)
+    records = []
+    append = records.append
+    for index, (parts, text) in enumerate(found):
+        record = new(_ListedFile)
+        set_id(record, text)
+        set_label(record, parts[0] if len(parts) > 1 else None)
+        set_index(record, index)
+        set_fetch(record, None)
+        set_text(record, text)
+        set_built(record, None)
+        append(record)
+    return records
+
+
 @dataclass(frozen=True)
 class DatasetLocation:
     """An HF dataset on disk as a reader in another process sees it (the Ray engine): its rows as records (ids and
@@ -300,8 +366,8 @@ def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[
 
 @paused_gc()
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing;
-    # each file's Path is then its folder's Path with the file's name (with_name parses the name alone).
+    # Strings, not Path objects: at 48,000 images pathlib's parsing was most of a re-run's listing; each record
+    # builds its Path when asked for it (_ListedFile).
     base = str(root)
     found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
@@ -316,25 +382,15 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
         folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         folder = os.path.join(base, *folder_parts) if base != os.curdir else os.path.join(*folder_parts, "")
         prefix = os.path.join(folder, "") if folder else ""
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(_IMAGE_SUFFIXES):
-                found.append(((*folder_parts, name), prefix + name))
+        found += [((*folder_parts, name), prefix + name) for name in filenames
+                  if name[:1] != "." and name.lower().endswith(_IMAGE_SUFFIXES)]
     if not found:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
-    in_folder: dict[tuple[str, ...], Path] = {}  # folder parts -> a Path in that folder
-    records = []
-    for index, (parts, listed) in enumerate(found):
-        sibling = in_folder.get(parts[:-1])
-        if sibling is None:
-            sibling = in_folder[parts[:-1]] = Path(listed)
-        # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        records.append(ImageRecord(id=listed, path=sibling.with_name(parts[-1]),
-                                   label=parts[0] if len(parts) > 1 else None, source_index=index))
-    return records
+    return _listed_files(found)
 
 
 _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)  # str.endswith takes a tuple: one call per file name
