@@ -38,6 +38,8 @@ def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source
     """Image records from a source (folder, list file, image file, dataset) or an iterable of paths/records."""
     if isinstance(images, (str, Path)) or _is_dataset(images):
         return list_images(images, **source_options)
+    if isinstance(images, list) and all(map(isinstance, images, itertools.repeat(ImageRecord))):
+        return list(images)  # records already (the CLI lists the source itself)
     records = []
     for i, item in enumerate(images):
         if isinstance(item, ImageRecord):
@@ -185,14 +187,16 @@ def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: lis
     values, indices = top_k(out.probs, k) if len(records) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
     names = np.empty(len(class_names), dtype=object)
     names[:] = class_names
-    # whole matrices at once, then one zip per row: (class, probability) pairs, best first
-    top_names = names[to_numpy(indices).astype(np.intp, copy=False)].tolist()  # [N][k] the names themselves
-    ranked = list(map(list, map(zip, top_names, values.tolist())))
-    labels = out.labels if out.labels is not None else [row[0] for row in top_names]
+    # whole matrices at once: (class, probability) pairs, best first, then each row's slice of them
+    top_names = names[to_numpy(indices).astype(np.intp, copy=False)]  # [N, k] the names themselves
+    width = top_names.shape[1] if top_names.ndim == 2 else 0
+    pairs = list(zip(top_names.ravel().tolist(), to_numpy(values).ravel().tolist()))
+    ranked = [pairs[at:at + width] for at in range(0, len(pairs), width)] if width else [[] for _ in records]
+    labels = out.labels if out.labels is not None else top_names[:, 0].tolist() if width else []
     explanations = out.explanations if out.explanations else itertools.repeat(None)
-    predictions = list(map(Prediction, [rec.id for rec in records], [_path(rec) for rec in records], labels,
-                           ranked, itertools.repeat(None), [rec.label for rec in records], explanations))
-    order = [rec.source_index for rec in records]
+    predictions = list(map(Prediction, list(map(_ID, records)), list(map(_PATH, records)), labels, ranked,
+                           itertools.repeat(None), list(map(_LABEL, records)), explanations))
+    order = list(map(_SOURCE_INDEX, records))
     if feats.errors:
         predictions += [Prediction(rec.id, _path(rec), None, [], reason, rec.label) for rec, reason in feats.errors]
         order += [rec.source_index for rec, _ in feats.errors]
@@ -221,6 +225,9 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
     log.warning("%d images got NaN or infinite features; they are error rows", len(bad))
     return replace(feats, records=[feats.records[i] for i in keep], feats=feats.feats[keep],
                    errors=feats.errors + bad)
+
+
+_ID, _PATH, _LABEL, _SOURCE_INDEX = map(operator.attrgetter, ("id", "path_text", "label", "source_index"))
 
 
 def _path(rec: ImageRecord) -> str | None:

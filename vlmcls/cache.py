@@ -526,6 +526,10 @@ class Store:
         self._drop(key, reason)
         return None
 
+    def drop(self, key: str, reason: str) -> None:
+        """Delete a corrupted entry that a reader found (the first one per store is logged as a warning)."""
+        self._drop(key, reason)
+
     def _drop(self, key: str, reason: str) -> None:
         self.dropped += 1
         if self.dropped == 1:

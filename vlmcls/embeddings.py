@@ -20,7 +20,7 @@ from .cache import Store, cache_key, cache_key_for, stat_key, stat_key_of
 from .errors import CacheError
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
-from .snapshot import FileStats, Snapshot, load_snapshot, save_snapshot, snapshot_key, stat_rows, stat_tuple
+from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_rows, stat_tuple
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
     import torch
@@ -258,9 +258,14 @@ class Encoder:
         none = _SnapshotHits(None, np.zeros(0, np.int64), None, np.zeros(count, bool), np.full(count, -1))
         if files is None or files.folder is None:
             return none
-        raw = self.store.get_bytes(self._snapshot_key(files))
-        snapshot = load_snapshot(raw, self.feature_shape()[0], self.store.directory) if raw is not None else None
-        if snapshot is None:
+        key = self._snapshot_key(files)
+        raw = self.store.get_bytes(key)
+        if raw is None:
+            return none
+        try:
+            snapshot = Snapshot.from_bytes(raw, self.feature_shape()[0])
+        except (ValueError, UnicodeDecodeError) as exc:  # damaged: its files are looked up one by one
+            self.store.drop(key, f"its folder snapshot does not parse ({exc})")
             return none
         same, rows = snapshot.match(files)
         taken = rows[same]

@@ -10,9 +10,9 @@ read and hashed again). It duplicates the features it holds (the per-content ent
 renamed files); a snapshot above :data:`MAX_SNAPSHOT_BYTES` is not written, and the store's size limit culls
 snapshots like any other entry.
 
-Nothing read is trusted: the bytes are parsed with exact length checks and a checksum (a damaged or truncated
-snapshot is ignored, with a warning, and the run takes the per-file way), features must have the model's size and
-be finite, and nothing is unpickled.
+Nothing read is trusted: the bytes are parsed with exact length checks and a checksum, features must have the
+model's size and be finite, and nothing is unpickled. A snapshot that fails any check is a corrupted store entry:
+dropped (the first one with a warning), and the run takes the per-file way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from .cache import Store, cache_key
 
-__all__ = ["Snapshot", "FileStats", "snapshot_key", "load_snapshot", "save_snapshot", "MAX_SNAPSHOT_BYTES"]
+__all__ = ["Snapshot", "FileStats", "snapshot_key", "save_snapshot", "MAX_SNAPSHOT_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,6 @@ class Snapshot:
         if found.any():
             same[found] = (self.stats[rows[found]] == files.stats[found]).all(axis=1)
         return same, rows
-
-
-def load_snapshot(raw: bytes, dim: int, where: object = "the store") -> Snapshot | None:
-    """The snapshot in ``raw``, or None when it does not parse (then the run takes the per-file way, and a
-    damaged snapshot is replaced after it)."""
-    try:
-        return Snapshot.from_bytes(raw, dim)
-    except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("cache: ignoring a damaged folder snapshot in '%s' (%s); its files are looked up one by one",
-                    where, exc)
-        return None
 
 
 def save_snapshot(store: Store, key: str, snapshot: Snapshot) -> bool:
