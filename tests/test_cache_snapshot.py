@@ -251,3 +251,31 @@ def test_jsonl_text_of_many_rows_is_their_lines():
     from vlmcls.errors import VlmclsError
     with pytest.raises(VlmclsError, match="NaN"):
         prediction_text(plain + [Prediction("n.jpg", "n.jpg", "cat", [("cat", float("nan"))])])
+
+
+@pytest.mark.parametrize("kind", ["image", "digest"])
+def test_clearing_image_features_or_digests_clears_the_snapshots_holding_them(tiny_open_clip, tmp_path, kind):
+    folder, cache = tmp_path / "photos", tmp_path / "cache"
+    _tree(folder)
+    model = f"local-dir:{tiny_open_clip}"
+    Classifier(model, cache_dir=cache).classify(folder, ["cat", "dog"])
+    cleared = CliRunner().invoke(app, ["cache", "clear", "--kind", kind, "--cache-dir", str(cache), "--yes"])
+    assert cleared.exit_code == 0 and "and 1 folder snapshot holding them" in cleared.output
+    clear_digest_memo()
+    again = Classifier(model, cache_dir=cache).classify(folder, ["cat", "dog"])
+    assert again.stats["encoded"] == (7 if kind == "image" else 0)  # digests alone: files read, features found
+    assert len(_snapshot_rows(cache)) == 1
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_folder_lists_in_the_order_of_its_relative_parts(tmp_path, mixed):
+    """Sorted by the parts of each path below the root ('a' < 'a-b' as parts, though 'a-b/' < 'a/' as text),
+    whether or not a folder holds both images and sub-folders (then those interleave by name)."""
+    names = ["a/1.png", "a/Z.png", "a/_.png", "a-b/2.png", "b/c/3.png", "b/c-d/5.png", "b/d/4.png", "B/x.png"]
+    if mixed:
+        names += ["a/b/6.png", "a/c.png", "a.png", "root.PNG"]
+    for name in names:
+        imagegen.write_solid(tmp_path / "p" / name)
+    listed = [os.path.relpath(r.path_text, tmp_path / "p") for r in list_images(tmp_path / "p")]
+    assert listed == sorted(names, key=lambda n: tuple(n.split("/")))
+    assert [r.label for r in list_images(tmp_path / "p")] == [n.split("/")[0] if "/" in n else None for n in listed]

@@ -101,19 +101,18 @@ class _ListedFile(ImageRecord):
         return ImageRecord, (self.id, self.path, self.label, self.source_index, self.fetch)
 
 
-def _listed_files(found: list[tuple[tuple[str, ...], str]]) -> list[ImageRecord]:
-    """``_ListedFile(text, text, label, index)`` for each (parts, text) of a listing, with the slots set straight
-    (half the cost of calling ``__init__`` per file): an image directly in the root has no class, deeper ones
-    take their first-level folder's name."""
+def _listed_files(found: list[tuple[str | None, str]]) -> list[ImageRecord]:
+    """``_ListedFile(text, text, label, index)`` for each (label, text) of a listing, with the slots set straight
+    (half the cost of calling ``__init__`` per file)."""
     new, slots = object.__new__, (ImageRecord.id, ImageRecord.label, ImageRecord.source_index, ImageRecord.fetch,
                                   _ListedFile._text, _ListedFile._built)
     set_id, set_label, set_index, set_fetch, set_text, set_built = (slot.__set__ for slot in slots)
     records = []
     append = records.append
-    for index, (parts, text) in enumerate(found):
+    for index, (label, text) in enumerate(found):
         record = new(_ListedFile)
         set_id(record, text)
-        set_label(record, parts[0] if len(parts) > 1 else None)
+        set_label(record, label)
         set_index(record, index)
         set_fetch(record, None)
         set_text(record, text)
@@ -369,7 +368,8 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
     # Strings, not Path objects: at 48,000 images pathlib's parsing was most of a re-run's listing; each record
     # builds its Path when asked for it (_ListedFile).
     base = str(root)
-    found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
+    folders: list[tuple[tuple[str, ...], str, list[str]]] = []  # (parts relative to root, prefix, image names)
+    mixed = False  # a folder holds images and sub-folders: those interleave by name
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -382,15 +382,28 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
         folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         folder = os.path.join(base, *folder_parts) if base != os.curdir else os.path.join(*folder_parts, "")
         prefix = os.path.join(folder, "") if folder else ""
-        found += [((*folder_parts, name), prefix + name) for name in filenames
-                  if name[:1] != "." and name.lower().endswith(_IMAGE_SUFFIXES)]
-    if not found:
+        names = [name for name in filenames if name[:1] != "." and name.lower().endswith(_IMAGE_SUFFIXES)]
+        if names:
+            folders.append((folder_parts, prefix, names))
+            mixed = mixed or bool(dirnames)
+    if not folders:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
-    found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
-    return _listed_files(found)
+    # Sorted by the parts relative to the root (not strings: independent of the OS separator). An image directly
+    # in the root has no class; deeper ones take their first-level folder's name.
+    if mixed:
+        found = [((*parts, name), prefix + name) for parts, prefix, names in folders for name in names]
+        found.sort(key=lambda entry: entry[0])
+        return _listed_files([(parts[0] if len(parts) > 1 else None, text) for parts, text in found])
+    folders.sort(key=lambda folder: folder[0])  # no folder is inside another that has images: the same order
+    listed: list[tuple[str | None, str]] = []
+    for parts, prefix, names in folders:
+        names.sort()
+        label = parts[0] if parts else None
+        listed += [(label, prefix + name) for name in names]
+    return _listed_files(listed)
 
 
 _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)  # str.endswith takes a tuple: one call per file name
