@@ -8,6 +8,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -173,7 +174,7 @@ class Encoder:
         errors: dict[int, str] = {}
         thumbnails: dict[str, bytes] = {}
         image_key = self._image_key_function()  # once per run: a re-run of 48,000 images is all look-ups
-        files = FileStats.of([_file_text(r) for r in records]) if self.store is not None else None
+        files = FileStats.of(_file_texts(records)) if self.store is not None else None
         snap = self._snapshot_hits(files)  # an unchanged file's feature straight from the folder's snapshot
         # the other files: digests kept under their unchanged stat, then features kept by digest
         known = self._digests_by_stat(files, np.flatnonzero(~snap.same).tolist()) if files is not None else {}
@@ -355,9 +356,16 @@ def _stat_digest(record: ImageRecord, file_stat: os.stat_result | None, digest: 
     return {key: digest} if key is not None else {}
 
 
-def _file_text(record: ImageRecord) -> str | None:
-    """A record's file as a string (no Path built), or None when it is no file on disk (a dataset row)."""
-    return record.path_text if record.fetch is None else None
+def _file_texts(records: Sequence[ImageRecord]) -> list[str | None]:
+    """Each record's file as a string (no Path built), or None when it is no file on disk (a dataset row)."""
+    texts = list(map(_PATH_TEXT, records))
+    fetches = list(map(_FETCH, records))
+    if fetches.count(None) == len(fetches):  # files only (C loops)
+        return texts
+    return [text if fetch is None else None for text, fetch in zip(texts, fetches)]
+
+
+_PATH_TEXT, _FETCH = operator.attrgetter("path_text"), operator.attrgetter("fetch")
 
 
 @dataclass

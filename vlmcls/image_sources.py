@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -61,7 +61,7 @@ class _ListedFile(ImageRecord):
     Path is built when first asked for (a cached re-run of 48,000 files needs only the text: building the Paths
     was a third of its listing)."""
 
-    __slots__ = ("_text", "_built")
+    __slots__ = ("path_text", "_built")  # path_text: a plain slot here (read once per file on a re-run)
 
     def __init__(self, id: str, path: str | os.PathLike, label: str | None, source_index: int,
                  fetch: Callable[[], ImageData] | None = None):
@@ -70,20 +70,22 @@ class _ListedFile(ImageRecord):
         init(self, "label", label)
         init(self, "source_index", source_index)
         init(self, "fetch", fetch)
-        init(self, "_text", os.fspath(path))
+        init(self, "path_text", os.fspath(path))
         init(self, "_built", path if isinstance(path, Path) else None)
 
     @property
     def path(self) -> Path:  # type: ignore[override]
         built = self._built
         if built is None:
-            built = Path(self._text)
+            built = Path(self.path_text)
             object.__setattr__(self, "_built", built)
         return built
 
-    @property
-    def path_text(self) -> str:
-        return self._text
+    def __setattr__(self, name: str, value: object) -> None:  # frozen like ImageRecord, its own slots too
+        raise FrozenInstanceError(f"cannot assign to field '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field '{name}'")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ImageRecord):
@@ -105,7 +107,7 @@ def _listed_files(found: list[tuple[str | None, str]]) -> list[ImageRecord]:
     """``_ListedFile(text, text, label, index)`` for each (label, text) of a listing, with the slots set straight
     (half the cost of calling ``__init__`` per file)."""
     new, slots = object.__new__, (ImageRecord.id, ImageRecord.label, ImageRecord.source_index, ImageRecord.fetch,
-                                  _ListedFile._text, _ListedFile._built)
+                                  _ListedFile.path_text, _ListedFile._built)
     set_id, set_label, set_index, set_fetch, set_text, set_built = (slot.__set__ for slot in slots)
     records = []
     append = records.append
