@@ -241,8 +241,8 @@ _ROWS_PER_WRITE = 8192  # rows formatted and written together: bounds the text h
 @paused_gc()  # 48,000 rows of small dicts and lists: no cycles among them
 def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json.
-    ``rows`` (dicts, or predictions written as their ``to_dict()``) may be a generator: JSONL is written as the
-    rows come, without holding them all."""
+    ``rows`` (dicts, or predictions written as their ``to_dict()``) may be a generator: JSONL is written
+    8,192 rows at a time, without holding them all."""
     path = check_output_path(path)
     suffix = path.suffix.lower()
     if suffix != ".jsonl":
@@ -252,7 +252,7 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
         if suffix == ".jsonl":
             rows = iter(rows)
             while part := list(itertools.islice(rows, _ROWS_PER_WRITE)):  # predictions written straight from
-                if all(hasattr(row, "to_dict") for row in part):            # their fields, many at once
+                if all(map(hasattr, part, itertools.repeat("to_dict"))):    # their fields, many at once
                     fh.write(prediction_text(part))
                 else:
                     fh.write("".join(prediction_line(row) if hasattr(row, "to_dict") else json_text(row) + "\n"
