@@ -405,14 +405,18 @@ def _merge_features(positions: np.ndarray, block: np.ndarray | None, feats: dict
 def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feats: dict[int, np.ndarray],
                    learnt: dict[int, tuple[str, tuple[int, int, int, int]]]) -> Snapshot | None:
     """The folder's snapshot after this run: the files the old one gave unchanged, and those ``fresh`` (indices
-    into ``files``) whose digest and finite float32 feature this run has, in the records' order."""
-    fresh = [f for f in fresh if feats[files.positions[f]].dtype == np.float32
-             and np.isfinite(feats[files.positions[f]]).all()]
+    into ``files``, ascending) whose digest and finite float32 feature this run has, in the records' order."""
+    fresh = [f for f in fresh if feats[files.positions[f]].dtype == np.float32  # (a digest read back from the
+             and len(learnt[files.positions[f]][0]) == 64]                       # store is checked: sha256 hex)
+    block = np.stack([feats[files.positions[f]] for f in fresh]) if fresh else None  # [F, D], all at once:
+    if block is not None:                                                            # a first run's every row
+        finite = np.isfinite(block).all(axis=1)
+        fresh, block = [f for f, ok in zip(fresh, finite.tolist()) if ok], block[finite]
     old = np.flatnonzero(snap.same)
     rows = np.sort(np.concatenate([old, np.asarray(fresh, dtype=np.int64)]))
     if not len(rows):
         return None  # (an old snapshot's rows stay true for as long as their files' stats match)
-    dim = snap.snapshot.feats.shape[1] if len(old) else feats[files.positions[fresh[0]]].shape[-1]
+    dim = snap.snapshot.feats.shape[1] if len(old) else block.shape[1]
     names = [files.names[f] for f in rows.tolist()]
     stats = files.stats[rows]
     digests = np.empty((len(rows), 32), np.uint8)
@@ -421,11 +425,9 @@ def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feat
     if len(old):
         digests[from_old] = snap.snapshot.digests[snap.rows[rows[from_old]]]
         out[from_old] = snap.snapshot.feats[snap.rows[rows[from_old]]]
-    at = np.flatnonzero(~from_old).tolist()
-    for j, f in zip(at, rows[~from_old].tolist()):
-        i = files.positions[f]
-        digest, stat = learnt[i]
-        digests[j] = np.frombuffer(bytes.fromhex(digest), np.uint8)
-        stats[j] = stat_rows([stat])[0]
-        out[j] = feats[i]
+    if fresh:  # rows[~from_old] is fresh, in the same (ascending) order
+        new = [files.positions[f] for f in fresh]
+        digests[~from_old] = np.frombuffer(bytes.fromhex("".join(learnt[i][0] for i in new)), np.uint8).reshape(-1, 32)
+        stats[~from_old] = stat_rows([learnt[i][1] for i in new])
+        out[~from_old] = block
     return Snapshot(names, stats, digests, out)
