@@ -165,9 +165,10 @@ class Encoder:
         """Features for every image that decodes; error rows for the rest. Cached images are not read.
         ``as_numpy``: the features as a numpy array (then a run whose images are all in the store imports no torch).
 
-        A file whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`) and whose
-        features are stored is not opened at all; every other file is read once, and its digest and pixels come
-        from those same bytes. ``worker_type``: ``thread``, ``process`` or ``auto`` (see
+        A file that the folder's snapshot holds under its unchanged stat (:mod:`vlmcls.snapshot`: one read for
+        the whole folder), or whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`)
+        and whose features are stored, is not opened at all; every other file is read once, and its digest and
+        pixels come from those same bytes. A run that learnt something new writes the folder's next snapshot. ``worker_type``: ``thread``, ``process`` or ``auto`` (see
         :func:`vlmcls.images.choose_worker_type`).
         """
         total = len(records)
@@ -278,7 +279,7 @@ class Encoder:
                        learnt: dict[int, tuple[str, tuple[int, int, int, int]]]) -> None:
         """A new snapshot of the folder when this run learnt files its snapshot lacks (new or changed) or the
         snapshot holds files this run did not find unchanged; never fails the run."""
-        fresh = [f for f, i in enumerate(files.positions) if i in learnt and i in feats]
+        fresh = [f for f, i in enumerate(files.positions) if i in learnt and i in feats] if learnt else []
         kept = len(snap.positions)
         if not fresh and (snap.snapshot is None or kept == len(snap.snapshot.names)):
             return  # nothing to keep, or nothing new: the snapshot stands
