@@ -1,4 +1,7 @@
+import builtins
+import io
 import os
+from pathlib import Path
 
 # No test may touch the network: any hub access must fail at once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -50,3 +53,26 @@ def photo_folder(labelled_folder):
     imagegen.write_truncated_jpeg(labelled_folder / "cat" / "truncated.jpg")
     imagegen.write_text_as_image(labelled_folder / "notes.png")
     return labelled_folder
+
+
+@pytest.fixture
+def count_opens(monkeypatch):
+    """Counts every open of a file under a folder, through builtins.open, io.open and os.open."""
+    counts: dict[str, int] = {}
+    roots: list[str] = []
+
+    def counting(real):
+        def opener(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and any(os.fspath(file).startswith(r) for r in roots):
+                counts[os.fspath(file)] = counts.get(os.fspath(file), 0) + 1
+            return real(file, *args, **kwargs)
+        return opener
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(io, "open", counting(io.open))
+    monkeypatch.setattr(os, "open", counting(os.open))
+
+    def watch(folder: Path) -> dict[str, int]:
+        roots.append(str(folder))
+        return counts
+    return watch

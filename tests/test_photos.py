@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
-import io
 import json
 import os
 from pathlib import Path
@@ -104,29 +102,6 @@ def test_reduced_and_full_decoding_give_nearly_the_same_features_and_separate_ca
 
 
 # -- each file read once ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def count_opens(monkeypatch):
-    """Counts every open of a file under a folder, through builtins.open, io.open and os.open."""
-    counts: dict[str, int] = {}
-    roots: list[str] = []
-
-    def counting(real):
-        def opener(file, *args, **kwargs):
-            if isinstance(file, (str, os.PathLike)) and any(os.fspath(file).startswith(r) for r in roots):
-                counts[os.fspath(file)] = counts.get(os.fspath(file), 0) + 1
-            return real(file, *args, **kwargs)
-        return opener
-
-    monkeypatch.setattr(builtins, "open", counting(builtins.open))
-    monkeypatch.setattr(io, "open", counting(io.open))
-    monkeypatch.setattr(os, "open", counting(os.open))
-
-    def watch(folder: Path) -> dict[str, int]:
-        roots.append(str(folder))
-        return counts
-    return watch
 
 
 def _cat_and_dog_photos(folder: Path) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 
 import imagegen as ig
 from test_images import hf_cache  # noqa: F401  (a fixture: datasets' conversion cache inside tmp_path)
-from test_photos import count_opens, write_photo  # noqa: F401  (count_opens is a fixture)
+from test_photos import write_photo  # (count_opens is a fixture in conftest.py)
 from vlmcls import distributed
 from vlmcls.api import Classifier
 from vlmcls.distributed import classify_with_ray

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +38,8 @@ def as_records(images: str | Path | Iterable[str | Path | ImageRecord], **source
     """Image records from a source (folder, list file, image file, dataset) or an iterable of paths/records."""
     if isinstance(images, (str, Path)) or _is_dataset(images):
         return list_images(images, **source_options)
+    if isinstance(images, list) and all(map(isinstance, images, itertools.repeat(ImageRecord))):
+        return list(images)  # records already (the CLI lists the source itself)
     records = []
     for i, item in enumerate(images):
         if isinstance(item, ImageRecord):
@@ -179,20 +183,28 @@ class Classifier:
 def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
                        k: int) -> ClassificationResult:
     """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""
-    values, indices = top_k(out.probs, k) if len(feats.records) else (np.zeros((0, 0)), np.zeros((0, 0)))
-    rows: list[tuple[int, Prediction]] = []
-    top_values, top_indices = values.tolist(), indices.tolist()  # one conversion, not two tensor ops per cell
-    for n, rec in enumerate(feats.records):
-        ranked = [(class_names[int(j)], float(v)) for v, j in zip(top_values[n], top_indices[n])]
-        explanation = out.explanations[n] if out.explanations else None
-        label = out.labels[n] if out.labels is not None else ranked[0][0]
-        rows.append((rec.source_index, Prediction(rec.id, _path(rec), label, ranked, None, rec.label, explanation)))
-    for rec, reason in feats.errors:
-        rows.append((rec.source_index, Prediction(rec.id, _path(rec), None, [], reason, rec.label)))
-    rows.sort(key=lambda r: r[0])
+    records = feats.records
+    values, indices = top_k(out.probs, k) if len(records) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+    names = np.empty(len(class_names), dtype=object)
+    names[:] = class_names
+    # whole matrices at once: (class, probability) pairs, best first, then each row's slice of them
+    top_names = names[to_numpy(indices).astype(np.intp, copy=False)]  # [N, k] the names themselves
+    width = top_names.shape[1] if top_names.ndim == 2 else 0
+    pairs = list(zip(top_names.ravel().tolist(), to_numpy(values).ravel().tolist()))
+    ranked = [pairs[at:at + width] for at in range(0, len(pairs), width)] if width else [[] for _ in records]
+    labels = out.labels if out.labels is not None else top_names[:, 0].tolist() if width else []
+    explanations = out.explanations if out.explanations else itertools.repeat(None)
+    predictions = list(map(Prediction, list(map(_ID, records)), list(map(_PATH, records)), labels, ranked,
+                           itertools.repeat(None), list(map(_LABEL, records)), explanations))
+    order = list(map(_SOURCE_INDEX, records))
+    if feats.errors:
+        predictions += [Prediction(rec.id, _path(rec), None, [], reason, rec.label) for rec, reason in feats.errors]
+        order += [rec.source_index for rec, _ in feats.errors]
+    if not all(map(operator.le, order, itertools.islice(order, 1, None))):  # input order, as the sources number it
+        predictions = [predictions[i] for i in sorted(range(len(order)), key=order.__getitem__)]
     stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
              "method_seconds": round(out.seconds, 4), **out.info}
-    return ClassificationResult([p for _, p in rows], class_names, out.logits, out.probs, stats, out.warnings,
+    return ClassificationResult(predictions, class_names, out.logits, out.probs, stats, out.warnings,
                                 out.artifacts, out.label_metric)
 
 
@@ -215,5 +227,8 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
                    errors=feats.errors + bad)
 
 
+_ID, _PATH, _LABEL, _SOURCE_INDEX = map(operator.attrgetter, ("id", "path_text", "label", "source_index"))
+
+
 def _path(rec: ImageRecord) -> str | None:
-    return str(rec.path) if rec.path is not None else None
+    return rec.path_text  # (a listed file's Path is not built for it)

@@ -2,7 +2,7 @@
 
 Everything is kept in a diskcache ``Cache`` under ``$VLMCLS_CACHE``, or ``cache/`` when vlmcls runs from a
 checkout, or ``~/.cache/vlmcls``. Values are only ever ``str`` (JSON) or ``bytes`` (``.npy`` arrays loaded with
-``allow_pickle=False``).
+``allow_pickle=False``, or a folder snapshot that :mod:`vlmcls.snapshot` parses and checks).
 
 Nothing in a cache folder is trusted: anyone who can write a shared ``$VLMCLS_CACHE`` can craft ``cache.db``.
 diskcache's own ``Disk`` unpickles a row whose ``mode`` says "pickle" and joins the row's ``filename`` to the folder
@@ -35,7 +35,7 @@ from .errors import CacheError
 from .gcpause import paused_gc
 
 __all__ = ["FORMAT_VERSION", "cache_key", "cache_key_for", "default_cache_dir", "Store", "file_digest", "known_digest",
-           "stat_key", "clear_digest_memo", "remove_cache_files"]
+           "stat_key", "stat_key_of", "clear_digest_memo", "remove_cache_files"]
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,15 @@ def stat_key(path: str | os.PathLike, st: os.stat_result | None = None) -> str |
     try:
         if st is None:
             st = os.stat(path)
-        return _stat_key(os.path.abspath(path), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
+    return stat_key_of(path, (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def stat_key_of(path: str | os.PathLike, fields: tuple[int, int, int, int]) -> str | None:
+    """:func:`stat_key` from a stat already taken, as (size, inode, mtime_ns, ctime_ns)."""
+    try:
+        return _stat_key(os.path.abspath(path), *fields)
     except (OSError, ValueError, UnicodeError):  # ValueError: a NUL byte in the path
         return None
 
@@ -487,8 +495,9 @@ class Store:
 
     # -- reading and decoding: the one place cached values are trusted ---------------------------------
     def _decode(self, key: str, raw: str | bytes | None, kind: str, shape: tuple[int, ...] | None = None) -> Any:
-        """A raw value as JSON (``kind`` "json") or an array (``kind`` "array", of ``shape`` when given, finite);
-        None for a missing entry or a corrupted one, which is dropped.
+        """A raw value as JSON (``kind`` "json"), an array (``kind`` "array", of ``shape`` when given, finite) or
+        bytes (``kind`` "bytes", which their reader checks); None for a missing entry or a corrupted one, which is
+        dropped.
 
         Every read goes row -> :meth:`_value_from_row` (through :class:`_SafeDisk`) -> here."""
         if raw is None:
@@ -503,6 +512,10 @@ class Store:
                 if not _all_finite(array):
                     raise _CorruptEntry("its array holds NaN or infinity")
                 return array
+            if kind == "bytes":
+                if type(raw) is not bytes:
+                    raise _CorruptEntry(f"it holds {type(raw).__name__}, not bytes")
+                return raw
             if type(raw) is not str:
                 raise _CorruptEntry(f"it holds {type(raw).__name__}, not JSON text")
             return json.loads(raw)
@@ -512,6 +525,10 @@ class Store:
             reason = f"it cannot be parsed ({exc})"
         self._drop(key, reason)
         return None
+
+    def drop(self, key: str, reason: str) -> None:
+        """Delete a corrupted entry that a reader found (the first one per store is logged as a warning)."""
+        self._drop(key, reason)
 
     def _drop(self, key: str, reason: str) -> None:
         self.dropped += 1
@@ -583,6 +600,17 @@ class Store:
 
     def set_array(self, key: str, array: np.ndarray) -> None:
         self.set_arrays({key: array})
+
+    # -- bytes --------------------------------------------------------------------------------------
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes kept under ``key`` (a folder snapshot, :mod:`vlmcls.snapshot`, which checks them), or None."""
+        return self._get_decoded([key], "bytes", lambda raws: {}).get(key)
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        """Keep ``value`` under ``key``, replacing what was there (a large value is a file of its own, written
+        before the row that names it: a reader sees the old value or the new one, never half of one)."""
+        with self._guarded():
+            self._cache.set(key, bytes(value))
 
     # -- bulk access ------------------------------------------------------------------------------------
     # diskcache's get/set cost several SQLite statements per key; a run of 48,000 small images spent more time there

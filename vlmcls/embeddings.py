@@ -8,6 +8,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .backend import ModelBackend, preprocess_input_side
-from .cache import Store, cache_key, cache_key_for, stat_key
+from .cache import Store, cache_key, cache_key_for, stat_key, stat_key_of
+from .errors import CacheError
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
+from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_rows, stat_tuple
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
     import torch
@@ -179,20 +182,30 @@ class Encoder:
         """Features for every image that decodes; error rows for the rest. Cached images are not read.
         ``as_numpy``: the features as a numpy array (then a run whose images are all in the store imports no torch).
 
-        A file whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`) and whose
-        features are stored is not opened at all; every other file is read once, and its digest and pixels come
-        from those same bytes. ``worker_type``: ``thread``, ``process`` or ``auto`` (see
+        A file that the folder's snapshot holds under its unchanged stat (:mod:`vlmcls.snapshot`: one read for
+        the whole folder), or whose digest the store keeps under its unchanged stat (:func:`~vlmcls.cache.stat_key`)
+        and whose features are stored, is not opened at all; every other file is read once, and its digest and
+        pixels come from those same bytes. A run that learnt something new writes the folder's next snapshot. ``worker_type``: ``thread``, ``process`` or ``auto`` (see
         :func:`vlmcls.images.choose_worker_type`).
         """
         total = len(records)
         errors: dict[int, str] = {}
         thumbnails: dict[str, bytes] = {}
         image_key = self._image_key_function()  # once per run: a re-run of 48,000 images is all look-ups
-        keys = self._known_keys(records, image_key)
-        found = self.store.get_arrays(keys.values(), self.feature_shape()) if keys and self.store is not None else {}
+        files = FileStats.of(_file_texts(records)) if self.store is not None else None
+        snap = self._snapshot_hits(files)  # an unchanged file's feature straight from the folder's snapshot
+        # the other files: digests kept under their unchanged stat, then features kept by digest
+        known = self._digests_by_stat(files, np.flatnonzero(~snap.same).tolist()) if files is not None else {}
+        keys = {i: image_key(digest) for i, (digest, _) in known.items()}
+        found = self.store.get_arrays(keys.values(), self.feature_shape()) if keys else {}
         feats: dict[int, np.ndarray] = {i: found[k] for i, k in keys.items() if k in found}
-        todo = [i for i in range(total) if i not in feats]
-        done = len(feats)
+        # what the next snapshot needs of each file it lacks: (digest, stat when the digest was taken)
+        learnt: dict[int, tuple[str, tuple[int, int, int, int]]] = {i: known[i] for i in feats}
+        have = np.zeros(total, bool)
+        have[snap.positions] = True
+        have[list(feats)] = True
+        todo = np.flatnonzero(~have).tolist()
+        done = total - len(todo)
         if progress:
             progress(done, total)
         position = {id(records[i]): i for i in todo}
@@ -217,8 +230,11 @@ class Encoder:
                 errors[position[id(rec)]] = reason
             digests: dict[str, str] = {}  # stat key -> digest, for the next process
             for rec, digest, file_stat, value, thumbnail in batch.known:
-                feats[position[id(rec)]] = value
+                i = position[id(rec)]
+                feats[i] = value
                 digests.update(_stat_digest(rec, file_stat, digest))
+                if file_stat is not None:
+                    learnt[i] = (digest, stat_tuple(file_stat))
                 if thumbnail is not None:
                     thumbnails[rec.id] = thumbnail
             new: dict[str, np.ndarray] = {}
@@ -230,6 +246,8 @@ class Encoder:
                     if self.store is not None:
                         new[image_key(batch.digests[j])] = out[j]
                         digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
+                        if batch.file_stats[j] is not None:
+                            learnt[i] = (batch.digests[j], stat_tuple(batch.file_stats[j]))
                     if batch.thumbnails[j] is not None:
                         thumbnails[rec.id] = batch.thumbnails[j]
                 encoded += len(batch.records_ok)
@@ -238,11 +256,11 @@ class Encoder:
             done += len(batch.records_ok) + len(batch.errors) + len(batch.known)
             if progress:
                 progress(done, total)
-        ok = sorted(feats)
-        dim = next(iter(feats.values())).shape[-1] if feats else 0
-        stacked = np.stack([feats[i] for i in ok]) if ok else np.zeros((0, dim), dtype=np.float32)
+        if files is not None and files.folder is not None:
+            self._save_snapshot(files, snap, feats, learnt)
+        ok, stacked = _merge_features(snap.positions, snap.feats, feats)
         result = ImageFeatures(
-            records=[records[i] for i in ok],
+            records=list(records) if len(ok) == total else [records[i] for i in ok.tolist()],
             feats=stacked,
             errors=[(records[i], errors[i]) for i in sorted(errors)],
             encoded=encoded,
@@ -250,10 +268,58 @@ class Encoder:
         )
         return result if as_numpy else result.as_torch()
 
-    def _known_keys(self, records: Sequence[ImageRecord], image_key: Callable[[str], str]) -> dict[int, str]:
-        """Feature keys of the files whose digest the store keeps under their unchanged stat, so they need not be
-        read."""
-        return {i: image_key(digest) for i, digest in self.known_digests(records).items()}
+    # -- the folder snapshot (vlmcls.snapshot) ------------------------------------------------------------
+    def _snapshot_key(self, files: FileStats) -> str:
+        return snapshot_key(files.folder, self.image_key_parts())
+
+    def _snapshot_hits(self, files: FileStats | None) -> "_SnapshotHits":
+        """The files whose stat the folder's snapshot holds unchanged, with their features."""
+        count = len(files.positions) if files is not None else 0
+        none = _SnapshotHits(None, np.zeros(0, np.int64), None, np.zeros(count, bool), np.full(count, -1))
+        if files is None or files.folder is None:
+            return none
+        key = self._snapshot_key(files)
+        raw = self.store.get_bytes(key)
+        if raw is None:
+            return none
+        try:
+            snapshot = Snapshot.from_bytes(raw, self.feature_shape()[0])
+        except (ValueError, UnicodeDecodeError) as exc:  # damaged: its files are looked up one by one
+            self.store.drop(key, f"its folder snapshot does not parse ({exc})")
+            return none
+        same, rows = snapshot.match(files)
+        taken = rows[same]
+        whole = len(taken) == len(snapshot.names) and np.array_equal(taken, np.arange(len(taken)))
+        feats = snapshot.feats if whole else snapshot.feats[taken]  # [H, D] (read-only when whole)
+        return _SnapshotHits(snapshot, np.asarray(files.positions, dtype=np.int64)[same], feats, same, rows)
+
+    def _save_snapshot(self, files: FileStats, snap: "_SnapshotHits", feats: dict[int, np.ndarray],
+                       learnt: dict[int, tuple[str, tuple[int, int, int, int]]]) -> None:
+        """A new snapshot of the folder when this run learnt files its snapshot lacks (new or changed) or the
+        snapshot holds files this run did not find unchanged; never fails the run."""
+        fresh = [f for f, i in enumerate(files.positions) if i in learnt and i in feats] if learnt else []
+        kept = len(snap.positions)
+        if not fresh and (snap.snapshot is None or kept == len(snap.snapshot.names)):
+            return  # nothing to keep, or nothing new: the snapshot stands
+        try:
+            snapshot = _next_snapshot(files, snap, fresh, feats, learnt)
+            if snapshot is not None:
+                save_snapshot(self.store, self._snapshot_key(files), snapshot)
+        except (CacheError, OSError, ValueError) as exc:  # a snapshot only saves time; the run has its features
+            log.warning("could not keep the folder snapshot (%s); the next run looks files up one by one", exc)
+
+    @paused_gc()
+    def _digests_by_stat(self, files: FileStats, which: list[int]) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
+        """{position: (digest, stat)} for the files ``which`` (indices into ``files``) whose digest the store keeps
+        under their unchanged stat (:func:`~vlmcls.cache.stat_key`), in bulk queries."""
+        stat_keys: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
+        for f in which:
+            stat = files.fields[f]
+            key = stat_key_of(files.texts[f], stat)
+            if key is not None:
+                stat_keys[files.positions[f]] = (key, stat)
+        kept = self.store.get_jsons(key for key, _ in stat_keys.values()) if stat_keys else {}
+        return {i: (kept[key], stat) for i, (key, stat) in stat_keys.items() if isinstance(kept.get(key), str)}
 
     @paused_gc()
     def known_digests(self, records: Sequence[ImageRecord]) -> dict[int, str]:
@@ -322,3 +388,79 @@ def _stat_digest(record: ImageRecord, file_stat: os.stat_result | None, digest: 
     key = stat_key(record.path, file_stat)
     return {key: digest} if key is not None else {}
 
+
+def _file_texts(records: Sequence[ImageRecord]) -> list[str | None]:
+    """Each record's file as a string (no Path built), or None when it is no file on disk (a dataset row)."""
+    texts = list(map(_PATH_TEXT, records))
+    fetches = list(map(_FETCH, records))
+    if fetches.count(None) == len(fetches):  # files only (C loops)
+        return texts
+    return [text if fetch is None else None for text, fetch in zip(texts, fetches)]
+
+
+_PATH_TEXT, _FETCH = operator.attrgetter("path_text"), operator.attrgetter("fetch")
+
+
+@dataclass
+class _SnapshotHits:
+    """What a folder snapshot gave a run: ``positions`` [H] (in the records) and ``feats`` [H, D] of the files
+    found unchanged; ``same`` [F] and ``rows`` [F] per stat-ed file (:meth:`vlmcls.snapshot.Snapshot.match`)."""
+
+    snapshot: Snapshot | None
+    positions: np.ndarray
+    feats: np.ndarray | None
+    same: np.ndarray
+    rows: np.ndarray
+
+
+def _merge_features(positions: np.ndarray, block: np.ndarray | None, feats: dict[int, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(the positions with features, ascending; their features stacked [N, D]) from a block of rows at
+    ``positions`` (a snapshot's) and single rows by position."""
+    if block is not None and not len(positions):
+        block = None
+    if not feats:
+        if block is None:
+            return np.zeros(0, np.int64), np.zeros((0, 0), dtype=np.float32)
+        return positions, np.array(block)  # a copy: the caller's to change
+    singles = sorted(feats)
+    stacked = np.stack([feats[i] for i in singles])
+    if block is None:
+        return np.asarray(singles, dtype=np.int64), stacked
+    ok = np.concatenate([positions, np.asarray(singles, dtype=np.int64)])
+    order = np.argsort(ok, kind="stable")
+    merged = np.empty((len(ok), stacked.shape[1]), dtype=np.result_type(block, stacked))
+    merged[: len(positions)] = block
+    merged[len(positions):] = stacked
+    return ok[order], merged[order]
+
+
+def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feats: dict[int, np.ndarray],
+                   learnt: dict[int, tuple[str, tuple[int, int, int, int]]]) -> Snapshot | None:
+    """The folder's snapshot after this run: the files the old one gave unchanged, and those ``fresh`` (indices
+    into ``files``, ascending) whose digest and finite float32 feature this run has, in the records' order."""
+    fresh = [f for f in fresh if feats[files.positions[f]].dtype == np.float32  # (a digest read back from the
+             and len(learnt[files.positions[f]][0]) == 64]                       # store is checked: sha256 hex)
+    block = np.stack([feats[files.positions[f]] for f in fresh]) if fresh else None  # [F, D], all at once:
+    if block is not None:                                                            # a first run's every row
+        finite = np.isfinite(block).all(axis=1)
+        fresh, block = [f for f, ok in zip(fresh, finite.tolist()) if ok], block[finite]
+    old = np.flatnonzero(snap.same)
+    rows = np.sort(np.concatenate([old, np.asarray(fresh, dtype=np.int64)]))
+    if not len(rows):
+        return None  # (an old snapshot's rows stay true for as long as their files' stats match)
+    dim = snap.snapshot.feats.shape[1] if len(old) else block.shape[1]
+    names = [files.names[f] for f in rows.tolist()]
+    stats = files.stats[rows]
+    digests = np.empty((len(rows), 32), np.uint8)
+    out = np.empty((len(rows), dim), np.float32)
+    from_old = snap.same[rows]
+    if len(old):
+        digests[from_old] = snap.snapshot.digests[snap.rows[rows[from_old]]]
+        out[from_old] = snap.snapshot.feats[snap.rows[rows[from_old]]]
+    if fresh:  # rows[~from_old] is fresh, in the same (ascending) order
+        new = [files.positions[f] for f in fresh]
+        digests[~from_old] = np.frombuffer(bytes.fromhex("".join(learnt[i][0] for i in new)), np.uint8).reshape(-1, 32)
+        stats[~from_old] = stat_rows([learnt[i][1] for i in new])
+        out[~from_old] = block
+    return Snapshot(names, stats, digests, out)

@@ -6,7 +6,7 @@ import contextlib
 import gc
 from typing import Iterator
 
-__all__ = ["paused_gc"]
+__all__ = ["paused_gc", "frozen_gc"]
 
 
 @contextlib.contextmanager
@@ -23,3 +23,20 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """For one command's run: the objects alive at its start (modules, classes, functions: tens of thousands) are
+    left out of every collection during it (``gc.freeze``), so the collections a large run triggers walk only what
+    the run built (a 12,000-image re-run spent a fifth of its time in one full collection, walking mostly those).
+    They are handed back to the collector at the end (``gc.unfreeze``), also after an error; a process that froze
+    objects itself is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -50,6 +50,77 @@ class ImageRecord:
     source_index: int  # position in the source listing (the row index for datasets)
     fetch: Callable[[], ImageData] | None = field(default=None, repr=False, compare=False)  # dataset rows
 
+    @property
+    def path_text(self) -> str | None:
+        """``path`` as a string (None without a path)."""
+        return os.fspath(self.path) if self.path is not None else None
+
+
+class _ListedFile(ImageRecord):
+    """An :class:`ImageRecord` of a file found by listing a folder, equal to the one built with its Path; the
+    Path is built when first asked for (a cached re-run of 48,000 files needs only the text: building the Paths
+    was a third of its listing)."""
+
+    __slots__ = ("path_text", "_built")  # path_text: a plain slot here (read once per file on a re-run)
+
+    def __init__(self, id: str, path: str | os.PathLike, label: str | None, source_index: int,
+                 fetch: Callable[[], ImageData] | None = None):
+        init = object.__setattr__  # frozen, as ImageRecord
+        init(self, "id", id)
+        init(self, "label", label)
+        init(self, "source_index", source_index)
+        init(self, "fetch", fetch)
+        init(self, "path_text", os.fspath(path))
+        init(self, "_built", path if isinstance(path, Path) else None)
+
+    @property
+    def path(self) -> Path:  # type: ignore[override]
+        built = self._built
+        if built is None:
+            built = Path(self.path_text)
+            object.__setattr__(self, "_built", built)
+        return built
+
+    def __setattr__(self, name: str, value: object) -> None:  # frozen like ImageRecord, its own slots too
+        raise FrozenInstanceError(f"cannot assign to field '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field '{name}'")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageRecord):
+            return NotImplemented
+        return ((self.id, self.path, self.label, self.source_index)
+                == (other.id, other.path, other.label, other.source_index))
+
+    __hash__ = ImageRecord.__hash__
+
+    def __repr__(self) -> str:
+        return (f"ImageRecord(id={self.id!r}, path={self.path!r}, label={self.label!r}, "
+                f"source_index={self.source_index!r})")
+
+    def __reduce__(self):  # pickles and copies as the plain record
+        return ImageRecord, (self.id, self.path, self.label, self.source_index, self.fetch)
+
+
+def _listed_files(found: list[tuple[str | None, str]]) -> list[ImageRecord]:
+    """``_ListedFile(text, text, label, index)`` for each (label, text) of a listing, with the slots set straight
+    (half the cost of calling ``__init__`` per file)."""
+    new, slots = object.__new__, (ImageRecord.id, ImageRecord.label, ImageRecord.source_index, ImageRecord.fetch,
+                                  _ListedFile.path_text, _ListedFile._built)
+    set_id, set_label, set_index, set_fetch, set_text, set_built = (slot.__set__ for slot in slots)
+    records = []
+    append = records.append
+    for index, (label, text) in enumerate(found):
+        record = new(_ListedFile)
+        set_id(record, text)
+        set_label(record, label)
+        set_index(record, index)
+        set_fetch(record, None)
+        set_text(record, text)
+        set_built(record, None)
+        append(record)
+    return records
 
 
 @dataclass(frozen=True)
@@ -296,10 +367,11 @@ def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[
 
 @paused_gc()
 def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
-    # Strings, not Path objects, until the end: at 48,000 images pathlib's parsing was most of a re-run's listing;
-    # each file's Path is then its folder's Path with the file's name (with_name parses the name alone).
+    # Strings, not Path objects: at 48,000 images pathlib's parsing was most of a re-run's listing; each record
+    # builds its Path when asked for it (_ListedFile).
     base = str(root)
-    found: list[tuple[tuple[str, ...], str]] = []  # (parts relative to root, the path as listed)
+    folders: list[tuple[tuple[str, ...], str, list[str]]] = []  # (parts relative to root, prefix, image names)
+    mixed = False  # a folder holds images and sub-folders: those interleave by name
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -312,25 +384,28 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
         folder_parts = () if relative == os.curdir else tuple(relative.split(os.sep))
         folder = os.path.join(base, *folder_parts) if base != os.curdir else os.path.join(*folder_parts, "")
         prefix = os.path.join(folder, "") if folder else ""
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(_IMAGE_SUFFIXES):
-                found.append(((*folder_parts, name), prefix + name))
-    if not found:
+        names = [name for name in filenames if name[:1] != "." and name.lower().endswith(_IMAGE_SUFFIXES)]
+        if names:
+            folders.append((folder_parts, prefix, names))
+            mixed = mixed or bool(dirnames)
+    if not folders:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(
             f"no images found {where} '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
-    found.sort(key=lambda entry: entry[0])  # parts, not strings: independent of the OS separator
-    in_folder: dict[tuple[str, ...], Path] = {}  # folder parts -> a Path in that folder
-    records = []
-    for index, (parts, listed) in enumerate(found):
-        sibling = in_folder.get(parts[:-1])
-        if sibling is None:
-            sibling = in_folder[parts[:-1]] = Path(listed)
-        # An image directly in the root has no class; deeper ones take their first-level folder's name.
-        records.append(ImageRecord(id=listed, path=sibling.with_name(parts[-1]),
-                                   label=parts[0] if len(parts) > 1 else None, source_index=index))
-    return records
+    # Sorted by the parts relative to the root (not strings: independent of the OS separator). An image directly
+    # in the root has no class; deeper ones take their first-level folder's name.
+    if mixed:
+        found = [((*parts, name), prefix + name) for parts, prefix, names in folders for name in names]
+        found.sort(key=lambda entry: entry[0])
+        return _listed_files([(parts[0] if len(parts) > 1 else None, text) for parts, text in found])
+    folders.sort(key=lambda folder: folder[0])  # no folder is inside another that has images: the same order
+    listed: list[tuple[str | None, str]] = []
+    for parts, prefix, names in folders:
+        names.sort()
+        label = parts[0] if parts else None
+        listed += [(label, prefix + name) for name in names]
+    return _listed_files(listed)
 
 
 _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)  # str.endswith takes a tuple: one call per file name

@@ -9,13 +9,17 @@ into the same string (``os.fsencode`` of it is the original bytes), and CSV writ
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import operator
 import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
+
+import numpy as np
 
 from .errors import ConfigError, VlmclsError
 from .gcpause import paused_gc
@@ -100,10 +104,119 @@ def prediction_line(pred: Any) -> str:
 
 
 _string = json.encoder.encode_basestring  # what the encoder above writes for a str (C speed)
+_TEXT_OR_NONE = (str, type(None))
+_TEXT_OR_NONE_SET = set(_TEXT_OR_NONE)
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
+_FIELDS = [operator.attrgetter(name) for name in ("path", "label", "error", "true_label", "top_k", "explanation")]
 
 
 def _null_or_string(value: str | None) -> str:
     return "null" if value is None else _string(value)
+
+
+def prediction_text(preds: Sequence[Any]) -> str:
+    """``"".join(prediction_line(p) for p in preds)``, the plain predictions (no explanation, text fields, finite
+    float probabilities) written many at once: rows of one shape (k, with or without a true label) are one
+    ``%``-format of all their cells, every probability is rounded and written in numpy (:func:`rounded_texts`) and
+    each label's JSON is made once. (A 48,000-image re-run spent 0.8 s writing its rows one item at a time.)"""
+    paths, labels, errors, trues, tops, explanations = (list(map(get, preds)) for get in _FIELDS)
+    if None not in paths and set(map(type, paths)) <= {str} and set(map(type, labels)) <= _TEXT_OR_NONE_SET \
+            and set(map(type, errors)) <= _TEXT_OR_NONE_SET and len(set(map(len, tops))) == 1 \
+            and set(map(type, trues)) in ({str}, {type(None)}) and set(map(id, explanations)) == {id(None)}:
+        # the usual case, checked column by column: one shape
+        text = _same_shape_text(paths, labels, errors, trues if trues[0] is not None else None, tops)
+        if text is not None:
+            return text
+    lines: list[str | None] = [None] * len(preds)
+    shapes: dict[tuple[int, bool], list[int]] = {}  # (k, has a true label) -> rows
+    for n, pred in enumerate(preds):
+        path = pred.path if pred.path is not None else pred.id
+        if (pred.explanation is None and type(path) is str and type(pred.label) in _TEXT_OR_NONE
+                and type(pred.error) in _TEXT_OR_NONE and type(pred.true_label) in _TEXT_OR_NONE):
+            shapes.setdefault((len(pred.top_k), pred.true_label is not None), []).append(n)
+        else:
+            lines[n] = prediction_line(pred)
+    for (k, has_true), rows in shapes.items():
+        group = [preds[n] for n in rows]
+        text = _same_shape_text([pred.path if pred.path is not None else pred.id for pred in group],
+                                [pred.label for pred in group], [pred.error for pred in group],
+                                [pred.true_label for pred in group] if has_true else None,
+                                [pred.top_k for pred in group])
+        if text is None:  # an odd item somewhere: each row its own way (which refuses NaN)
+            for n in rows:
+                lines[n] = prediction_line(preds[n])
+            continue
+        for n, line in zip(rows, text.split("\n")):
+            lines[n] = line + "\n"
+    return "".join(lines)  # type: ignore[arg-type]
+
+
+def _same_shape_text(paths: list[str], labels: list[str | None], errors: list[str | None],
+                     trues: list[str] | None, tops: list[list[tuple[str, float]]]) -> str | None:
+    """The JSONL text of plain rows (these columns) whose top-k all have the same length, all with a true label
+    or (``trues`` None) none; None when an item is not (text, finite float)."""
+    k = len(tops[0]) if tops else 0
+    pairs = list(itertools.chain.from_iterable(tops))
+    names, probs = list(map(_first, pairs)), list(map(_second, pairs))
+    if not set(map(type, names)) <= {str} or not set(map(type, probs)) <= {float}:
+        return None
+    values = np.array(probs, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return None
+    fields = {None: "null"}  # a label's, error's or true label's JSON, made once
+    fields.update((value, _string(value)) for value in {*labels, *errors, *(trues or ())} - {None})
+    item = {name: f'{{"label": {_string(name)}, "prob": ' for name in set(names)}
+    width = 3 + 2 * k + (trues is not None)  # cells per row
+    cells: list[str | None] = [None] * (len(paths) * width)
+    cells[0::width] = list(map(_string, paths))
+    cells[1::width] = list(map(fields.__getitem__, labels))
+    texts = rounded_texts(values)
+    for j in range(k):
+        cells[2 + 2 * j::width] = list(map(item.__getitem__, names[j::k]))
+        cells[3 + 2 * j::width] = texts[j::k]
+    cells[2 + 2 * k::width] = list(map(fields.__getitem__, errors))
+    if trues is not None:
+        cells[3 + 2 * k::width] = list(map(fields.__getitem__, trues))
+    row = ('{"path": %s, "label": %s, "top_k": [' + ", ".join(["%s%s}"] * k) + '], "error": %s'
+           + (', "true_label": %s}' if trues is not None else "}") + "\n")
+    text = (row * len(paths)) % tuple(cells)
+    return text if text.isascii() else _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def rounded_texts(values: np.ndarray) -> list[str]:
+    """``[repr(round(v, 6)) for v in values]`` (finite float64 values), worked out in numpy for the values in
+    [0, 1] that are float32 values (every probability vlmcls computes): v × 10⁶ is then exact in float64 (24 by
+    14 significant bits), so ``rint`` rounds it exactly as ``round`` does (half to even), and the text of the
+    rounded value is its six decimals without trailing zeros, or ``d e-0x`` below 10⁻⁴, as ``repr`` writes it.
+    Any other value is rounded one by one. (Rounding and ``repr`` cost a microsecond per value.)"""
+    digits = np.rint(values * 1e6)
+    exact = ~np.signbit(values) & (values <= 1) & (values.astype(np.float32).astype(np.float64) == values)
+    d = np.where(exact, digits, 0).astype(np.int32)  # [M] in 0 … 10⁶
+    buf = np.zeros((len(d), 9), np.uint8)  # "0." + six digits without trailing zeros, NUL-padded, then ","
+    buf[:, 0], buf[:, 1], buf[:, 8] = ord("0"), ord("."), ord(",")
+    rest, zeros, trailing = d.copy(), np.zeros(len(d), np.int32), np.ones(len(d), bool)
+    for column in range(7, 1, -1):  # the last digit first
+        digit = rest % 10
+        rest //= 10
+        trailing &= digit == 0
+        zeros += trailing
+        buf[:, column] = digit + ord("0")
+    buf[:, :8][np.arange(8)[None, :] >= 8 - zeros[:, None]] = 0
+    small = d < 100  # below 10⁻⁴ (and 0): repr's exponent form, from a table
+    buf[small, :8] = _SMALL_TEXTS[d[small]]
+    buf[d == 1_000_000, :8] = _ONE_TEXT
+    texts = buf[buf != 0].tobytes().decode("ascii").split(",")[:-1]
+    for i in np.flatnonzero(~exact).tolist():
+        texts[i] = repr(round(float(values[i]), 6))
+    return texts
+
+
+def _padded(texts: list[str], width: int = 8) -> np.ndarray:
+    return np.array([list(t.encode("ascii").ljust(width, b"\0")) for t in texts], dtype=np.uint8)
+
+
+_SMALL_TEXTS = _padded([repr(round(d * 1e-6, 6)) for d in range(100)])  # "0.0", "1e-06" … "9.9e-05"
+_ONE_TEXT = _padded(["1.0"])[0]
 
 
 @contextmanager
@@ -122,11 +235,14 @@ def atomic_open(path: str | Path, errors: str = "strict") -> Iterator[TextIO]:
         raise
 
 
+_ROWS_PER_WRITE = 8192  # rows formatted and written together: bounds the text held at once
+
+
 @paused_gc()  # 48,000 rows of small dicts and lists: no cycles among them
 def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows atomically (a crash never leaves half a file): .jsonl one object a line, .csv, or .json.
-    ``rows`` (dicts, or predictions written as their ``to_dict()``) may be a generator: JSONL is written as the
-    rows come, without holding them all."""
+    ``rows`` (dicts, or predictions written as their ``to_dict()``) may be a generator: JSONL is written
+    8,192 rows at a time, without holding them all."""
     path = check_output_path(path)
     suffix = path.suffix.lower()
     if suffix != ".jsonl":
@@ -134,9 +250,13 @@ def write_rows(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     # CSV has no escapes: a non-UTF-8 file name is written as its original bytes (surrogateescape).
     with atomic_open(path, errors="surrogateescape" if suffix == ".csv" else "strict") as fh:
         if suffix == ".jsonl":
-            write = fh.write
-            for row in rows:  # a Prediction is written straight from its fields
-                write(prediction_line(row) if hasattr(row, "to_dict") else json_text(row) + "\n")
+            rows = iter(rows)
+            while part := list(itertools.islice(rows, _ROWS_PER_WRITE)):  # predictions written straight from
+                if all(map(hasattr, part, itertools.repeat("to_dict"))):    # their fields, many at once
+                    fh.write(prediction_text(part))
+                else:
+                    fh.write("".join(prediction_line(row) if hasattr(row, "to_dict") else json_text(row) + "\n"
+                                     for row in part))
         elif suffix == ".json":
             fh.write(json_text(rows, indent=1) + "\n")
         else:

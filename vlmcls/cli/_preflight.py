@@ -42,12 +42,13 @@ def check_outputs(targets: dict[str, tuple[Path | None, tuple[str, ...], str | N
             raise ConfigError(f"{flag} and {claimed[real]} both name '{path}'; give each output its own file.")
         claimed[real] = flag
         checked[flag] = out
-    names = {real.name for real in claimed}
-    for item in inputs:  # a million listed images cost a set lookup each; only a same-named file is resolved
-        if item is None or os.path.basename(os.fspath(item)) not in names:  # no Path built per image
-            continue
-        real = Path(item).expanduser().resolve()
-        if real in claimed and real.is_file():
-            raise ConfigError(f"{claimed[real]} '{real}' is an input of this run; writing it would destroy it. "
-                              "Choose another file name.")
+    texts = [item if type(item) is str else os.fspath(item) for item in inputs if item is not None]
+    for name in {real.name for real in claimed}:  # only an input that ends with an output's name is resolved
+        for text in [text for text in texts if text.endswith(name)]:
+            if os.path.basename(text) != name:
+                continue
+            real = Path(text).expanduser().resolve()
+            if real in claimed and real.is_file():
+                raise ConfigError(f"{claimed[real]} '{real}' is an input of this run; writing it would destroy "
+                                  "it. Choose another file name.")
     return checked

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ConfigError, VlmclsError
+from ..gcpause import frozen_gc
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
@@ -81,7 +82,8 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         _encoding_progress.update(done=0, total=0)
         try:
-            return fn(*args, **kwargs)
+            with frozen_gc():  # what was imported before the command is never garbage: no collection walks it
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except ConfigError as exc:

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from ..cache import Store, default_cache_dir, remove_cache_files
 from ..errors import CacheError, ConfigError
+from ..snapshot import SNAPSHOT_KIND
 from ._app import App
 from ._render import console, handle_errors, key_value_table
 
@@ -32,7 +33,7 @@ def info(cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cach
 @app.command("clear")
 @handle_errors
 def clear(
-    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind of entry: image, text, llm, digest (file hashes by path and stat)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind of entry: image, text, llm, digest (file hashes by path and stat); image and digest also clear the folder snapshots holding them."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
@@ -51,7 +52,10 @@ def clear(
         if not yes and not typer.confirm(f"Remove {what} from {store.directory}?"):  # plain click prompt: no markup
             raise typer.Abort()
         removed = store.clear(kind)
-    console.print(f"removed {removed} entries")
+        # folder snapshots hold image features and file digests: they go with either
+        snapshots = store.clear(SNAPSHOT_KIND) if kind in ("image", "digest") else 0
+    also = f" and {snapshots} folder snapshot{'s' if snapshots > 1 else ''} holding them" if snapshots else ""
+    console.print(f"removed {removed} entries{also}")
 
 
 def _clear_damaged(folder: Path, yes: bool) -> None:

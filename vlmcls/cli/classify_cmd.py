@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,7 @@ def classify(
     if engine == "single":
         records = as_records(images, **source_options)
     inputs = [images, classes, descriptors, pairs, templates, hierarchy, distances, label_space,
-              *(r.path for r in records or [] if r.path is not None)]
+              *map(operator.attrgetter("path_text"), records or [])]  # None for dataset rows
     targets = check_outputs({
         "--output": (output, OUTPUT_SUFFIXES, None),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
