@@ -69,7 +69,8 @@ def _nan_for_bright_images(model):
 
     def encode_images(pixels):
         feats = encode(pixels)  # [B, D]
-        bright = pixels.float().flatten(1).mean(dim=1) > 1.0  # [B]; normalised pixels: white ~ 1.9, dark ~ -1.4
+        # [B]; pixels come as uint8 (white 255, dark ~20) or normalised (white ~1.9, dark ~-1.4)
+        bright = pixels.float().flatten(1).mean(dim=1) > (128 if pixels.dtype == torch.uint8 else 1.0)
         return torch.where(bright[:, None], torch.full_like(feats, torch.nan), feats)
 
     model.encode_images = encode_images

@@ -171,9 +171,22 @@ _DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # dict get/set are ato
 
 
 def _array_to_bytes(array: np.ndarray) -> bytes:
+    """``np.save``'s bytes. Its header depends only on the dtype and shape, so it is made once per layout (np.save
+    took most of a first run's store writes: one per image)."""
+    array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    layout = (array.dtype.str, array.shape) if array.dtype.isbuiltin == 1 else None
+    header = _NPY_SAVE_HEADERS.get(layout) if layout is not None else None
+    if header is not None:
+        return header + array.tobytes()
     buf = io.BytesIO()
-    np.save(buf, np.asarray(array, order="C"), allow_pickle=False)  # (ascontiguousarray would make 0-d arrays 1-d)
-    return buf.getvalue()
+    np.save(buf, array, allow_pickle=False)
+    raw = buf.getvalue()
+    if layout is not None and len(_NPY_SAVE_HEADERS) < 1024:
+        _NPY_SAVE_HEADERS[layout] = raw[: len(raw) - array.nbytes]
+    return raw
+
+
+_NPY_SAVE_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}  # (dtype, shape) -> np.save's header
 
 
 def _bytes_to_array(raw: bytes) -> np.ndarray:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import queue
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -83,9 +85,10 @@ class Encoder:
 
     def __init__(self, model: ModelBackend, store: Store | None = None, uint8_transfer: bool | None = None,
                  reduced_decoding: bool = True, thumbnail_size: int | None = None):
-        """``uint8_transfer``: decode workers hand over uint8 pixels and the model side converts them
-        (:meth:`ModelBackend.uint8_preprocess`); default: only when the model is on an accelerator, where that
-        traffic bounds throughput. The features are the same either way.
+        """``uint8_transfer``: decode workers hand over uint8 pixels and the model side converts them, one batch at a
+        time (:meth:`ModelBackend.uint8_preprocess`); default: whenever the model's preprocessing splits that way.
+        It moves a quarter of the bytes, and on a CPU it costs less too (64-px images on 2 cores: 0.11 ms per image
+        on the workers instead of 0.36). The features are the same either way.
         ``reduced_decoding``: decode large JPEGs at reduced size (see :data:`REDUCED_DECODING_MARGIN`); False
         decodes every pixel. ``thumbnail_size``: keep a small JPEG of each image decoded
         (:attr:`ImageFeatures.thumbnails`), for a report that then need not read the files again."""
@@ -133,8 +136,7 @@ class Encoder:
 
     # -- images -------------------------------------------------------------------------------------
     def _worker_preprocess(self):
-        wanted = self.uint8_transfer if self.uint8_transfer is not None else (
-            self.model.device.type != "cpu" or bool(self.device_decoding))
+        wanted = self.uint8_transfer is not False
         return (self.model.uint8_preprocess() if wanted else None) or self.model.preprocess
 
     def _device_decoder(self):
@@ -223,39 +225,43 @@ class Encoder:
         batches = () if not todo_records else iter_decoded_batches(  # all cached: nothing to decode, no torch
             todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
             min_side=self.decode_min_side(), thumbnail_size=self.thumbnail_size,
-            lookup=self._stored_features if self.store is not None else None, device_decoder=device_decoder,
+            lookup=(lambda digests: self._stored_features(digests, image_key)) if self.store is not None else None,
+            device_decoder=device_decoder,
         )
-        for batch in batches:
-            for rec, reason in batch.errors:
-                errors[position[id(rec)]] = reason
-            digests: dict[str, str] = {}  # stat key -> digest, for the next process
-            for rec, digest, file_stat, value, thumbnail in batch.known:
-                i = position[id(rec)]
-                feats[i] = value
-                digests.update(_stat_digest(rec, file_stat, digest))
-                if file_stat is not None:
-                    learnt[i] = (digest, stat_tuple(file_stat))
-                if thumbnail is not None:
-                    thumbnails[rec.id] = thumbnail
-            new: dict[str, np.ndarray] = {}
-            if batch.records_ok:
-                out = l2_normalize(self.model.encode_images(batch.pixels)).numpy()  # [B, D]
-                for j, rec in enumerate(batch.records_ok):
+        writer = _StoreWriter(self.store, image_key) if self.store is not None and todo_records else None
+        try:
+            for batch in batches:
+                for rec, reason in batch.errors:
+                    errors[position[id(rec)]] = reason
+                for rec, digest, file_stat, value, thumbnail in batch.known:
                     i = position[id(rec)]
-                    feats[i] = out[j]
-                    if self.store is not None:
-                        new[image_key(batch.digests[j])] = out[j]
-                        digests.update(_stat_digest(rec, batch.file_stats[j], batch.digests[j]))
-                        if batch.file_stats[j] is not None:
+                    feats[i] = value
+                    if file_stat is not None:
+                        learnt[i] = (digest, stat_tuple(file_stat))
+                    if thumbnail is not None:
+                        thumbnails[rec.id] = thumbnail
+                out = None
+                if batch.records_ok:
+                    out = l2_normalize(self.model.encode_images(batch.pixels)).numpy()  # [B, D]
+                    for j, rec in enumerate(batch.records_ok):
+                        i = position[id(rec)]
+                        feats[i] = out[j]
+                        if self.store is not None and batch.file_stats[j] is not None:
                             learnt[i] = (batch.digests[j], stat_tuple(batch.file_stats[j]))
-                    if batch.thumbnails[j] is not None:
-                        thumbnails[rec.id] = batch.thumbnails[j]
-                encoded += len(batch.records_ok)
-            if self.store is not None and (new or digests):
-                self.store.set_many(arrays=new, jsons=digests)  # one transaction per batch
-            done += len(batch.records_ok) + len(batch.errors) + len(batch.known)
-            if progress:
-                progress(done, total)
+                        if batch.thumbnails[j] is not None:
+                            thumbnails[rec.id] = batch.thumbnails[j]
+                    encoded += len(batch.records_ok)
+                if writer is not None:
+                    writer.put(batch, out)
+                done += len(batch.records_ok) + len(batch.errors) + len(batch.known)
+                if progress:
+                    progress(done, total)
+        except BaseException:
+            if writer is not None:  # what was encoded is still stored (an interrupted run resumes from there)
+                writer.close(raise_error=False)
+            raise
+        if writer is not None:
+            writer.close()
         if files is not None and files.folder is not None:
             self._save_snapshot(files, snap, feats, learnt)
         ok, stacked = _merge_features(snap.positions, snap.feats, feats)
@@ -336,12 +342,87 @@ class Encoder:
         kept = self.store.get_jsons(stat_keys.values())
         return {i: kept[k] for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
 
-    def _stored_features(self, digests: list[str]) -> dict[str, np.ndarray]:
-        """For decode workers: the stored features of these contents (a renamed or touched file), one query."""
-        image_key = self._image_key_function()
+    def _stored_features(self, digests: list[str], image_key: Callable[[str], str] | None = None
+                         ) -> dict[str, np.ndarray]:
+        """For decode workers: the stored features of these contents (a renamed or touched file), one query.
+        ``image_key``: the run's :meth:`_image_key_function`, made once per run rather than once per chunk."""
+        image_key = image_key or self._image_key_function()
         keys = {digest: image_key(digest) for digest in digests}
         found = self.store.get_arrays(keys.values(), self.feature_shape())
         return {digest: found[key] for digest, key in keys.items() if key in found}
+
+
+class _StoreWriter:
+    """Stores each batch's new features and the digests of the files read, on a thread of its own, in batch order,
+    one transaction per batch (:meth:`Store.set_many`), so the model never waits on SQLite: its commits and
+    checkpoints wait on the disk, and the keys and rows are Python work. At most ``DEPTH`` batches wait."""
+
+    DEPTH = 2
+    STALL_S = 600.0  # the longest wait for the writer to take a batch or finish, before the run gives up
+
+    def __init__(self, store: Store, image_key: Callable[[str], str]):
+        self._store, self._image_key = store, image_key
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._raised = False  # the error went to the run already
+        self._thread = threading.Thread(target=self._run, name="vlmcls-store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch, out: np.ndarray | None) -> None:
+        """Hands over one batch (``out``: the features of ``batch.records_ok``; its pixels are not kept); raises the
+        writer's error, if any."""
+        self._raise_error()
+        if not self._offer((batch.records_ok, batch.digests, batch.file_stats, batch.known, out)):
+            self._raise_error()
+            raise CacheError(f"the cache in '{self._store.directory}' took no batch for {self.STALL_S:.0f} s.")
+
+    def close(self, raise_error: bool = True) -> None:
+        """Waits until every batch handed over is stored (bounded); then raises the writer's error, if any."""
+        if self._offer(None):
+            self._thread.join(self.STALL_S)
+        if self._thread.is_alive():
+            message = f"the cache in '{self._store.directory}' did not finish writing within {self.STALL_S:.0f} s."
+            if raise_error:
+                raise CacheError(message)
+            log.warning(message)
+        elif raise_error:
+            self._raise_error()
+        elif self._error is not None and not self._raised:
+            log.warning("storing the last batches in the cache failed: %s", self._error)
+
+    def _offer(self, item) -> bool:
+        deadline = time.monotonic() + self.STALL_S
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            self._raised = True
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # handed to the run at its next batch, or at the end
+                    self._error = exc
+
+    def _write(self, records, digests_read, file_stats, known, out: np.ndarray | None) -> None:
+        digests: dict[str, str] = {}  # stat key -> digest, for the next process
+        for rec, digest, file_stat, _value, _thumbnail in known:
+            digests.update(_stat_digest(rec, file_stat, digest))
+        new: dict[str, np.ndarray] = {}
+        for j, rec in enumerate(records):
+            new[self._image_key(digests_read[j])] = out[j]
+            digests.update(_stat_digest(rec, file_stats[j], digests_read[j]))
+        if new or digests:
+            self._store.set_many(arrays=new, jsons=digests)  # one transaction per batch
 
 
 class _FirstCall:
