@@ -198,7 +198,7 @@ def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: lis
                            itertools.repeat(None), list(map(_LABEL, records)), explanations))
     order = list(map(_SOURCE_INDEX, records))
     if feats.errors:
-        predictions += [Prediction(rec.id, _path(rec), None, [], reason, rec.label) for rec, reason in feats.errors]
+        predictions += [Prediction(rec.id, rec.path_text, None, [], reason, rec.label) for rec, reason in feats.errors]
         order += [rec.source_index for rec, _ in feats.errors]
     if not all(map(operator.le, order, itertools.islice(order, 1, None))):  # input order, as the sources number it
         predictions = [predictions[i] for i in sorted(range(len(order)), key=order.__getitem__)]
@@ -228,7 +228,3 @@ def _finite_only(feats: ImageFeatures) -> ImageFeatures:
 
 
 _ID, _PATH, _LABEL, _SOURCE_INDEX = map(operator.attrgetter, ("id", "path_text", "label", "source_index"))
-
-
-def _path(rec: ImageRecord) -> str | None:
-    return rec.path_text  # (a listed file's Path is not built for it)

@@ -146,7 +146,7 @@ class Encoder:
         if not wanted:
             return None
         uint8 = self.model.uint8_preprocess()
-        if uint8 is None or self._worker_preprocess() is not uint8:
+        if uint8 is None or self.uint8_transfer is False:  # the workers hand over float pixels
             log.info("device decoding off: the decode workers do not hand over uint8 pixels for this model")
             return None
         from .device_decode import DeviceJpegDecoder
@@ -315,7 +315,7 @@ class Encoder:
             log.warning("could not keep the folder snapshot (%s); the next run looks files up one by one", exc)
 
     @paused_gc()
-    def _digests_by_stat(self, files: FileStats, which: list[int]) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
+    def _digests_by_stat(self, files: FileStats, which: Sequence[int]) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
         """{position: (digest, stat)} for the files ``which`` (indices into ``files``) whose digest the store keeps
         under their unchanged stat (:func:`~vlmcls.cache.stat_key`), in bulk queries."""
         stat_keys: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
@@ -327,20 +327,13 @@ class Encoder:
         kept = self.store.get_jsons(key for key, _ in stat_keys.values()) if stat_keys else {}
         return {i: (kept[key], stat) for i, (key, stat) in stat_keys.items() if isinstance(kept.get(key), str)}
 
-    @paused_gc()
     def known_digests(self, records: Sequence[ImageRecord]) -> dict[int, str]:
         """Content digests of the files the store knows under their unchanged stat (one query per few hundred
         files), by position in ``records``; nothing is read but the files' stat."""
         if self.store is None:
             return {}
-        stat_keys: dict[int, str] = {}
-        for i, record in enumerate(records):
-            if record.fetch is None and record.path is not None:
-                key = stat_key(record.path)
-                if key is not None:
-                    stat_keys[i] = key
-        kept = self.store.get_jsons(stat_keys.values())
-        return {i: kept[k] for i, k in stat_keys.items() if isinstance(kept.get(k), str)}
+        files = FileStats.of(_file_texts(records))
+        return {i: digest for i, (digest, _) in self._digests_by_stat(files, range(len(files.positions))).items()}
 
     def _stored_features(self, digests: list[str], image_key: Callable[[str], str] | None = None
                          ) -> dict[str, np.ndarray]:
@@ -425,23 +418,9 @@ class _StoreWriter:
             self._store.set_many(arrays=new, jsons=digests)  # one transaction per batch
 
 
-class _FirstCall:
-    """A preprocessing chosen on its first call (choosing asks the model's device, which builds a lazy model and
-    imports torch); a run whose only uncached files fail to decode never needs it."""
-
-    def __init__(self, choose: Callable[[], Callable]):
-        self._choose, self._chosen, self._lock = choose, None, threading.Lock()
-
-    def __call__(self, image):
-        if self._chosen is None:
-            with self._lock:
-                if self._chosen is None:
-                    self._chosen = self._choose()
-        return self._chosen(image)
-
-
 class _Chosen:
-    """A value worked out on first use, once (the device decoder: choosing it asks the model's device)."""
+    """A value worked out on first use, once, whichever thread asks first (choosing the preprocessing or the device
+    decoder asks the model's device, which builds a lazy model and imports torch)."""
 
     def __init__(self, choose: Callable[[], Any]):
         self._choose, self._done, self._value, self._lock = choose, False, None, threading.Lock()
@@ -452,6 +431,13 @@ class _Chosen:
                 if not self._done:
                     self._value, self._done = self._choose(), True
         return self._value
+
+
+class _FirstCall(_Chosen):
+    """A preprocessing chosen on its first call: a run whose only uncached files fail to decode never needs it."""
+
+    def __call__(self, image):
+        return self.chosen()(image)
 
 
 def model_input_side(model: ModelBackend) -> int | None:
