@@ -76,3 +76,25 @@ def count_opens(monkeypatch):
         roots.append(str(folder))
         return counts
     return watch
+
+
+@pytest.fixture
+def interrupt_encoding(monkeypatch):
+    """``interrupt_encoding(n)``: the open_clip backend's n-th image batch raises KeyboardInterrupt (as Ctrl-C
+    there would); returns ``restore()``, which puts the real encoder back for the run that resumes."""
+    from vlmcls import models
+
+    real = models.OpenClipBackend.encode_images
+
+    def arm(nth: int):
+        calls = {"n": 0}
+
+        def encode_images(self, pixels):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise KeyboardInterrupt
+            return real(self, pixels)
+
+        monkeypatch.setattr(models.OpenClipBackend, "encode_images", encode_images)
+        return lambda: monkeypatch.setattr(models.OpenClipBackend, "encode_images", real)
+    return arm

@@ -279,3 +279,56 @@ def test_a_folder_lists_in_the_order_of_its_relative_parts(tmp_path, mixed):
     listed = [os.path.relpath(r.path_text, tmp_path / "p") for r in list_images(tmp_path / "p")]
     assert listed == sorted(names, key=lambda n: tuple(n.split("/")))
     assert [r.label for r in list_images(tmp_path / "p")] == [n.split("/")[0] if "/" in n else None for n in listed]
+
+
+
+def test_runs_alternating_between_part_of_a_folder_and_all_of_it_keep_one_snapshot(tiny_open_clip, tmp_path,
+                                                                                    count_opens, monkeypatch):
+    """A list file naming part of a folder, then the whole folder: the part's run keeps the rows of the files it
+    did not list, so the snapshot is not rewritten and the whole folder's re-run opens no image; an unlisted file
+    that changed or went meanwhile is not carried over."""
+    folder, cache, model = tmp_path / "photos", tmp_path / "cache", f"local-dir:{tiny_open_clip}"
+    _tree(folder)
+    (folder / "notes.png").unlink()
+    part = tmp_path / "part.txt"
+    part.write_text("photos/cat/0.png\nphotos/dog/1.png\n")
+    written: list[str] = []
+    real_set = Store.set_bytes
+
+    def spy(self, key, value):
+        written.append(key)
+        return real_set(self, key, value)
+
+    monkeypatch.setattr(Store, "set_bytes", spy)
+
+    def run(source: Path, out: str, store: Path = cache) -> bytes:
+        clear_digest_memo()  # as a new process
+        result = CliRunner().invoke(app, ["classify", str(source), "--classes", "cat,dog", "--model", model,
+                                          "--cache-dir", str(store), "-q", "-o", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        return (tmp_path / out).read_bytes()
+
+    def snapshots_written() -> int:
+        count = sum(key.startswith("folder-snapshot:") for key in written)
+        written.clear()
+        return count
+
+    first = run(folder, "all1.jsonl")
+    assert snapshots_written() == 1
+    run(part, "part1.jsonl")
+    assert snapshots_written() == 0  # nothing new, nothing gone
+    counts = count_opens(folder)
+    assert run(folder, "all2.jsonl") == first
+    assert counts == {} and snapshots_written() == 0  # every file from the snapshot, none opened
+
+    changed, gone = folder / "cat" / "2.png", folder / "dog" / "2.png"
+    imagegen.write_solid(changed, (20, 220, 20))
+    gone.unlink()
+    imagegen.write_solid(folder / "cat" / "new.png", (230, 20, 20))  # new in the part: its run writes
+    part.write_text("photos/cat/0.png\nphotos/dog/1.png\nphotos/cat/new.png\n")
+    run(part, "part2.jsonl")
+    assert snapshots_written() == 1
+    counts.clear()
+    again = run(folder, "all3.jsonl")
+    assert sorted(counts) == [str(changed)]  # the changed file alone is read again (the new one came from the part)
+    assert again == run(folder, "fresh.jsonl", tmp_path / "empty-cache")

@@ -314,25 +314,15 @@ def test_internal_error_exits_4_with_one_line_and_the_traceback_file(tiny_open_c
     os.unlink(log_path)
 
 
-def test_ctrl_c_says_how_much_is_cached_and_the_same_command_resumes(tiny_open_clip, labelled_folder, monkeypatch):
-    from vlmcls import models
-
-    real = models.OpenClipBackend.encode_images
-    calls = {"n": 0}
-
-    def interrupted_on_second_batch(self, pixels):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, pixels)
-
+def test_ctrl_c_says_how_much_is_cached_and_the_same_command_resumes(tiny_open_clip, labelled_folder,
+                                                                     interrupt_encoding):
     args = ["classify", labelled_folder, "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}",
             "--batch-size", "2", "--workers", "0", "-o", labelled_folder.parent / "p.jsonl"]
-    monkeypatch.setattr(models.OpenClipBackend, "encode_images", interrupted_on_second_batch)
+    restore = interrupt_encoding(2)
     result = _invoke(*args)
     assert result.exit_code == 130
     assert "interrupted: 2 of 7 images cached; the same command resumes." in _one_line(result.output)
-    monkeypatch.setattr(models.OpenClipBackend, "encode_images", real)
+    restore()
     again = _invoke(*args)
     assert "2 / 4" not in again.output  # the summary counts: encoded now / cached
     assert json.loads((labelled_folder.parent / "p.jsonl").read_text().splitlines()[0])

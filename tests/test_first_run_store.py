@@ -71,26 +71,15 @@ def test_a_cache_write_failure_is_the_runs_error_and_earlier_batches_stay_stored
     assert again.encoded == 5  # the first batch was stored before the failure
 
 
-def test_an_interrupt_keeps_every_batch_encoded_before_it(tiny_open_clip, tmp_path, monkeypatch):
-    from vlmcls import models
-
+def test_an_interrupt_keeps_every_batch_encoded_before_it(tiny_open_clip, tmp_path, interrupt_encoding):
     folder = _folder(tmp_path / "imgs", n=7)
     model = f"local-dir:{tiny_open_clip}"
-    real = models.OpenClipBackend.encode_images
-    calls = {"n": 0}
-
-    def interrupted_on_third_batch(self, pixels):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, pixels)
-
-    monkeypatch.setattr(models.OpenClipBackend, "encode_images", interrupted_on_third_batch)
+    restore = interrupt_encoding(3)
     progress: list[int] = []
     with pytest.raises(KeyboardInterrupt):
         Classifier(model, cache_dir=tmp_path / "c", batch_size=2).encode_images(
             folder, progress=lambda done, total: progress.append(done))
-    monkeypatch.setattr(models.OpenClipBackend, "encode_images", real)
+    restore()
     assert progress[-1] == 4  # what the Ctrl-C message reports ...
     again = Classifier(model, cache_dir=tmp_path / "c", batch_size=2).encode_images(folder)
     assert again.encoded == 7 - 4  # ... is what the store holds when the run has ended

@@ -23,7 +23,7 @@ from .cache import Store, cache_key, cache_key_for, stat_key, stat_key_of
 from .errors import CacheError
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
-from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_rows, stat_tuple
+from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_fields, stat_rows, stat_tuple
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
     import torch
@@ -304,11 +304,14 @@ class Encoder:
         """A new snapshot of the folder when this run learnt files its snapshot lacks (new or changed) or the
         snapshot holds files this run did not find unchanged; never fails the run."""
         fresh = [f for f, i in enumerate(files.positions) if i in learnt and i in feats] if learnt else []
-        kept = len(snap.positions)
-        if not fresh and (snap.snapshot is None or kept == len(snap.snapshot.names)):
-            return  # nothing to keep, or nothing new: the snapshot stands
         try:
-            snapshot = _next_snapshot(files, snap, fresh, feats, learnt)
+            # files of the folder this run did not list (a list file naming part of it) keep their rows while
+            # their stat holds, so runs alternating between part of a folder and all of it both re-run from it
+            carried = _unlisted_unchanged(files.folder, snap)
+            kept = len(snap.positions) + len(carried)
+            if not fresh and (snap.snapshot is None or kept == len(snap.snapshot.names)):
+                return  # nothing to keep, or nothing new: the snapshot stands
+            snapshot = _next_snapshot(files, snap, fresh, feats, learnt, carried)
             if snapshot is not None:
                 save_snapshot(self.store, self._snapshot_key(files), snapshot)
         except (CacheError, OSError, ValueError) as exc:  # a snapshot only saves time; the run has its features
@@ -502,10 +505,36 @@ def _merge_features(positions: np.ndarray, block: np.ndarray | None, feats: dict
     return ok[order], merged[order]
 
 
+def _unlisted_unchanged(folder: str | None, snap: _SnapshotHits) -> np.ndarray:
+    """Rows of the old snapshot whose file this run did not list, still there under the same stat (one stat each).
+    A name that is absolute or climbs out of the folder (only a crafted snapshot holds one) is never stat-ed."""
+    old = snap.snapshot
+    if old is None or folder is None:
+        return np.zeros(0, np.int64)
+    listed = np.zeros(len(old.names), dtype=bool)
+    listed[snap.rows[snap.rows >= 0]] = True
+    unlisted = [row for row in np.flatnonzero(~listed).tolist() if _inside(old.names[row])]
+    if not unlisted:
+        return np.zeros(0, np.int64)
+    fields = stat_fields([os.path.join(folder, old.names[row]) for row in unlisted])
+    there = [(row, stat) for row, stat in zip(unlisted, fields) if stat is not None]
+    if not there:
+        return np.zeros(0, np.int64)
+    rows = np.array([row for row, _ in there], dtype=np.int64)
+    same = (old.stats[rows] == stat_rows([stat for _, stat in there])).all(axis=1)
+    return rows[same]
+
+
+def _inside(name: str) -> bool:
+    return bool(name) and not os.path.isabs(name) and os.pardir not in name.split(os.sep)
+
+
 def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feats: dict[int, np.ndarray],
-                   learnt: dict[int, tuple[str, tuple[int, int, int, int]]]) -> Snapshot | None:
+                   learnt: dict[int, tuple[str, tuple[int, int, int, int]]],
+                   carried: np.ndarray | None = None) -> Snapshot | None:
     """The folder's snapshot after this run: the files the old one gave unchanged, and those ``fresh`` (indices
-    into ``files``, ascending) whose digest and finite float32 feature this run has, in the records' order."""
+    into ``files``, ascending) whose digest and finite float32 feature this run has, in the records' order; then
+    the old one's ``carried`` rows (files this run did not list, unchanged), all in the folder's listing order."""
     fresh = [f for f in fresh if feats[files.positions[f]].dtype == np.float32  # (a digest read back from the
              and len(learnt[files.positions[f]][0]) == 64]                       # store is checked: sha256 hex)
     block = np.stack([feats[files.positions[f]] for f in fresh]) if fresh else None  # [F, D], all at once:
@@ -530,4 +559,13 @@ def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feat
         digests[~from_old] = np.frombuffer(bytes.fromhex("".join(learnt[i][0] for i in new)), np.uint8).reshape(-1, 32)
         stats[~from_old] = stat_rows([learnt[i][1] for i in new])
         out[~from_old] = block
+    if carried is not None and len(carried):
+        old_snap = snap.snapshot
+        names += [old_snap.names[row] for row in carried.tolist()]
+        stats = np.concatenate([stats, old_snap.stats[carried]])
+        digests = np.concatenate([digests, old_snap.digests[carried]])
+        out = np.concatenate([out, old_snap.feats[carried]])
+        order = sorted(range(len(names)), key=lambda i: names[i].split(os.sep))  # as a folder lists
+        names = [names[i] for i in order]
+        stats, digests, out = stats[order], digests[order], out[order]
     return Snapshot(names, stats, digests, out)
