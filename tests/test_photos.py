@@ -272,6 +272,61 @@ def test_heic_and_avif_photos_are_listed_and_decoded(tmp_path, suffix):
     assert [r.id for b in batches for r in b.records_ok] == [record.id]
 
 
+@pytest.mark.parametrize("orientation", [1, 6, 3, 8])
+def test_a_heic_photo_decodes_its_embedded_thumbnail_when_it_is_large_enough(tmp_path, orientation):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    from vlmcls.decoding import decode_image
+
+    picture = Image.open(write_photo(tmp_path / "src.jpg", size=(1600, 1200))).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # as a phone held sideways writes it
+    path = tmp_path / "IMG_0002.heic"
+    picture.save(path, format="HEIF", quality=85, thumbnails=[320], exif=exif.tobytes())  # an iPhone's 320×240
+    data = path.read_bytes()
+    upright = (1200, 1600) if orientation in (6, 8) else (1600, 1200)
+    full = decode_image(data)
+    thumb = decode_image(data, min_side=224)
+    assert full.size == upright
+    assert thumb.size == (upright[0] // 5, upright[1] // 5)  # the thumbnail, turned as the picture is
+    assert decode_image(data, min_side=241).size == upright  # a thumbnail below min_side is never used
+    scaled = np.asarray(full.resize(thumb.size, Image.BILINEAR), dtype=np.float64)
+    assert np.abs(scaled - np.asarray(thumb, dtype=np.float64)).mean() < 6  # the same picture, the same way up
+    turned = np.asarray(full.rotate(90, expand=True).resize(thumb.size[::-1], Image.BILINEAR), dtype=np.float64)
+    assert np.abs(turned - np.asarray(thumb.rotate(90, expand=True), dtype=np.float64)).mean() < 6
+
+
+def test_classify_encodes_a_heic_from_its_thumbnail_and_labels_it_as_from_every_pixel(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    from vlmcls import Classifier
+    from vlmcls.decoding import decode_image
+
+    folder = tmp_path / "iphone"
+    folder.mkdir()
+    for i in range(3):
+        picture = Image.open(write_photo(tmp_path / f"src{i}.jpg", size=(1600, 1200), seed=i)).convert("RGB")
+        picture.save(folder / f"IMG_{i}.heic", format="HEIF", quality=85, thumbnails=[320])
+    clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2)
+    reduced = clf.encode_images(str(folder))
+    side = clf.encoder.decode_min_side()  # the model's input side (64 px for the demo model)
+    clf.encoder.reduced_decoding = False
+    full = clf.encode_images(str(folder))
+    assert [r.id for r in reduced.records] == [r.id for r in full.records] and len(reduced.records) == 3
+    assert reduced.encoded == full.encoded == 3  # full decoding's features are kept apart, not reused
+    # the thumbnail's pixels went through the model: the features are those of decode_image(min_side=...)
+    thumbs = [decode_image(p.read_bytes(), min_side=side) for p in sorted(folder.iterdir())]
+    assert {t.size for t in thumbs} == {(320, 240)}
+    direct = clf.encoder.model.encode_images(torch.stack([clf.encoder.model.preprocess(t) for t in thumbs]))
+    direct = direct / direct.norm(dim=1, keepdim=True)
+    assert float((direct * reduced.feats).sum(dim=1).min()) > 0.9999
+    cos = (reduced.feats * full.feats).sum(dim=1)
+    assert float(cos.min()) > 0.98 and float(cos.max()) < 1 - 1e-6  # close, from other pixels
+    classes = ["red", "green", "blue"]
+    assert [p.label for p in clf.predict(reduced, classes).predictions] == \
+        [p.label for p in clf.predict(full, classes).predictions]
+
+
 # -- the store's bulk access ------------------------------------------------------------------------------
 
 

@@ -75,7 +75,9 @@ def decode_image(
 
     With ``min_side``, libjpeg's DCT scaling decodes a large JPEG at 1/2, 1/4 or 1/8 size straight from the
     compressed data (the smallest scale keeping the short side ≥ ``min_side``): a 12 MP photo meant for a
-    224-pixel model costs a quarter of the time and a sixtieth of the memory. Other formats decode in full.
+    224-pixel model costs a quarter of the time and a sixtieth of the memory. A HEIC/HEIF photo decodes its
+    smallest embedded thumbnail with both sides ≥ ``min_side`` when it has one (:func:`_heif_thumbnail`). Other
+    formats decode in full.
     """
     if isinstance(data, Image.Image):
         _check_size(data.size, max_pixels)
@@ -143,11 +145,24 @@ def _decode(data: bytes, max_pixels: int | None, min_side: int | None = None) ->
         _check_size(image.size, max_pixels)
         if min_side and image.format in ("JPEG", "MPO") and min(image.size) >= 2 * min_side:
             image.draft(image.mode, (min_side, min_side))  # picks the smallest scale with both sides ≥ min_side
+        elif min_side and image.format == "HEIF":
+            _heif_thumbnail(image, min_side)
         try:
             image.load()
         except Exception as exc:  # hostile input makes decoders raise nearly anything; none may stop a run
             raise ImageError(_failure_reason(exc)) from exc
         return _to_rgb(_oriented(image))
+
+
+def _heif_thumbnail(image: Image.Image, min_side: int) -> None:
+    """Have a HEIC/HEIF image load its smallest embedded thumbnail whose both sides are ≥ ``min_side``, when it
+    holds one that is a scaled copy of the picture (pillow-heif's ``draft`` checks the aspect ratio, crop,
+    rotation, mirroring and colour profile). An iPhone photo carries a 320×240 one: that is ~10 ms to decode
+    instead of ~1 s of CPU for the 12 MP grid of tiles. Without a fitting thumbnail every pixel is decoded."""
+    try:
+        image.draft(image.mode, (min_side, min_side))
+    except Exception as exc:  # a thumbnail is only a shortcut; the picture itself still decodes (or fails) below
+        log.debug("not using the HEIF thumbnail: %s", exc)
 
 
 def _is_heif(head: bytes) -> bool:

@@ -160,6 +160,7 @@ class Encoder:
         if min_side is not None:
             # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
             parts["jpeg_min_side"] = min_side
+            parts["heif_thumbnail_min_side"] = min_side  # a HEIC's embedded thumbnail (vlmcls.decoding)
         return parts
 
     def _image_key_function(self) -> Callable[[str], str]:
