@@ -13,6 +13,11 @@ outside every timed region. In each of ``--repeats`` rounds the compared runs al
 
 Then the quality of reduced-size decoding: feature cosines against full decoding per margin (ViT-B/32, the photos),
 and label agreement on the demo world rendered at 12 MP with the shipped demo model.
+
+Then HEIC (``--heic N``, 0 skips): the photos re-encoded as iPhone-like HEICs (a grid of 512-px tiles plus a
+320×240 thumbnail, x265 preset ultrafast so that making them takes minutes, not an hour): decode time of the
+thumbnail vs every pixel, ``classify``'s steady rate on them with each (forward-only rate measured around it), the
+ViT-B/32 cosine thumbnail vs full, and label agreement on the 12 MP demo world as HEICs.
 """
 
 from __future__ import annotations
@@ -97,6 +102,27 @@ def _render_demo_photo(args: tuple[Path, str, int]) -> Path:
     return path
 
 
+def _make_heic(args: tuple[Path, Path]) -> Path:
+    """An iPhone-like HEIC of a JPEG's pixels: 512-px grid tiles and a 320×240 thumbnail."""
+    import pillow_heif
+
+    source, path = args
+    if path.exists():
+        return path
+    pillow_heif.register_heif_opener()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("RGB").save(path, format="HEIF", quality=75, tile_size=512, thumbnails=[320],
+                                  enc_params={"preset": "ultrafast"})
+    return path
+
+
+def make_heics(sources: list[Path], folder: Path) -> list[Path]:
+    jobs = [(p, folder / p.relative_to(p.parents[1]).with_suffix(".heic")) for p in sources]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(_make_heic, jobs))
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -113,6 +139,7 @@ def main() -> None:
     parser.add_argument("--demo-per-class", type=int, default=8, help="12 MP demo-world images per class")
     parser.add_argument("--work", type=Path, default=None, help="keep the generated photos here")
     parser.add_argument("--no-full", action="store_true", help="skip classify with full decoding in the rounds")
+    parser.add_argument("--heic", type=int, default=32, help="HEIC photos for the HEIC section (0: skip it)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads for every run (on a busy shared box 2 threads spin-wait: use 1)")
     args = parser.parse_args()
@@ -166,7 +193,9 @@ def main() -> None:
     print(f"raw open_clip loop          {rate['raw']:7.2f} img/s ({len(raw)} images, full decode)", flush=True)
 
     margins_section(backend, paths[: min(16, len(paths))])
-    demo_agreement(work, args.demo_per_class)
+    demo_paths = demo_agreement(work, args.demo_per_class)
+    if args.heic:
+        heic_section(backend, work, paths[: args.heic], demo_paths, args.batch_size)
 
 
 def margins_section(backend, paths) -> None:
@@ -212,6 +241,67 @@ def demo_agreement(work: Path, per_class: int) -> None:
           f"(target >= 99 %); min feature cosine {cos.min():.5f} (target >= 0.99); accuracy reduced "
           f"{correct[True]:.2%}, full {correct[False]:.2%}; encode time reduced {out[True][2]:.1f} s, "
           f"full {out[False][2]:.1f} s", flush=True)
+    return paths
+
+
+def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path], batch_size: int) -> None:
+    """HEIC photos: the embedded thumbnail (reduced decoding, the default) against every pixel."""
+    from vlmcls import Classifier
+    from vlmcls.decoding import decode_image
+    from vlmcls.demo.world import DEMO_CLASSES
+    from vlmcls.embeddings import l2_normalize
+
+    start = time.perf_counter()
+    heics = make_heics(jpegs, work / "heic")
+    mb = statistics.mean(p.stat().st_size for p in heics) / 1e6
+    print(f"\nHEIC: {len(heics)} photos 4032x3024 (512-px tiles, 320x240 thumbnail), mean {mb:.1f} MB (made in "
+          f"{time.perf_counter() - start:.0f} s)", flush=True)
+    some = [p.read_bytes() for p in heics[:8]]
+    for label, side in (("thumbnail", 224), ("every pixel", None)):
+        t, images = timed(lambda: [decode_image(d, min_side=side) for d in some])
+        print(f"  decode ({label}): {1000 * t / len(some):6.1f} ms/img (wall; libheif decodes tiles on its own "
+              f"threads), decoded at {images[0].size[0]}x{images[0].size[1]}", flush=True)
+
+    def feats(side):
+        pixels = torch.stack([backend.preprocess(decode_image(d, min_side=side)) for d in some])
+        return l2_normalize(backend.encode_images(pixels))
+
+    cos = (feats(224) * feats(None)).sum(dim=1)
+    print(f"  ViT-B/32 feature cosine thumbnail vs every pixel, {len(some)} photos: min {cos.min():.5f}, "
+          f"mean {cos.mean():.5f}", flush=True)
+    caches = iter(range(10**6))
+    small = max(2, len(heics) // 4)
+
+    def classify(n: int, reduced: bool) -> float:
+        clf = Classifier(backend, cache_dir=work / f"heic-cache-{os.getpid()}-{next(caches)}", batch_size=batch_size)
+        clf.encoder.reduced_decoding = reduced
+        t, result = timed(lambda: clf.classify([str(p) for p in heics[:n]], LABELS, method="templates",
+                                               templates="photo"))
+        assert result.stats["encoded"] == n, result.stats
+        return t
+
+    classify(2, True)
+    for label, reduced in (("thumbnail", True), ("every pixel", False)):
+        before = forward_limit(backend, batch_size, seconds=4.0)
+        t_small, t_big = classify(small, reduced), classify(len(heics), reduced)
+        after = forward_limit(backend, batch_size, seconds=4.0)
+        rate, forward = (len(heics) - small) / (t_big - t_small), (before + after) / 2
+        print(f"  classify steady ({label}, marginal {small} -> {len(heics)}): {rate:6.2f} img/s = "
+              f"{rate / forward:.2f}x the model's forward pass ({forward:.2f} img/s, measured before and after)",
+              flush=True)
+    demo_heics = make_heics(demo_jpegs, work / "demo12mp-heic")
+    out = {}
+    for reduced in (True, False):
+        clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu",
+                         cache_dir=work / f"demo-heic-cache-{os.getpid()}-{reduced}")
+        clf.encoder.reduced_decoding = reduced
+        t, got = timed(lambda: clf.encode_images([str(p) for p in demo_heics]))
+        out[reduced] = (got.feats, [p.label for p in clf.predict(got, list(DEMO_CLASSES)).predictions], t)
+    agree = sum(a == b for a, b in zip(out[True][1], out[False][1])) / len(demo_heics)
+    cos = (out[True][0] * out[False][0]).sum(dim=1)
+    print(f"  demo world at 12 MP as HEIC, {len(demo_heics)} images, demo model: label agreement thumbnail vs every "
+          f"pixel {agree:.2%}; min feature cosine {cos.min():.5f}; encode time thumbnail {out[True][2]:.1f} s, "
+          f"every pixel {out[False][2]:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
