@@ -16,7 +16,7 @@ and label agreement on the demo world rendered at 12 MP with the shipped demo mo
 
 Then HEIC (``--heic N``, 0 skips): the photos re-encoded as iPhone-like HEICs (a grid of 512-px tiles plus a
 320×240 thumbnail, x265 preset ultrafast so that making them takes minutes, not an hour): decode time of the
-thumbnail vs every pixel, ``classify``'s steady rate on them with each (forward-only rate measured around it), the
+thumbnail (``--heic-thumbnails``) vs every pixel (the default), ``classify``'s steady rate on them with each (forward-only rate measured around it), the
 ViT-B/32 cosine thumbnail vs full, and label agreement on the 12 MP demo world as HEICs.
 """
 
@@ -258,12 +258,12 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
           f"{time.perf_counter() - start:.0f} s)", flush=True)
     some = [p.read_bytes() for p in heics[:8]]
     for label, side in (("thumbnail", 224), ("every pixel", None)):
-        t, images = timed(lambda: [decode_image(d, min_side=side) for d in some])
+        t, images = timed(lambda: [decode_image(d, heif_min_side=side) for d in some])
         print(f"  decode ({label}): {1000 * t / len(some):6.1f} ms/img (wall; libheif decodes tiles on its own "
               f"threads), decoded at {images[0].size[0]}x{images[0].size[1]}", flush=True)
 
     def feats(side):
-        pixels = torch.stack([backend.preprocess(decode_image(d, min_side=side)) for d in some])
+        pixels = torch.stack([backend.preprocess(decode_image(d, heif_min_side=side)) for d in some])
         return l2_normalize(backend.encode_images(pixels))
 
     cos = (feats(224) * feats(None)).sum(dim=1)
@@ -272,18 +272,18 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
     caches = iter(range(10**6))
     small = max(2, len(heics) // 4)
 
-    def classify(n: int, reduced: bool) -> float:
-        clf = Classifier(backend, cache_dir=work / f"heic-cache-{os.getpid()}-{next(caches)}", batch_size=batch_size)
-        clf.encoder.reduced_decoding = reduced
+    def classify(n: int, thumbnails: bool) -> float:
+        clf = Classifier(backend, cache_dir=work / f"heic-cache-{os.getpid()}-{next(caches)}", batch_size=batch_size,
+                         heic_thumbnails=thumbnails)
         t, result = timed(lambda: clf.classify([str(p) for p in heics[:n]], LABELS, method="templates",
                                                templates="photo"))
         assert result.stats["encoded"] == n, result.stats
         return t
 
     classify(2, True)
-    for label, reduced in (("thumbnail", True), ("every pixel", False)):
+    for label, thumbnails in (("--heic-thumbnails", True), ("every pixel, the default", False)):
         before = forward_limit(backend, batch_size, seconds=4.0)
-        t_small, t_big = classify(small, reduced), classify(len(heics), reduced)
+        t_small, t_big = classify(small, thumbnails), classify(len(heics), thumbnails)
         after = forward_limit(backend, batch_size, seconds=4.0)
         rate, forward = (len(heics) - small) / (t_big - t_small), (before + after) / 2
         print(f"  classify steady ({label}, marginal {small} -> {len(heics)}): {rate:6.2f} img/s = "
@@ -293,8 +293,7 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
     out = {}
     for reduced in (True, False):
         clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu",
-                         cache_dir=work / f"demo-heic-cache-{os.getpid()}-{reduced}")
-        clf.encoder.reduced_decoding = reduced
+                         cache_dir=work / f"demo-heic-cache-{os.getpid()}-{reduced}", heic_thumbnails=reduced)
         t, got = timed(lambda: clf.encode_images([str(p) for p in demo_heics]))
         out[reduced] = (got.feats, [p.label for p in clf.predict(got, list(DEMO_CLASSES)).predictions], t)
     agree = sum(a == b for a, b in zip(out[True][1], out[False][1])) / len(demo_heics)

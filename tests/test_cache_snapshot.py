@@ -332,3 +332,25 @@ def test_runs_alternating_between_part_of_a_folder_and_all_of_it_keep_one_snapsh
     again = run(folder, "all3.jsonl")
     assert sorted(counts) == [str(changed)]  # the changed file alone is read again (the new one came from the part)
     assert again == run(folder, "fresh.jsonl", tmp_path / "empty-cache")
+
+
+def test_a_snapshot_row_naming_a_path_outside_its_folder_is_never_stat_ed(tmp_path, monkeypatch):
+    """Rows a run did not list are checked by stat; a crafted name that is absolute or climbs out of the folder is
+    dropped unseen, and only the genuine file is looked at (and carried while unchanged)."""
+    import vlmcls.embeddings as embeddings
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"y")
+    names = ["../outside.png", str(tmp_path / "outside.png"), "sub/../../outside.png", "ok.png"]
+    stats = stat_rows([(1, 2, 3, 4)] * 3
+                      + [FileStats.of([str(folder / "ok.png")]).fields[0]])
+    snapshot = Snapshot(names, stats, np.zeros((4, 32), np.uint8), np.ones((4, 8), np.float32) / np.sqrt(8))
+    seen: list[str] = []
+    real = embeddings.stat_fields
+    monkeypatch.setattr(embeddings, "stat_fields", lambda texts: seen.extend(texts) or real(texts))
+    hits = embeddings._SnapshotHits(snapshot, np.zeros(0, np.int64), None, np.zeros(0, bool), np.zeros(0, np.int64))
+    carried = embeddings._unlisted_unchanged(str(folder), hits)
+    assert seen == [os.path.join(str(folder), "ok.png")]
+    assert carried.tolist() == [3]

@@ -286,45 +286,63 @@ def test_a_heic_photo_decodes_its_embedded_thumbnail_when_it_is_large_enough(tmp
     data = path.read_bytes()
     upright = (1200, 1600) if orientation in (6, 8) else (1600, 1200)
     full = decode_image(data)
-    thumb = decode_image(data, min_side=224)
+    thumb = decode_image(data, heif_min_side=224)
     assert full.size == upright
+    assert decode_image(data, min_side=224).size == upright  # JPEG's reduced decoding alone keeps every pixel
     assert thumb.size == (upright[0] // 5, upright[1] // 5)  # the thumbnail, turned as the picture is
-    assert decode_image(data, min_side=241).size == upright  # a thumbnail below min_side is never used
+    assert decode_image(data, heif_min_side=241).size == upright  # a thumbnail below the input is never used
     scaled = np.asarray(full.resize(thumb.size, Image.BILINEAR), dtype=np.float64)
     assert np.abs(scaled - np.asarray(thumb, dtype=np.float64)).mean() < 6  # the same picture, the same way up
     turned = np.asarray(full.rotate(90, expand=True).resize(thumb.size[::-1], Image.BILINEAR), dtype=np.float64)
     assert np.abs(turned - np.asarray(thumb.rotate(90, expand=True), dtype=np.float64)).mean() < 6
 
 
-def test_classify_encodes_a_heic_from_its_thumbnail_and_labels_it_as_from_every_pixel(tmp_path):
-    pillow_heif = pytest.importorskip("pillow_heif")
-    pillow_heif.register_heif_opener()
-    from vlmcls import Classifier
-    from vlmcls.decoding import decode_image
-
+def _heic_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "iphone"
     folder.mkdir()
     for i in range(3):
         picture = Image.open(write_photo(tmp_path / f"src{i}.jpg", size=(1600, 1200), seed=i)).convert("RGB")
         picture.save(folder / f"IMG_{i}.heic", format="HEIF", quality=85, thumbnails=[320])
-    clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2)
-    reduced = clf.encode_images(str(folder))
+    return folder
+
+
+def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_apart(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    from vlmcls import Classifier
+    from vlmcls.decoding import decode_image
+
+    folder = _heic_folder(tmp_path)
+    every = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2)
+    full = every.encode_images(str(folder))
+    clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2,
+                     heic_thumbnails=True)
+    thumbs_run = clf.encode_images(str(folder))
+    assert [r.id for r in thumbs_run.records] == [r.id for r in full.records] and len(full.records) == 3
+    assert thumbs_run.encoded == 3  # the same store: every pixel's features are not taken for the thumbnail's
     side = clf.encoder.decode_min_side()  # the model's input side (64 px for the demo model)
-    clf.encoder.reduced_decoding = False
-    full = clf.encode_images(str(folder))
-    assert [r.id for r in reduced.records] == [r.id for r in full.records] and len(reduced.records) == 3
-    assert reduced.encoded == full.encoded == 3  # full decoding's features are kept apart, not reused
-    # the thumbnail's pixels went through the model: the features are those of decode_image(min_side=...)
-    thumbs = [decode_image(p.read_bytes(), min_side=side) for p in sorted(folder.iterdir())]
+    thumbs = [decode_image(p.read_bytes(), heif_min_side=side) for p in sorted(folder.iterdir())]
     assert {t.size for t in thumbs} == {(320, 240)}
-    direct = clf.encoder.model.encode_images(torch.stack([clf.encoder.model.preprocess(t) for t in thumbs]))
+    direct = clf.model.encode_images(torch.stack([clf.model.preprocess(t) for t in thumbs]))
     direct = direct / direct.norm(dim=1, keepdim=True)
-    assert float((direct * reduced.feats).sum(dim=1).min()) > 0.9999
-    cos = (reduced.feats * full.feats).sum(dim=1)
+    assert float((direct * thumbs_run.feats).sum(dim=1).min()) > 0.9999  # the thumbnails' pixels went in
+    cos = (thumbs_run.feats * full.feats).sum(dim=1)
     assert float(cos.min()) > 0.98 and float(cos.max()) < 1 - 1e-6  # close, from other pixels
-    classes = ["red", "green", "blue"]
-    assert [p.label for p in clf.predict(reduced, classes).predictions] == \
-        [p.label for p in clf.predict(full, classes).predictions]
+
+
+def test_classify_heic_thumbnails_flag_keeps_the_labels_and_changes_only_the_pixels(tmp_path):
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    folder = _heic_folder(tmp_path)
+    args = ["classify", str(folder), "--classes", "red,green,blue", "--model", f"local-dir:{DEMO_MODEL}",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    rows = {}
+    for name, extra in (("every", []), ("thumbs", ["--heic-thumbnails"]), ("again", [])):
+        result = CliRunner().invoke(app, [*args, *extra, "-o", str(tmp_path / f"{name}.jsonl")])
+        assert result.exit_code == 0, result.output
+        rows[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows["thumbs"]] == [r["label"] for r in rows["every"]]
+    assert [r["top_k"] for r in rows["thumbs"]] != [r["top_k"] for r in rows["every"]]  # other pixels went in
+    assert rows["again"] == rows["every"]  # the default decodes every pixel of a HEIC, run after run
 
 
 # -- the store's bulk access ------------------------------------------------------------------------------

@@ -72,13 +72,14 @@ class Classifier:
         batch_size: int = 32,
         num_workers: int | None = None,
         worker_type: str = "auto",
+        heic_thumbnails: bool = False,
     ):
         choose_worker_type(worker_type, [])  # a bad worker type fails here, before the model loads
         self.store = Store(cache_dir) if use_cache else None
         # Lazy: a run whose features are all in the store never builds (nor imports) the model.
         self.model = (LazyModel(model, device=device, precision=precision, store=self.store)
                       if isinstance(model, str) else model)
-        self.encoder = Encoder(self.model, self.store)
+        self.encoder = Encoder(self.model, self.store, heic_thumbnails=heic_thumbnails)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.worker_type = worker_type

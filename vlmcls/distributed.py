@@ -69,6 +69,7 @@ def classify_with_ray(
     collect: bool = True,
     cache_dir: str | Path | None = None,
     feature_store: str | Path | None = None,
+    heic_thumbnails: bool = False,
     **source_options: Any,
 ) -> ClassificationResult:
     """Classify images on Ray Data with any method spec; same rows, in the same order, as :meth:`Classifier.classify`.
@@ -77,7 +78,7 @@ def classify_with_ray(
     once, and only when some image is not in the feature store yet (``feature_store``: a folder every node can
     reach; default ``<cache>/features``). With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``)
     are written there as sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the
-    driver (the result holds no predictions, only stats). The model id must load on every worker node (a shared
+    driver (the result holds no predictions, only stats). ``heic_thumbnails``: as :class:`~vlmcls.api.Classifier`'s. The model id must load on every worker node (a shared
     path for ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
     """
     ray = _import_ray()
@@ -91,6 +92,7 @@ def classify_with_ray(
         raise ConfigError("no images to classify: the image source is empty.")
 
     clf = _driver_classifier(model_id, device, precision, cache_dir)
+    clf.encoder.heic_thumbnails = heic_thumbnails  # the workers decode as the driver's encoder says (and keys)
     if clf.model.weights_fingerprint.startswith("random-"):
         raise ConfigError(
             f"model '{model_id}' has random weights, and every Ray worker would draw other ones. Give a pretrained "
@@ -214,7 +216,7 @@ def _encode(ray, clf, store: FeatureStore, model_id, precision, paths: dict[int,
     # decoding runs on the CPUs the actors leave free, alongside encoding.
     decode_bytes = _DECODE_WORKER_BYTES + 2 * batch_size * 4 * math.prod(pixel_shape)
     decoding = {"preprocess": _portable_preprocess(clf.model), "min_side": clf.encoder.decode_min_side(),
-                "known": known}
+                "heif_min_side": clf.encoder.decode_heif_min_side(), "known": known}
     if dataset is not None:
         parts = _dataset_parts(dataset, batch_size)
         ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))

@@ -17,6 +17,12 @@ WORKER_TYPE_OPTION = typer.Option(
     help="thread, process, or auto (= thread; processes decode faster on many-core GPU machines but start slowly).",
 )
 
+HEIC_THUMBNAILS_OPTION = typer.Option(
+    False, "--heic-thumbnails",
+    help="Decode a HEIC/HEIF photo's embedded thumbnail (an iPhone's 320x240) instead of every pixel when it covers "
+         "the model's input: ~50x less decoding; features within cosine 0.999, cached apart.",
+)
+
 
 def option_group(target: str, params: Sequence[tuple[str, Any, Any]], build: Callable[..., Any]) -> Callable:
     """A decorator that gives a Typer command the flags ``params`` ((name, annotation, typer.Option) each) and hands

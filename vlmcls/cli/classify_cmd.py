@@ -30,7 +30,7 @@ from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._preflight import check_input_files, check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries, safe
-from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._options import HEIC_THUMBNAILS_OPTION, WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 from ._settings import with_method_settings
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
@@ -56,6 +56,7 @@ def classify(
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help()),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
+    heic_thumbnails: bool = HEIC_THUMBNAILS_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
@@ -115,7 +116,8 @@ def classify(
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
         clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                         batch_size=batch_size, num_workers=workers, worker_type=worker_type)
+                         batch_size=batch_size, num_workers=workers, worker_type=worker_type,
+                         heic_thumbnails=heic_thumbnails)
     options = MethodOptions.from_settings(settings, explain=explain or report is not None, domain_hint=domain_hint,
                                           prompts_dir=str(prompts) if prompts else None)
     # The client only connects when a stage asks the LLM something, so runs without one need no key.
@@ -137,7 +139,7 @@ def classify(
                 model, images, classes, method=method, options=options, top_k=top_k, batch_size=batch_size,
                 device=device, precision=precision, num_workers=ray_workers, ray_address=ray_address,
                 output_dir=output_dir, output_format=output_format, collect=not no_collect,
-                cache_dir=cache_dir, feature_store=feature_store, **source_options,
+                cache_dir=cache_dir, feature_store=feature_store, heic_thumbnails=heic_thumbnails, **source_options,
             )
         elif watch:
             from .watch import watch_and_rerun

@@ -26,7 +26,7 @@ from .describe_cmd import (
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
-from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._options import HEIC_THUMBNAILS_OPTION, WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
 from ._settings import with_method_settings
 
 __all__ = ["register", "eval_command", "REPORT_OPTION", "parse_method_options",
@@ -74,6 +74,7 @@ def eval_command(
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
     workers: Optional[int] = WORKERS_OPTION,
     worker_type: str = WORKER_TYPE_OPTION,
+    heic_thumbnails: bool = HEIC_THUMBNAILS_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     refresh: bool = REFRESH_OPTION,
@@ -114,7 +115,8 @@ def eval_command(
         options_for_spec(spec, options)
 
     clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                     batch_size=batch_size, num_workers=workers, worker_type=worker_type)
+                     batch_size=batch_size, num_workers=workers, worker_type=worker_type,
+                     heic_thumbnails=heic_thumbnails)
     if report_path is not None:  # thumbnails from the decoded images: no file is read twice
         clf.encoder.thumbnail_size = THUMBNAIL_SIZE
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
