@@ -258,12 +258,12 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
           f"{time.perf_counter() - start:.0f} s)", flush=True)
     some = [p.read_bytes() for p in heics[:8]]
     for label, side in (("thumbnail", 224), ("every pixel", None)):
-        t, images = timed(lambda: [decode_image(d, heif_min_side=side) for d in some])
+        t, images = timed(lambda: [decode_image(d, min_side=side, heif_thumbnails=True) for d in some])
         print(f"  decode ({label}): {1000 * t / len(some):6.1f} ms/img (wall; libheif decodes tiles on its own "
               f"threads), decoded at {images[0].size[0]}x{images[0].size[1]}", flush=True)
 
     def feats(side):
-        pixels = torch.stack([backend.preprocess(decode_image(d, heif_min_side=side)) for d in some])
+        pixels = torch.stack([backend.preprocess(decode_image(d, min_side=side, heif_thumbnails=True)) for d in some])
         return l2_normalize(backend.encode_images(pixels))
 
     cos = (feats(224) * feats(None)).sum(dim=1)

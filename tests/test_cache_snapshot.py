@@ -338,6 +338,7 @@ def test_a_snapshot_row_naming_a_path_outside_its_folder_is_never_stat_ed(tmp_pa
     """Rows a run did not list are checked by stat; a crafted name that is absolute or climbs out of the folder is
     dropped unseen, and only the genuine file is looked at (and carried while unchanged)."""
     import vlmcls.embeddings as embeddings
+    import vlmcls.snapshot as snapshot_module
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -348,8 +349,8 @@ def test_a_snapshot_row_naming_a_path_outside_its_folder_is_never_stat_ed(tmp_pa
                       + [FileStats.of([str(folder / "ok.png")]).fields[0]])
     snapshot = Snapshot(names, stats, np.zeros((4, 32), np.uint8), np.ones((4, 8), np.float32) / np.sqrt(8))
     seen: list[str] = []
-    real = embeddings.stat_fields
-    monkeypatch.setattr(embeddings, "stat_fields", lambda texts: seen.extend(texts) or real(texts))
+    real = snapshot_module.stat_fields
+    monkeypatch.setattr(snapshot_module, "stat_fields", lambda texts: seen.extend(texts) or real(texts))
     hits = embeddings._SnapshotHits(snapshot, np.zeros(0, np.int64), None, np.zeros(0, bool), np.zeros(0, np.int64))
     carried = embeddings._unlisted_unchanged(str(folder), hits)
     assert seen == [os.path.join(str(folder), "ok.png")]

@@ -286,11 +286,11 @@ def test_a_heic_photo_decodes_its_embedded_thumbnail_when_it_is_large_enough(tmp
     data = path.read_bytes()
     upright = (1200, 1600) if orientation in (6, 8) else (1600, 1200)
     full = decode_image(data)
-    thumb = decode_image(data, heif_min_side=224)
+    thumb = decode_image(data, min_side=224, heif_thumbnails=True)
     assert full.size == upright
     assert decode_image(data, min_side=224).size == upright  # JPEG's reduced decoding alone keeps every pixel
     assert thumb.size == (upright[0] // 5, upright[1] // 5)  # the thumbnail, turned as the picture is
-    assert decode_image(data, heif_min_side=241).size == upright  # a thumbnail below the input is never used
+    assert decode_image(data, min_side=241, heif_thumbnails=True).size == upright  # a thumbnail below the input is never used
     scaled = np.asarray(full.resize(thumb.size, Image.BILINEAR), dtype=np.float64)
     assert np.abs(scaled - np.asarray(thumb, dtype=np.float64)).mean() < 6  # the same picture, the same way up
     turned = np.asarray(full.rotate(90, expand=True).resize(thumb.size[::-1], Image.BILINEAR), dtype=np.float64)
@@ -321,7 +321,7 @@ def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_a
     assert [r.id for r in thumbs_run.records] == [r.id for r in full.records] and len(full.records) == 3
     assert thumbs_run.encoded == 3  # the same store: every pixel's features are not taken for the thumbnail's
     side = clf.encoder.decode_min_side()  # the model's input side (64 px for the demo model)
-    thumbs = [decode_image(p.read_bytes(), heif_min_side=side) for p in sorted(folder.iterdir())]
+    thumbs = [decode_image(p.read_bytes(), min_side=side, heif_thumbnails=True) for p in sorted(folder.iterdir())]
     assert {t.size for t in thumbs} == {(320, 240)}
     direct = clf.model.encode_images(torch.stack([clf.model.preprocess(t) for t in thumbs]))
     direct = direct / direct.norm(dim=1, keepdim=True)

@@ -55,7 +55,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     min_side: int | None = None,
-    heif_min_side: int | None = None,
+    heif_thumbnails: bool = False,
 ) -> Image.Image:
     """Decode one image to RGB: EXIF orientation applied, alpha composited on white, 16-bit scaled to 8.
 
@@ -63,23 +63,23 @@ def load_image(
     files that are not regular files. ``max_pixels`` is checked against the header before any pixel is decoded;
     ``None`` leaves only PIL's hard limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``). ``min_side``: decode a JPEG at the
     smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at least this many pixels (see
-    :func:`decode_image`); None decodes every pixel. ``heif_min_side``: a HEIC/HEIF may decode its embedded
+    :func:`decode_image`); None decodes every pixel. ``heif_thumbnails``: a HEIC/HEIF may decode its embedded
     thumbnail instead (see :func:`decode_image`).
     """
     data, _ = _read(source, max_bytes)
-    return decode_image(data, max_pixels=max_pixels, min_side=min_side, heif_min_side=heif_min_side)
+    return decode_image(data, max_pixels=max_pixels, min_side=min_side, heif_thumbnails=heif_thumbnails)
 
 
 def decode_image(
     data: bytes | Image.Image, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
-    heif_min_side: int | None = None,
+    heif_thumbnails: bool = False,
 ) -> Image.Image:
     """Decode encoded bytes (or check and convert a PIL image) as :func:`load_image` does.
 
     With ``min_side``, libjpeg's DCT scaling decodes a large JPEG at 1/2, 1/4 or 1/8 size straight from the
     compressed data (the smallest scale keeping the short side ≥ ``min_side``): a 12 MP photo meant for a
-    224-pixel model costs a quarter of the time and a sixtieth of the memory. With ``heif_min_side``, a HEIC/HEIF
-    photo decodes its smallest embedded thumbnail with both sides ≥ ``heif_min_side`` when it has one
+    224-pixel model costs a quarter of the time and a sixtieth of the memory. With ``heif_thumbnails`` too, a
+    HEIC/HEIF photo decodes its smallest embedded thumbnail with both sides ≥ ``min_side`` when it has one
     (:func:`_heif_thumbnail`; a separately compressed picture, so an option, not the default). Other formats decode
     in full.
     """
@@ -88,7 +88,7 @@ def decode_image(
         return _to_rgb(_oriented(data))
     if not data:
         raise ImageError("empty file")
-    return _decode(data, max_pixels, min_side, heif_min_side)
+    return _decode(data, max_pixels, min_side, heif_thumbnails)
 
 
 def content_key(source: ImageSource, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> str:
@@ -119,7 +119,7 @@ def _read(source: ImageSource, max_bytes: int | None) -> tuple[bytes | Image.Ima
 
 
 def _decode(data: bytes, max_pixels: int | None, min_side: int | None = None,
-            heif_min_side: int | None = None) -> Image.Image:
+            heif_thumbnails: bool = False) -> Image.Image:
     head = data[:12]
     _register_heif_if_needed(head)
     try:
@@ -150,8 +150,8 @@ def _decode(data: bytes, max_pixels: int | None, min_side: int | None = None,
         _check_size(image.size, max_pixels)
         if min_side and image.format in ("JPEG", "MPO") and min(image.size) >= 2 * min_side:
             image.draft(image.mode, (min_side, min_side))  # picks the smallest scale with both sides ≥ min_side
-        elif heif_min_side and image.format == "HEIF":
-            _heif_thumbnail(image, heif_min_side)
+        elif min_side and heif_thumbnails and image.format == "HEIF":
+            _heif_thumbnail(image, min_side)
         try:
             image.load()
         except Exception as exc:  # hostile input makes decoders raise nearly anything; none may stop a run

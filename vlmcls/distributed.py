@@ -78,8 +78,8 @@ def classify_with_ray(
     once, and only when some image is not in the feature store yet (``feature_store``: a folder every node can
     reach; default ``<cache>/features``). With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``)
     are written there as sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the
-    driver (the result holds no predictions, only stats). ``heic_thumbnails``: as :class:`~vlmcls.api.Classifier`'s. The model id must load on every worker node (a shared
-    path for ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
+    driver (the result holds no predictions, only stats). ``heic_thumbnails``: as :class:`~vlmcls.api.Classifier`'s.
+    The model id must load on every worker node (a shared path for ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
     """
     ray = _import_ray()
     started = time.perf_counter()
@@ -216,7 +216,7 @@ def _encode(ray, clf, store: FeatureStore, model_id, precision, paths: dict[int,
     # decoding runs on the CPUs the actors leave free, alongside encoding.
     decode_bytes = _DECODE_WORKER_BYTES + 2 * batch_size * 4 * math.prod(pixel_shape)
     decoding = {"preprocess": _portable_preprocess(clf.model), "min_side": clf.encoder.decode_min_side(),
-                "heif_min_side": clf.encoder.decode_heif_min_side(), "known": known}
+                "heif_thumbnails": clf.encoder.heic_thumbnails, "known": known}
     if dataset is not None:
         parts = _dataset_parts(dataset, batch_size)
         ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))

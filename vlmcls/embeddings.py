@@ -23,7 +23,7 @@ from .cache import Store, cache_key, cache_key_for, stat_key, stat_key_of
 from .errors import CacheError
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, default_decode_workers, iter_decoded_batches
-from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_fields, stat_rows, stat_tuple
+from .snapshot import FileStats, Snapshot, save_snapshot, snapshot_key, stat_rows, stat_tuple
 
 if TYPE_CHECKING:  # features are numpy arrays until a caller asks for tensors: a cached run imports no torch
     import torch
@@ -93,8 +93,9 @@ class Encoder:
         decodes every pixel. ``heic_thumbnails``: with reduced decoding, a HEIC/HEIF photo decodes its embedded
         thumbnail when one has both sides ≥ the model's input (an iPhone's 320×240, ~50× less decoding; a
         separately compressed picture: ViT-B/32 features within cosine 0.9989 of every pixel's, and one near-tie
-        label in 96 flipped on the 12 MP demo world, so it is asked for, not the default). ``thumbnail_size``: keep a small JPEG of each image decoded
-        (:attr:`ImageFeatures.thumbnails`), for a report that then need not read the files again."""
+        label in 96 flipped on the 12 MP demo world, so it is asked for, not the default). ``thumbnail_size``: keep
+        a small JPEG of each image decoded (:attr:`ImageFeatures.thumbnails`), for a report that then need not read
+        the files again."""
         self.model = model
         self.store = store
         self.uint8_transfer = uint8_transfer
@@ -164,9 +165,8 @@ class Encoder:
         if min_side is not None:
             # reduced-size decoding changes the pixels a little: its features are kept apart from full decoding's
             parts["jpeg_min_side"] = min_side
-        heif_side = self.decode_heif_min_side()
-        if heif_side is not None:  # a HEIC's embedded thumbnail (vlmcls.decoding): other pixels, other features
-            parts["heif_thumbnail_min_side"] = heif_side
+            if self.heic_thumbnails:  # a HEIC's embedded thumbnail (vlmcls.decoding): other pixels, other features
+                parts["heic_thumbnails"] = True
         return parts
 
     def _image_key_function(self) -> Callable[[str], str]:
@@ -178,11 +178,6 @@ class Encoder:
         at least, REDUCED_DECODING_MARGIN × the model's input side; None when every pixel is decoded."""
         side = model_input_side(self.model) if self.reduced_decoding else None
         return int(side * REDUCED_DECODING_MARGIN) if side else None
-
-    def decode_heif_min_side(self) -> int | None:
-        """``heif_min_side`` for decoding: the model's input side when HEIC thumbnails are asked for (and reduced
-        decoding is on), else None (every pixel of a HEIC is decoded)."""
-        return self.decode_min_side() if self.heic_thumbnails else None
 
     def encode_images(
         self,
@@ -236,7 +231,7 @@ class Encoder:
             device_decoder = None if kind == "process" or self.device_decoding is False else _Chosen(self._device_decoder)
         batches = () if not todo_records else iter_decoded_batches(  # all cached: nothing to decode, no torch
             todo_records, preprocess, batch_size, num_workers=num_workers, worker_type=kind,
-            min_side=self.decode_min_side(), heif_min_side=self.decode_heif_min_side(),
+            min_side=self.decode_min_side(), heif_thumbnails=self.heic_thumbnails,
             thumbnail_size=self.thumbnail_size, lookup=(lambda digests: self._stored_features(digests, image_key)) if self.store is not None else None,
             device_decoder=device_decoder,
         )
@@ -518,27 +513,13 @@ def _merge_features(positions: np.ndarray, block: np.ndarray | None, feats: dict
 
 
 def _unlisted_unchanged(folder: str | None, snap: _SnapshotHits) -> np.ndarray:
-    """Rows of the old snapshot whose file this run did not list, still there under the same stat (one stat each).
-    A name that is absolute or climbs out of the folder (only a crafted snapshot holds one) is never stat-ed."""
+    """Rows of the old snapshot whose file this run did not list, still there under the same stat."""
     old = snap.snapshot
     if old is None or folder is None:
         return np.zeros(0, np.int64)
     listed = np.zeros(len(old.names), dtype=bool)
     listed[snap.rows[snap.rows >= 0]] = True
-    unlisted = [row for row in np.flatnonzero(~listed).tolist() if _inside(old.names[row])]
-    if not unlisted:
-        return np.zeros(0, np.int64)
-    fields = stat_fields([os.path.join(folder, old.names[row]) for row in unlisted])
-    there = [(row, stat) for row, stat in zip(unlisted, fields) if stat is not None]
-    if not there:
-        return np.zeros(0, np.int64)
-    rows = np.array([row for row, _ in there], dtype=np.int64)
-    same = (old.stats[rows] == stat_rows([stat for _, stat in there])).all(axis=1)
-    return rows[same]
-
-
-def _inside(name: str) -> bool:
-    return bool(name) and not os.path.isabs(name) and os.pardir not in name.split(os.sep)
+    return old.unchanged_on_disk(folder, np.flatnonzero(~listed))
 
 
 def _next_snapshot(files: FileStats, snap: _SnapshotHits, fresh: list[int], feats: dict[int, np.ndarray],

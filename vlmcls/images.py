@@ -130,7 +130,7 @@ def iter_decoded_batches(
     thumbnail_size: int | None = None,
     lookup: LookupFn | None = None,
     device_decoder: Any = None,
-    heif_min_side: int | None = None,
+    heif_thumbnails: bool = False,
 ) -> Iterator[DecodedBatch]:
     """Read, hash, decode and preprocess ``records`` ahead of the consumer; yield batches in input order.
 
@@ -144,8 +144,8 @@ def iter_decoded_batches(
     ``lookup`` (threads only) is called once per chunk with the chunk's digests; a record whose digest it returns
     a value for is not decoded and comes back in ``DecodedBatch.known``. ``thumbnail_size`` keeps a small JPEG
     of each decoded image (``DecodedBatch.thumbnails``), so a report need not read the file again.
-    ``min_side``, ``heif_min_side``: see :func:`decode_image`. ``device_decoder`` (threads only; see :mod:`vlmcls.device_decode`):
-    workers read, hash and check the header of each JPEG it accepts, and the batch decodes them on the device;
+    ``min_side``, ``heif_thumbnails``: see :func:`decode_image`. ``device_decoder`` (threads only; see
+    :mod:`vlmcls.device_decode`): workers read, hash and check the header of each JPEG it accepts, and the batch decodes them on the device;
     ``preprocess`` must then give uint8 pixels (the model's ``uint8_preprocess``).
     """
     if num_workers is None:
@@ -162,7 +162,7 @@ def iter_decoded_batches(
         raise ConfigError(f"worker_type must be 'thread' or 'process' here, got '{worker_type}'.")
     in_processes = worker_type == "process" and num_workers > 0
     settings = _DecodeSettings(preprocess, max_pixels, max_bytes, min_side, thumbnail_size,
-                               None if in_processes else lookup, heif_min_side,
+                               None if in_processes else lookup, heif_thumbnails,
                                None if in_processes else device_decoder)
     # Chunks, not single records, are the unit of work: one future (or one hand-over between processes) and one
     # store look-up per chunk. Small enough that every worker gets several chunks of each batch.
@@ -188,7 +188,7 @@ class _DecodeSettings:
     min_side: int | None
     thumbnail_size: int | None
     lookup: LookupFn | None
-    heif_min_side: int | None
+    heif_thumbnails: bool
     device_decoder: Any = None  # a vlmcls.device_decode.DeviceJpegDecoder (or a lazy chooser of one): JPEGs it
     # accepts are decoded in batches on the model's device when the batch is taken
 
@@ -336,7 +336,8 @@ def _decode_into(outcome: _Outcome, record: ImageRecord, data: bytes | Image.Ima
     try:
         image = decode_image(data, max_pixels=settings.max_pixels,
                              min_side=settings.min_side if preprocess else settings.thumbnail_size,
-                             heif_min_side=settings.heif_min_side if preprocess else settings.thumbnail_size)
+                             heif_thumbnails=settings.heif_thumbnails or not preprocess)  # (a gallery picture
+        # may come from a HEIC's thumbnail either way: it is only shown)
     except Exception as exc:
         if preprocess:
             outcome.error = str(exc) if isinstance(exc, ImageError) else f"unexpected error ({type(exc).__name__}: {exc})"

@@ -33,15 +33,15 @@ __all__ = ["decode_files", "decode_rows", "EncoderActor", "rows_by_position", "c
 
 
 def decode_files(batch: dict[str, np.ndarray], *, preprocess, min_side: int | None, known: np.ndarray,
-                 heif_min_side: int | None = None):
+                 heif_thumbnails: bool = False):
     """Read, hash, decode and preprocess a batch of files (columns ``row``, ``path`` as file-system bytes)."""
     records = [ImageRecord(id=os.fsdecode(path), path=Path(os.fsdecode(path)), label=None, source_index=int(row))
                for row, path in zip(batch["row"], batch["path"])]
-    return _decoded(records, preprocess, min_side, known, heif_min_side)
+    return _decoded(records, preprocess, min_side, known, heif_thumbnails)
 
 
 def decode_rows(batch, *, column: str, base_dir: str | None, preprocess, min_side: int | None,
-                known: np.ndarray, batch_size: int, heif_min_side: int | None = None) -> Iterator:
+                known: np.ndarray, batch_size: int, heif_thumbnails: bool = False) -> Iterator:
     """Read one part of a dataset (columns ``file``, ``group``, ``start``, ``stop``, ``first``: a Parquet row group,
     or rows of one of datasets' Arrow files) and decode its image column batch by batch."""
     part = batch.to_pylist()[0]
@@ -51,7 +51,7 @@ def decode_rows(batch, *, column: str, base_dir: str | None, preprocess, min_sid
                                fetch=functools.partial(image_data_of, value, column, base_dir))
                    for n, value in enumerate(values)]
         first += len(values)
-        yield _decoded(records, preprocess, min_side, known, heif_min_side)
+        yield _decoded(records, preprocess, min_side, known, heif_thumbnails)
 
 
 def _cells(part: dict, column: str, batch_size: int) -> Iterator[list]:
@@ -73,7 +73,7 @@ def _cells(part: dict, column: str, batch_size: int) -> Iterator[list]:
 
 
 def _decoded(records: list[ImageRecord], preprocess, min_side: int | None, known: np.ndarray,
-             heif_min_side: int | None = None):
+             heif_thumbnails: bool = False):
     """The single engine's read-hash-decode (:func:`vlmcls.images.iter_decoded_batches`) on these records: one row
     each with its content digest, the stat key of the file as read (for the driver's store), its error and its
     flattened pixels (none for an error or a digest the feature store holds)."""
@@ -93,7 +93,7 @@ def _decoded(records: list[ImageRecord], preprocess, min_side: int | None, known
 
     lookup = functools.partial(_held, known)
     for batch in iter_decoded_batches(records, preprocess, max(1, len(records)), num_workers=0, min_side=min_side,
-                                      heif_min_side=heif_min_side, lookup=lookup):
+                                      heif_thumbnails=heif_thumbnails, lookup=lookup):
         for record, reason in batch.errors:
             add(record, None, None, reason)
         for record, digest, file_stat, _, _ in batch.known:

@@ -164,7 +164,7 @@ def _read_thumbnail(source: Any, size: int) -> bytes | None:
     from .images import load_image, thumbnail_jpeg
 
     try:
-        return thumbnail_jpeg(load_image(source, min_side=size, heif_min_side=size), size)  # a picture only
+        return thumbnail_jpeg(load_image(source, min_side=size, heif_thumbnails=True), size)  # a picture only
     except (ImageError, ConfigError, OSError, ValueError) as exc:
         log.info("no thumbnail for '%s': %s", getattr(source, "id", source), exc)
         return None

@@ -168,6 +168,17 @@ class Snapshot:
             raise ValueError("its features hold NaN or infinity")
         return cls(names, stats, digests, feats)
 
+    def unchanged_on_disk(self, folder: str, rows: np.ndarray) -> np.ndarray:
+        """Of ``rows``, those whose file under ``folder`` is still there with the stat held here (one stat each). A
+        name that is absolute or climbs out of the folder (only a crafted snapshot holds one) is never stat-ed."""
+        inside = [row for row in rows.tolist() if _inside(self.names[row])]
+        fields = stat_fields([os.path.join(folder, self.names[row]) for row in inside]) if inside else []
+        there = [(row, stat) for row, stat in zip(inside, fields) if stat is not None]
+        if not there:
+            return np.zeros(0, np.int64)
+        found = np.array([row for row, _ in there], dtype=np.int64)
+        return found[(self.stats[found] == stat_rows([stat for _, stat in there])).all(axis=1)]
+
     def match(self, files: FileStats) -> tuple[np.ndarray, np.ndarray]:
         """(which of ``files`` are unchanged [N] bool, their rows here [N] int, -1 where none)."""
         if self.names == files.names:  # the usual re-run: the same files in the same order
@@ -180,6 +191,10 @@ class Snapshot:
         if found.any():
             same[found] = (self.stats[rows[found]] == files.stats[found]).all(axis=1)
         return same, rows
+
+
+def _inside(name: str) -> bool:
+    return bool(name) and not os.path.isabs(name) and os.pardir not in name.split(os.sep)
 
 
 def save_snapshot(store: Store, key: str, snapshot: Snapshot) -> bool:
