@@ -87,7 +87,7 @@ def handle_errors(fn: Callable) -> Callable:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except ConfigError as exc:
-            print_error(in_flags(str(exc)))
+            print_error(str(exc))
             raise typer.Exit(EXIT_USAGE) from exc
         except VlmclsError as exc:
             print_error(exc)
@@ -108,17 +108,6 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(EXIT_INTERNAL) from exc
 
     return wrapper
-
-
-def in_flags(message: str) -> str:
-    """A library message in the CLI's words: "setting 'fudd_k'" (a Python field) becomes its flag, --fudd-k."""
-    if "setting '" not in message:
-        return message
-    from ._settings import flag_of
-    from ..methods import setting_fields
-
-    fields = setting_fields()
-    return re.sub(r"setting '(\w+)'", lambda m: flag_of(fields[m[1]]) if m[1] in fields else m[0], message)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..prompting import load_prompt
 from ..templates import apply_templates, load_templates, wordify
 from .pipeline import BatchScores, RunContext, RunReport
-from .registry import HEAD, MethodRecord, register, setting
+from .registry import HEAD, MethodRecord, option, register
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def _aggregation() -> Any:
-    """The aggregation setting every head shares (one declaration, one flag)."""
-    return setting(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method.")
+    """The aggregation option every head has (each its own, with its own default)."""
+    return option(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method.",
+                  choices=("mean_similarity", "mean_embedding"), was="--aggregation")
 
 
 @dataclass
@@ -130,8 +131,8 @@ register(MethodRecord(
 
 @dataclass
 class TemplatesConfig:
-    templates: str | None = setting(None, "Template set: name, photo, small (default), imagenet80, or a file with "
-                                    "one '{}' template per line.", flag="--templates/-t")
+    templates: str | None = option(None, "Template set: name, photo, small (default), imagenet80, or a file with "
+                                   "one '{}' template per line.", flag="--templates/-t", file="maybe")
     aggregation: str | None = _aggregation()
 
 
@@ -162,10 +163,11 @@ register(MethodRecord(
 
 @dataclass
 class CbdConfig:
-    descriptors: Path | None = setting(None, "CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).",
-                                       panel="LLM")
-    descriptor_prompt_file: Path | None = setting(None, "A prompt file for the descriptor questions (default: the "
-                                                  "'descriptors' prompt).", panel="LLM")
+    descriptors: Path | None = option(None, "CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).",
+                                      file="file", flag="--descriptors")
+    prompt_file: Path | None = option(None, "A prompt file for the descriptor questions (default: the "
+                                      "'descriptors' prompt).", file="file",
+                                      was=("--descriptor-prompt-file", "--prompt-file"))
     aggregation: str | None = _aggregation()
 
 
@@ -177,7 +179,7 @@ def resolve_descriptors(context: RunContext, config: CbdConfig, report: RunRepor
         selected, rows = dset.for_classes(context.class_names)
         report.warnings.extend(r.to_dict() for r in rows)
         return selected
-    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.prompt_file)
     dset, rows, usage = generate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)
     report.warnings.extend(r.to_dict() for r in rows)
     report.add_usage(usage)
@@ -196,19 +198,20 @@ def _cbd_has_text(context: RunContext, config: CbdConfig) -> bool:
 
 def _prepare_cbd(context, config: CbdConfig, upstream, gather, report) -> LinearHead:
     if not _cbd_has_text(context, config) and context.llm is None:
-        raise ConfigError("method 'cbd' needs descriptors: --descriptors FILE, or an LLM with --llm-model (and --base-url).")
+        raise ConfigError("method 'cbd' needs descriptors: option cbd.descriptors (a descriptor file), or an LLM "
+                          "(an LLM model and endpoint).")
     return _descriptor_head(context, resolve_descriptors(context, config, report), config.aggregation, report)
 
 
 def _estimate_cbd(context: RunContext, config: CbdConfig, image_feats, head=None) -> dict[str, Any]:
     if config.descriptors is not None or context.llm is None:
         return {}
-    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.prompt_file)
     return {"descriptors": estimate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)}
 
 
 def _describe_cbd(class_names, config: CbdConfig, llm, prompts_dir, domain_hint):
-    prompt = load_prompt("descriptors", prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", prompts_dir, config.prompt_file)
     return generate_descriptors(class_names, llm, prompt, domain_hint)
 
 
@@ -223,13 +226,13 @@ register(MethodRecord(
 
 @dataclass
 class WaffleConfig:
-    waffle_pairs: int = setting(15, "WaffleCLIP: random word/character descriptor pairs per class.", minimum=1)
-    seed: int = setting(0, "Seed of WaffleCLIP's random descriptors.")
+    pairs: int = option(15, "Random word/character descriptor pairs per class.", minimum=1, was="--waffle-pairs")
+    seed: int = option(0, "Seed of the random descriptors.", was=("--seed", "--waffle-seed"))
     aggregation: str | None = _aggregation()
 
 
 def _prepare_waffle(context, config: WaffleConfig, upstream, gather, report) -> LinearHead:
-    dset = DescriptorSet.waffle(context.class_names, config.waffle_pairs, config.seed)
+    dset = DescriptorSet.waffle(context.class_names, config.pairs, config.seed)
     return _descriptor_head(context, dset, config.aggregation, report)
 
 
@@ -238,5 +241,5 @@ register(MethodRecord(
     numpy=True,
     text_source="random words and characters", config=WaffleConfig, prepare=_prepare_waffle,
     cost="2 × pairs texts per class, encoded once",
-    describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.waffle_pairs, config.seed), [], None),
+    describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.pairs, config.seed), [], None),
 ))
