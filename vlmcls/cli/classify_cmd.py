@@ -89,10 +89,11 @@ def classify(
     if watch and (engine != "single" or dry_run):
         raise ConfigError("--watch runs the single-process engine; drop --engine ray / --dry-run to watch.")
     from ..api import as_records, load_classes
-    from ..methods import MethodOptions, file_options
+    from ..methods import MethodOptions, file_options, parse_spec
 
     if quiet:
         quiet_libraries()
+    parse_spec(method)  # a misspelt method fails before the folder is listed
     options = MethodOptions(methods=method_options, explain=explain or report is not None, domain_hint=domain_hint,
                             prompts_dir=str(prompts) if prompts else None)
     files = file_options(options.given())  # the options that name files, read from the records
