@@ -263,13 +263,19 @@ def test_output_onto_a_folder_or_read_only_file_or_an_input_fails_before_the_mod
     descriptors = tmp_path / "d.json"
     descriptors.write_text('{"cat": ["fur"], "dog": ["a tail"]}')
     cases["is an input of this run"] = ["--method", "cbd", "--descriptors", descriptors, "-o", descriptors]
-    cases["both name"] = ["-o", tmp_path / "r.json", "--report", tmp_path / "r.json"]
     for expected, extra in cases.items():
         result = _invoke("classify", labelled_folder, "--classes", "cat,dog", *extra)
         message = _one_line(result.output)
         assert result.exit_code == 2, (expected, result.output)
         assert expected in message, (expected, message)
     assert locked.read_text() == "keep me\n"
+    # classify's outputs now differ by suffix (-o data, --report .html, --export a folder); the shared check still
+    # refuses two outputs naming one file
+    from vlmcls.cli._preflight import check_outputs
+    from vlmcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="both name"):
+        check_outputs({"-o": (tmp_path / "r.json", (".json",), None), "--x": (tmp_path / "r.json", (".json",), None)}, [])
 
 
 def test_export_onto_an_image_of_the_run_is_refused(labelled_folder):
