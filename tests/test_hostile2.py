@@ -1,0 +1,279 @@
+"""Hostile inputs, round two (issue 27): deep, odd and oversized files and LLM answers never crash a run or stick
+in the cache; bounds on what an answer or a file can make us encode."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import random
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+import imagegen
+from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
+from vlmcls.adapters.metric_files import read_hierarchy_file
+from vlmcls.cache import Store
+from vlmcls.classes import load_classes
+from vlmcls.cli import app
+from vlmcls.demo import world
+from vlmcls.descriptors import (
+    DescriptorSet,
+    generate_descriptors,
+    generate_pair_descriptions,
+    parse_descriptor_list,
+    parse_differential,
+)
+from vlmcls.errors import ConfigError, LLMResponseError, PromptError
+from vlmcls.llm import LLMClient, LLMConfig
+from vlmcls.methods.cupl import load_cupl_file
+from vlmcls.methods.fudd import load_pair_file
+from vlmcls.prompting import load_prompt, packaged_prompts_dir, parse_prompt
+from vlmcls.templates import load_templates
+
+runner = CliRunner()
+DEEP = "[" * 100_000 + "]" * 100_000
+PAIR = {"classes": ["zorblax", "quintor"],
+        "prompt_pairs": [{"attr_type": "colour", "prompt_pair": ["a red zorblax", "a green quintor"]}]}
+
+
+@pytest.fixture(autouse=True)
+def _default_prompts(monkeypatch):
+    monkeypatch.delenv("VLMCLS_PROMPTS", raising=False)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "cache") as s:
+        yield s
+
+
+def make_client(server: FakeLLMServer, store: Store, **overrides) -> LLMClient:
+    settings = dict(model="fake-llm", base_url=server.base_url, timeout_s=5.0, max_retries=1,
+                    backoff_base_s=0.01, max_concurrency=4)
+    settings.update(overrides)
+    return track(LLMClient(LLMConfig(**settings), store))
+
+
+# -- item 3: an LLM answer nested 10^5 deep is a bad answer, not a crash, and is not replayed ------------------
+def test_parsers_refuse_a_deep_answer_with_a_response_error():
+    for parse in (parse_descriptor_list, lambda text: parse_differential(text, "a", "b")):
+        with pytest.raises(LLMResponseError, match="levels deep"):
+            parse(DEEP)
+        with pytest.raises(LLMResponseError, match="levels deep"):
+            parse('Here you go:\n```json\n{"descriptors": ' + DEEP + "}\n```")
+
+
+def test_a_deep_descriptor_answer_falls_back_and_is_not_cached(llm_server, store):
+    llm_server.fault_for("zorblax", ["deep", "deep"])
+    descriptors, rows, _ = generate_descriptors(["zorblax", "quintor"], make_client(llm_server, store),
+                                                load_prompt("descriptors"))
+    assert descriptors["zorblax"] == ["zorblax"]
+    assert [(r.item, r.severity) for r in rows] == [("zorblax", "warning")]
+    assert "levels deep" in rows[0].message
+    # the server recovers: the next run asks again (both answers were dropped) and gets descriptors
+    again, rows, _ = generate_descriptors(["zorblax", "quintor"], make_client(llm_server, store),
+                                          load_prompt("descriptors"))
+    assert rows == [] and again["zorblax"] == world.generic_descriptors("zorblax")
+    assert len(llm_server.requests_about("zorblax")) == 3
+
+
+def test_a_deep_pair_answer_leaves_the_pair_out_and_is_not_cached(llm_server, store):
+    llm_server.fault_for("zorblax", ["deep", "deep"])
+    client = make_client(llm_server, store)
+    result, rows, _ = generate_pair_descriptions([("zorblax", "quintor")], client, load_prompt("differential"))
+    assert result == {} and len(rows) == 1 and "levels deep" in rows[0].message
+    result, rows, _ = generate_pair_descriptions([("zorblax", "quintor")], make_client(llm_server, store),
+                                                 load_prompt("differential"))
+    assert rows == [] and list(result) == ["quintor_zorblax"]
+
+
+def test_an_answer_over_the_byte_limit_is_never_cached(llm_server, store, monkeypatch):
+    monkeypatch.setenv("VLMCLS_MAX_ANSWER_KB", "64")
+    llm_server.fault_for("zorblax", ["many:20000", "many:20000"])  # ~400 KB of bullets
+    descriptors, rows, _ = generate_descriptors(["zorblax", "quintor"], make_client(llm_server, store),
+                                                load_prompt("descriptors"))
+    assert descriptors["zorblax"] == ["zorblax"] and len(rows) == 1
+    assert "over the limit of 65,536" in rows[0].message and "VLMCLS_MAX_ANSWER_KB" in rows[0].message
+    again, rows, _ = generate_descriptors(["zorblax", "quintor"], make_client(llm_server, store),
+                                          load_prompt("descriptors"))
+    assert rows == [] and len(llm_server.requests_about("zorblax")) == 3
+
+
+# -- item 4: input files that crashed with exit 4 ---------------------------------------------------------------
+def _write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_a_deep_descriptor_file_is_a_config_error_naming_the_file(tmp_path):
+    path = _write(tmp_path / "d.json", '{"zorblax": ' + DEEP + "}")
+    with pytest.raises(ConfigError, match=r"descriptor file '.*d\.json' nests deeper than 64 levels \(line 1\)"):
+        DescriptorSet.from_json(path)
+
+
+def test_a_deep_prompt_toml_is_a_prompt_error(tmp_path):
+    path = _write(tmp_path / "p.toml", "name = 'x'\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(PromptError, match=r"nests deeper than 64 levels \(line 2\)"):
+        load_prompt("x", prompt_file=path)
+    deep_table = "name = 'x'\nx = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n"
+    with pytest.raises(PromptError, match="nests deeper"):
+        parse_prompt(deep_table)
+
+
+def test_a_pair_entry_without_attr_type_is_read_and_bad_shapes_name_the_place(tmp_path):
+    entry = {"classes": ["zorblax", "quintor"], "prompt_pairs": [{"prompt_pair": ["a red one", "a green one"]}]}
+    data = load_pair_file(_write(tmp_path / "p.json", json.dumps({"quintor_zorblax": entry})))
+    assert data["quintor_zorblax"]["prompt_pairs"][0]["attr_type"] == "attribute"
+    bad = {"k": {"classes": ["a", "b"], "prompt_pairs": [{"attr_type": "x", "prompt_pair": ["t"]}]}}
+    with pytest.raises(ConfigError, match=r"entry 'k': prompt_pairs\[0\] has no 'prompt_pair' of two strings"):
+        load_pair_file(_write(tmp_path / "bad.json", json.dumps(bad)))
+    with pytest.raises(ConfigError, match=r"prompt_pairs\[0\]\['attr_type'\] is '\[1\]'"):
+        load_pair_file(_write(tmp_path / "bad2.json", json.dumps(
+            {"k": {"classes": ["a", "b"], "prompt_pairs": [{"attr_type": [1], "prompt_pair": ["t", "u"]}]}})))
+
+
+def test_a_non_utf8_pair_file_is_a_config_error_with_the_offset(tmp_path):
+    path = _write(tmp_path / "p.json", json.dumps({"k": PAIR}).replace("red", "r\xe9d").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"pair file '.*' is not valid UTF-8 text \(byte 0xe9 at offset \d+ \(line 1\)"):
+        load_pair_file(path)
+
+
+@pytest.mark.parametrize("codec", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_text_files_with_a_bom_or_in_utf16_are_read(tmp_path, codec):
+    descriptors = {"zorblax": ["red fur", "süß"], "quintor": ["green"]}
+    text = json.dumps(descriptors, ensure_ascii=False)
+    assert DescriptorSet.from_json(_write(tmp_path / "d.json", text.encode(codec))).to_dict() == descriptors
+    assert load_pair_file(_write(tmp_path / "p.json", json.dumps({"k": PAIR}).encode(codec)))["k"]["classes"] == \
+        ["zorblax", "quintor"]
+    assert load_classes(str(_write(tmp_path / "c.txt", "zorblax\nquintor\n".encode(codec)))) == ["zorblax", "quintor"]
+    assert load_templates(str(_write(tmp_path / "t.txt", "a photo of a {}.\n".encode(codec)))) == ["a photo of a {}."]
+    prompt = (packaged_prompts_dir() / "descriptors.toml").read_text(encoding="utf-8")
+    assert load_prompt("x", prompt_file=_write(tmp_path / "p.toml", prompt.encode(codec))).messages
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMCLS_MAX_FILE_MB", "1")
+    path = _write(tmp_path / "p.json", json.dumps({f"k{i}": PAIR for i in range(12_000)}))
+    assert path.stat().st_size > 2**20
+    with pytest.raises(ConfigError, match=r"pair file '.*' is \d+\.\d MB, over the limit of 1\.0 MB; .*VLMCLS_MAX_FILE_MB"):
+        load_pair_file(path)
+
+
+def test_the_cli_exits_2_on_a_deep_descriptor_file_and_a_bad_pair_file(tmp_path):
+    photos = tmp_path / "photos"
+    imagegen.make_class_tree(photos, {"zorblax": [(220, 20, 20)]})
+    deep = _write(tmp_path / "d.json", '{"zorblax": ' + DEEP + "}")
+    args = ["classify", str(photos), "--classes", "zorblax,quintor", "--model", "local-dir:vlmcls/data/demo_model",
+            "-o", str(tmp_path / "out.jsonl")]
+    result = runner.invoke(app, [*args, "--method", "cbd", "--descriptors", str(deep)])
+    assert result.exit_code == 2, result.output
+    assert "nests deeper than 64 levels" in result.output
+    pairs = _write(tmp_path / "p.json", b"\xff\xfe\x00\x00garbage")  # a UTF-32 mark, then not UTF-32
+    result = runner.invoke(app, [*args, "--method", "templates+fudd", "--pairs", str(pairs)])
+    assert result.exit_code == 2, result.output
+    assert "is not valid UTF-32 text" in result.output
+
+
+# -- the fuzz test: every loader, random and adversarial JSON/TOML ---------------------------------------------
+_ODD = ["\ufeff", "\u202e", "\u2028", "\u0085", "\x00", "\x1b[31m", "\ud800", "💥", "\\", '"', "'", "#", "\r",
+        "[", "]", "{", "}", "=", ",", ":", "\n", "a", "0", "-1e999", "NaN", "true", "null"]
+
+
+def _random_json_value(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(8 if depth < 6 else 4)
+    if kind == 0:
+        return rng.choice([None, True, False, 0, -1, 1.5, 10**30, float("1e308")])
+    if kind in (1, 2, 3):
+        return "".join(rng.choice(_ODD) for _ in range(rng.randrange(6)))
+    if kind in (4, 5):
+        return [_random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {"".join(rng.choice(_ODD) for _ in range(rng.randrange(4))): _random_json_value(rng, depth + 1)
+            for _ in range(rng.randrange(4))}
+
+
+def _fuzz_documents(rng: random.Random):
+    """Documents as bytes: valid JSON of random shapes, then mangled, deep, truncated and re-encoded."""
+    value = _random_json_value(rng)
+    text = json.dumps(value, ensure_ascii=rng.random() < 0.3)
+    choice = rng.randrange(9)
+    if choice == 1:  # cut short
+        text = text[: rng.randrange(len(text) + 1)]
+    elif choice == 2:  # a random character swapped in
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + rng.choice(_ODD) + text[at:]
+    elif choice == 3:  # deep nesting inside a valid-looking object
+        depth = rng.choice([65, 1000, 20_000])
+        opener = rng.choice(["[", '{"a":'])
+        text = '{"x": ' + opener * depth + "1" + ("]" if opener == "[" else "}") * depth + "}"
+    elif choice == 4:  # TOML-ish
+        text = rng.choice(["name = 'x'\n", "[[messages]]\nrole = 'user'\ncontent = '{class_name}'\n", "a = "]) + text
+    elif choice == 5:  # unbalanced brackets
+        text = rng.choice(["[", "{", "]", "}"]) * rng.randrange(1, 3000)
+    raw = text.encode("utf-8", "surrogatepass")
+    if rng.random() < 0.2:
+        raw = rng.choice([codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF32_BE, b"\xff", b"\x00"]) + raw
+    if rng.random() < 0.1:
+        raw = text.encode(rng.choice(["utf-16-le", "utf-16-be", "utf-32"]), "surrogatepass")
+    return raw
+
+
+def _loaders(tmp_path):
+    """Each user-file loader, called on a path."""
+    return {
+        "descriptors": DescriptorSet.from_json,
+        "cupl": load_cupl_file,
+        "pairs": load_pair_file,
+        "prompt": lambda p: load_prompt("x", prompt_file=p),
+        "classes": lambda p: load_classes(str(p)),
+        "templates": lambda p: load_templates(str(p)),
+        "hierarchy": read_hierarchy_file,
+    }
+
+
+FUZZ_RUNS = 300
+
+
+def test_fuzz_every_loader_raises_only_config_errors(tmp_path):
+    """Every loader, FUZZ_RUNS random or adversarial documents each: a result or a ConfigError, nothing else.
+    (Found on the old code: RecursionError in json and tomllib, UnicodeDecodeError in the pair reader, TypeError
+    on a list-valued prompt role, KeyError on a pair without attr_type.)"""
+    rng = random.Random(27)
+    outcomes: dict[str, dict[str, int]] = {}
+    started = time.monotonic()
+    for name, load in _loaders(tmp_path).items():
+        counts = outcomes.setdefault(name, {"ok": 0, "refused": 0})
+        for n in range(FUZZ_RUNS):
+            path = tmp_path / f"{name}-{n % 5}.{'toml' if name == 'prompt' else 'json'}"
+            path.write_bytes(_fuzz_documents(rng))
+            try:
+                load(path)
+            except ConfigError as exc:
+                assert str(path) in str(exc), (name, str(exc))  # names the file
+                counts["refused"] += 1
+            else:
+                counts["ok"] += 1
+    for name, counts in outcomes.items():
+        assert counts["refused"] > 0, name
+    assert time.monotonic() - started < 120
+
+
+def test_fuzz_llm_answer_parsers_return_or_raise_a_response_error():
+    rng = random.Random(2027)
+    for _ in range(2000):
+        text = _fuzz_documents(rng).decode("utf-8", "replace")
+        for parse in (parse_descriptor_list, lambda t: parse_differential(t, "a", "b")):
+            try:
+                value = parse(text)
+            except LLMResponseError:
+                continue
+            assert isinstance(value, list)
+
+
+@pytest.mark.parametrize("messages", ["[[messages]]\nrole = ['user']\ncontent = 'x {class_name}'\n",
+                                      "[[messages]]\nrole = {a = 1}\ncontent = 'x'\n",
+                                      "messages = [1, 2]\n", "messages = 'user'\n"])
+def test_prompt_files_of_the_wrong_shape_are_prompt_errors(messages):
+    with pytest.raises(PromptError, match="prompt file"):
+        parse_prompt("name = 'x'\n" + messages, source="p.toml")
