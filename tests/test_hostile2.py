@@ -127,7 +127,7 @@ def test_a_pair_entry_without_attr_type_is_read_and_bad_shapes_name_the_place(tm
     data = load_pair_file(_write(tmp_path / "p.json", json.dumps({"quintor_zorblax": entry})))
     assert data["quintor_zorblax"]["prompt_pairs"][0]["attr_type"] == "attribute"
     bad = {"k": {"classes": ["a", "b"], "prompt_pairs": [{"attr_type": "x", "prompt_pair": ["t"]}]}}
-    with pytest.raises(ConfigError, match=r"entry 'k': prompt_pairs\[0\] has no 'prompt_pair' of two strings"):
+    with pytest.raises(ConfigError, match=r"entry 'k' is not a FuDD pair: prompt_pairs\[0\] has no 'prompt_pair' of two strings"):
         load_pair_file(_write(tmp_path / "bad.json", json.dumps(bad)))
     with pytest.raises(ConfigError, match=r"prompt_pairs\[0\]\['attr_type'\] is '\[1\]'"):
         load_pair_file(_write(tmp_path / "bad2.json", json.dumps(
@@ -136,7 +136,7 @@ def test_a_pair_entry_without_attr_type_is_read_and_bad_shapes_name_the_place(tm
 
 def test_a_non_utf8_pair_file_is_a_config_error_with_the_offset(tmp_path):
     path = _write(tmp_path / "p.json", json.dumps({"k": PAIR}).replace("red", "r\xe9d").encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"pair file '.*' is not valid UTF-8 text \(byte 0xe9 at offset \d+ \(line 1\)"):
+    with pytest.raises(ConfigError, match=r"pair file '.*' is not UTF-8 text \(byte 0xe9 at offset \d+ \(line 1\)"):
         load_pair_file(path)
 
 
@@ -173,7 +173,7 @@ def test_the_cli_exits_2_on_a_deep_descriptor_file_and_a_bad_pair_file(tmp_path)
     pairs = _write(tmp_path / "p.json", b"\xff\xfe\x00\x00garbage")  # a UTF-32 mark, then not UTF-32
     result = runner.invoke(app, [*args, "--method", "templates+fudd", "--pairs", str(pairs)])
     assert result.exit_code == 2, result.output
-    assert "is not valid UTF-32 text" in result.output
+    assert "is not UTF-32 text" in result.output
 
 
 # -- the fuzz test: every loader, random and adversarial JSON/TOML ---------------------------------------------
@@ -277,3 +277,62 @@ def test_fuzz_llm_answer_parsers_return_or_raise_a_response_error():
 def test_prompt_files_of_the_wrong_shape_are_prompt_errors(messages):
     with pytest.raises(PromptError, match="prompt file"):
         parse_prompt("name = 'x'\n" + messages, source="p.toml")
+
+
+# -- item 2: bounds on what an answer or a file can make us encode ----------------------------------------------
+CLASSES = "zorblax,quintor,flimber,vostrel"
+
+
+@pytest.fixture
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    imagegen.make_class_tree(root, {"zorblax": [(220, 20, 20), (200, 40, 30)], "flimber": [(30, 200, 40)]})
+    return root
+
+
+def _classify(tiny, photos, tmp_path, server, *extra):
+    out = tmp_path / "out.jsonl"
+    args = ["classify", str(photos), "--classes", CLASSES, "--model", f"local-dir:{tiny}", "-o", str(out),
+            *(["--base-url", server.base_url, "--llm-model", "fake-model"] if server else []), *map(str, extra)]
+    started = time.monotonic()
+    result = runner.invoke(app, args, catch_exceptions=False)
+    warnings_file = tmp_path / "out.warnings.jsonl"
+    warnings = [json.loads(x) for x in warnings_file.read_text().splitlines()] if warnings_file.exists() else []
+    return result, warnings, time.monotonic() - started
+
+
+def test_an_answer_with_thousands_of_descriptors_keeps_the_first_200_with_one_row(tiny_open_clip, photos, tmp_path,
+                                                                                  llm_server):
+    llm_server.fault_for("zorblax", ["many:5000"])
+    result, warnings, _ = _classify(tiny_open_clip, photos, tmp_path, llm_server, "--method", "cbd")
+    assert result.exit_code == 1, result.output  # finished, with a warning row
+    assert [(w["item"], w["stage"]) for w in warnings] == [("1 class", "descriptors")]
+    assert "dropped 4,800 texts past the limit of 200 per class ('zorblax')" in warnings[0]["message"]
+    assert "VLMCLS_MAX_DESCRIPTORS" in warnings[0]["message"]
+
+
+def test_long_captions_and_many_caption_pairs_are_cut_with_one_row_each(tiny_open_clip, photos, tmp_path, llm_server,
+                                                                        monkeypatch):
+    monkeypatch.setenv("VLMCLS_MAX_CAPTIONS", "5")
+    for name in ("zorblax", "quintor", "flimber", "vostrel"):  # the descriptor answers are ordinary
+        llm_server.fault_for(name, ["ok"])
+    llm_server.script(["long:60000", "many:40", "long:60000"])  # then the pair questions
+    result, warnings, seconds = _classify(tiny_open_clip, photos, tmp_path, llm_server, "--method", "cbd+fudd",
+                                          "--fudd-k", "3")
+    assert result.exit_code == 1, result.output
+    messages = {w["message"].split(" past")[0] + " per " + w["message"].split(" per ")[1].split(" ")[0]
+                for w in warnings}
+    assert "dropped 35 caption pairs per pair" in messages
+    assert any(m.startswith("dropped ") and "characters" in m for m in messages)
+    assert seconds < 60  # uncut, the tokenizer spent ~40 s on each 60,000-letter word
+
+
+def test_a_descriptor_file_with_a_200000_letter_word_is_cut_before_tokenizing(tiny_open_clip, photos, tmp_path):
+    descriptors = _write(tmp_path / "d.json", json.dumps({"zorblax": ["x" * 200_000, "red fur"],
+                                                          "quintor": ["green"], "flimber": ["blue"], "vostrel": []}))
+    result, warnings, seconds = _classify(tiny_open_clip, photos, tmp_path, None, "--method", "cbd",
+                                          "--descriptors", descriptors)
+    assert result.exit_code == 1, result.output
+    assert [w["item"] for w in warnings] == ["1 class"]
+    assert "dropped 199,019 characters past the limit of 1,000 per text ('zorblax')" in warnings[0]["message"]
+    assert seconds < 30

@@ -106,7 +106,7 @@ def decode_text(data: bytes, what: str, path: str | os.PathLike) -> str:
         line = data[:exc.start].count(b"\n") + 1 if codec == "utf-8" else None
         where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}" + (f" (line {line})" if line else "")
         raise ConfigError(
-            f"{what} '{path}' is not valid {name} text ({where}; Latin-1 or another legacy encoding?). "
+            f"{what} '{path}' is not {name} text ({where}; Latin-1 or another legacy encoding?). "
             "Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > NEW`."
         ) from None
 

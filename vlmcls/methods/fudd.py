@@ -80,25 +80,25 @@ def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"pair file '{path}' holds a {type(data).__name__}, not FuDD pair JSON: {expected}.")
     for key, entry in data.items():
-        where = f"pair file '{path}': entry '{key}'"
+        where = f"pair file '{path}': entry '{key}' is not a FuDD pair:"
         if not isinstance(entry, dict):
-            raise ConfigError(f"{where} is a {type(entry).__name__}, not an object; {expected}.")
+            raise ConfigError(f"{where} it is a {type(entry).__name__}, not an object; {expected}.")
         classes = entry.get("classes")
         if not isinstance(classes, list) or len(classes) != 2 or not all(
                 isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
-            raise ConfigError(f"{where}: 'classes' is {_shown(classes)}; it must be two class names or indices. "
+            raise ConfigError(f"{where} 'classes' is {_shown(classes)}; it must be two class names or indices. "
                               f"{expected[0].upper()}{expected[1:]}.")
         pairs = entry.get("prompt_pairs", [])
         if not isinstance(pairs, list):
-            raise ConfigError(f"{where}: 'prompt_pairs' is a {type(pairs).__name__}, not a list; {expected}.")
+            raise ConfigError(f"{where} 'prompt_pairs' is a {type(pairs).__name__}, not a list; {expected}.")
         for n, pair in enumerate(pairs):
             texts = pair.get("prompt_pair") if isinstance(pair, dict) else None
             if not (isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)):
-                raise ConfigError(f"{where}: prompt_pairs[{n}] has no 'prompt_pair' of two strings (it is "
+                raise ConfigError(f"{where} prompt_pairs[{n}] has no 'prompt_pair' of two strings (it is "
                                   f"{_shown(pair)}); {expected}.")
             attr = pair.setdefault("attr_type", "attribute")
             if not isinstance(attr, str):
-                raise ConfigError(f"{where}: prompt_pairs[{n}]['attr_type'] is {_shown(attr)}, not a string; "
+                raise ConfigError(f"{where} prompt_pairs[{n}]['attr_type'] is {_shown(attr)}, not a string; "
                                   f"{expected}.")
     return data
 
