@@ -336,3 +336,47 @@ def test_a_descriptor_file_with_a_200000_letter_word_is_cut_before_tokenizing(ti
     assert [w["item"] for w in warnings] == ["1 class"]
     assert "dropped 199,019 characters past the limit of 1,000 per text ('zorblax')" in warnings[0]["message"]
     assert seconds < 30
+
+
+# -- item 1: CSV formula injection, raw control characters, bidi overrides ---------------------------------------
+def test_csv_cells_that_start_a_formula_are_neutralised_and_controls_made_visible(tmp_path):
+    import csv
+
+    from vlmcls.output import write_rows
+
+    rows = [{"path": '=HYPERLINK("http://evil.example","x").png', "label": "+cmd", "error": "\x1b[31mred\x07",
+             "true_label": "-1"},
+            {"path": "@SUM(A1)", "label": "\tx", "error": "\rx", "true_label": "plain"}]
+    out = write_rows(rows, tmp_path / "out.csv")
+    raw = out.read_bytes()
+    assert b"\x1b" not in raw and b"\x07" not in raw
+    cells = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    assert cells[0]["path"] == "'" + rows[0]["path"] and cells[0]["label"] == "'+cmd"
+    assert cells[0]["error"] == "\\x1b[31mred\\x07" and cells[0]["true_label"] == "'-1"
+    assert [cells[1][k] for k in ("path", "label", "error", "true_label")] == ["'@SUM(A1)", "'\tx", "'\rx", "plain"]
+    # JSONL keeps the raw text
+    write_rows(rows, tmp_path / "out.jsonl")
+    assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["path"] == rows[0]["path"]
+
+
+def test_the_cli_csv_neutralises_a_formula_class_name(tiny_open_clip, photos, tmp_path):
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["classify", str(photos), "--classes", "=1+1,@bird", "--model",
+                                 f"local-dir:{tiny_open_clip}", "-o", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    labels = {line.split(",")[1] for line in out.read_text().splitlines()[1:]}
+    assert labels <= {"'=1+1", "'@bird"} and labels
+
+
+def test_html_never_carries_raw_control_characters():
+    from vlmcls.report_html import esc, render_value
+
+    assert esc("a\x1b[2Jb\x00c\x9b") == "a\\x1b[2Jb\\x00c\\x9b"
+    assert "\x1b" not in render_value({"why": ["\x1b]0;title\x07"]})
+
+
+def test_the_terminal_strips_bidi_overrides():
+    from vlmcls.cli._render import safe
+
+    assert safe("photo\u202egpj.exe") == "photogpj.exe"
+    assert safe("a\u2066b\u2069c\u202ad") == "abcd"

@@ -54,10 +54,26 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFI
 
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, list) and value and isinstance(value[0], dict) and "label" in value[0]:
-        return ";".join(f"{d['label']}:{d['prob']:.4f}" for d in value)
+        return _csv_text(";".join(f"{d['label']}:{d['prob']:.4f}" for d in value))
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+        return _csv_text(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, str):
+        return _csv_text(value)
     return "" if value is None else value
+
+
+# OWASP's CSV-injection rule: a cell starting with one of these is a formula in Excel, LibreOffice and Sheets
+# (`=HYPERLINK("http://evil.example","x").png`), so it gets a leading apostrophe, which they show as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: no formula start, no raw control characters (see README: the
+    JSONL and Parquet outputs keep the raw text)."""
+    from .report_html import visible_controls
+
+    text = visible_controls(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 # C0/C1 control characters and ANSI escape sequences: a file name or an LLM answer must not move the cursor,
 # clear the screen or retitle the terminal when printed. Tab is kept.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069) go too: U+202E makes "gpj.exe" print as
+# "exe.jpg".
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f"
+                      "\u202a-\u202e\u2066-\u2069]")
 
 
 def safe(value: object) -> str:
