@@ -380,3 +380,49 @@ def test_the_terminal_strips_bidi_overrides():
 
     assert safe("photo\u202egpj.exe") == "photogpj.exe"
     assert safe("a\u2066b\u2069c\u202ad") == "abcd"
+
+
+# -- item 5: a full disk, a file-size limit, a read-only filesystem at write time --------------------------------
+def test_a_file_size_limit_is_an_output_error_and_the_old_file_is_kept(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    script = ("import resource, sys\nfrom vlmcls.output import write_rows\nfrom vlmcls.errors import OutputError\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+              "try:\n    write_rows(({'path': f'p{i}.png', 'label': 'x'} for i in range(100000)), sys.argv[1])\n"
+              "except OutputError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"cannot write '{out}': the file-size limit was reached (ulimit -f)")
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("code, said", [(28, "the disk is full"), (30, "the filesystem is read-only"),
+                                        (27, "the file-size limit was reached")])
+def test_the_cli_exits_3_with_one_line_when_the_disk_fills_while_writing(tiny_open_clip, photos, tmp_path,
+                                                                          monkeypatch, code, said):
+    import builtins
+    import os
+
+    import vlmcls.output
+
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        handle = builtins.open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            def write(_text):
+                raise OSError(code, os.strerror(code))
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(vlmcls.output, "open", full_disk_open, raising=False)
+    result = runner.invoke(app, ["classify", str(photos), "--classes", CLASSES, "--model",
+                                 f"local-dir:{tiny_open_clip}", "-o", str(out)])
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: cannot write '{out}': {said}" + lines[0].split(said)[1]] and "bug" not in result.output
+    assert out.read_text() == "old\n" and not list(tmp_path.glob(".out.csv.*"))

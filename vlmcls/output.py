@@ -9,6 +9,7 @@ into the same string (``os.fsencode`` of it is the original bytes), and CSV writ
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import json
 import math
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .errors import ConfigError, VlmclsError
+from .errors import ConfigError, OutputError, VlmclsError
 from .gcpause import paused_gc
 
 __all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "json_text", "check_output_path"]
@@ -246,9 +247,25 @@ def atomic_open(path: str | Path, errors: str = "strict") -> Iterator[TextIO]:
         with open(tmp, "w", encoding="utf-8", errors=errors, newline="") as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """A failed write as one line: which file, what happened, what to do (the old file is kept)."""
+    if isinstance(exc, OutputError):
+        return exc
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file-size limit was reached (ulimit -f)", errno.EROFS: "the filesystem is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(exc.errno or 0,
+                                                                                   exc.strerror or str(exc))
+    return OutputError(f"cannot write '{path}': {what}; the previous file, if any, is unchanged. "
+                                       "Free space, raise the limit or choose another output path, then re-run "
+                                       "(computed features and answers are cached).", exc.errno)
 
 
 _ROWS_PER_WRITE = 8192  # rows formatted and written together: bounds the text held at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -23,6 +24,8 @@ from ..gcpause import frozen_gc
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
+# A write that failed for a reason outside vlmcls (disk full, ulimit -f, quota, read-only): exit 3, not "a bug".
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 console = Console()
 console_err = Console(stderr=True)
@@ -98,19 +101,31 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt as exc:
             console_err.print(f"[yellow]{_interrupted_message()}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from exc
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                _internal_error(exc)
+            from ..output import output_error
+
+            print_error(output_error(getattr(exc, "filename", None) or "a file", exc))  # a write deep in a library
+            raise typer.Exit(EXIT_FATAL) from exc
         except Exception as exc:  # a bug in vlmcls or a library under it: say where the details are
-            try:
-                where = f"the traceback is in {_log_traceback(exc)}"
-            except OSError:
-                where = "the traceback could not be written to a file; run with -vv to see it"
-                log.debug("internal error", exc_info=exc)
-            console_err.print(
-                f"[red]internal error:[/red] {safe(type(exc).__name__)}: {safe(exc)} ({safe(where)}). "
-                "This is a bug in vlmcls; please report it with that file.", highlight=False, soft_wrap=True,
-            )
-            raise typer.Exit(EXIT_INTERNAL) from exc
+            _internal_error(exc)
 
     return wrapper
+
+
+def _internal_error(exc: BaseException) -> None:
+    """Say where the traceback of an unexpected error is, and exit 4."""
+    try:
+        where = f"the traceback is in {_log_traceback(exc)}"
+    except OSError:
+        where = "the traceback could not be written to a file; run with -vv to see it"
+        log.debug("internal error", exc_info=exc)
+    console_err.print(
+        f"[red]internal error:[/red] {safe(type(exc).__name__)}: {safe(exc)} ({safe(where)}). "
+        "This is a bug in vlmcls; please report it with that file.", highlight=False, soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_INTERNAL) from exc
 
 
 def in_flags(message: str) -> str:
