@@ -426,3 +426,45 @@ def test_the_cli_exits_3_with_one_line_when_the_disk_fills_while_writing(tiny_op
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert lines == [f"error: cannot write '{out}': {said}" + lines[0].split(said)[1]] and "bug" not in result.output
     assert out.read_text() == "old\n" and not list(tmp_path.glob(".out.csv.*"))
+
+
+# -- item 6: SIGTERM like Ctrl-C; describe takes one class; class files split on line breaks only ----------------
+def test_sigterm_says_what_is_cached_and_exits_143(tiny_open_clip, photos, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from vlmcls import models
+
+    real = models.OpenClipBackend.encode_images
+    calls = {"n": 0}
+
+    def encode_images(self, pixels):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would; the handler raises in this thread
+        return real(self, pixels)
+
+    monkeypatch.setattr(models.OpenClipBackend, "encode_images", encode_images)
+    args = ["classify", str(photos), "--classes", CLASSES, "--model", f"local-dir:{tiny_open_clip}", "--batch-size",
+            "1", "--workers", "0", "-o", str(tmp_path / "p.jsonl")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert "interrupted: 1 of 3 images cached; the same command resumes." in " ".join(result.output.split())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back after the command
+
+
+def test_describe_takes_one_class(llm_server, tmp_path):
+    out = tmp_path / "d.json"
+    result = runner.invoke(app, ["describe", "-c", "zorblax", "-o", str(out), "--base-url", llm_server.base_url,
+                                 "--llm-model", "fake-llm"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == {"zorblax": world.generic_descriptors("zorblax")}
+
+
+def test_class_files_split_on_line_breaks_only_and_hash_lines_are_explained(tmp_path, caplog):
+    path = _write(tmp_path / "c.txt", "big\u2028cat\nsmall\u0085dog\r\n# a comment\n#fff\n\\#hashtag\rlast\n")
+    with caplog.at_level("WARNING"):
+        names = load_classes(str(path))
+    assert names == ["big\u2028cat", "small\u0085dog", "#hashtag", "last"]
+    assert "line 4: '#fff' is a comment and is skipped; write '\\#fff'" in caplog.text
+    assert "# a comment" not in caplog.text  # an ordinary comment is not warned about

@@ -7,7 +7,9 @@ import functools
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from ..gcpause import frozen_gc
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler or `kill` stopped the run; it resumes as after Ctrl-C
 # A write that failed for a reason outside vlmcls (disk full, ulimit -f, quota, read-only): exit 3, not "a bug".
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
@@ -87,6 +90,7 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _encoding_progress.update(done=0, total=0)
+        previous = _terminate_like_ctrl_c()
         try:
             with frozen_gc():  # what was imported before the command is never garbage: no collection walks it
                 return fn(*args, **kwargs)
@@ -98,9 +102,9 @@ def handle_errors(fn: Callable) -> Callable:
         except VlmclsError as exc:
             print_error(exc)
             raise typer.Exit(EXIT_FATAL) from exc
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the same line, each its own code
             console_err.print(f"[yellow]{_interrupted_message()}[/yellow]", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from exc
+            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from exc
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS:
                 _internal_error(exc)
@@ -110,8 +114,31 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(EXIT_FATAL) from exc
         except Exception as exc:  # a bug in vlmcls or a library under it: say where the details are
             _internal_error(exc)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so everything Ctrl-C stops cleanly (LLM workers, decode pools,
+    the cache) stops the same way."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _terminate_like_ctrl_c():
+    """Make SIGTERM raise Terminated for the command's duration; the previous handler (None: not installed,
+    outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):
+        return None
 
 
 def _internal_error(exc: BaseException) -> None:
