@@ -468,3 +468,30 @@ def test_class_files_split_on_line_breaks_only_and_hash_lines_are_explained(tmp_
     assert names == ["big\u2028cat", "small\u0085dog", "#hashtag", "last"]
     assert "line 4: '#fff' is a comment and is skipped; write '\\#fff'" in caplog.text
     assert "# a comment" not in caplog.text  # an ordinary comment is not warned about
+
+
+# -- Build item 4: directory symlinks stay home ------------------------------------------------------------------
+def test_folder_links_are_followed_inside_the_root_only_and_each_folder_once(tmp_path, caplog, monkeypatch):
+    import os
+
+    from vlmcls.image_sources import list_images
+
+    monkeypatch.delenv("VLMCLS_FOLLOW_LINKS", raising=False)
+    root = tmp_path / "photos"
+    imagegen.make_class_tree(root, {"zorblax": [(220, 20, 20)], "flimber": [(30, 200, 40)]})
+    elsewhere = tmp_path / "elsewhere"
+    imagegen.make_class_tree(elsewhere, {"secret": [(1, 2, 3)]})
+    os.symlink(elsewhere, root / "escape")  # leads out of the root
+    os.symlink("/", root / "flimber" / "slash")
+    os.symlink("..", root / "zorblax" / "loop")  # a loop back to the root
+    with caplog.at_level("WARNING"):
+        records = list_images(root)
+    paths = [str(r.path) for r in records]
+    assert len(paths) == len(set(paths)) == 2
+    assert not any("secret" in p for p in paths)
+    assert "skipped 2 linked folders that lead out of" in caplog.text and "VLMCLS_FOLLOW_LINKS" in caplog.text
+    os.unlink(root / "flimber" / "slash")
+    followed = list_images(root, follow_links=True)
+    assert sum("secret" in str(r.path) for r in followed) == 1 and len(followed) == 3
+    monkeypatch.setenv("VLMCLS_FOLLOW_LINKS", "1")
+    assert len(list_images(root)) == 3
