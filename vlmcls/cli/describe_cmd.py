@@ -144,7 +144,7 @@ def describe(
     if record is None or record.describe is None:
         valid = ", ".join(name for name, r in METHODS.items() if r.describe is not None)
         raise ConfigError(f"method '{method}' cannot be generated here; use {valid}.")
-    class_names = load_classes(classes)
+    class_names = load_classes(classes, minimum=1)  # describing one class is fine; classifying needs two
     config = options.config(method)
 
     if not record.asks_llm(config):

@@ -31,6 +31,7 @@ import numpy as np
 from ..descriptors import generate_pair_descriptions, pair_requests
 from ..embeddings import to_numpy as _np, to_torch  # the maths below runs in numpy: a cached run needs no torch
 from ..errors import ConfigError
+from ..limits import bound_row, current_limits
 from ..prompting import load_prompt
 from ..templates import wordify
 from .heads import LinearHead, linear_head
@@ -70,24 +71,45 @@ class FuddConfig:
 def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """A FuDD pair JSON: {"a_b": {"classes": [a, b], "prompt_pairs": [{"attr_type", "prompt_pair": [ta, tb]}]}}.
 
-    ``a`` and ``b`` are class names or, as in FuDD's released files, integer indices into the class list.
+    ``a`` and ``b`` are class names or, as in FuDD's released files, integer indices into the class list. An
+    entry without ``attr_type`` gets "attribute" (it only labels explanations), as an LLM answer's does. Any other
+    shape is a ConfigError naming the entry and the place in it.
     """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read pair file '{path}': {exc}") from exc
+    from ..textfiles import load_json_file
+
+    data = load_json_file(path, "pair file")
     expected = "expected {'a_b': {'classes': [a, b], 'prompt_pairs': [{'attr_type': ..., 'prompt_pair': [text_a, text_b]}]}}"
     if not isinstance(data, dict):
-        raise ConfigError(f"pair file '{path}' is not FuDD pair JSON: {expected}.")
+        raise ConfigError(f"pair file '{path}' holds a {type(data).__name__}, not FuDD pair JSON: {expected}.")
     for key, entry in data.items():
-        ok = isinstance(entry, dict) and isinstance(entry.get("classes"), list) and len(entry["classes"]) == 2
-        pairs = entry.get("prompt_pairs", []) if ok else None
-        ok = ok and isinstance(pairs, list) and all(
-            isinstance(p, dict) and isinstance(p.get("prompt_pair"), list) and len(p["prompt_pair"]) == 2
-            and all(isinstance(t, str) for t in p["prompt_pair"]) for p in pairs)
-        if not ok:
-            raise ConfigError(f"pair file '{path}': entry '{key}' is not a FuDD pair; {expected}.")
+        where = f"pair file '{path}': entry '{key}' is not a FuDD pair:"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} it is a {type(entry).__name__}, not an object; {expected}.")
+        classes = entry.get("classes")
+        if not isinstance(classes, list) or len(classes) != 2 or not all(
+                isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes):
+            raise ConfigError(f"{where} 'classes' is {_shown(classes)}; it must be two class names or indices. "
+                              f"{expected[0].upper()}{expected[1:]}.")
+        pairs = entry.get("prompt_pairs", [])
+        if not isinstance(pairs, list):
+            raise ConfigError(f"{where} 'prompt_pairs' is a {type(pairs).__name__}, not a list; {expected}.")
+        for n, pair in enumerate(pairs):
+            texts = pair.get("prompt_pair") if isinstance(pair, dict) else None
+            if not (isinstance(texts, list) and len(texts) == 2 and all(isinstance(t, str) for t in texts)):
+                raise ConfigError(f"{where} prompt_pairs[{n}] has no 'prompt_pair' of two strings (it is "
+                                  f"{_shown(pair)}); {expected}.")
+            attr = pair.setdefault("attr_type", "attribute")
+            if not isinstance(attr, str):
+                raise ConfigError(f"{where} prompt_pairs[{n}]['attr_type'] is {_shown(attr)}, not a string; "
+                                  f"{expected}.")
     return data
+
+
+def _shown(value: Any) -> str:
+    """A bad value for a message: its JSON, short."""
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, (dict, list)) or len(str(value)) < 200 \
+        else f"a {type(value).__name__}"
+    return f"'{text[:80]}'"
 
 
 # -- the pair table and the re-rank ------------------------------------------------------------------------
@@ -434,6 +456,7 @@ def _prepare_fudd(context: RunContext, config: FuddConfig, upstream: Pipeline, g
         pair_descriptions = _ask_pairs(pairs, context, config, report)
     else:
         raise ConfigError("method 'fudd' needs differential descriptions: option fudd.pairs (a pair file), or an LLM.")
+    pair_descriptions = _bounded_pairs(pair_descriptions, report)
     table = build_pair_table(pair_descriptions, class_names)
     if table.unmatched or config.pairs is not None:
         _report_unmatched(table.unmatched, len(pair_descriptions), list(class_names), config.pairs, report)
@@ -444,6 +467,33 @@ def _prepare_fudd(context: RunContext, config: FuddConfig, upstream: Pipeline, g
                        pairs_answered=len(table.sentences), pairs_unmatched=len(table.unmatched))
     report.artifacts["pairs"] = dict(pair_descriptions)
     return FuddRerank(config.k, table, text_feats, ranking, side.logit_scale, side.logit_bias, list(class_names))
+
+
+def _bounded_pairs(pair_descriptions: Mapping[str, Mapping[str, Any]], report: RunReport) -> dict[str, Any]:
+    """At most ``captions_per_pair`` caption pairs per class pair, each caption cut to ``chars_per_text``
+    characters (the tokenizer is quadratic in a word's length; the model reads 77 tokens): one warning row for
+    each bound that dropped anything."""
+    limits = current_limits()
+    cap, chars = limits.captions_per_pair, limits.chars_per_text
+    dropped: dict[str, int] = {}
+    cut: dict[str, int] = {}
+    bounded: dict[str, Any] = {}
+    for key, entry in pair_descriptions.items():
+        got = entry.get("prompt_pairs", [])
+        if len(got) > cap:
+            dropped[str(key)] = len(got) - cap
+            got = got[:cap]
+        lost = sum(max(0, len(t) - chars) for p in got for t in p["prompt_pair"])
+        if lost:
+            cut[str(key)] = lost
+            got = [{**p, "prompt_pair": [t[:chars] for t in p["prompt_pair"]]} for p in got]
+        bounded[key] = {**entry, "prompt_pairs": got} if (str(key) in dropped or lost) else entry
+    if dropped:
+        report.warnings.append(bound_row("differential", dropped, cap, "caption pairs", "pair", "captions_per_pair"))
+    if cut:
+        report.warnings.append(bound_row("differential", cut, chars, "characters", "text", "chars_per_text",
+                                         items="pair"))
+    return bounded
 
 
 def _head_when_alone(config: FuddConfig, options) -> str:

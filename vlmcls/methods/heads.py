@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
 from ..errors import ConfigError
+from ..limits import bound_row, capped_lists, current_limits, cut_texts
 from ..prompting import load_prompt
 from ..templates import apply_templates, load_templates, wordify
 from .pipeline import BatchScores, RunContext, RunReport
@@ -89,9 +90,11 @@ class LinearHead:
 
 def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregation: str, report: RunReport,
                 descriptor_labels: dict[str, list[str]] | None = None) -> LinearHead:
-    """Encode each class's sentences and aggregate them into one weight per class."""
+    """Encode each class's sentences and aggregate them into one weight per class. Past the bounds (texts per
+    class, characters per text: vlmcls.limits) the rest is dropped, with one warning row per bound."""
     from ..scoring import ClassTexts, class_text_weights
 
+    per_class = _bounded(per_class, report)
     texts = ClassTexts.from_mapping(per_class)
     text_feats = context.text.encode_texts(texts.texts)  # [T, D]
     weights = class_text_weights(text_feats, texts.owner, len(texts.class_names), aggregation)  # [C, D]
@@ -107,6 +110,27 @@ def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregatio
         explainer = DescriptorExplainer(text_feats, starts, labels, list(per_class))
     side = context.text
     return LinearHead(weights, side.logit_scale, side.logit_bias, side.score_rule, text_feats, explainer)
+
+
+def _bounded(per_class: dict[str, list[str]], report: RunReport) -> dict[str, list[str]]:
+    """At most ``descriptors_per_class`` texts per class, each cut to ``chars_per_text`` characters (before the
+    tokenizer sees it: it is quadratic in a word's length, and the model reads 77 tokens anyway)."""
+    limits = current_limits()
+    per_class, dropped = capped_lists(per_class, limits.descriptors_per_class)
+    if dropped:
+        report.warnings.append(bound_row("descriptors", dropped, limits.descriptors_per_class, "texts", "class",
+                                         "descriptors_per_class"))
+    cut: dict[str, int] = {}  # class -> characters dropped from its texts
+    kept: dict[str, list[str]] = {}
+    for name, sentences in per_class.items():
+        kept[name], n_cut, chars = cut_texts(sentences, limits.chars_per_text)
+        if n_cut:
+            cut[name] = chars
+    if cut:
+        report.warnings.append(bound_row("descriptors", cut, limits.chars_per_text, "characters", "text",
+                                         "chars_per_text", items="class"))
+        return kept
+    return per_class
 
 
 # -- name and templates ---------------------------------------------------------------------------------------
