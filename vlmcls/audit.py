@@ -77,6 +77,15 @@ class DescriptorVerdict:
                 "delta_top1": _round(self.delta_top1), "separation": _round(self.separation),
                 "verdict": self.verdict}
 
+    def shown_expected(self) -> tuple[str, str]:
+        """``delta_expected`` and ``neutral_within`` in points as printed: digits enough that a neutral row never
+        shows |Δ| equal to its margin (a verdict's |Δ| is at least its margin, and rounding keeps that order)."""
+        for digits in (2, 3, 4) if self.verdict == "neutral" else (2,):
+            delta, margin = f"{100 * self.delta_expected:+.{digits}f}", f"{100 * self.neutral_within:.{digits}f}"
+            if delta.lstrip("+-") != margin:
+                break
+        return delta, margin
+
     def sort_key(self) -> tuple:
         """Worst first: hurts before neutral before helps, then the largest gain from leaving it out."""
         return (VERDICTS.index(self.verdict), -self.delta_expected, -self.delta_top1, -(self.delta_recall or 0.0))

@@ -56,7 +56,8 @@ def render_audit_section(result: "AuditResult", limit: int | None = None) -> str
                     "and report on the other.</p>")
     rows = []
     for v in result.worst(limit):
-        rows.append([_e(v.class_name), _e(v.descriptor), _signed_pct(v.delta_expected), _num(100 * v.neutral_within, 2),
+        delta, margin = v.shown_expected()
+        rows.append([_e(v.class_name), _e(v.descriptor), delta, margin,
                      f'<span class="{_VERDICT_CSS[v.verdict]}">{_e(v.verdict)}</span>',
                      _signed_pct(v.delta_top1), _signed_pct(v.delta_recall), _num(v.separation, 2), _e(v.rival or "–")])
     table = _table(["class", "descriptor", "Δ expected acc. (points)", "± (neutral within)", "verdict",

@@ -122,7 +122,7 @@ def render_audit(result, limit: int = 15) -> None:
                          ratio=1 if col == "descriptor" else None)
     for v in rows:
         colour = _VERDICT_COLOUR[v.verdict]
-        delta, margin = _delta_and_margin(v.delta_expected, v.neutral_within, v.verdict)
+        delta, margin = v.shown_expected()
         cells = [escape(v.class_name), escape(v.descriptor), delta, margin, f"[{colour}]{v.verdict}[/{colour}]",
                  _signed(v.delta_top1), _signed(v.delta_recall), "-" if v.separation is None else f"{v.separation:.2f}"]
         table.add_row(*cells, *([escape(v.rival or "-")] if wide else []))
@@ -156,17 +156,6 @@ _AUDIT_LEGEND = (
     "hurts when Δ exp. ≥ ±, helps when Δ exp. ≤ −±, else neutral; ± is 0.01 or two standard errors, if more. "
     "rec.: recall of the descriptor's class. sep.: separation from the rival class (0.5 separates nothing)."
 )
-
-
-def _delta_and_margin(delta: float, margin: float, verdict: str) -> tuple[str, str]:
-    """Δ exp. and its margin in points, with digits enough that a neutral row never shows |Δ| equal to ±.
-
-    (A verdict's |Δ| is at least its margin and rounding keeps that order, so only neutral rows can tie.)"""
-    for digits in (2, 3, 4) if verdict == "neutral" else (2,):
-        shown_delta, shown_margin = f"{100 * delta:+.{digits}f}", f"{100 * margin:.{digits}f}"
-        if shown_delta.lstrip("+-") != shown_margin:
-            break
-    return shown_delta, shown_margin
 
 
 def _signed(value: float | None) -> str:
