@@ -130,10 +130,11 @@ def test_the_command_writes_the_audit_the_pruned_file_and_the_report(world, tmp_
     audit = json.loads(out.read_text())
     assert list(audit) == CLASSES
     for rows in audit.values():
-        assert all(set(row) == {"descriptor", "delta_recall", "delta_top1", "separation", "verdict"} for row in rows)
+        assert all(set(row) == {"descriptor", "delta_expected", "neutral_within", "delta_recall", "delta_top1",
+                                "separation", "verdict"} for row in rows)
     text = _plain(result.output)
     assert "optimistic" in text and "--holdout 0.5" in text
-    assert re.search(r"top-1 % on the 96 audited images \d+\.\d\d with all descriptors → \d+\.\d\d", text)
+    assert re.search(r"pruning, on the 96 audited images top-1 % \d+\.\d\d with all descriptors → \d+\.\d\d", text)
     kept = DescriptorSet.from_json(pruned)
     hurts = {(c, row["descriptor"]) for c, rows in audit.items() for row in rows if row["verdict"] == "hurts"}
     assert hurts and not any((c, d) in hurts for c in kept for d in kept[c])
@@ -180,7 +181,9 @@ def test_separation_and_verdicts_on_features_built_by_hand():
     assert rows["along z"].separation == 0.5 and rows["along z"].verdict == "hurts"  # ties count half
     assert [v.descriptor for v in audit.entries["a"]] == ["along z", "along x"]  # worst first
     assert audit.entries["b"][0].separation == 1.0 and audit.entries["b"][0].rival == "a"
-    assert audit.to_dict()["a"][0] == {"descriptor": "along z", "delta_recall": 0.0, "delta_top1": 0.0,
-                                       "separation": 0.5, "verdict": "hurts"}
+    row = audit.to_dict()["a"][0]  # counted deltas of 0, and the number that decides "hurts" beside them
+    assert row["delta_expected"] > row["neutral_within"] > 0
+    assert {k: v for k, v in row.items() if k not in ("delta_expected", "neutral_within")} == {
+        "descriptor": "along z", "delta_recall": 0.0, "delta_top1": 0.0, "separation": 0.5, "verdict": "hurts"}
     assert audit.pruned.to_dict() == {"a": ["along x"], "b": ["along y"]}
     assert audit.entries["c_d"] == [] and [w["item"] for w in audit.warnings] == ["c_d"]

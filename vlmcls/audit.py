@@ -11,15 +11,19 @@ For every descriptor the audit reports, when it is left out:
 - ``delta_recall``: the change in its own class's recall (negative: it helps that class);
 - ``separation``: how often it is more similar to an image of its class than to an image of the class its class
   is most confused with (its *rival*), over all such pairs, ties counting half; 0.5 separates nothing;
-- ``verdict``: by the change in expected accuracy (the mean probability of the true class, softmax at the
-  model's logit scale) when it is left out: ``helps`` when that falls, ``hurts`` when it rises, ``neutral`` when
-  the change is under 0.01 points or under twice its standard error over the images. The counted deltas above
-  move in steps of one image and swing with every near-tie (two classes confused by design flip back and forth),
-  so they are reported as counted but do not decide; the expected accuracy moves with every image.
+- ``delta_expected``: the change in expected accuracy (the mean probability of the true class, softmax at the
+  model's logit scale) when it is left out; positive: leaving it out helps, so the descriptor hurts;
+- ``neutral_within``: the margin that change must pass to count, the larger of 0.01 points and twice its
+  standard error over the images;
+- ``verdict``: ``hurts`` when ``delta_expected >= neutral_within``, ``helps`` when ``delta_expected <=
+  -neutral_within``, else ``neutral``; so its sign is always the sign of ``delta_expected``. The counted deltas
+  above move in steps of one image and swing with every near-tie (two classes confused by design flip back and
+  forth), so they are reported as counted but do not decide; the expected accuracy moves with every image.
 
 Pruning drops the ``hurts`` descriptors (and, when asked, the ``neutral`` ones). Pruning and reporting on the same
 images is optimistic; ``holdout`` keeps a share of each class's images aside, audits the rest, and reports the
-accuracy before and after pruning on the held-out images only.
+top-1 and expected accuracy before and after pruning on the held-out images only
+(:attr:`AuditResult.pruning_lowers_top1` flags a pruned file that does worse there).
 """
 
 from __future__ import annotations
@@ -63,13 +67,24 @@ class DescriptorVerdict:
     separation: float | None  # P(sim to own image > sim to rival image); None without a rival with images
     verdict: str  # helps | neutral | hurts
     rival: str | None = None  # the class its class is most confused with
-    delta_expected: float = 0.0  # change in the mean probability of the true class when left out (the tie-break)
+    delta_expected: float = 0.0  # change in the mean probability of the true class when left out: decides
+    neutral_within: float = SOFT_TOLERANCE  # |delta_expected| below this is neutral (0.01 points or 2 std errors)
 
     def to_dict(self) -> dict[str, Any]:
         """The row of ``audit.json``."""
-        return {"descriptor": self.descriptor, "delta_recall": _round(self.delta_recall),
+        return {"descriptor": self.descriptor, "delta_expected": _round(self.delta_expected),
+                "neutral_within": _round(self.neutral_within), "delta_recall": _round(self.delta_recall),
                 "delta_top1": _round(self.delta_top1), "separation": _round(self.separation),
                 "verdict": self.verdict}
+
+    def shown_expected(self) -> tuple[str, str]:
+        """``delta_expected`` and ``neutral_within`` in points as printed: digits enough that a neutral row never
+        shows |Δ| equal to its margin (a verdict's |Δ| is at least its margin, and rounding keeps that order)."""
+        for digits in (2, 3, 4) if self.verdict == "neutral" else (2,):
+            delta, margin = f"{100 * self.delta_expected:+.{digits}f}", f"{100 * self.neutral_within:.{digits}f}"
+            if delta.lstrip("+-") != margin:
+                break
+        return delta, margin
 
     def sort_key(self) -> tuple:
         """Worst first: hurts before neutral before helps, then the largest gain from leaving it out."""
@@ -92,11 +107,18 @@ class AuditResult:
     warnings: list[dict] = field(default_factory=list)  # classes the descriptor file did not cover
     image_errors: list[dict] = field(default_factory=list)  # {"id", "error"} of images that could not be read
     report_ids: list[str] = field(default_factory=list)  # ids of the images the before/after accuracy is measured on
+    expected_before: float | None = None  # mean probability of the true class on the report images, all descriptors
+    expected_after: float | None = None  # … and with the pruned descriptors
 
     @property
     def optimistic(self) -> bool:
         """True when the before/after accuracy is measured on the images the pruning was decided on."""
         return self.holdout is None
+
+    @property
+    def pruning_lowers_top1(self) -> bool:
+        """True when the pruned descriptors classify the report images worse than the full file does."""
+        return self.accuracy_after < self.accuracy_before
 
     @property
     def counts(self) -> dict[str, int]:
@@ -108,15 +130,17 @@ class AuditResult:
         return rows[:limit] if limit is not None else rows
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
-        """``{class: [{"descriptor", "delta_recall", "delta_top1", "separation", "verdict"}, …]}``, worst first."""
+        """``{class: [{"descriptor", "delta_expected", "neutral_within", "delta_recall", "delta_top1",
+        "separation", "verdict"}, …]}``, worst first."""
         return {name: [v.to_dict() for v in self.entries.get(name, [])] for name in self.class_names}
 
     def summary(self) -> dict[str, Any]:
         """The facts around the table: images, accuracy before/after, what was pruned, the optimism flag."""
         return {"audited_images": self.audited_images, "report_images": self.report_images,
                 "holdout": self.holdout, "accuracy_before": self.accuracy_before,
-                "accuracy_after": self.accuracy_after, "dropped": list(self.dropped), "verdicts": self.counts,
-                "optimistic": self.optimistic}
+                "accuracy_after": self.accuracy_after, "expected_before": self.expected_before,
+                "expected_after": self.expected_after, "pruning_lowers_top1": self.pruning_lowers_top1,
+                "dropped": list(self.dropped), "verdicts": self.counts, "optimistic": self.optimistic}
 
 
 def _round(value: float | None) -> float | None:
@@ -209,6 +233,9 @@ def audit_features(
     pruned_names = {c: [v.descriptor for v in verdicts.get(c, []) if v.verdict in dropped] for c in class_names}
     before = _accuracy(sims[report_rows], name_sims[report_rows], owner, torch.ones_like(keep), labels[report_rows])
     after = _accuracy(sims[report_rows], name_sims[report_rows], owner, keep, labels[report_rows])
+    expected_before, expected_after = (
+        _expected_accuracy(sims[report_rows], name_sims[report_rows], owner, kept, labels[report_rows], logit_scale)
+        for kept in (torch.ones_like(keep), keep))
     for rows_of_class in verdicts.values():
         rows_of_class.sort(key=DescriptorVerdict.sort_key)
     in_file = [c for c in class_names if c in descriptors]
@@ -220,6 +247,7 @@ def audit_features(
         dropped=dropped, audited_images=int(audit_rows.numel()), report_images=int(report_rows.numel()),
         holdout=holdout, accuracy_before=before, accuracy_after=after, warnings=[r.to_dict() for r in rows],
         report_ids=[image_ids[i] for i in report_rows.tolist()] if image_ids is not None else [],
+        expected_before=expected_before, expected_after=expected_after,
     )
 
 
@@ -273,6 +301,14 @@ def _accuracy(sims, name_sims, owner, keep, labels) -> float:
     if labels.numel() == 0:
         return 0.0
     return float((_class_scores(sims, name_sims, owner, keep).argmax(1) == labels).to(torch.float64).mean())
+
+
+def _expected_accuracy(sims, name_sims, owner, keep, labels, logit_scale) -> float:
+    """The mean probability of the true class (softmax at the model's scale): what the verdicts are based on."""
+    if labels.numel() == 0:
+        return 0.0
+    probs = torch.softmax(logit_scale * _class_scores(sims, name_sims, owner, keep), dim=1)  # [N, C]
+    return float(probs.gather(1, labels[:, None]).mean())
 
 
 def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_scale) -> dict[str, list[DescriptorVerdict]]:
@@ -339,21 +375,27 @@ def _leave_one_out(sims, name_sims, owner, labels, class_names, audited, logit_s
     for j, (c, descriptor) in enumerate(flat):
         ci = owner_list[j]
         rival = rivals[ci]
+        margin = _margin(float(expected_error[j]))
         verdicts[c].append(DescriptorVerdict(
             class_name=c, descriptor=descriptor,
             delta_recall=float(delta_recall[j]) if support[ci] > 0 else None,
             delta_top1=float(delta_top1[j]),
             separation=_separation(sims[:, j], labels, ci, rival),
-            verdict=_verdict(float(delta_expected[j]), float(expected_error[j])),
+            verdict=_verdict(float(delta_expected[j]), margin),
             rival=class_names[rival] if rival is not None else None,
-            delta_expected=float(delta_expected[j]),
+            delta_expected=float(delta_expected[j]), neutral_within=margin,
         ))
     return verdicts
 
 
-def _verdict(delta_expected: float, standard_error: float) -> str:
+def _margin(standard_error: float) -> float:
+    """How far the expected accuracy must move for a verdict: 0.01 points, or two standard errors if more."""
+    return max(SOFT_TOLERANCE, SIGNIFICANCE * standard_error)
+
+
+def _verdict(delta_expected: float, margin: float) -> str:
     """Leaving out a helpful descriptor costs expected accuracy: a negative delta means it helps."""
-    if abs(delta_expected) < max(SOFT_TOLERANCE, SIGNIFICANCE * standard_error):
+    if abs(delta_expected) < margin:
         return "neutral"
     return "helps" if delta_expected < 0 else "hurts"
 

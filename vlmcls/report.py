@@ -48,7 +48,7 @@ GALLERY_LIMIT = 60  # thumbnails in the gallery: enough to see the failure modes
 THUMBNAIL_SIZE = 96  # pixels, longest side
 REPORT_SUFFIXES = (".html", ".htm")
 _MATRIX_CLASSES = 40  # larger confusion matrices show the classes involved in the most confusions
-_BAR_CLASSES = 80  # per-class bars show the classes with the lowest recall first, up to this many
+_BAR_CLASSES = 100  # per-class bars show the classes with the lowest recall first, up to this many (16 px each)
 _PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#65a30d", "#b45309")
 
 _CSS = """
@@ -70,7 +70,7 @@ ol.topk{clear:both;margin:4px 0 0;padding-left:20px}ol.topk li.hit{font-weight:6
 .others{font-size:12px;margin-top:4px}.ok{color:#15803d}.bad{color:#b91c1c}
 details{margin:4px 0}summary{cursor:pointer;color:#374151}dl{margin:2px 0;font-size:12px}dt{font-weight:600}
 dd{margin:0 0 2px 12px;word-break:break-word}ul.plain{margin:2px 0;padding-left:16px;font-size:12px}
-svg text{font:11px system-ui,sans-serif;fill:#374151}svg text.val{font-size:9px;fill:#6b7280}
+svg text{font:11px system-ui,sans-serif;fill:#374151}svg text.val{font-size:10px;fill:#4b5563}
 .card table{font-size:12px;max-width:100%}
 .card td,.card th{padding:1px 4px}table.facts td{border:none;padding:1px 12px 1px 0}.correct{border-color:#86efac}
 """
@@ -89,7 +89,8 @@ def check_report_path(path: str | os.PathLike) -> Path:
 
 def classification_to_dict(result: "ClassificationResult", *, data: str | None = None,
                            model: str | None = None) -> dict[str, Any]:
-    """A classify run in the results-dict shape of an eval, with no labels and so no metrics."""
+    """A classify run in the results-dict shape of an eval; metrics over the images whose true label (a class
+    sub-folder, a label column) is one of the classes, none when no image has one."""
     from .results import json_safe, prediction_row
 
     stats = result.stats
@@ -107,11 +108,28 @@ def classification_to_dict(result: "ClassificationResult", *, data: str | None =
             "method": stats.get("method"), "status": "ok", "error": None,
             "llm_calls": stats.get("llm_calls", 0), "llm_tokens": stats.get("llm_tokens", 0),
             "seconds": stats.get("seconds", stats.get("method_seconds")), "expected_squared_distance": None,
-            "metrics": None, "info": json_safe(info), "warnings": json_safe(result.warnings),
+            "metrics": _labelled_metrics(result), "info": json_safe(info), "warnings": json_safe(result.warnings),
             "predictions": [prediction_row(p) for p in result.ok],
         }],
         "errors": [prediction_row(p) for p in result.errors],
     }
+
+
+def _labelled_metrics(result: "ClassificationResult", k: int = 5) -> dict[str, Any] | None:
+    """Accuracy, per-class recall and the worst confusions of a classify run, as ``classify`` prints them: over
+    the images labelled with one of the classes (a folder name that is no class says nothing about accuracy)."""
+    known = set(result.class_names)
+    keep = [n for n, pred in enumerate(result.ok) if pred.true_label in known]  # rows of result.probs
+    if not keep or result.probs is None:
+        return None
+    import torch  # only here: a re-run from the store scores in numpy, and a report without labels needs no torch
+
+    from .evaluate import compute_metrics
+
+    probs = torch.as_tensor(result.probs[keep])  # [N_labelled, C]
+    metrics = compute_metrics([result.ok[n].true_label for n in keep], probs, result.class_names,
+                              predicted_labels=[result.ok[n].label for n in keep], k=k, unknown_labels="keep")
+    return metrics.to_dict()
 
 
 def _best_run(results: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -276,52 +294,70 @@ def _per_class_section(results: Mapping[str, Any], best: Mapping[str, Any]) -> s
     by_name = [{score["name"]: score for score in run["metrics"]["per_class"]} for run in runs]
     order = sorted(range(len(names)), key=lambda c: (best_scores[c]["recall"] is None, best_scores[c]["recall"] or 0))
     order = [c for c in order if best_scores[c]["support"]][:_BAR_CLASSES]
-    bar_height, gap = 7, 6
-    row_height = bar_height * len(runs) + gap
-    label_width = 12 + int(min(24, max((len(names[c]) for c in order), default=1)) * 6.3)
-    width, chart = 760, 760 - label_width - 60
-    legend_height, axis_height = 20, 18
-    height = legend_height + row_height * len(order) + axis_height
-    parts = [f'<svg width="{width}" height="{height}" role="img" '
-             f'aria-label="per-class recall">']
-    axis_y = legend_height + row_height * len(order)
-    for tick in (0, 25, 50, 75, 100):  # an axis, so a 0 % row reads as zero, not as missing
-        x = label_width + chart * tick / 100
-        parts.append(f'<rect x="{x:.1f}" y="{legend_height}" width="1" height="{axis_y - legend_height}" fill="#e5e7eb"/>'
-                     f'<text x="{x:.1f}" y="{axis_y + 12}" text-anchor="middle">{tick}%</text>')
-    parts.append(f'<rect x="{label_width}" y="{axis_y}" width="{chart}" height="1" fill="#9ca3af"/>')
-    for m, run in enumerate(runs):
-        x = label_width + m * 150
-        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{_PALETTE[m % len(_PALETTE)]}"/>'
-                     f'<text x="{x + 14}" y="13">{_e(_short(run["method"], 20))}</text>')
-    for i, c in enumerate(order):
-        y0 = legend_height + i * row_height
-        parts.append(f'<text x="{label_width - 6}" y="{y0 + row_height / 2 + 2:.1f}" text-anchor="end">'
-                     f"<title>{_e(names[c])}</title>{_e(_short(names[c], 24))}</text>")
-        for m, run in enumerate(runs):
-            score = by_name[m].get(names[c])
-            if score is None:
-                continue
-            recall = score["recall"] or 0.0
-            y = y0 + m * bar_height
-            tip = (f"{names[c]} — {run['method']}: recall {_pct(score['recall'])}%, precision "
-                   f"{_pct(score['precision'])}%, support {score['support']}")
-            parts.append(f'<rect x="{label_width}" y="{y}" width="{max(1.0, recall * chart):.1f}" '
-                         f'height="{bar_height - 1}" fill="{_PALETTE[m % len(_PALETTE)]}"><title>{_e(tip)}</title></rect>')
-            if len(runs) > 1:  # each method's value beside its own bar
-                parts.append(f'<text class="val" x="{label_width + max(1.0, recall * chart) + 3:.1f}" '
-                             f'y="{y + bar_height - 1}">{100 * recall:.0f}</text>')
-        parts.append(f'<text x="{label_width + chart + 6}" y="{y0 + row_height / 2 + 2:.1f}">'
-                     f'{_pct(best_scores[c]["recall"])}</text>')
-    parts.append("</svg>")
+    chart = _recall_chart([names[c] for c in order], runs, by_name, best)
     shown = "" if len(order) == len(names) else f" (the {len(order)} lowest of {len(names)})"
     rows = [[_e(s["name"]), _pct(s["recall"]), _pct(s["precision"]), _e(s["support"]), _e(s["predicted"])]
             for s in best_scores]
     table = _table(["class", "recall %", "precision %", "support", "predicted"], rows, {1, 2, 3, 4})
-    each = "; the small numbers are each method's recall %" if len(runs) > 1 else ""
+    lanes = ("one column per method (★ the best, which orders the rows), each with its own 0–100 % axis; the small "
+             "numbers are each method's recall %" if len(runs) > 1 else "the number beside each bar is its recall %")
     return (f"<h2>Per-class recall</h2><p class=\"note\">lowest recall of {_e(best['method'])} first{shown}; "
-            f"the number at the right is its recall %{each}.</p>" + "".join(parts)
+            f"{lanes}.</p>" + chart
             + f"<details><summary>per-class table ({_e(best['method'])})</summary>{table}</details>")
+
+
+def _recall_chart(classes: Sequence[str], runs: Sequence[Mapping[str, Any]], by_name: Sequence[Mapping[str, Any]],
+                  best: Mapping[str, Any]) -> str:
+    """Recall per class and method as small multiples: one row per class, one lane per method.
+
+    Every bar has a lane and a row of its own and every number a fixed slot at its lane's right end, so nothing
+    overprints at any number of classes or methods: 12 rows of 4 lanes or 100 rows of one alike (rows 16 px)."""
+    row_height, bar_height = 16, 10  # a row holds one 11 px label, with room to spare
+    label_width = 16 + int(min(24, max((len(name) for name in classes), default=1)) * 6.3)
+    lane_width = max(130, min(560, (900 - label_width) // max(1, len(runs))))  # 4 methods: ~190 px each
+    value_width = 26  # the slot for "100" at 10 px, right of the bar's full length
+    bar_full = lane_width - value_width - 12  # 12 px gap between lanes
+    header_height, axis_height = 22, 18
+    width = label_width + lane_width * len(runs)
+    axis_y = header_height + row_height * len(classes)
+    height = axis_y + axis_height
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="per-class recall">']
+    for i in range(0, len(classes), 2):  # every other row shaded, so a long chart reads across
+        parts.append(f'<rect x="0" y="{header_height + (i + 1) * row_height}" width="{width}" '
+                     f'height="{row_height if i + 1 < len(classes) else 0}" fill="#f9fafb"/>')
+    for m, run in enumerate(runs):
+        x0 = label_width + m * lane_width
+        colour = _PALETTE[m % len(_PALETTE)]
+        marker = " ★" if run is best and len(runs) > 1 else ""
+        max_chars = max(4, int((lane_width - 20) / 6.6) - len(marker))
+        parts.append(f'<rect x="{x0}" y="5" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x0 + 14}" y="14"><title>{_e(run["method"])}</title>'
+                     f'{_e(_short(run["method"], max_chars))}{marker}</text>')
+        for tick in (0, 50, 100):  # each lane's own axis, so a 0 % row reads as zero, not as missing
+            x = x0 + bar_full * tick / 100
+            anchor = "start" if tick == 0 else "end" if tick == 100 else "middle"
+            parts.append(f'<rect x="{x:.1f}" y="{header_height}" width="1" height="{axis_y - header_height}" '
+                         f'fill="#e5e7eb"/><text x="{x:.1f}" y="{axis_y + 13}" text-anchor="{anchor}">{tick}%</text>')
+        parts.append(f'<rect x="{x0}" y="{axis_y}" width="{bar_full}" height="1" fill="#9ca3af"/>')
+    for i, name in enumerate(classes):
+        y0 = header_height + i * row_height
+        parts.append(f'<text x="{label_width - 8}" y="{y0 + 12}" text-anchor="end">'
+                     f"<title>{_e(name)}</title>{_e(_short(name, 24))}</text>")
+        for m, run in enumerate(runs):
+            score = by_name[m].get(name)
+            if score is None:
+                continue
+            x0 = label_width + m * lane_width
+            recall = score["recall"] or 0.0
+            tip = (f"{name} — {run['method']}: recall {_pct(score['recall'])}%, precision "
+                   f"{_pct(score['precision'])}%, support {score['support']}")
+            parts.append(f'<rect x="{x0}" y="{y0 + (row_height - bar_height) / 2:.0f}" '
+                         f'width="{max(1.0, recall * bar_full):.1f}" height="{bar_height}" '
+                         f'fill="{_PALETTE[m % len(_PALETTE)]}"><title>{_e(tip)}</title></rect>'
+                         f'<text class="val" x="{x0 + bar_full + value_width:.0f}" y="{y0 + 12}" '
+                         f'text-anchor="end">{100 * recall:.0f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def _confusions_section(best: Mapping[str, Any], limit: int = 20) -> str:
@@ -429,7 +465,8 @@ def render_report(results: Mapping[str, Any], thumbnails: Mapping[str, str] | No
     thumbnails = thumbnails or {}
     best = _best_run(results)
     labelled = best is not None and bool(best.get("metrics"))
-    title = title or ("vlmcls eval report" if labelled else "vlmcls classification report")
+    classify = str(results.get("format", "")).startswith("vlmcls-classify")
+    title = title or ("vlmcls eval report" if labelled and not classify else "vlmcls classification report")
     meta = " · ".join(f"{label}: {_e(value)}" for label, value in (
         ("data", results.get("data")), ("model", results.get("model")),
         ("classes", len(results.get("classes", []))), ("best method", results.get("best_method") if labelled else None),

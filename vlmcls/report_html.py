@@ -91,24 +91,43 @@ def _scored_rows(items: Sequence[Any]) -> list[list[str]]:
     return rows
 
 
+_ROLES = {"top": "label", "runner_up": "runner up"}
+
+
+def _move_html(part: str, detail: Mapping[str, Any]) -> str:
+    """A differential move: from → to, then per attribute the two captions with their scores and the margin."""
+    head = (f"<div>{esc(part)}: moved <span class='truth'>{esc(detail['moved_from'])}</span> → "
+            f"<span class='truth'>{esc(detail['moved_to'])}</span></div>")
+    because = detail.get("because")
+    items = because if isinstance(because, list) else []
+    if items and all(isinstance(item, Mapping) and "caption" in item for item in items):
+        rows = []  # narrow enough for a gallery card: the captions name their classes
+        for item in items:
+            rows.append([f"<b>{esc(item.get('attribute'))}</b> (margin {num(item.get('margin'))}): "
+                         f"{esc(short(item['caption'], 200))}", num(item.get("score"))])
+            rows.append([f"vs {esc(short(item.get('other_caption'), 200))}", num(item.get("other_score"))])
+        return head + table(["differential caption", "score"], rows, {1})
+    if isinstance(because, Mapping):
+        return head + table(["because", "value"], [[esc(k), render_value(v, 1)] for k, v in because.items()])
+    return head + (render_value(because, 1) if because else "")
+
+
 def why_html(explanation: Any) -> str:
-    """An explanation as tables a reader can scan: per class, its descriptors with their scores; a differential
-    move as from → to with the attribute and margin that decided it; anything else as a compact nested list."""
+    """An explanation as tables a reader can scan: per class (the label, then the runner-up), its descriptors with
+    their scores; a differential move as from → to with each caption that decided it and its score; anything else
+    as a compact nested list."""
     if not isinstance(explanation, Mapping):
         return render_value(explanation)
     parts = []
     for part, detail in explanation.items():
         if isinstance(detail, Mapping) and "moved_from" in detail and "moved_to" in detail:
-            because = detail.get("because")
-            why = (table(["because", "value"], [[esc(k), render_value(v, 1)] for k, v in because.items()])
-                   if isinstance(because, Mapping) else render_value(because, 1) if because else "")
-            parts.append(f"<div>{esc(part)}: moved <span class='truth'>{esc(detail['moved_from'])}</span> → "
-                         f"<span class='truth'>{esc(detail['moved_to'])}</span></div>{why}")
+            parts.append(_move_html(part, detail))
         elif isinstance(detail, Mapping) and any(isinstance(v, Mapping) and isinstance(v.get("descriptors"), list)
                                                  for v in detail.values()):
             for role, entry in detail.items():
                 if isinstance(entry, Mapping) and isinstance(entry.get("descriptors"), list):
-                    parts.append(f"<div>{esc(part)} — {esc(str(role).replace('_', ' '))}: <span class='truth'>{esc(entry.get('class'))}</span>"
+                    shown_role = _ROLES.get(str(role), str(role).replace("_", " "))
+                    parts.append(f"<div>{esc(part)} — {esc(shown_role)}: <span class='truth'>{esc(entry.get('class'))}</span>"
                                  "</div>" + table(["descriptor", "score"], _scored_rows(entry["descriptors"]), {1}))
                 else:
                     parts.append(f"<div>{esc(role)}: {render_value(entry, 1)}</div>")

@@ -103,32 +103,56 @@ def audit_command(
 
 
 def render_audit(result, limit: int = 15) -> None:
-    """The worst descriptors as a table, then the accuracy before and after pruning, and the optimism warning."""
+    """The worst descriptors as a table, then the accuracy before and after pruning, and the warnings that apply."""
     rows = result.worst(limit)
-    table = Table(title=f"descriptors, worst first ({len(rows)} of {sum(result.counts.values())}; "
-                        "Δ = change in points when left out, negative = it helps; exp. = expected accuracy, "
-                        "which decides the verdict; sep. = separation from the rival class)", title_justify="left")
-    for col in ("class", "descriptor", "Δ recall", "Δ top-1", "Δ exp.", "sep.", "rival", "verdict"):
-        table.add_column(col, justify="right" if col.startswith(("Δ", "sep")) else "left",
-                         no_wrap=col != "descriptor", overflow="fold")
+    wide = console.width >= 100  # the rival's name fits beside the rest only on a wide terminal
+    table = Table(title=f"descriptors, worst first ({len(rows)} of {sum(result.counts.values())})",
+                  title_justify="left", box=None, pad_edge=False, header_style="bold underline",
+                  caption_justify="left",
+                  caption=_AUDIT_LEGEND)
+    columns = ["class", "descriptor", "Δ exp.", "±", "verdict", "Δ top-1", "Δ rec.", "sep."] + (
+        ["rival"] if wide else [])
+    for col in columns:
+        numeric = col.startswith(("Δ", "±", "sep"))
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col != "descriptor",
+                         overflow="fold", min_width=len("descriptor") if col == "descriptor" else None,
+                         ratio=1 if col == "descriptor" else None)
     for v in rows:
         colour = _VERDICT_COLOUR[v.verdict]
-        table.add_row(escape(v.class_name), escape(v.descriptor), _signed(v.delta_recall), _signed(v.delta_top1),
-                      _signed(v.delta_expected), "-" if v.separation is None else f"{v.separation:.2f}",
-                      escape(v.rival or "-"), f"[{colour}]{v.verdict}[/{colour}]")
+        delta, margin = v.shown_expected()
+        cells = [escape(v.class_name), escape(v.descriptor), delta, margin, f"[{colour}]{v.verdict}[/{colour}]",
+                 _signed(v.delta_top1), _signed(v.delta_recall), "-" if v.separation is None else f"{v.separation:.2f}"]
+        table.add_row(*cells, *([escape(v.rival or "-")] if wide else []))
     console.print(table)
-    where = (f"on the {result.report_images} held-out images" if result.holdout
-             else f"on the {result.report_images} audited images")
-    console.print(key_value_table("audit", {
+    where = (f"the {result.report_images} held-out images" if result.holdout
+             else f"the {result.report_images} audited images")
+    without = f"without the {' and '.join(result.dropped)} ones"
+    facts = {
         "images audited": result.audited_images,
         "verdicts": ", ".join(f"{verdict} {count}" for verdict, count in result.counts.items()),
-        f"top-1 % {where}": f"{100 * result.accuracy_before:.2f} with all descriptors → "
-                            f"{100 * result.accuracy_after:.2f} without the {' and '.join(result.dropped)} ones",
-    }))
+        "before → after pruning, on": where,
+        "top-1 %": f"{100 * result.accuracy_before:.2f} with all descriptors → {100 * result.accuracy_after:.2f} "
+                   f"{without}",
+    }
+    if result.expected_before is not None:
+        facts["expected accuracy %"] = f"{100 * result.expected_before:.2f} → {100 * result.expected_after:.2f}"
+    console.print(key_value_table("audit", facts))
+    if result.pruning_lowers_top1:
+        console_err.print(
+            f"[red]warning:[/red] pruning lowers top-1 on {where}: {100 * result.accuracy_before:.2f} → "
+            f"{100 * result.accuracy_after:.2f} %. Keep the full descriptor file, or prune by hand.", highlight=False)
     if result.optimistic:
         console_err.print("[yellow]warning:[/yellow] the accuracy after pruning is measured on the images the pruning "
                           "was decided on, so it is optimistic; use --holdout 0.5 to prune on one half and report on "
                           "the other.", highlight=False)
+
+
+_AUDIT_LEGEND = (
+    "Δ: change in points when the descriptor is left out; + means leaving it out helps (the descriptor hurts), "
+    "− means it helps. exp.: expected accuracy (mean probability of the true class); it decides the verdict: "
+    "hurts when Δ exp. ≥ ±, helps when Δ exp. ≤ −±, else neutral; ± is 0.01 or two standard errors, if more. "
+    "rec.: recall of the descriptor's class. sep.: separation from the rival class (0.5 separates nothing)."
+)
 
 
 def _signed(value: float | None) -> str:

@@ -363,8 +363,12 @@ def _explanation_lines(detail: Any) -> list[str]:
             scored = " · ".join(_scored(d) for d in detail["descriptors"])
             return [f"{detail.get('class', '')}: {scored}" if "class" in detail else scored]
         if "moved_from" in detail and "moved_to" in detail:
-            reason = _reason(detail.get("because"))
-            return [f"moved {detail['moved_from']} → {detail['moved_to']}" + (f" ({reason})" if reason else "")]
+            return _move_lines(detail)
+        if isinstance(detail.get("top"), dict) and "descriptors" in detail["top"]:  # the label against the runner-up
+            roles = {"top": "label", "runner_up": "runner-up"}
+            return [f"{_explanation_lines(entry)[0]}  ({roles.get(role, role.replace('_', ' '))})"
+                    if isinstance(entry, dict) and "descriptors" in entry else f"{role}: {_value(entry)}"
+                    for role, entry in detail.items()]
         lines: list[str] = []
         for key, value in detail.items():
             inner = _explanation_lines(value)
@@ -379,6 +383,22 @@ def _explanation_lines(detail: Any) -> list[str]:
             return [", ".join(_value(x) for x in detail)]
         return [line for item in detail for line in _explanation_lines(item)]
     return [_value(detail)]
+
+
+def _move_lines(detail: dict) -> list[str]:
+    """A differential move: which captions decided it, each with its score beside the other class's caption."""
+    head = f"moved {detail['moved_from']} → {detail['moved_to']}"
+    because = detail.get("because")
+    items = because if isinstance(because, list) else [because] if because else []
+    if not all(isinstance(item, dict) and "caption" in item for item in items):
+        reason = _reason(because)
+        return [head + (f" ({reason})" if reason else "")]
+    lines = [head + ", by the differential captions:"] if items else [head]
+    for item in items:
+        lines += [f"  {item.get('attribute', '')} (margin {_value(item.get('margin'))}):",
+                  f"    {detail['moved_to']}: {_value(item.get('score'))} \"{item['caption']}\"",
+                  f"    {detail['moved_from']}: {_value(item.get('other_score'))} \"{item.get('other_caption', '')}\""]
+    return lines
 
 
 def _reason(because: Any) -> str:

@@ -318,7 +318,8 @@ def explain_moves(
     class_names: Sequence[str],
     limit: int = 3,
 ) -> list[dict | None]:
-    """For images whose top-1 changed: the differential captions that favoured the new class most."""
+    """For images whose top-1 changed: the differential captions that favoured the new class most, each with its
+    text and cosine similarity to the image beside the old class's caption for the same attribute."""
     out: list[dict | None] = []
     for n in range(image_feats.shape[0]):
         old, new = int(first_top[n]), int(new_top[n])
@@ -329,8 +330,11 @@ def explain_moves(
         items = []
         for attr, _, row_lo, row_hi in table.sentences.get((lo, hi), []):
             row_new, row_old = (row_lo, row_hi) if new == lo else (row_hi, row_lo)
-            margin = float(image_feats[n] @ (text_feats[row_new] - text_feats[row_old]))
-            items.append({"attribute": attr, "margin": round(margin, 5)})
+            score_new = float(image_feats[n] @ text_feats[row_new])
+            score_old = float(image_feats[n] @ text_feats[row_old])
+            items.append({"attribute": attr, "margin": round(score_new - score_old, 5),
+                          "caption": table.texts[row_new], "score": round(score_new, 4),
+                          "other_caption": table.texts[row_old], "other_score": round(score_old, 4)})
         items.sort(key=lambda d: -d["margin"])
         out.append({"moved_from": class_names[old], "moved_to": class_names[new], "because": items[:limit]})
     return out

@@ -113,7 +113,21 @@ class Pipeline:
                 counts[key] = counts.get(key, 0) + value
         assert scores is not None
         scores.counts = counts
+        if explain and len(self.stages) > 1 and scores.notes is not None:
+            scores.notes = self._final_descriptors(feats, scores)
         return scores
+
+    def _final_descriptors(self, feats: "torch.Tensor", scores: BatchScores) -> list[dict]:
+        """The head's descriptor part redone for the final label and runner-up: a later stage (FuDD, a refiner)
+        may have changed them, and the why of a label is about that label."""
+        explainer = getattr(self.stages[0], "explainer", None)
+        if explainer is None:
+            return scores.notes
+        from ..scoring import probabilities
+
+        final = explainer.explain(feats, probabilities(scores.logits, self.score_rule))
+        return [{**note, "descriptors": entry} if "descriptors" in note else note
+                for note, entry in zip(scores.notes, final)]
 
     def summarize(self, counts: dict[str, float], images: int) -> dict[str, Any]:
         info: dict[str, Any] = {}
