@@ -16,12 +16,11 @@ from .backend import ModelBackend
 from .cache import Store
 from .classes import load_classes
 from .embeddings import Encoder, ImageFeatures, to_numpy, to_torch
-from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, list_images
 from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, as_options, RunContext, TextSide, parse_spec, run_spec,
                       runs_on_numpy)
 from .lazy_model import LazyModel
-from .results import ClassificationResult, Prediction
+from .results import ClassificationResult, Prediction, ResultTable
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
 
 if TYPE_CHECKING:  # imported when a model is built or a stage needs it: a cached linear-head run imports no torch
@@ -183,33 +182,51 @@ class Classifier:
         return result
 
 
-@paused_gc()  # 48,000 rows would trigger full collections that walk every object alive
 def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: list[str], method: str,
                        k: int) -> ClassificationResult:
-    """The rows of a run, error rows included, in input order; the one place a MethodOutput becomes rows."""
+    """The run's result table, error rows included, in input order; the one place a MethodOutput becomes rows.
+    Columns from the matrices (no object per row), so large runs need no pause of the garbage collector."""
     records = feats.records
-    values, indices = top_k(out.probs, k) if len(records) else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
-    names = np.empty(len(class_names), dtype=object)
-    names[:] = class_names
-    # whole matrices at once: (class, probability) pairs, best first, then each row's slice of them
-    top_names = names[to_numpy(indices).astype(np.intp, copy=False)]  # [N, k] the names themselves
-    width = top_names.shape[1] if top_names.ndim == 2 else 0
-    pairs = list(zip(top_names.ravel().tolist(), to_numpy(values).ravel().tolist()))
-    ranked = [pairs[at:at + width] for at in range(0, len(pairs), width)] if width else [[] for _ in records]
-    labels = out.labels if out.labels is not None else top_names[:, 0].tolist() if width else []
-    explanations = out.explanations if out.explanations else itertools.repeat(None)
-    predictions = list(map(Prediction, list(map(_ID, records)), list(map(_PATH, records)), labels, ranked,
-                           itertools.repeat(None), list(map(_LABEL, records)), explanations))
-    order = list(map(_SOURCE_INDEX, records))
-    if feats.errors:
-        predictions += [Prediction(rec.id, rec.path_text, None, [], reason, rec.label) for rec, reason in feats.errors]
-        order += [rec.source_index for rec, _ in feats.errors]
+    n_ok, n_err = len(records), len(feats.errors)
+    values, indices = top_k(out.probs, k) if n_ok else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
+    values, indices = to_numpy(values), to_numpy(indices).astype(np.int64, copy=False)
+    width = indices.shape[1] if indices.ndim == 2 else 0
+    top_index = np.concatenate([indices.reshape(n_ok, width), np.full((n_err, width), -1, np.int64)])  # [N, k]
+    top_prob = np.concatenate([values.reshape(n_ok, width).astype(np.float32, copy=False),
+                               np.zeros((n_err, width), np.float32)])
+    if out.labels is not None:
+        labels = list(out.labels)
+    else:
+        names = np.empty(len(class_names), dtype=object)
+        names[:] = class_names
+        labels = names[indices[:, 0]].tolist() if width else [None] * n_ok
+    error_records = [rec for rec, _ in feats.errors]
+    every = [*records, *error_records]
+    notes = list(out.explanations) + [None] * n_err if out.explanations else None
+    table = ResultTable(
+        list(class_names), list(map(_ID, every)), list(map(_PATH, every)), top_index, top_prob,
+        labels + [None] * n_err, [None] * n_ok + [reason for _, reason in feats.errors], list(map(_LABEL, every)),
+        notes)
+    order = list(map(_SOURCE_INDEX, every))
     if not all(map(operator.le, order, itertools.islice(order, 1, None))):  # input order, as the sources number it
-        predictions = [predictions[i] for i in sorted(range(len(order)), key=order.__getitem__)]
+        table = _reordered(table, sorted(range(len(order)), key=order.__getitem__))
     stats = {"method": method, "llm_calls": out.llm_calls, "llm_tokens": out.llm_tokens,
              "method_seconds": round(out.seconds, 4), **out.info}
-    return ClassificationResult(predictions, class_names, out.logits, out.probs, stats, out.warnings,
+    return ClassificationResult(table, class_names, out.logits, out.probs, stats, out.warnings,
                                 out.artifacts, out.label_metric)
+
+
+def _reordered(table: ResultTable, order: list[int]) -> ResultTable:
+    """The table's rows in ``order``."""
+    pick = operator.itemgetter(*order) if len(order) > 1 else (lambda column: [column[i] for i in order])
+
+    def rows(column):
+        return list(pick(column)) if len(order) > 1 else pick(column)
+
+    at = np.asarray(order, np.int64)
+    return ResultTable(table.class_names, rows(table.ids), rows(table.paths), table.top_index[at], table.top_prob[at],
+                       rows(table.labels), rows(table.errors), rows(table.true_labels),
+                       rows(table.explanations) if table.explanations else None)
 
 
 NON_FINITE_FEATURE = ("the model returned NaN or infinite features for this image (in half precision this is "

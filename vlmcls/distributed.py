@@ -36,7 +36,7 @@ from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .feature_store import FeatureStore, default_feature_root, shards_for
 from .image_sources import DatasetLocation, ImageRecord, locate_dataset
 from .methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
-from .results import ClassificationResult, Prediction
+from .results import ClassificationResult, ResultTable
 from .scoring import probabilities
 from . import ray_workers
 
@@ -470,18 +470,25 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
         flat = table.column("logits").combine_chunks().flatten()
         logits = torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ok), num_classes))
     probs = probabilities(logits, pipeline.score_rule if pipeline is not None else "softmax")  # [N_ok, C]
-    labels = table.column("label").to_pylist() if ok else []
-    ranked = table.column("top_k").to_pylist() if ok else []
-    notes = table.column("explanation").to_pylist() if ok else []
-    position = {i: n for n, i in enumerate(ok)}
-    predictions = []
-    for i, rec in enumerate(records):
-        path = str(rec.path) if rec.path is not None else None
-        if i in position:
-            n = position[i]
-            top = [(t["label"], float(t["prob"])) for t in ranked[n]]
-            explanation = json.loads(notes[n]) if notes[n] else None
-            predictions.append(Prediction(rec.id, path, labels[n], top, None, rec.label, explanation))
-        else:
-            predictions.append(Prediction(rec.id, path, None, [], errors[i], rec.label))
-    return ClassificationResult(predictions, list(class_names), logits, probs)
+    # the result table, column by column: the workers' rows where an image was scored, error rows elsewhere
+    n_all = len(records)
+    ok_at = np.asarray(ok, np.int64)
+    k = len(table.column("top_k")[0].as_py()) if ok else 0
+    index = {name: j for j, name in enumerate(class_names)}
+    top_index = np.full((n_all, k), -1, np.int64)
+    top_prob = np.zeros((n_all, k), np.float32)
+    labels: list = [None] * n_all
+    notes: list = [None] * n_all
+    if ok:
+        top = table.column("top_k").combine_chunks().flatten()  # [N_ok·k] structs
+        names = top.field("label").to_pylist()
+        top_index[ok_at] = np.fromiter(map(index.__getitem__, names), np.int64, len(names)).reshape(len(ok), k)
+        top_prob[ok_at] = top.field("prob").to_numpy(zero_copy_only=False).reshape(len(ok), k)
+        for i, label, note in zip(ok, table.column("label").to_pylist(), table.column("explanation").to_pylist()):
+            labels[i], notes[i] = label, (json.loads(note) if note else None)
+    failed = [errors.get(i) for i in range(n_all)]
+    result_table = ResultTable(list(class_names), [rec.id for rec in records],
+                               [str(rec.path) if rec.path is not None else None for rec in records], top_index,
+                               top_prob, labels, failed, [rec.label for rec in records],
+                               notes if any(n is not None for n in notes) else None)
+    return ClassificationResult(result_table, list(class_names), logits, probs)

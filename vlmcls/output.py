@@ -27,7 +27,7 @@ from .gcpause import paused_gc
 
 __all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "json_text", "check_output_path"]
 
-OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json")
+OUTPUT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
 def check_output_path(path: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, what: str = "output",
@@ -177,7 +177,12 @@ def _same_shape_text(paths: list[str], labels: list[str | None], errors: list[st
     names, probs = list(map(_first, pairs)), list(map(_second, pairs))
     if not set(map(type, names)) <= {str} or not set(map(type, probs)) <= {float}:
         return None
-    values = np.array(probs, dtype=np.float64)
+    return _cells_text(paths, labels, errors, trues, names, np.array(probs, dtype=np.float64), k)
+
+
+def _cells_text(paths: list[str], labels: list[str | None], errors: list[str | None], trues: list[str] | None,
+                names: list[str], values: np.ndarray, k: int) -> str | None:
+    """The JSONL text of rows of one shape from their columns: ``names`` and ``values`` [N·k] their top-k, flat."""
     if not np.isfinite(values).all():
         return None
     fields = {None: "null"}  # a label's, error's or true label's JSON, made once
@@ -269,6 +274,76 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
 
 
 _ROWS_PER_WRITE = 8192  # rows formatted and written together: bounds the text held at once
+
+
+def table_text(table: Any, start: int, stop: int) -> str:
+    """The JSONL lines of rows ``start:stop`` of a :class:`~vlmcls.results.ResultTable`, from its columns: rows of
+    one shape (classified or error, with or without a true label) are one ``%``-format of their cells; a row with
+    an explanation, or an odd value, is written on its own (which refuses NaN)."""
+    paths = table.write_paths()[start:stop]
+    labels, errors, trues = table.labels[start:stop], table.errors[start:stop], table.true_labels[start:stop]
+    notes = table.explanations[start:stop] if table.explanations else None
+    count, k = stop - start, table.k
+    plain = (set(map(type, paths)) <= {str} and set(map(type, labels)) <= _TEXT_OR_NONE_SET
+             and set(map(type, errors)) <= _TEXT_OR_NONE_SET and set(map(type, trues)) <= _TEXT_OR_NONE_SET)
+    names = np.asarray(table.class_names + [""], dtype=object)
+    lines: list[str | None] = [None] * count
+    groups: dict[tuple[bool, bool], list[int]] = {}
+    if plain and notes is None and None not in labels and set(errors) == {None} \
+            and set(map(type, trues)) in ({str}, {type(None)}):
+        groups[(True, trues[0] is not None)] = list(range(count))  # the usual case: one shape
+    else:
+        for n in range(count):
+            if not plain or (notes is not None and notes[n] is not None):
+                lines[n] = prediction_line(table.prediction(start + n))
+            else:
+                groups.setdefault((errors[n] is None, trues[n] is not None), []).append(n)
+    for (classified, has_true), rows in groups.items():
+        width = k if classified else 0
+        at = np.asarray(rows, np.int64) + start
+        text = _cells_text([paths[n] for n in rows], [labels[n] for n in rows], [errors[n] for n in rows],
+                           [trues[n] for n in rows] if has_true else None,
+                           names[table.top_index[at, :width]].ravel().tolist(),
+                           table.top_prob[at, :width].astype(np.float64).ravel(), width)
+        if text is None:  # an odd value somewhere: each row its own way
+            for n in rows:
+                lines[n] = prediction_line(table.prediction(start + n))
+            continue
+        for n, line in zip(rows, text.split("\n")):
+            lines[n] = line + "\n"
+    return "".join(lines)  # type: ignore[arg-type]
+
+
+def write_result(result: Any, path: str | Path) -> Path:
+    """Write a run's rows from its result table (a ClassificationResult or a ResultTable), atomically: .jsonl and
+    .parquet from the columns (no row objects), .csv and .json through the rows."""
+    table = getattr(result, "table", result)
+    path = check_output_path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _write_parquet(table, path)
+    if suffix != ".jsonl":
+        return write_rows((table.prediction(n) for n in range(len(table))), path)
+    with atomic_open(path) as fh:
+        for start in range(0, len(table), _ROWS_PER_WRITE):
+            fh.write(table_text(table, start, min(start + _ROWS_PER_WRITE, len(table))))
+    return path
+
+
+def _write_parquet(table: Any, path: Path) -> Path:
+    """The rows as Parquet, in the Ray shards' columns (``index`` = input position), written to a temporary file
+    beside ``path`` and renamed over it (a crash leaves the old file)."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table.arrow(), str(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 @paused_gc()  # 48,000 rows of small dicts and lists: no cycles among them

@@ -231,9 +231,10 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
 
 
 def top_k_type():
-    import pyarrow as pa
+    """The ``top_k`` column's type: the result table's (one written schema for every writer and shard)."""
+    from .results import top_k_arrow_type
 
-    return pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))
+    return top_k_arrow_type()
 
 
 def located_rows(table, *, located: dict[str, list], explain: bool):

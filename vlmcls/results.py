@@ -1,16 +1,28 @@
-"""The result types every engine and writer shares: one row shape (:class:`Prediction`), a run's result
-(:class:`ClassificationResult`) and what a method produced on a set of image features (:class:`MethodOutput`)."""
+"""The result types every engine and writer shares: one result table (:class:`ResultTable`: columns from scoring
+to writing), a lazy row view of it (:class:`Prediction`), a run's result (:class:`ClassificationResult`) and what a
+method produced on a set of image features (:class:`MethodOutput`).
+
+Every writer reads the table: JSONL (:func:`vlmcls.output.write_result`), CSV, JSON and Parquet, and the Ray engine's
+shards have the same columns (:data:`ROW_COLUMNS`): ``path, label, top_k [{label, prob}], error, true_label``, then
+``index`` (input position) in Parquet and shards, and ``explanation`` when asked for.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Prediction", "ClassificationResult", "MethodOutput", "json_safe", "prediction_row"]
+__all__ = ["Prediction", "ResultTable", "ClassificationResult", "MethodOutput", "json_safe", "prediction_row",
+           "ROW_COLUMNS", "top_k_arrow_type"]
+
+ROW_COLUMNS = ("path", "label", "top_k", "error", "true_label", "index", "explanation")  # the written row shape
 
 
 @dataclass
@@ -39,22 +51,131 @@ class Prediction:
         return row
 
 
-@dataclass
-class ClassificationResult:
-    """Predictions for every input (error rows included) plus the matrices behind them."""
+def top_k_arrow_type() -> Any:
+    """The Arrow type of the ``top_k`` column (Parquet files and Ray shards)."""
+    import pyarrow as pa
 
-    predictions: list[Prediction]  # input order
+    return pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))
+
+
+@dataclass
+class ResultTable:
+    """A run's rows as columns, in input order, error rows included: what every writer reads."""
+
     class_names: list[str]
-    logits: torch.Tensor  # [N_ok, C], rows aligned with the non-error predictions
-    probs: torch.Tensor  # [N_ok, C]
-    stats: dict[str, Any] = field(default_factory=dict)
-    warnings: list[dict] = field(default_factory=list)  # e.g. classes whose descriptors fell back to the name
-    artifacts: dict[str, Any] = field(default_factory=dict)  # descriptors / pairs used, for export
-    label_metric: Any = None  # the Fréchet-mean metric when a label-space refiner ran (for expected squared distance)
+    ids: list[str]  # [N]
+    paths: list[str | None]  # [N] None for dataset rows (written as their id)
+    top_index: np.ndarray  # [N, k] class indices, best first; an error row's are -1
+    top_prob: np.ndarray  # [N, k] probabilities (float32 values); an error row's are 0
+    labels: list[str | None]  # [N] the answer (a label-space answer need not be a class); None for an error row
+    errors: list[str | None]  # [N]
+    true_labels: list[str | None]  # [N] from a class sub-folder or a dataset column, when known
+    explanations: list[dict | None] | None = None  # [N] when asked for
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def k(self) -> int:
+        return int(self.top_index.shape[1]) if self.top_index.ndim == 2 else 0
+
+    def ok_mask(self) -> np.ndarray:
+        """[N] True for the rows that were classified."""
+        return np.fromiter((e is None for e in self.errors), bool, len(self.errors))
+
+    def top_k(self, n: int) -> list[tuple[str, float]]:
+        if self.errors[n] is not None:
+            return []
+        names = self.class_names
+        return [(names[int(j)], float(p)) for j, p in zip(self.top_index[n], self.top_prob[n])]
+
+    def prediction(self, n: int) -> Prediction:
+        """Row ``n`` as a :class:`Prediction` (built on demand: the table holds no row objects)."""
+        return Prediction(self.ids[n], self.paths[n], self.labels[n], self.top_k(n), self.errors[n],
+                          self.true_labels[n], self.explanations[n] if self.explanations else None)
+
+    def write_paths(self) -> list[str]:
+        """The ``path`` column as written: a dataset row's id where it has no path."""
+        return [p if p is not None else i for p, i in zip(self.paths, self.ids)]
+
+    def arrow(self, explain: bool | None = None) -> Any:
+        """The table in the written row shape (:data:`ROW_COLUMNS`) as a pyarrow Table; ``explanation`` (JSON text)
+        when any row has one, or when ``explain`` says so."""
+        import pyarrow as pa
+
+        ok = self.ok_mask()
+        names = np.asarray(self.class_names + [""], dtype=object)  # -1 (an error row's index) names ""
+        k = self.k
+        labels = names[self.top_index].reshape(len(self), k) if k else np.empty((len(self), 0), object)
+        structs = pa.StructArray.from_arrays(
+            [pa.array(labels.ravel().tolist(), pa.string()),
+             pa.array(np.round(self.top_prob.ravel().astype(np.float64), 6))],  # as JSONL and the Ray shards
+            fields=list(top_k_arrow_type().value_type))
+        offsets = np.zeros(len(self) + 1, np.int32)
+        offsets[1:] = np.cumsum(np.where(ok, k, 0))
+        keep = np.repeat(ok, k)  # an error row has an empty top_k
+        top = pa.ListArray.from_arrays(pa.array(offsets), structs.filter(pa.array(keep)), type=top_k_arrow_type())
+        columns = {
+            "path": pa.array(self.write_paths(), pa.string()),
+            "label": pa.array(self.labels, pa.string()),
+            "top_k": top,
+            "error": pa.array(self.errors, pa.string()),
+            "true_label": pa.array(self.true_labels, pa.string()),
+            "index": pa.array(np.arange(len(self), dtype=np.int64)),
+        }
+        notes = self.explanations or [None] * len(self)
+        if explain or (explain is None and any(n is not None for n in notes)):
+            columns["explanation"] = pa.array([json.dumps(json_safe(n)) if n is not None else None for n in notes],
+                                              pa.string())
+        return pa.table(columns)
+
+    @classmethod
+    def from_predictions(cls, predictions: Sequence[Prediction], class_names: Sequence[str]) -> "ResultTable":
+        """A table from row objects (the Ray engine's shards, tests, older callers)."""
+        index = {name: j for j, name in enumerate(class_names)}
+        k = max((len(p.top_k) for p in predictions if p.error is None), default=0)
+        top_index = np.full((len(predictions), k), -1, np.int64)
+        top_prob = np.zeros((len(predictions), k), np.float32)
+        for n, p in enumerate(predictions):
+            if p.error is None:
+                for j, (name, prob) in enumerate(p.top_k):
+                    top_index[n, j], top_prob[n, j] = index[name], prob
+        notes = [p.explanation for p in predictions]
+        return cls(list(class_names), [p.id for p in predictions], [p.path for p in predictions], top_index,
+                   top_prob, [p.label for p in predictions], [p.error for p in predictions],
+                   [p.true_label for p in predictions], notes if any(n is not None for n in notes) else None)
+
+
+class ClassificationResult:
+    """Every input's row (error rows included) as one :class:`ResultTable`, plus the matrices behind them.
+
+    ``predictions`` is the table's rows as :class:`Prediction` objects, made on first use (the writers, the report
+    and the summary read the columns)."""
+
+    def __init__(self, table: ResultTable | Sequence[Prediction], class_names: list[str], logits: Any, probs: Any,
+                 stats: dict[str, Any] | None = None, warnings: list[dict] | None = None,
+                 artifacts: dict[str, Any] | None = None, label_metric: Any = None) -> None:
+        if not isinstance(table, ResultTable):
+            table = ResultTable.from_predictions(list(table), class_names)
+        self.table = table
+        self.class_names = class_names
+        self.logits = logits  # [N_ok, C], rows aligned with the classified rows
+        self.probs = probs  # [N_ok, C]
+        self.stats = stats if stats is not None else {}
+        self.warnings = warnings if warnings is not None else []  # e.g. classes whose descriptors fell back
+        self.artifacts = artifacts if artifacts is not None else {}  # descriptors / pairs used, for export
+        self.label_metric = label_metric  # the Fréchet mean's metric when it ran (for expected squared distance)
+        self._predictions: list[Prediction] | None = None
+
+    @property
+    def predictions(self) -> list[Prediction]:  # input order
+        if self._predictions is None:
+            self._predictions = [self.table.prediction(n) for n in range(len(self.table))]
+        return self._predictions
 
     @property
     def errors(self) -> list[Prediction]:
-        return [p for p in self.predictions if p.error is not None]
+        return [self.table.prediction(n) for n, e in enumerate(self.table.errors) if e is not None]
 
     @property
     def ok(self) -> list[Prediction]:

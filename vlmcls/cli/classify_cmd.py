@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..llm import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
 from ..report import REPORT_SUFFIXES
-from ..output import OUTPUT_SUFFIXES, write_json, write_rows
+from ..output import OUTPUT_SUFFIXES, write_json, write_result, write_rows
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -61,7 +61,7 @@ def classify(
     images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help(), rich_help_panel="Methods"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv or .json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv, .json or .parquet."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
@@ -185,7 +185,7 @@ class RunOutputs:
         if self.export is not None:
             export_artifacts(result.artifacts, self.export)
         if self.predictions is not None:
-            write_rows(result.predictions, self.predictions)  # JSONL: each line straight from its prediction
+            write_result(result, self.predictions)  # from the result table's columns
             warnings_path = self.predictions.with_name(self.predictions.stem + ".warnings.jsonl")
             if result.warnings:
                 write_rows(result.warnings, warnings_path)
@@ -290,10 +290,12 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
         render_explanations(result)
     stats = result.stats
     seconds = stats.get("seconds", 0) or 0
+    table = result.table
+    ok = table.ok_mask()
     summary = {
         "images": stats.get("images"),
-        "classified": len(result.ok),
-        "errors": len(result.errors),
+        "classified": int(ok.sum()),
+        "errors": int(len(ok) - ok.sum()),
         "encoded now / cached": f"{stats.get('encoded')} / {stats.get('cached')}",
         "classes": len(result.class_names),
         "time": f"{seconds:.2f} s ({stats.get('images', 0) / seconds:.1f} img/s)" if seconds else "-",
@@ -307,7 +309,7 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
             summary[key.replace("_", " ")] = stats[key]
     if out_path is not None:
         summary["output"] = str(out_path)
-    counts = Counter(p.label for p in result.ok)
+    counts = Counter(label for label, good in zip(table.labels, ok) if good)
     if counts:
         shown = min(10, len(counts))
         summary[f"predicted per class (top {shown} of {len(counts)})" if len(counts) > shown else "predicted per class"] = ""
@@ -326,12 +328,14 @@ def accuracy_summary(result: ClassificationResult, confusions: int = 3) -> dict[
     """Top-1 accuracy and the worst confusions, when the images carry true labels (class sub-folders, a label
     column); nothing otherwise."""
     known = set(result.class_names)  # folder names that are not classes say nothing about accuracy
-    labelled = [p for p in result.ok if p.true_label is not None and p.true_label in known]
+    table = result.table
+    labelled = [(true, label) for true, label, error in zip(table.true_labels, table.labels, table.errors)
+                if error is None and true is not None and true in known]
     if not labelled:
         return {}
-    correct = sum(p.label == p.true_label for p in labelled)
+    correct = sum(label == true for true, label in labelled)
     lines = {"top-1 accuracy": f"{100 * correct / len(labelled):.1f} % ({correct} of {len(labelled)} labelled)"}
-    mistakes = Counter((p.true_label, p.label) for p in labelled if p.label != p.true_label)
+    mistakes = Counter((true, label) for true, label in labelled if label != true)
     if mistakes:
         lines["worst confusions (true → predicted)"] = ", ".join(
             f"{true} → {pred} ({n})" for (true, pred), n in mistakes.most_common(confusions))
