@@ -215,6 +215,26 @@ def _cupl_answer(name: str, question: str) -> str:
     return frame.format(name=name, attributes=attributes)
 
 
+def _hostile_answer(kind: str, arg: str, body: dict[str, Any]) -> str:
+    """What a runaway or hostile LLM sends: ``many:N`` items (default 100,000), ``long:N`` characters in one word
+    of each item (default 60,000), ``deep:N`` levels of nested JSON (default 100,000); in the shape the request
+    asks for (differential pairs or descriptors)."""
+    differential = any("attr_type" in str(m.get("content", "")) for m in body.get("messages", []))
+    if kind == "deep":
+        depth = int(arg or 100_000)
+        return "[" * depth + "]" * depth
+    if kind == "many":
+        n = int(arg or 100_000)
+        if differential:
+            return json.dumps([{"attr_type": f"trait {i}", "a": f"a has trait {i}", "b": f"b lacks trait {i}"}
+                               for i in range(n)])
+        return " " + "\n- ".join(f"feature number {i}" for i in range(n))
+    word = "x" * int(arg or 60_000)
+    if differential:
+        return json.dumps([{"attr_type": "size", "a": f"a {word} one", "b": f"a small {word} one"}])
+    return " " + "\n- ".join([f"a {word} part", "four legs"])
+
+
 def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -321,6 +341,8 @@ def _make_handler(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 text = ""
             elif kind == "emptylist":
                 text = "[]"
+            elif kind in {"many", "long", "deep"}:
+                text = _hostile_answer(kind, arg, body)
             else:
                 text = server._answer_text(body)
             prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in body.get("messages", []))

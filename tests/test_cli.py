@@ -93,7 +93,7 @@ def test_cache_info_and_clear(tiny_open_clip, photo_folder):
         (["--classes", "a,b", "--templates", "nope"], "neither a named set"),
         (["--classes", "a,b", "--device", "tpu"], "unknown device"),
         (["--classes", "a,b", "--model", "ViT-B-23:openai"], "Did you mean"),
-        (["--classes", "a,b", "--ray-address", "auto"], "need --engine ray"),
+        (["--classes", "a,b", "--ray", "address=auto"], "needs --engine ray"),
         (["--classes", "a,b", "--engine", "spark"], "unknown engine 'spark'"),
     ],
 )

@@ -103,7 +103,7 @@ def test_describe_writes_nothing_when_no_class_got_an_answer(llm_server, tmp_pat
     llm_server.script(["500"] * 12)
     out = tmp_path / "descriptors.json"
     result = _invoke("describe", "--classes", "zorblax,quintor", "--base-url", llm_server.base_url, "--llm-model",
-                     "m", "--llm-retries", "0", "-o", out)
+                     "m", "--llm", "retries=0", "-o", out)
     assert result.exit_code == 3
     assert "no class got descriptors" in _one_line(result.output)
     assert not out.exists()
@@ -263,20 +263,26 @@ def test_output_onto_a_folder_or_read_only_file_or_an_input_fails_before_the_mod
     descriptors = tmp_path / "d.json"
     descriptors.write_text('{"cat": ["fur"], "dog": ["a tail"]}')
     cases["is an input of this run"] = ["--method", "cbd", "--descriptors", descriptors, "-o", descriptors]
-    cases["both name"] = ["-o", tmp_path / "r.json", "--export-pairs", tmp_path / "r.json"]
     for expected, extra in cases.items():
         result = _invoke("classify", labelled_folder, "--classes", "cat,dog", *extra)
         message = _one_line(result.output)
         assert result.exit_code == 2, (expected, result.output)
         assert expected in message, (expected, message)
     assert locked.read_text() == "keep me\n"
+    # classify's outputs now differ by suffix (-o data, --report .html, --export a folder); the shared check still
+    # refuses two outputs naming one file
+    from vlmcls.cli._preflight import check_outputs
+    from vlmcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="both name"):
+        check_outputs({"-o": (tmp_path / "r.json", (".json",), None), "--x": (tmp_path / "r.json", (".json",), None)}, [])
 
 
 def test_export_onto_an_image_of_the_run_is_refused(labelled_folder):
     image = sorted((labelled_folder / "cat").iterdir())[0]
     before = image.read_bytes()
-    result = _invoke("classify", labelled_folder, "--classes", "cat,dog", "--export-descriptors", image)
-    assert result.exit_code == 2 and "descriptor files are .json" in _one_line(result.output)
+    result = _invoke("classify", labelled_folder, "--classes", "cat,dog", "--export", image)
+    assert result.exit_code == 2 and "is a file; give a folder" in _one_line(result.output)
     assert image.read_bytes() == before
 
 

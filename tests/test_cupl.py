@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from llm_server import llm_server  # noqa: F401  (fixture)
 from vlmcls.cli import app
-from vlmcls.methods.cupl import CuplConfig, parse_cupl_sentence, question_requests
+from vlmcls.methods import build_config, get_record
+from vlmcls.methods.cupl import parse_cupl_sentence, question_requests
 from vlmcls.demo.render import render_dataset
 from vlmcls.errors import ConfigError, PromptError
 from vlmcls.prompting import load_prompt, parse_prompt
@@ -73,10 +74,12 @@ def test_a_prompt_file_that_cannot_name_the_class_fails_before_any_call(tmp_path
     bad = parse_prompt('[[messages]]\nrole = "user"\ncontent = "Describe a {thing}."\n[placeholders.thing]\n')
     with pytest.raises(PromptError, match="class_name"):
         question_requests(["zorblax"], bad)
-    with pytest.raises(ConfigError, match="cupl_samples=3"):
-        CuplConfig.from_extra({"cupl_samples": "many"})
-    with pytest.raises(ConfigError, match="out of range"):
-        CuplConfig.from_extra({"cupl_samples": 0})
+    with pytest.raises(ConfigError, match="cupl.samples is 'many'; it must be an integer"):
+        build_config(get_record("cupl"), {"samples": "many"})
+    with pytest.raises(ConfigError, match="cupl.samples must be ≥ 1"):
+        build_config(get_record("cupl"), {"samples": 0})
+    with pytest.raises(ConfigError, match="cupl.temperature must be ≤ 2"):
+        build_config(get_record("cupl"), {"temperature": "3"})
 
 
 def test_cupl_asks_every_question_ten_times_then_never_again(demo_images, tmp_path, llm_server):
@@ -116,7 +119,7 @@ def test_eval_compares_cupl_with_templates_cbd_and_a_refiner(demo_images, tmp_pa
     out = tmp_path / "eval.json"
     args = ["eval", str(demo_images / "test"), "--classes", CLASSES, "--model", MODEL, "-o", str(out),
             "--methods", "templates,cbd,cupl,cupl+tip", "--support", str(demo_images / "support"),
-            "--method-option", "cupl_samples=2", "--base-url", llm_server.base_url, "--llm-model", "fake-model"]
+            "--opt", "cupl.samples=2", "--base-url", llm_server.base_url, "--llm-model", "fake-model"]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     runs = {m["method"]: m for m in json.loads(out.read_text())["methods"]}
@@ -132,13 +135,13 @@ def test_a_sentence_file_needs_no_llm(demo_images, tmp_path):
     sentences.write_text(json.dumps({"zorblax": ["A zorblax is a large red striped circle."]}))
     out = tmp_path / "eval.json"
     args = ["eval", str(demo_images / "test"), "--classes", CLASSES, "--model", MODEL, "-o", str(out),
-            "--methods", "cupl", "--method-option", f"cupl_file={sentences}", "--base-url", "http://127.0.0.1:9"]
+            "--methods", "cupl", "--opt", f"cupl.file={sentences}", "--base-url", "http://127.0.0.1:9"]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = json.loads(out.read_text())["methods"][0]
     assert run["llm_calls"] == 0 and run["info"]["texts"] == 6  # one sentence per class (five fell back)
     assert {w["item"] for w in run["warnings"]} == set(CLASSES.split(",")) - {"zorblax"}
-    hybrid = runner.invoke(app, [*args, "--method-option", "cupl_with_templates=true", "--templates", "small"],
+    hybrid = runner.invoke(app, [*args, "--opt", "cupl.with_templates=true", "--opt", "cupl.templates=small"],
                            catch_exceptions=False)
     assert hybrid.exit_code == 0, hybrid.output
     assert json.loads(out.read_text())["methods"][0]["info"]["texts"] == 6 + 6 * 7  # plus the 7 templates each

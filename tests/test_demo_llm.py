@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import time
 import os
 import signal
 import subprocess
@@ -105,6 +106,9 @@ def test_it_is_bounded_and_speaks_both_completion_apis():
         assert status == 400
         status, _ = _post(url, "/v1/embeddings", b"{}")
         assert status == 404
+        deadline = time.monotonic() + 5  # the count is taken after the answer is sent: wait for the last one
+        while server.requests_served < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.requests_served == 4
 
 

@@ -16,7 +16,6 @@ from vlmcls.demo.render import render_dataset
 from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances
 from vlmcls.llm import LLMClient, LLMConfig
 from vlmcls.methods import MethodOptions
-from vlmcls.methods import RefinerOptions
 
 DATA = Path(__file__).resolve().parents[1] / "vlmcls" / "data"
 MODEL_DIR = Path(os.environ.get("VLMCLS_DEMO_MODEL", DATA / "demo_model"))
@@ -61,7 +60,7 @@ def test_differential_follow_ups_resolve_the_pairs_over_real_http(world):
     server = FakeLLMServer().start()
     try:
         llm = LLMClient(LLMConfig(model="demo-llm", base_url=server.base_url, timeout_s=10), clf.store)
-        options = MethodOptions(descriptors=DESCRIPTORS, llm=llm, extra={"fudd_k": 4})
+        options = MethodOptions(descriptors=DESCRIPTORS, llm=llm, methods={"fudd": {"k": 4}})
         fudd = clf.predict(feats, CLASSES, "fudd", options)
         asked = len(server.chat_requests)
         assert asked == fudd.stats["unique_pairs"] == fudd.stats["pairs_answered"] > 0  # one call per unique pair
@@ -78,9 +77,9 @@ def test_tip_adapter_cache_helps_and_tuning_sees_only_the_support_set(world):
     clf, feats, truth, root = world
     render_dataset(root / "support", CLASSES, 4, seed=777)
     zero_shot = accuracy(clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=DESCRIPTORS)), truth)
-    tip = clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=DESCRIPTORS, refiners=RefinerOptions(support=root / "support")))
+    tip = clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=DESCRIPTORS, methods={"tip": {"support": root / "support"}}))
     assert accuracy(tip, truth) > zero_shot + 0.15
-    tuned = clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=DESCRIPTORS, refiners=RefinerOptions(support=root / "support", tune=True)))
+    tuned = clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=DESCRIPTORS, methods={"tip": {"support": root / "support", "tune": True}}))
     assert "tip_loo_accuracy" in tuned.stats and accuracy(tuned, truth) > zero_shot
 
 
@@ -93,8 +92,8 @@ def test_frechet_mean_predicts_never_prompted_classes(world):
     sub = type(feats)([feats.records[i] for i in idx], feats.feats[idx], [], 0)
     # P must be spread over the neighbours for their Fréchet mean to move off the nearest one: the demo model's own
     # scale (~28) makes P nearly one-hot, so half of it is used (the reference's P is softmax(100·cos) for CLIP).
-    refiners = RefinerOptions(distances=distances, label_space=CLASSES, frechet_scale=clf.model.logit_scale / 2)
-    result = clf.predict(sub, observed, "cbd", MethodOptions(descriptors=DESCRIPTORS, refiners=refiners))
+    frechet = {"distances": distances, "label_space": CLASSES, "scale": clf.model.logit_scale / 2}
+    result = clf.predict(sub, observed, "cbd", MethodOptions(descriptors=DESCRIPTORS, methods={"frechet": frechet}))
     hits = sum(p.label == truth[i] for p, i in zip(result.ok, idx)) / len(idx)
     assert hits > 2 / len(CLASSES)  # zero-shot over the prompted classes can never name them
     from vlmcls.adapters import expected_squared_distance

@@ -336,7 +336,7 @@ def test_describe_command_writes_the_file_and_reports(llm_server, tmp_path):
 def test_describe_waffle_needs_no_llm(tmp_path):
     out = tmp_path / "waffle.json"
     result = runner.invoke(describe_cmd.app, ["--classes", "zorblax,quintor", "--method", "waffle",
-                                              "--waffle-pairs", "3", "--output", str(out)])
+                                              "--opt", "waffle.pairs=3", "--output", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert len(data["zorblax"]) == 6 and data["zorblax"] == data["quintor"]

@@ -128,5 +128,5 @@ def test_pairs_are_counted_across_images_most_frequent_first():
 
 
 def test_an_ambiguous_set_needs_two_classes():
-    with pytest.raises(ConfigError, match="fudd-k"):
+    with pytest.raises(ConfigError, match=r"fudd\.k"):
         ambiguous_sets(torch.zeros(2, 5), 1)

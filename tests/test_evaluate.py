@@ -74,14 +74,14 @@ def test_method_specs_are_checked_against_the_registry():
 
 
 def test_each_spec_gets_only_the_refiners_it_names(tmp_path):
-    from vlmcls.methods import RefinerOptions
 
-    shared = MethodOptions(refiners=RefinerOptions(support=tmp_path, hierarchy=tmp_path / "h.txt"))
-    assert options_for_spec("templates", shared).refiners == RefinerOptions()
-    assert options_for_spec("templates+tip", shared).refiners.support == tmp_path
-    assert options_for_spec("templates+tip", shared).refiners.hierarchy is None
-    assert options_for_spec("name+frechet", shared).refiners.hierarchy == tmp_path / "h.txt"
-    with pytest.raises(ConfigError, match="setting 'support'"):
+    shared = MethodOptions(methods={"tip": {"support": tmp_path}, "frechet": {"hierarchy": tmp_path / "h.txt"}})
+    assert options_for_spec("templates", shared).methods == {}
+    assert set(options_for_spec("templates+tip", shared).methods) == {"tip"}
+    assert options_for_spec("templates+tip", shared).config("tip").support == tmp_path
+    assert options_for_spec("templates+tip", shared).config("frechet").hierarchy is None
+    assert options_for_spec("name+frechet", shared).config("frechet").hierarchy == tmp_path / "h.txt"
+    with pytest.raises(ConfigError, match="option tip.support"):
         options_for_spec("tip", MethodOptions())
 
 
@@ -197,6 +197,6 @@ def test_eval_command_rejects_bad_input_before_loading_anything(labelled_folder,
     bad_method = runner.invoke(app, ["eval", str(labelled_folder), "-c", "cat,dog", "--methods", "nmae", "-m", missing_model])
     assert bad_method.exit_code == 2 and "unknown method 'nmae'" in bad_method.output
     no_support = runner.invoke(app, ["eval", str(labelled_folder), "-c", "cat,dog", "--methods", "templates+tip", "-m", missing_model])
-    assert no_support.exit_code == 2 and "--support" in no_support.output
+    assert no_support.exit_code == 2 and "tip.support" in no_support.output
     bad_report = runner.invoke(app, ["eval", str(labelled_folder), "-c", "cat,dog", "--report", str(tmp_path / "r.pdf"), "-m", missing_model])
     assert bad_report.exit_code == 2 and ".html" in bad_report.output

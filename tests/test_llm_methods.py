@@ -58,9 +58,9 @@ def test_waffle_needs_no_llm(tiny_open_clip, photos, tmp_path, llm_server):
 
 
 def test_fudd_asks_each_unique_pair_once_and_a_rerun_asks_nothing(tiny_open_clip, photos, tmp_path, llm_server):
-    pairs_file = tmp_path / "pairs.json"
-    result, rows = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--fudd-k", "3",
-                        "--export-pairs", pairs_file, "--explain")
+    result, rows = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=3",
+                        "--export", tmp_path / "exported", "--explain")
+    pairs_file = tmp_path / "exported" / "pairs.json"
     assert result.exit_code == 0, result.output
     pairs = json.loads(pairs_file.read_text())
     differential = [r for r in llm_server.chat_requests if "attr_type" in json.dumps(r.body)]
@@ -69,27 +69,27 @@ def test_fudd_asks_each_unique_pair_once_and_a_rerun_asks_nothing(tiny_open_clip
     for row in rows:  # the prediction lies in the ambiguous set; classes outside it get probability 0
         assert len([t for t in row["top_k"] if t["prob"] > 0]) <= 3
     before = len(llm_server.chat_requests)
-    again, rows2 = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--fudd-k", "3")
+    again, rows2 = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=3")
     assert again.exit_code == 0 and len(llm_server.chat_requests) == before
     assert [r["label"] for r in rows2] == [r["label"] for r in rows]
     # the exported pairs reproduce the run without any LLM
-    descriptors = tmp_path / "d.json"
-    _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "cbd", "--export-descriptors", descriptors)
-    offline, rows3 = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--fudd-k", "3",
+    _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "cbd", "--export", tmp_path / "cbd")
+    descriptors = tmp_path / "cbd" / "descriptors.json"
+    offline, rows3 = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=3",
                           "--pairs", pairs_file, "--descriptors", descriptors, "--base-url", "http://127.0.0.1:9")
     assert offline.exit_code == 0, offline.output
     assert [r["label"] for r in rows3] == [r["label"] for r in rows]
 
 
 def test_max_pairs_caps_the_calls(tiny_open_clip, photos, tmp_path, llm_server):
-    result, _ = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--fudd-k", "4",
-                     "--max-pairs", "2", "--fudd-base", "templates")
+    result, _ = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=4",
+                     "--opt", "fudd.max_pairs=2", "--opt", "fudd.base=templates")
     assert result.exit_code == 0, result.output
     assert len(llm_server.chat_requests) == 2
 
 
 def test_dry_run_counts_calls_and_makes_none(tiny_open_clip, photos, tmp_path, llm_server):
-    result, rows = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--fudd-k", "4", "--dry-run")
+    result, rows = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=4", "--dry-run")
     assert result.exit_code == 0, result.output
     assert llm_server.chat_requests == [] and rows == []
     text = " ".join(re.sub(r"[│┃┌┐└┘─━┬┴├┤┼]", " ", result.output).split())

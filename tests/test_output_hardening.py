@@ -114,7 +114,7 @@ def test_url_credentials_reach_no_output(tiny_open_clip, tmp_path, llm_server):
     out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
     args = ["-vv", "classify", str(root), "--classes", "zorblax,quintor,flimber", "--model",
             f"local-dir:{tiny_open_clip}", "--method", "cbd", "--base-url", url, "--llm-model", "fake-model",
-            "--llm-retries", "0", "-o", str(out), "--report", str(report)]
+            "--llm", "retries=0", "-o", str(out), "--report", str(report)]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 1, result.output  # the failed class is a warning row
     warnings_file = tmp_path / "out.warnings.jsonl"

@@ -22,7 +22,7 @@ from vlmcls.errors import ConfigError, MissingExtraError
 from vlmcls.feature_store import read_feats
 from vlmcls.images import list_images
 from vlmcls.evaluate import options_for_spec
-from vlmcls.methods import MethodOptions, RefinerOptions
+from vlmcls.methods import MethodOptions
 
 CLASSES = ["cat", "dog", "car", "tree"]
 BROKEN = {  # file name -> the reason both engines must give
@@ -170,10 +170,9 @@ def small_folder(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("spec", SPECS)
 def test_every_method_and_refiner_gives_the_single_engine_rows_on_ray(ray_local, model_id, small_folder, method_inputs,
                                                                        spec):
-    refiners = RefinerOptions(support=method_inputs["support"], tune=True, self_metric=True)
-    options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True, refiners=refiners,
-                            extra={"pairs_file": str(method_inputs["pairs"]), "fudd_k": 3,
-                                   "cupl_file": str(method_inputs["cupl"])})
+    options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True, methods={
+        "tip": {"support": method_inputs["support"], "tune": True}, "frechet": {"self_metric": True},
+        "fudd": {"pairs": str(method_inputs["pairs"]), "k": 3}, "cupl": {"file": str(method_inputs["cupl"])}})
     options = options_for_spec(spec, options)  # only the refiners the spec names, as eval does
     single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
                                                                           options=options, top_k=3)
@@ -226,7 +225,7 @@ def test_a_second_run_with_other_classes_encodes_nothing_and_asks_the_llm_once_p
     server = FakeLLMServer().start()
     try:
         llm = LLMClient(LLMConfig(model="fake-model", base_url=server.base_url, timeout_s=10), None)
-        options = MethodOptions(llm=llm, extra={"fudd_k": 2})
+        options = MethodOptions(llm=llm, methods={"fudd": {"k": 2}})
         again = classify_with_ray(model_id, small_folder, other, method="templates+fudd", options=options, top_k=2,
                                   batch_size=4, num_workers=1, feature_store=store)
         asked = len(server.chat_requests)

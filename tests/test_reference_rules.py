@@ -70,8 +70,7 @@ RELEASED = {  # FuDD's released form: classes by index into the class list; (1, 
 
 def test_a_released_pair_file_with_integer_ids_reranks_by_the_reference_rule(run, tmp_path):
     clf, feats, encoded = run
-    options = MethodOptions(templates="photo", extra={"fudd_k": 3, "fudd_base": "templates",
-                                                      "pairs_file": _pairs_file(tmp_path, RELEASED)})
+    options = MethodOptions(templates="photo", methods={"fudd": {"k": 3, "base": "templates", "pairs": _pairs_file(tmp_path, RELEASED)}})
     result = clf.predict(feats, CLASSES, "fudd", options)
     assert result.stats["pairs_answered"] == 2 and result.stats["pairs_unmatched"] == 0 and not result.warnings
     reps = [["A pale bill.", "A big bird."], ["A dark bill.", "A photo of a sooty albatross."],
@@ -83,15 +82,14 @@ def test_a_released_pair_file_with_integer_ids_reranks_by_the_reference_rule(run
     by_name = {"x": {**RELEASED["0_1"], "classes": CLASSES[:2]},
                "y": {**RELEASED["0_2"], "classes": [CLASSES[2], CLASSES[0]]}}
     again = clf.predict(feats, CLASSES, "fudd", MethodOptions(
-        templates="photo", extra={"fudd_k": 3, "fudd_base": "templates", "pairs_file": _pairs_file(tmp_path, by_name)}))
+        templates="photo", methods={"fudd": {"k": 3, "base": "templates", "pairs": _pairs_file(tmp_path, by_name)}}))
     torch.testing.assert_close(again.logits, result.logits)
 
 
 def test_pairs_that_match_no_class_are_reported(run, tmp_path):
     clf, feats, _ = run
     pairs = {**RELEASED, "3_4": {"classes": [3, 4], "prompt_pairs": []}, "emu_kiwi": {"classes": ["emu", "kiwi"]}}
-    options = MethodOptions(templates="photo", extra={"fudd_k": 3, "fudd_base": "templates",
-                                                      "pairs_file": _pairs_file(tmp_path, pairs)})
+    options = MethodOptions(templates="photo", methods={"fudd": {"k": 3, "base": "templates", "pairs": _pairs_file(tmp_path, pairs)}})
     result = clf.predict(feats, CLASSES, "fudd", options)
     assert result.stats["pairs_unmatched"] == 2 and result.stats["pairs_answered"] == 2
     [row] = [w for w in result.warnings if w["stage"] == "differential"]
@@ -102,7 +100,7 @@ def test_pairs_that_match_no_class_are_reported(run, tmp_path):
                                    {"a_b": {"classes": ["Laysan Albatross", "Least Auklet"], "prompt_pairs": []}}, {}])
 def test_a_pair_file_that_matches_nothing_is_an_error(run, tmp_path, pairs):
     clf, feats, _ = run
-    options = MethodOptions(extra={"fudd_k": 3, "fudd_base": "templates", "pairs_file": _pairs_file(tmp_path, pairs)})
+    options = MethodOptions(methods={"fudd": {"k": 3, "base": "templates", "pairs": _pairs_file(tmp_path, pairs)}})
     with pytest.raises(ConfigError, match="names two of this run's classes.*integer indices 0..2"):
         clf.predict(feats, CLASSES, "fudd", options)
 
@@ -110,7 +108,7 @@ def test_a_pair_file_that_matches_nothing_is_an_error(run, tmp_path, pairs):
 def test_a_malformed_pair_entry_is_named(run, tmp_path):
     clf, feats, _ = run
     pairs = {**RELEASED, "bad": {"classes": [0, 1], "prompt_pairs": [{"attr_type": "x", "prompt_pair": ["only one"]}]}}
-    options = MethodOptions(extra={"fudd_k": 3, "fudd_base": "templates", "pairs_file": _pairs_file(tmp_path, pairs)})
+    options = MethodOptions(methods={"fudd": {"k": 3, "base": "templates", "pairs": _pairs_file(tmp_path, pairs)}})
     with pytest.raises(ConfigError, match="entry 'bad' is not a FuDD pair"):
         clf.predict(feats, CLASSES, "fudd", options)
 
@@ -120,7 +118,7 @@ def test_after_cbd_a_class_with_no_answered_pair_is_its_unit_template(run, tmp_p
     only = {"0_1": RELEASED["0_1"]}  # Least_Auklet has no answered pair in the set
     descriptors = DescriptorSet({"Laysan_Albatross": ["a long hooked bill"], "Sooty_Albatross": ["dark plumage"],
                                  "Least_Auklet": ["a stubby bill", "a small body"]})
-    options = MethodOptions(descriptors=descriptors, extra={"fudd_k": 3, "fudd_base": "cbd", "pairs_file": _pairs_file(tmp_path, only)})
+    options = MethodOptions(descriptors=descriptors, methods={"fudd": {"k": 3, "base": "cbd", "pairs": _pairs_file(tmp_path, only)}})
     result = clf.predict(feats, CLASSES, "fudd", options)
     reps = [["A pale bill.", "A photo of a laysan albatross."], ["A dark bill.", "A photo of a sooty albatross."],
             ["A photo of a least auklet."]]  # not CbD's mean of similarities, whose norm is below 1
@@ -131,7 +129,6 @@ def test_after_cbd_a_class_with_no_answered_pair_is_its_unit_template(run, tmp_p
 
 def test_the_self_cache_uses_the_reference_weight_unless_exp_is_asked(run):
     from vlmcls.adapters import build_unsupervised_cache, unsupervised_cache_logits
-    from vlmcls.methods import RefinerOptions
 
     clf, feats, _ = run
     zero_shot = clf.predict(feats, CLASSES, "templates").logits.double()
@@ -139,9 +136,9 @@ def test_the_self_cache_uses_the_reference_weight_unless_exp_is_asked(run):
     cache = build_unsupervised_cache(image_feats, zero_shot, CLASSES, clf.model.logit_scale)
     logits = {}
     for weight in ("reference", "exp"):
-        result = clf.predict(feats, CLASSES, "templates", MethodOptions(refiners=RefinerOptions(self_cache=True, self_cache_kl_weight=weight)))
+        result = clf.predict(feats, CLASSES, "templates+tfup", MethodOptions(methods={"tfup": {"kl_weight": weight}}))
         expected = unsupervised_cache_logits(image_feats, zero_shot, cache, clf.model.logit_scale, kl_weight=weight).logits
         torch.testing.assert_close(result.logits.double(), expected, atol=1e-4, rtol=1e-5)
         logits[weight] = result.logits
     assert not torch.allclose(logits["reference"], logits["exp"])
-    assert clf.predict(feats, CLASSES, "templates", MethodOptions(refiners=RefinerOptions(self_cache=True))).logits.equal(logits["reference"])
+    assert clf.predict(feats, CLASSES, "templates+tfup", MethodOptions()).logits.equal(logits["reference"])

@@ -29,7 +29,7 @@ def _classify(tiny, query, tmp_path, *extra):
 
 def test_tip_adapter_from_a_support_folder_is_explained(tiny_open_clip, folders, tmp_path):
     query, support = folders
-    result, rows = _classify(tiny_open_clip, query, tmp_path, "--support", support, "--tip-alpha", "50")
+    result, rows = _classify(tiny_open_clip, query, tmp_path, "--support", support, "--opt", "tip.alpha=50")
     assert result.exit_code == 0, result.output
     for row in rows:
         tip = row["explanation"]["tip"]
@@ -40,7 +40,7 @@ def test_tip_adapter_from_a_support_folder_is_explained(tiny_open_clip, folders,
 
 def test_tune_uses_only_the_support_set(tiny_open_clip, folders, tmp_path):
     query, support = folders
-    result, rows = _classify(tiny_open_clip, query, tmp_path, "--support", support, "--tune")
+    result, rows = _classify(tiny_open_clip, query, tmp_path, "--support", support, "--opt", "tip.tune=true")
     assert result.exit_code == 0, result.output
     assert len(rows) == 3 and all("tip" in r["explanation"] for r in rows)
 
@@ -54,7 +54,7 @@ def test_support_labels_must_be_classes(tiny_open_clip, folders, tmp_path):
 
 def test_self_cache_runs_without_labels(tiny_open_clip, folders, tmp_path):
     query, _ = folders
-    result, rows = _classify(tiny_open_clip, query, tmp_path, "--self-cache")
+    result, rows = _classify(tiny_open_clip, query, tmp_path, "--method", "templates+tfup")
     assert result.exit_code == 0 and all("self_cache" in r["explanation"] for r in rows)
 
 
@@ -62,7 +62,7 @@ def test_frechet_mean_predicts_a_never_prompted_parent(tiny_open_clip, folders, 
     query, _ = folders
     tree = tmp_path / "tree.txt"
     tree.write_text("animal -> dog\nanimal -> cat\ndog -> poodle\ndog -> beagle\ncat -> siamese\n")
-    result, rows = _classify(tiny_open_clip, query, tmp_path, "--hierarchy", tree, "--label-space", "dog,poodle,beagle,cat")
+    result, rows = _classify(tiny_open_clip, query, tmp_path, "--opt", f"frechet.hierarchy={tree}", "--opt", "frechet.label_space=dog,poodle,beagle,cat")
     assert result.exit_code == 0, result.output
     # A random tiny model is torn between poodle and beagle: their Fréchet mean is their parent, never prompted.
     assert [r["label"] for r in rows] == ["dog"] * 3
@@ -74,5 +74,5 @@ def test_two_metrics_at_once_is_a_usage_error(tiny_open_clip, folders, tmp_path)
     query, _ = folders
     tree = tmp_path / "tree.txt"
     tree.write_text("dog -> poodle\ndog -> beagle\n")
-    result, _ = _classify(tiny_open_clip, query, tmp_path, "--hierarchy", tree, "--self-metric")
+    result, _ = _classify(tiny_open_clip, query, tmp_path, "--opt", f"frechet.hierarchy={tree}", "--opt", "frechet.self_metric=true")
     assert result.exit_code == 2 and "exactly one label metric" in result.output

@@ -19,10 +19,10 @@ from vlmcls.methods import (
     TextSide,
     build_config,
     get_record,
+    option_fields,
     parse_spec,
     parse_specs,
     run_spec,
-    setting_fields,
 )
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vlmcls"
@@ -65,16 +65,14 @@ def test_a_comma_list_of_specs_keeps_order_and_drops_repeats():
 def test_a_lone_rerank_picks_its_head_from_the_settings(tmp_path):
     assert parse_spec("fudd").resolve(MethodOptions()).head == "templates"
     assert parse_spec("fudd").resolve(MethodOptions(descriptors=str(tmp_path / "d.json"))).head == "cbd"
-    assert parse_spec("fudd").resolve(MethodOptions(extra={"fudd_base": "waffle"})).head == "waffle"
-    with pytest.raises(ConfigError, match="setting 'fudd_base' is 'tip', not a first-stage head"):
-        parse_spec("fudd").resolve(MethodOptions(extra={"fudd_base": "tip"}))
+    assert parse_spec("fudd").resolve(MethodOptions(methods={"fudd": {"base": "waffle"}})).head == "waffle"
+    with pytest.raises(ConfigError, match="fudd.base is 'tip', not a first-stage head"):
+        parse_spec("fudd").resolve(MethodOptions(methods={"fudd": {"base": "tip"}}))
 
 
 def test_classify_adds_the_refiners_whose_input_is_given(tmp_path):
-    from vlmcls.methods import RefinerOptions
-
-    options = MethodOptions(refiners=RefinerOptions(support=tmp_path, self_cache=True, hierarchy=tmp_path / "h"))
-    assert parse_spec("cbd").with_implied(options).stages == ("tip", "tfup", "frechet")
+    options = MethodOptions(methods={"tip": {"support": tmp_path}, "frechet": {"hierarchy": tmp_path / "h"}})
+    assert parse_spec("cbd").with_implied(options).stages == ("tip", "frechet")
     assert parse_spec("cbd+tip").with_implied(MethodOptions()).stages == ("tip",)
 
 
@@ -90,28 +88,33 @@ def _context(options: MethodOptions) -> RunContext:
     return RunContext(TextSide(encode_texts, 100.0, None, "softmax"), ["cat", "dog", "car"], options)
 
 
-def test_an_unknown_setting_is_an_error_that_lists_the_valid_ones():
-    feats = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    with pytest.raises(ConfigError, match=r"unknown method setting 'fud_k'\. Valid: .*fudd_k.*tip_alpha"):
-        run_spec("templates", _context(MethodOptions(extra={"fud_k": 3})), feats)
+def test_an_unknown_option_is_an_error_that_lists_the_methods_valid_keys():
+    with pytest.raises(ConfigError, match=r"'fudd' has no option 'kk'\. Did you mean 'k'\? Valid: k, rank, base"):
+        MethodOptions(methods={"fudd": {"kk": 3}})
+    with pytest.raises(ConfigError, match=r"options for unknown method 'fud'\. Did you mean 'fudd'\?"):
+        MethodOptions(methods={"fud": {"k": 3}})
 
 
-def test_settings_from_text_are_converted_to_their_field_types_or_refused():
+def test_options_from_text_are_converted_to_their_field_types_or_refused():
     fudd = get_record("fudd")
-    config = build_config(fudd, {"fudd_k": "5", "max_pairs": 7.0, "pairs_file": "p.json"})
-    assert (config.fudd_k, config.max_pairs, config.pairs_file) == (5, 7, Path("p.json"))
-    with pytest.raises(ConfigError, match=r"setting 'fudd_k' is 'five'; it must be int"):
-        build_config(fudd, {"fudd_k": "five"})
+    config = build_config(fudd, {"k": "5", "max_pairs": 7.0, "pairs": "p.json"})
+    assert (config.k, config.max_pairs, config.pairs) == (5, 7, Path("p.json"))
+    with pytest.raises(ConfigError, match=r"fudd\.k is 'five'; it must be an integer"):
+        build_config(fudd, {"k": "five"})
+    with pytest.raises(ConfigError, match=r"fudd\.k must be ≥ 2; got '1'"):
+        build_config(fudd, {"k": 1})
+    with pytest.raises(ConfigError, match=r"fudd\.rank is 'bse'\. Did you mean 'base'\?"):
+        build_config(fudd, {"rank": "bse"})
     assert build_config(get_record("tip"), {"tune": "true"}).tune is True
 
 
-def test_every_setting_means_one_thing_wherever_it_is_declared():
-    """A field shared by configs (aggregation) has the same default and help everywhere, so one flag serves all."""
-    for name, field in setting_fields().items():
-        for record in METHODS.values():
-            for other in dataclasses.fields(record.config):
-                if other.name == name:
-                    assert (other.default, other.metadata.get("help")) == (field.default, field.metadata.get("help")), name
+def test_every_option_has_a_doc_line_and_a_type_the_cli_can_parse():
+    from vlmcls.methods.registry import type_text
+
+    for name, record in METHODS.items():
+        for key, field in option_fields(record).items():
+            assert field.metadata.get("doc"), f"{name}.{key}"
+            assert "list" not in type_text(record, key) or key == "label_space", f"{name}.{key}"
 
 
 def test_a_new_method_is_one_record(monkeypatch):
@@ -211,7 +214,8 @@ def test_only_the_registry_names_methods():
 
     'name' is also a template set and a common dict key, and a setting may share a method's name (the templates
     setting), so those are checked inside specs only."""
-    words = set(METHODS) - {"name"} - set(setting_fields())
+    words = set(METHODS) - {"name", "templates"}  # also a template-set word and an API keyword
+    options = {f"{name}.{key}" for name, record in METHODS.items() for key in option_fields(record)}
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if "methods" in path.relative_to(PACKAGE).parts[:1]:
@@ -220,7 +224,7 @@ def test_only_the_registry_names_methods():
             text = node.value
             parts = [p.strip() for p in text.replace(",", "+").split("+")]
             is_spec = len(parts) > 1 and all(p in METHODS for p in parts)
-            if text in words or is_spec:
+            if text in words or is_spec or any(o in text for o in options):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {text!r}")
     assert not offenders, "method names outside the registry:\n" + "\n".join(offenders)
 
@@ -232,28 +236,33 @@ def test_every_record_is_complete():
             assert record.head_when_alone is not None, name
 
 
-def test_classify_and_eval_take_the_same_method_settings():
-    """Every setting of every record is a flag of both commands, spelled the same."""
+def test_commands_that_run_methods_take_the_same_method_flags():
+    """--opt and every promoted flag are flags of classify and eval, spelled the same."""
+    import click
     import typer.main
 
     from vlmcls.cli import app
-    from vlmcls.cli._settings import flag_of
+    from vlmcls.methods import promoted_flags
 
     commands = typer.main.get_command(app).commands
-    flags = {name: {o for p in commands[name].params for o in p.opts} for name in ("classify", "eval")}
-    wanted = {flag_of(field) for field in setting_fields().values()}
+    flags = {name: {o for p in commands[name].get_params(click.Context(commands[name])) for o in p.opts}
+             for name in ("classify", "eval")}
+    wanted = {"--opt", "-O", *promoted_flags()}
     assert wanted <= flags["classify"] and wanted <= flags["eval"]
-    assert {"--pairs", "--support", "--self-cache", "--hierarchy", "--fudd-k", "--frechet-scale"} <= wanted
+    assert {"--pairs", "--support", "--descriptors", "--templates"} <= wanted
 
 
-def test_the_cli_says_flags_where_the_library_says_fields(labelled_folder, tmp_path):
+def test_the_cli_names_options_as_the_library_does(labelled_folder, tmp_path):
     from typer.testing import CliRunner
 
     from vlmcls.cli import app
 
     missing_model = f"local-dir:{tmp_path / 'nope'}"  # every check below fails before a model would load
     base = ["eval", str(labelled_folder), "-c", "cat,dog", "-m", missing_model]
-    typo = CliRunner().invoke(app, [*base, "--methods", "fudd", "--method-option", "fud_k=3"])
-    assert typo.exit_code == 2 and "unknown method setting 'fud_k'" in typo.output and "fudd_k" in typo.output
-    bad_type = CliRunner().invoke(app, [*base, "--methods", "fudd", "--method-option", "fudd_k=many"])
-    assert bad_type.exit_code == 2 and "--fudd-k is 'many'; it must be int" in bad_type.output
+    typo = CliRunner().invoke(app, [*base, "--methods", "fudd", "--opt", "fudd.kk=3"])
+    assert typo.exit_code == 2 and "'fudd' has no option 'kk'. Did you mean 'k'?" in typo.output
+    assert "Valid: k, rank, base, max_pairs" in typo.output
+    bad_type = CliRunner().invoke(app, [*base, "--methods", "fudd", "--opt", "fudd.k=many"])
+    assert bad_type.exit_code == 2 and "fudd.k is 'many'; it must be an integer" in bad_type.output
+    not_opt = CliRunner().invoke(app, [*base, "--opt", "k=3"])
+    assert not_opt.exit_code == 2 and "is not METHOD.KEY=VALUE" in not_opt.output

@@ -18,7 +18,7 @@ from .classes import load_classes
 from .embeddings import Encoder, ImageFeatures, to_numpy, to_torch
 from .gcpause import paused_gc
 from .images import ImageRecord, choose_worker_type, list_images
-from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, RunContext, TextSide, parse_spec, run_spec,
+from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, as_options, RunContext, TextSide, parse_spec, run_spec,
                       runs_on_numpy)
 from .lazy_model import LazyModel
 from .results import ClassificationResult, Prediction
@@ -107,7 +107,7 @@ class Classifier:
         classes: str | Path | Sequence[str],
         *,
         method: str = DEFAULT_METHOD,
-        options: MethodOptions | None = None,
+        options: MethodOptions | Mapping[str, Any] | None = None,
         templates: str | Sequence[str] | None = None,
         sentences: Mapping[str, Sequence[str]] | None = None,
         aggregation: str | None = None,
@@ -118,19 +118,22 @@ class Classifier:
     ) -> ClassificationResult:
         """Classify images (a folder, list file, dataset, or paths) into classes; errors become rows.
 
-        ``method`` is a spec such as ``cbd+fudd+tip`` (:func:`vlmcls.methods.parse_spec`); ``options`` carries
-        its settings (``templates``, ``sentences`` and ``aggregation`` are shortcuts for the common ones).
+        ``method`` is a spec such as ``cbd+fudd+tip`` (:func:`vlmcls.methods.parse_spec`); ``options`` carries each
+        method's options, ``{"fudd": {"k": 5}}`` or ``{"fudd": FuddConfig(k=5)}`` or a :class:`MethodOptions`
+        (``templates`` and ``sentences`` are shortcuts for the template head's text; ``aggregation`` sets the
+        head's rule).
         ``as_numpy``: the result's logits and probs as numpy arrays instead of tensors; then a run of a linear head
         (name, templates, cbd, waffle, cupl) whose features are all in the store imports neither torch nor a model.
         """
         started = time.perf_counter()
         class_names = load_classes(classes)
-        if options is None:
-            options = MethodOptions(
-                templates=list(templates) if isinstance(templates, (list, tuple)) else templates,
-                aggregation=aggregation,
-                sentences={k: list(v) for k, v in sentences.items()} if sentences is not None else None,
-            )
+        options = as_options(options)  # checked before any image is decoded
+        if templates is not None or sentences is not None:
+            options = replace(
+                options, templates=list(templates) if isinstance(templates, (list, tuple)) else templates,
+                sentences={k: list(v) for k, v in sentences.items()} if sentences is not None else None)
+        if aggregation is not None:
+            options = options.with_head_aggregation(method, aggregation)
         # numpy from the store as it is; predict makes tensors of it only for stages that need them
         feats = self.encode_images(images, progress=progress, as_numpy=True, **source_options)
         result = self.predict(feats, class_names, method, options, top_k, as_numpy=as_numpy)
@@ -157,15 +160,15 @@ class Classifier:
 
     def predict(
         self, feats: ImageFeatures, class_names: list[str], method: str = DEFAULT_METHOD,
-        options: MethodOptions | None = None, k: int = 5, as_numpy: bool = False,
+        options: MethodOptions | Mapping[str, Any] | None = None, k: int = 5, as_numpy: bool = False,
     ) -> ClassificationResult:
         """Predictions from image features already computed (eval shares them across methods).
 
         ``method`` is a spec (``cbd+fudd+tip``, see :func:`vlmcls.methods.parse_spec`); refiners whose input the
-        options give (a support folder, a label metric, ``self_cache``) are added to it. Specs made of stages that
+        options give (``tip.support``, a ``frechet`` label metric) are added to it. Specs made of stages that
         score numpy arrays (the linear heads) run in numpy whatever ``feats`` holds, so every caller gets the same
         numbers; ``as_numpy`` says what the result holds."""
-        options = options or MethodOptions()
+        options = as_options(options)
         spec = parse_spec(method).with_implied(options)
         resolved = spec.resolve(options)
         numpy_run = runs_on_numpy((resolved.head, *resolved.stages))  # only stages that declare it

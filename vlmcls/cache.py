@@ -539,6 +539,11 @@ class Store:
         self._drop(key, reason)
         return None
 
+    def delete(self, key: str) -> None:
+        """Forget one entry (absent already is fine)."""
+        with self._guarded():
+            self._cache.delete(key)
+
     def drop(self, key: str, reason: str) -> None:
         """Delete a corrupted entry that a reader found (the first one per store is logged as a warning)."""
         self._drop(key, reason)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -10,49 +12,59 @@ from .errors import ConfigError
 
 __all__ = ["load_classes"]
 
+log = logging.getLogger(__name__)
+
 _CLASSES_HOW = "Give a file with one class per line, or a comma-separated list such as 'cat,dog,bird'."
 
 
-def load_classes(spec: str | Path | Sequence[str]) -> list[str]:
-    """Class names (at least two) from a list, a UTF-8 file (one per line, '#' comments) or a comma-separated
-    string."""
+def load_classes(spec: str | Path | Sequence[str], minimum: int = 2) -> list[str]:
+    """Class names (at least ``minimum``: two to classify, one to describe) from a list, a UTF-8 file (one per
+    line, '#' comments) or a comma-separated string."""
+    where = ""  # " in classes file '…'" when the names came from a file
     if isinstance(spec, (list, tuple)):
         names = [str(n).strip() for n in spec]
     else:
         text = str(spec)
         path = Path(text).expanduser()
         if path.is_file():
-            names = _read_class_file(path)
+            names, where = _read_class_file(path), f" in classes file '{path}'"
         elif "," in text or not (path.suffix or "/" in text):
             names = [n.strip() for n in text.split(",")]
         else:
             raise ConfigError(f"classes file '{text}' does not exist. {_CLASSES_HOW}")
     names = [n for n in names if n]
     if not names:
-        raise ConfigError(f"no class names in '{spec}'. {_CLASSES_HOW}")
-    if len(names) == 1:
+        raise ConfigError(f"no class names in '{spec}' (lines starting with '#' are comments). {_CLASSES_HOW}")
+    if len(names) < minimum:
         sibling = [p for p in Path(".").glob(f"{glob.escape(names[0])}.*") if p.is_file()] if isinstance(spec, str) else []
         guess = f" Did you mean the file '{sibling[0]}'?" if sibling else ""
-        raise ConfigError(f"only one class ('{names[0]}'): an image cannot be classified against a single class. "
+        raise ConfigError(f"only one class ('{names[0]}'){where}: an image cannot be classified against a single class. "
                           f"{_CLASSES_HOW}{guess}")
     seen: set[str] = set()
     dupes = sorted({n for n in names if n in seen or seen.add(n)})
     if dupes:
-        raise ConfigError(f"duplicate class names: {', '.join(repr(d) for d in dupes)}. Each class must be named once.")
+        raise ConfigError(f"duplicate class names{where}: {', '.join(repr(d) for d in dupes[:10])}. Each class must be named once.")
     return names
 
 
 def _read_class_file(path: Path) -> list[str]:
-    """One class per line; UTF-8 with or without a byte-order mark. Anything else is refused with its name."""
-    data = path.read_bytes()
-    if b"\0" in data[:8192]:
-        raise ConfigError(f"classes file '{path}' is binary, not text. {_CLASSES_HOW}")
-    try:
-        text = data.decode("utf-8-sig")  # a BOM (Windows editors) must not become part of the first class name
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"classes file '{path}' is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}; Latin-1 or "
-            "another legacy encoding?). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
-        ) from None
-    lines = (ln.strip() for ln in text.splitlines())
-    return [ln for ln in lines if ln and not ln.startswith("#")]
+    """One class per line (split on line breaks only: U+0085 or U+2028 inside a name stays in it); UTF-8, or
+    UTF-16/32 with a byte-order mark. A line starting with '#' is a comment; write '\\#' for a class whose name
+    starts with '#'. Anything else is refused with its name."""
+    from .textfiles import read_text_file
+
+    text = read_text_file(path, "classes file")
+    names: list[str] = []
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+        line = line.strip()
+        if line.startswith("#"):
+            if _LOOKS_LIKE_CLASS.match(line):
+                log.warning("classes file '%s', line %d: '%s' is a comment and is skipped; write '\\%s' if it is a "
+                            "class name", path, number, line, line)
+            continue
+        names.append(line[1:] if line.startswith("\\#") else line)
+    return names
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # str.splitlines also splits on U+0085, U+2028, \x1c-\x1e, \v, \f
+_LOOKS_LIKE_CLASS = re.compile(r"#[^\s#!]")  # "#fff", "#hashtag"; not "# comment", "##" or "#!"

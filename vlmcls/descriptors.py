@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .errors import ConfigError, LLMError
+from .errors import ConfigError, LLMError, LLMResponseError
+from .limits import current_limits, variable_for
 from .llm import CallEstimate, Completion, LLMClient, Messages, Usage
 from .prompting import PromptTemplate
 from .templates import wordify
@@ -81,24 +82,27 @@ def cbd_sentence(class_name: str, descriptor: str) -> str:
 def read_class_lists(path: str | os.PathLike, what: str, item: str, fmt_note: str = "") -> dict[str, list[str]]:
     """A JSON file mapping each class name to a list of strings (CbD descriptors, CuPL sentences), checked.
     ``what`` names the file in errors ("descriptor file"), ``item`` one string of it ("descriptor")."""
+    from .textfiles import load_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} '{path}': {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} '{path}' is not valid JSON: {exc}. Fix or regenerate it.") from exc
+    data = load_json_file(path, what)  # size-limited, BOM/UTF-16 aware, nesting-checked: ConfigError, never a crash
     if not isinstance(data, dict):
         raise ConfigError(
             f"{what} '{path}' holds a {type(data).__name__}; expected an object "
             f'{{"class name": ["{item}", ...]}}{" " + fmt_note if fmt_note else ""}.'
         )
-    bad = [k for k, v in data.items() if not isinstance(v, list) or not all(isinstance(d, str) for d in v)]
-    if bad:
-        raise ConfigError(
-            f"{what} '{path}': the value for {', '.join(repr(k) for k in bad[:5])} is not a list "
-            f"of strings. Every class must map to a list of {item} strings (an empty list is allowed)."
-        )
+    for key, value in data.items():
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"{what} '{path}': the value for '{key}' is a {type(value).__name__}, not a list of strings. "
+                f"Every class must map to a list of {item} strings (an empty list is allowed)."
+            )
+        for index, entry in enumerate(value):
+            if not isinstance(entry, str):
+                raise ConfigError(
+                    f"{what} '{path}': '{key}'[{index}] is a {type(entry).__name__}, not a string. "
+                    f"Every class must map to a list of {item} strings (an empty list is allowed)."
+                )
     return data
 
 
@@ -196,9 +200,31 @@ def _strip_fences(text: str) -> str:
     return _FENCE.sub("", text).strip()
 
 
+class HostileAnswerError(LLMResponseError):
+    """An answer no parser should walk (nested too deep, or too big): unusable, and dropped from the cache."""
+
+
+def check_answer_size(text: str) -> None:
+    """HostileAnswerError when an answer is over the byte limit (``VLMCLS_MAX_ANSWER_KB``)."""
+    limit = current_limits().answer_bytes
+    if len(text) > limit // 4 and len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise HostileAnswerError(
+            f"the answer is {len(text.encode('utf-8', 'surrogatepass')):,} bytes, over the limit of {limit:,} "
+            f"(raise {variable_for('answer_bytes')} if answers this long are meant)"
+        )
+
+
 def _json_payload(text: str) -> Any | None:
-    """The JSON value in ``text`` (whole, or the first [...] / {...} block in it), or None."""
+    """The JSON value in ``text`` (whole, or the first [...] / {...} block in it), or None. An answer nested
+    deeper than any answer format is HostileAnswerError (json would raise RecursionError at ~1000 levels)."""
+    from .textfiles import json_nesting_error
+
+    check_answer_size(text)
     stripped = _strip_fences(text)
+    deep = json_nesting_error(stripped)
+    if deep is not None:
+        raise HostileAnswerError(f"the answer nests JSON {deep[1]}+ levels deep (line {deep[0]}); "
+                                 "no answer format is more than a few levels deep")
     candidates = [stripped]
     for opener, closer in (("[", "]"), ("{", "}")):
         start, end = stripped.find(opener), stripped.rfind(closer)
@@ -208,7 +234,7 @@ def _json_payload(text: str) -> Any | None:
         if candidate[:1] in "[{":
             try:
                 return json.loads(candidate)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
                 continue
     return None
 
@@ -240,7 +266,8 @@ def parse_descriptor_list(text: str) -> list[str]:
     """Descriptors from an LLM answer: bullets ("-", "*", "•"), numbers ("1.", "1)"), or JSON; de-duplicated.
 
     The prompt leaves a "-" open, so a first line without a bullet that is followed by bullet lines is the first
-    item. An answer with no list at all gives [] (the caller re-asks).
+    item. An answer with no list at all gives [] (the caller re-asks); one too big or nested too deep to parse is
+    HostileAnswerError (the caller re-asks and drops it from the cache).
     """
     if not text or not text.strip():
         return []
@@ -272,7 +299,8 @@ def parse_differential(text: str, class_a: str, class_b: str) -> list[dict[str, 
     """FuDD prompt pairs ``[{"attr_type", "prompt_pair": [text_a, text_b]}]`` from a differential answer.
 
     Lenient about the shape: a JSON list (fenced, or inside prose) of objects keyed "a"/"b", the class names, or
-    "class_a"/"class_b"; or an object holding such a list. Entries without two captions are skipped.
+    "class_a"/"class_b"; or an object holding such a list. Entries without two captions are skipped. An answer
+    too big or nested too deep is HostileAnswerError, as for :func:`parse_descriptor_list`.
     """
     payload = _json_payload(text or "")
     if isinstance(payload, dict):
@@ -406,28 +434,38 @@ def _ask_and_parse(
             usage.completion_tokens += result.usage.completion_tokens
         return result
 
-    def settle(batch: list[Any], results: list[Completion | LLMError], last_try: bool) -> list[Any]:
+    def settle(batch: list[Any], results: list[Completion | LLMError], last_try: bool, variant: int) -> list[Any]:
         """Record parsed answers; return the items to ask again."""
         retry: list[Any] = []
         for item, result in zip(batch, results):
-            completion = account(item, result)
-            if completion is None:
-                continue
-            value = parse(item, completion.text)
+            if isinstance(result, LLMResponseError):  # an answer came, but not one to use: ask again, as below
+                usage.calls += 1
+                value, why = None, str(result)
+            else:
+                completion = account(item, result)
+                if completion is None:
+                    continue
+                try:
+                    value, why = parse(item, completion.text), None
+                except LLMResponseError as exc:  # too deep or too big: never replayed from the cache
+                    client.forget(requests[item], variant)
+                    value, why = None, str(exc)
             if value:
                 parsed[item] = value
             elif not last_try:
                 retry.append(item)
+            elif why is not None:
+                unusable[item] = f"two answers had nothing usable (last: {why})"
             else:
                 snippet = " ".join(completion.text.split())[:80]
                 unusable[item] = f"two answers had nothing usable (last: '{snippet}')"
         return retry
 
     retries_before = client.usage.retries
-    again = settle(items, client.complete_many([requests[item] for item in items]), last_try=False)
+    again = settle(items, client.complete_many([requests[item] for item in items]), last_try=False, variant=0)
     if again:
         log.info("re-asking %d requests whose answer had nothing usable", len(again))
-        settle(again, client.complete_many([requests[item] for item in again], variant=1), last_try=True)
+        settle(again, client.complete_many([requests[item] for item in again], variant=1), last_try=True, variant=1)
     usage.retries = client.usage.retries - retries_before  # approximate if other threads share the client
     return parsed, failed, unusable, usage
 

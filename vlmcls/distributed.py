@@ -35,7 +35,7 @@ from .api import Classifier, _is_dataset, as_records, load_classes
 from .errors import ConfigError, MissingExtraError, ModelLoadError
 from .feature_store import FeatureStore, default_feature_root, shards_for
 from .image_sources import DatasetLocation, ImageRecord, locate_dataset
-from .methods import DEFAULT_METHOD, MethodOptions, build_pipeline, parse_spec
+from .methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
 from .results import ClassificationResult, Prediction
 from .scoring import probabilities
 from . import ray_workers
@@ -83,7 +83,7 @@ def classify_with_ray(
     """
     ray = _import_ray()
     started = time.perf_counter()
-    options = options or MethodOptions()
+    options = as_options(options)
     spec = parse_spec(method).with_implied(options)  # a bad spec fails before anything loads
     _check_settings(top_k, batch_size, num_workers, output_dir, output_format, collect)
     class_names = load_classes(classes)

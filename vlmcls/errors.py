@@ -9,6 +9,7 @@
     │   ├── LLMResponseError    an answer came back but could not be parsed
     │   └── LLMUnreachableError no connection to the endpoint at all (refused, unknown host): the run stops
     ├── CacheError              the cache could not be read or written
+    ├── OutputError             an output file could not be written (disk full, file-size limit, read-only)
     └── MissingExtraError       an optional dependency is not installed (the message names the pip command)
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "LLMResponseError",
     "LLMUnreachableError",
     "CacheError",
+    "OutputError",
     "MissingExtraError",
 ]
 
@@ -62,6 +64,14 @@ class LLMUnreachableError(LLMError):
 
 class CacheError(VlmclsError):
     """The cache could not be read or written."""
+
+
+class OutputError(VlmclsError):
+    """An output file could not be written; the old file, if any, is kept whole. ``errno``: the OS's code."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class MissingExtraError(VlmclsError, ImportError):

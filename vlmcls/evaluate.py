@@ -27,7 +27,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -40,7 +39,7 @@ import torch
 
 from .output import write_json
 from .errors import ConfigError, VlmclsError
-from .methods import DEFAULT_METHOD, REFINER, MethodOptions, RefinerOptions, build_config, get_record, parse_specs
+from .methods import DEFAULT_METHOD, REFINER, MethodOptions, answers_beyond, get_record, parse_specs
 from .results import json_safe, prediction_row
 
 if TYPE_CHECKING:
@@ -224,16 +223,13 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
 def options_for_spec(spec: str, shared: MethodOptions) -> MethodOptions:
     """The shared options with only the refiners that ``spec`` names; a refiner without its input fails here."""
     named = [name for name in parse_specs(spec)[0].stages if get_record(name).kind == REFINER]
-    given = shared.refiners
-    settings = shared.settings()
-    kept: dict = {}
     for name in named:
         record = get_record(name)
-        fields = [f.name for f in dataclasses.fields(record.config) if hasattr(given, f.name)]
-        kept.update({f: getattr(given, f) for f in fields})
-        if record.requires and not record.implied_by(build_config(record, {**settings, **kept})):
+        if record.requires and not record.implied_by(shared.config(name)):
             raise ConfigError(f"'{spec}' needs {record.requires}.")
-    return dataclasses.replace(shared, refiners=RefinerOptions(**kept))
+    # a refiner's options given for another spec do not add it here (classify adds it; eval runs specs as written)
+    return shared.without(n for n, r in ((n, get_record(n)) for n in shared.methods)
+                          if r.kind == REFINER and n not in named)
 
 
 @dataclass
@@ -356,8 +352,7 @@ def evaluate(
         )
     known = set(class_names)
     for options in options_by_spec.values():  # a Fréchet label space may hold labels that are not classes
-        if options.refiners.frechet and options.refiners.label_space is not None:
-            known.update(load_classes(options.refiners.label_space))
+        known.update(answers_beyond(options))
     unknown = Counter(label for label in labels if label not in known)
     if unknown and unknown_labels == "error":  # fail before spending any time on encoding
         raise ConfigError(_unknown_labels_message(unknown, class_names))

@@ -224,10 +224,13 @@ def list_images(
     image_column: str | None = None,
     label_column: str | None = None,
     split: str | None = None,
+    follow_links: bool | None = None,
 ) -> list[ImageRecord]:
     """List the images of a folder, a path-list file, one image file or an HF dataset, in a stable order.
 
-    Nothing is decoded here: a listed file that is missing or broken fails later, in ``load_image``.
+    Nothing is decoded here: a listed file that is missing or broken fails later, in ``load_image``. In a folder,
+    a symlink to a folder is followed only when it stays inside the folder given (``follow_links`` True, or
+    ``$VLMCLS_FOLLOW_LINKS=1``, follows any), and every folder is walked once, however many links lead to it.
     ``image_column``, ``label_column`` and ``split`` apply to datasets only; an in-memory
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
@@ -242,7 +245,9 @@ def list_images(
     if given:
         raise ConfigError(f"'{given[0]}' applies to datasets only, but '{text}' is not a dataset. Drop it.")
     if path.is_dir():
-        return _list_folder(path, recursive)
+        if follow_links is None:
+            follow_links = os.environ.get("VLMCLS_FOLLOW_LINKS", "").strip().lower() in ("1", "true", "yes")
+        return _list_folder(path, recursive, follow_links)
     if path.suffix.lower() == ".txt":
         return _list_path_file(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -366,16 +371,22 @@ def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[
 
 
 @paused_gc()
-def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
+def _list_folder(root: Path, recursive: bool, follow_links: bool = False) -> list[ImageRecord]:
     # Strings, not Path objects: at 48,000 images pathlib's parsing was most of a re-run's listing; each record
     # builds its Path when asked for it (_ListedFile).
     base = str(root)
     folders: list[tuple[tuple[str, ...], str, list[str]]] = []  # (parts relative to root, prefix, image names)
     mixed = False  # a folder holds images and sub-folders: those interleave by name
     visited: set[str] = set()  # real paths, so a symlink loop is walked once
+    home = os.path.join(os.path.realpath(root), "")  # a link to '/' walked the whole filesystem, /proc included
+    outside: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in visited:
+            dirnames[:] = []
+            continue
+        if not follow_links and not os.path.join(real, "").startswith(home):
+            outside.append(dirpath)
             dirnames[:] = []
             continue
         visited.add(real)
@@ -388,6 +399,9 @@ def _list_folder(root: Path, recursive: bool) -> list[ImageRecord]:
         if names:
             folders.append((folder_parts, prefix, names))
             mixed = mixed or bool(dirnames)
+    if outside:
+        log.warning("skipped %d linked folders that lead out of '%s' (first: '%s'); set VLMCLS_FOLLOW_LINKS=1 to "
+                    "follow them", len(outside), root, outside[0])
     if not folders:
         where = "in or below" if recursive else "directly in"
         raise ConfigError(

@@ -27,6 +27,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .cache import Store, cache_key
+from .limits import current_limits, variable_for
 from .errors import ConfigError, LLMError, LLMResponseError, LLMUnreachableError
 
 __all__ = [
@@ -354,6 +355,11 @@ class LLMClient:
             finish_reason=value.get("finish_reason") if isinstance(value.get("finish_reason"), str) else None,
         )
 
+    def forget(self, messages: Messages, variant: int = 0) -> None:
+        """Drop the cached answer to ``messages`` (one that could not be used), so a later run asks again."""
+        if self.store is not None:
+            self.store.delete(self.key_for(messages, variant))
+
     def complete(self, messages: Messages, variant: int = 0) -> Completion:
         """Answer one request: from the cache, else from the endpoint (then cached). Raises LLMError.
 
@@ -567,6 +573,12 @@ class LLMClient:
             completion_tokens=_usage_field(response.usage, "completion_tokens"),
         )
         model = str(getattr(response, "model", "") or self.config.model)
+        limit = current_limits().answer_bytes
+        if len(text) > limit // 4 and len(text.encode("utf-8", "surrogatepass")) > limit:  # never cached
+            raise LLMResponseError(
+                f"the LLM at '{self.display_url}' answered {len(text.encode('utf-8', 'surrogatepass')):,} bytes, over "
+                f"the limit of {limit:,} (raise {variable_for('answer_bytes')} if answers this long are meant)"
+            )
         if self.store is not None:
             self.store.set_json(key, {
                 "text": text,

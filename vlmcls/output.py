@@ -9,6 +9,7 @@ into the same string (``os.fsencode`` of it is the original bytes), and CSV writ
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import json
 import math
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .errors import ConfigError, VlmclsError
+from .errors import ConfigError, OutputError, VlmclsError
 from .gcpause import paused_gc
 
 __all__ = ["OUTPUT_SUFFIXES", "write_rows", "write_json", "json_text", "check_output_path"]
@@ -54,10 +55,26 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFI
 
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, list) and value and isinstance(value[0], dict) and "label" in value[0]:
-        return ";".join(f"{d['label']}:{d['prob']:.4f}" for d in value)
+        return _csv_text(";".join(f"{d['label']}:{d['prob']:.4f}" for d in value))
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+        return _csv_text(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, str):
+        return _csv_text(value)
     return "" if value is None else value
+
+
+# OWASP's CSV-injection rule: a cell starting with one of these is a formula in Excel, LibreOffice and Sheets
+# (`=HYPERLINK("http://evil.example","x").png`), so it gets a leading apostrophe, which they show as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: no formula start, no raw control characters (see README: the
+    JSONL and Parquet outputs keep the raw text)."""
+    from .report_html import visible_controls
+
+    text = visible_controls(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -230,9 +247,25 @@ def atomic_open(path: str | Path, errors: str = "strict") -> Iterator[TextIO]:
         with open(tmp, "w", encoding="utf-8", errors=errors, newline="") as fh:
             yield fh
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """A failed write as one line: which file, what happened, what to do (the old file is kept)."""
+    if isinstance(exc, OutputError):
+        return exc
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file-size limit was reached (ulimit -f)", errno.EROFS: "the filesystem is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(exc.errno or 0,
+                                                                                   exc.strerror or str(exc))
+    return OutputError(f"cannot write '{path}': {what}; the previous file, if any, is unchanged. "
+                                       "Free space, raise the limit or choose another output path, then re-run "
+                                       "(computed features and answers are cached).", exc.errno)
 
 
 _ROWS_PER_WRITE = 8192  # rows formatted and written together: bounds the text held at once

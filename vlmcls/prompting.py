@@ -19,12 +19,11 @@ import hashlib
 import logging
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .errors import PromptError
+from .errors import ConfigError, PromptError
 
 __all__ = [
     "PROMPTS_ENV_VAR",
@@ -217,14 +216,15 @@ def load_prompt(
             raise PromptError(f"prompt file '{path}' does not exist. Pass the path of a .toml prompt file.")
     else:
         path = find_prompt(name, prompts_dir).path
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PromptError(f"cannot read prompt file '{path}': {exc}") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PromptError(f"prompt file '{path}' is not UTF-8 text: {exc}. Save it as UTF-8.") from exc
+    from .textfiles import decode_text, read_file_bytes
+
+    try:  # size-limited, BOM/UTF-16 aware: a PromptError naming the file, never a crash
+        raw = read_file_bytes(path, "prompt file")
+        text = decode_text(raw, "prompt file", path)
+    except PromptError:
+        raise
+    except ConfigError as exc:
+        raise PromptError(str(exc)) from None
     template = parse_prompt(text, source=str(path), default_name=name)
     log.debug("loaded prompt '%s' from %s (sha256 %s)", template.name, path, template.digest[:12])
     return PromptTemplate(
@@ -240,10 +240,9 @@ def load_prompt(
 
 def parse_prompt(text: str, source: str = "<string>", default_name: str = "prompt") -> PromptTemplate:
     """Parse and validate the TOML text of a prompt file."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PromptError(f"prompt file '{source}' is not valid TOML: {exc}. Fix the syntax there.") from exc
+    from .textfiles import parse_toml
+
+    data = parse_toml(text, "prompt file", source, PromptError)  # too deep or invalid: a PromptError with the place
 
     unexpected = sorted(set(data) - _ALLOWED_TOP_KEYS)
     if unexpected:
@@ -332,7 +331,7 @@ def _parse_messages(messages: object, source: str) -> list[tuple[str, str]]:
                 f"prompt file '{source}': message {index} must have exactly the keys 'role' and 'content'."
             )
         role, content = message["role"], message["content"]
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise PromptError(
                 f"prompt file '{source}': message {index} has role '{role}'; valid roles: {_quoted(list(_ROLES))}."
             )

@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any, Mapping, Sequence
 
-__all__ = ["esc", "short", "pct", "count", "num", "table", "render_value", "why_html"]
+__all__ = ["visible_controls", "esc", "short", "pct", "count", "num", "table", "render_value", "why_html"]
 
 
 def esc(value: Any) -> str:
-    """Escape anything for HTML text and attribute values."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Escape anything for HTML text and attribute values; control characters (an ESC in a file name or an LLM
+    answer) are written as visible ``\\x1b`` text, never raw."""
+    return html.escape(visible_controls("" if value is None else str(value)), quote=True)
+
+
+# C0 controls but tab and line breaks, DEL, C1 controls: raw in a report or a CSV they recolour a terminal that
+# prints the file, or confuse its reader.
+_RAW_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with each raw control character written as visible ``\\xNN`` text (tab and line breaks kept)."""
+    return _RAW_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _RAW_CONTROL.search(text) else text
 
 
 def short(text: Any, limit: int) -> str:

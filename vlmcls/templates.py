@@ -57,7 +57,9 @@ def load_templates(name_or_file: str | None) -> list[str]:
         raise ConfigError(
             f"templates '{name_or_file}' is neither a named set ({', '.join(TEMPLATE_SETS)}) nor a file."
         )
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    from .textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
+
+    lines = [ln.strip() for ln in read_text_file(path, "template file").splitlines()]
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates:

@@ -39,10 +39,9 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
 
 
 def _read_text(file: Path, what: str) -> str:
-    try:
-        return file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"could not read {what} '{file}' as UTF-8 text: {exc}") from exc
+    from ..textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
+
+    return read_text_file(file, what)
 
 
 def _name(value: Any, file: Path, where: str) -> str:
@@ -70,10 +69,9 @@ def read_hierarchy_file(path: str | os.PathLike) -> tuple[list[Edge], list[str]]
 
 
 def _hierarchy_from_json(text: str, file: Path) -> tuple[list[Edge], list[str]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"hierarchy file '{file}' is not valid JSON: {exc}") from exc
+    from ..textfiles import parse_json
+
+    data = parse_json(text, "hierarchy file", file)
     edges: list[Edge] = []
     lone: list[str] = []
     if isinstance(data, list):
@@ -163,10 +161,9 @@ def read_names_file(path: str | os.PathLike) -> list[str]:
     file = _existing(path, "names file")
     text = _read_text(file, "names file")
     if file.suffix.lower() == ".json":
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"names file '{file}' is not valid JSON: {exc}") from exc
+        from ..textfiles import parse_json
+
+        names = parse_json(text, "names file", file)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"names file '{file}' must hold a JSON list of strings.")
         return [n.strip() for n in names]

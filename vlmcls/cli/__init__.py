@@ -2,7 +2,8 @@
 
 Exit codes: 0 everything worked; 1 the run finished but some inputs failed (error rows are in the output);
 2 bad usage or configuration (nothing was computed); 3 a fatal error (model, cache or LLM endpoint could not be
-loaded or reached); 4 an internal error (a bug; the traceback is written to a file); 130 interrupted (Ctrl-C).
+loaded or reached, or an output could not be written: disk full, file-size limit); 4 an internal error (a bug; the
+traceback is written to a file); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM); both resume on a re-run.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import typer
 
 from . import cache_cmd, classify_cmd
 from ._app import App
-from ._render import EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from ._render import (EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                      EXIT_USAGE)
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_INPUT_ERRORS", "EXIT_USAGE", "EXIT_FATAL", "EXIT_INTERNAL",
-           "EXIT_INTERRUPTED"]
+           "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 app = App(
     name="vlmcls",
     help="Zero-shot image classification with vision-language models steered by an LLM.\n\n"
     "Exit codes: 0 all inputs classified; 1 finished, but some inputs failed (error rows are in the output); "
     "2 bad usage or configuration (nothing computed); 3 fatal error (model, cache or LLM endpoint could not be loaded "
-    "or reached); 4 internal error (a bug: the traceback file is named); 130 interrupted (Ctrl-C; re-run to resume).",
+    "or reached, or an output could not be written); 4 internal error (a bug: the traceback file is named); "
+    "130 interrupted (Ctrl-C), 143 terminated (SIGTERM): re-run to resume.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,7 +41,7 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo"),
-                         ("audit_cmd", None)):
+                         ("audit_cmd", None), ("methods_cmd", None)):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:

@@ -70,6 +70,16 @@ class _PlainHelpCommand(typer.core.TyperCommand):
         return pieces
 
 
+class _MethodsCommand(_PlainHelpCommand):
+    """A command that runs methods: a flag that became a method option fails with its new spelling (exit 2)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from ._settings import check_retired_flags
+
+        check_retired_flags(ctx, args)
+        return super().parse_args(ctx, args)
+
+
 class _PlainHelpGroup(typer.core.TyperGroup):
     def get_params(self, ctx: Any) -> list[Any]:
         return _plain_metavars(super().get_params(ctx))
@@ -83,6 +93,9 @@ class App(typer.Typer):
         super().__init__(**kwargs)
 
     def command(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("cls") is None:
-            kwargs["cls"] = _PlainHelpCommand
-        return super().command(*args, **kwargs)
+        def decorate(function: Any) -> Any:
+            cls = kwargs.get("cls") or (_MethodsCommand if getattr(function, "runs_methods", False)
+                                        else _PlainHelpCommand)
+            return super(App, self).command(*args, **{**kwargs, "cls": cls})(function)
+
+        return decorate

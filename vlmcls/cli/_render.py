@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -23,6 +26,9 @@ from ..gcpause import frozen_gc
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE, EXIT_FATAL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT (128 + 2)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler or `kill` stopped the run; it resumes as after Ctrl-C
+# A write that failed for a reason outside vlmcls (disk full, ulimit -f, quota, read-only): exit 3, not "a bug".
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 console = Console()
 console_err = Console(stderr=True)
@@ -30,7 +36,10 @@ log = logging.getLogger(__name__)
 
 # C0/C1 control characters and ANSI escape sequences: a file name or an LLM answer must not move the cursor,
 # clear the screen or retitle the terminal when printed. Tab is kept.
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069) go too: U+202E makes "gpj.exe" print as
+# "exe.jpg".
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f"
+                      "\u202a-\u202e\u2066-\u2069]")
 
 
 def safe(value: object) -> str:
@@ -81,44 +90,69 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _encoding_progress.update(done=0, total=0)
+        previous = _terminate_like_ctrl_c()
         try:
             with frozen_gc():  # what was imported before the command is never garbage: no collection walks it
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except ConfigError as exc:
-            print_error(in_flags(str(exc)))
+            print_error(str(exc))
             raise typer.Exit(EXIT_USAGE) from exc
         except VlmclsError as exc:
             print_error(exc)
             raise typer.Exit(EXIT_FATAL) from exc
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the same line, each its own code
             console_err.print(f"[yellow]{_interrupted_message()}[/yellow]", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from exc
+            raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from exc
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                _internal_error(exc)
+            from ..output import output_error
+
+            print_error(output_error(getattr(exc, "filename", None) or "a file", exc))  # a write deep in a library
+            raise typer.Exit(EXIT_FATAL) from exc
         except Exception as exc:  # a bug in vlmcls or a library under it: say where the details are
-            try:
-                where = f"the traceback is in {_log_traceback(exc)}"
-            except OSError:
-                where = "the traceback could not be written to a file; run with -vv to see it"
-                log.debug("internal error", exc_info=exc)
-            console_err.print(
-                f"[red]internal error:[/red] {safe(type(exc).__name__)}: {safe(exc)} ({safe(where)}). "
-                "This is a bug in vlmcls; please report it with that file.", highlight=False, soft_wrap=True,
-            )
-            raise typer.Exit(EXIT_INTERNAL) from exc
+            _internal_error(exc)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
 
-def in_flags(message: str) -> str:
-    """A library message in the CLI's words: "setting 'fudd_k'" (a Python field) becomes its flag, --fudd-k."""
-    if "setting '" not in message:
-        return message
-    from ._settings import flag_of
-    from ..methods import setting_fields
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so everything Ctrl-C stops cleanly (LLM workers, decode pools,
+    the cache) stops the same way."""
 
-    fields = setting_fields()
-    return re.sub(r"setting '(\w+)'", lambda m: flag_of(fields[m[1]]) if m[1] in fields else m[0], message)
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _terminate_like_ctrl_c():
+    """Make SIGTERM raise Terminated for the command's duration; the previous handler (None: not installed,
+    outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):
+        return None
+
+
+def _internal_error(exc: BaseException) -> None:
+    """Say where the traceback of an unexpected error is, and exit 4."""
+    try:
+        where = f"the traceback is in {_log_traceback(exc)}"
+    except OSError:
+        where = "the traceback could not be written to a file; run with -vv to see it"
+        log.debug("internal error", exc_info=exc)
+    console_err.print(
+        f"[red]internal error:[/red] {safe(type(exc).__name__)}: {safe(exc)} ({safe(where)}). "
+        "This is a bug in vlmcls; please report it with that file.", highlight=False, soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_INTERNAL) from exc
 
 
 @contextmanager

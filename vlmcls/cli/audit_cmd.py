@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..llm import LLMConfig
-from ._options import WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
+from ._options import ModelOptions, with_model_options, with_source_options
+from ._settings import with_opt
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
 from .describe_cmd import DOMAIN_HINT_OPTION, REFRESH_OPTION, render_error_rows, with_llm_config
 from .prompts_cmd import PROMPTS_DIR_OPTION
@@ -24,11 +25,12 @@ _VERDICT_COLOUR = {"helps": "green", "neutral": "yellow", "hurts": "red"}
 @handle_errors
 @with_llm_config
 @with_source_options
+@with_model_options
+@with_opt
 def audit_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
     descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm-model, --base-url)."),
-    model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save every descriptor's audit as .json: {class: [{descriptor, delta_recall, delta_top1, separation, verdict}, …]}, worst first."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the audit as one self-contained HTML page, in the eval report's style."),
     write_pruned: Optional[Path] = typer.Option(None, "--write-pruned", help="Write the descriptors without the 'hurts' ones here (.json, the format --descriptors reads)."),
@@ -36,32 +38,28 @@ def audit_command(
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Keep this share of each class's images out of the audit (e.g. 0.5) and report the accuracy before and after pruning on them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --holdout split."),
     show: int = typer.Option(15, "--show", min=0, help="Rows of the terminal table (the worst descriptors)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU)."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     refresh: bool = REFRESH_OPTION,
-    workers: Optional[int] = WORKERS_OPTION,
-    worker_type: str = WORKER_TYPE_OPTION,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
+    model_options: ModelOptions = None,  # from the model flags (with_model_options)
+    method_options: dict = None,  # from --opt METHOD.KEY=VALUE (with_opt): the describer's options
 ) -> None:
     """Score every descriptor by what leaving it out does to recall and top-1; exit code 1 when images failed."""
-    from ..api import Classifier, load_classes
+    from ..api import load_classes
     from ..audit import audit_descriptors
     from ..audit_report import write_audit_report
     from ..descriptors import ErrorRow
     from ..llm import LLMClient
-    from ..methods import DEFAULT_DESCRIBER, METHODS, build_config
+    from ..methods import DEFAULT_DESCRIBER, METHODS, MethodOptions
     from ..output import check_output_path, write_json
     from ..report import check_report_path
 
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     class_names = load_classes(classes)
+    options = MethodOptions(methods=method_options)
     for path, what in ((output, "output"), (write_pruned, "pruned descriptor file")):
         if path is not None:
             check_output_path(path, (".json",), what, "it is written as .json")
@@ -73,15 +71,14 @@ def audit_command(
     if prune_neutral and write_pruned is None:
         raise ConfigError("--prune-neutral only changes the file --write-pruned writes; add --write-pruned FILE.")
 
-    clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                     batch_size=batch_size, num_workers=workers, worker_type=worker_type)
+    clf = model_options.classifier()
     llm_rows: list[dict] = []
     if descriptors is not None:
         source = str(descriptors)
     else:  # the client only connects for answers that are not cached
         with LLMClient(llm_config, clf.store, refresh=refresh) as client:
             record = METHODS[DEFAULT_DESCRIBER]  # the method that writes descriptors with the LLM (CbD)
-            source, rows, _usage = record.describe(class_names, build_config(record, {}), client,
+            source, rows, _usage = record.describe(class_names, options.config(DEFAULT_DESCRIBER), client,
                                                    str(prompts) if prompts else None, domain_hint)
             llm_rows = [r.to_dict() for r in rows]
     with progress_bar("encoding images", enabled=not quiet) as progress:
@@ -92,7 +89,7 @@ def audit_command(
     if write_pruned is not None:
         result.pruned.to_json(write_pruned)
     if report_path is not None:
-        write_audit_report(result, report_path, data=str(data), model=model)
+        write_audit_report(result, report_path, data=str(data), model=model_options.model)
     if not quiet:
         render_audit(result, show)
         for what, where in {"audit": output, "pruned descriptors": write_pruned, "report": report_path}.items():

@@ -6,7 +6,7 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 from rich.markup import escape
@@ -30,8 +30,8 @@ from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._preflight import check_input_files, check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries, safe
-from ._options import HEIC_THUMBNAILS_OPTION, WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
-from ._settings import with_method_settings
+from ._options import ModelOptions, key_values, with_model_options, with_source_options
+from ._settings import with_method_options
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
     from ..api import ClassificationResult, Classifier
@@ -40,90 +40,87 @@ if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not
 _SHOWN_ROWS = 30
 
 
+RAY_KEYS = {"address": str, "workers": int, "output_dir": str, "output_format": str, "collect": bool,
+            "feature_store": str}
+RAY_OPTION = typer.Option(
+    None, "--ray", help="KEY=VALUE for --engine ray (repeatable): address=auto (default: start Ray locally), workers=N "
+    "(encoder actors; default one per GPU, else 7 in 8 CPUs), output_dir=DIR (sharded predictions), "
+    "output_format=parquet|jsonl, collect=false (leave predictions in output_dir only), feature_store=DIR (image "
+    "features for later runs; default <cache>/features).", rich_help_panel="Scale out")
+EXPORT_OPTION = typer.Option(
+    None, "--export", help="Write the class texts the run used into this folder, one JSON file per kind: "
+    "descriptors.json, pairs.json, cupl_sentences.json (each in the format its option reads back).")
+
+
 @handle_errors
 @with_llm_config
 @with_source_options
-@with_method_settings
+@with_model_options
+@with_method_options
 def classify(
     images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
-    model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv or .json."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help()),
-    workers: Optional[int] = WORKERS_OPTION,
-    worker_type: str = WORKER_TYPE_OPTION,
-    heic_thumbnails: bool = HEIC_THUMBNAILS_OPTION,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     explain: bool = typer.Option(False, "--explain", help="Say what drove each decision (also in JSONL 'explanation')."),
     report: Optional[Path] = REPORT_OPTION,
-    export_descriptors: Optional[Path] = typer.Option(None, "--export-descriptors", help="Write the descriptors used to this JSON file.", rich_help_panel="LLM"),
-    export_pairs: Optional[Path] = typer.Option(None, "--export-pairs", help="Write the FuDD pair descriptions used to this JSON file.", rich_help_panel="LLM"),
+    export: Optional[Path] = EXPORT_OPTION,
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
-    engine: str = typer.Option("single", "--engine", help="single (this process) or ray (Ray Data, many workers or machines).", rich_help_panel="Scale out"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto); default: start Ray locally.", rich_help_panel="Scale out"),
-    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="Encoder actors (default: one per GPU, else 7 in 8 CPUs).", rich_help_panel="Scale out"),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Ray: write sharded predictions into this folder.", rich_help_panel="Scale out"),
-    output_format: str = typer.Option("parquet", "--output-format", help="Ray shards: parquet or jsonl.", rich_help_panel="Scale out"),
-    no_collect: bool = typer.Option(False, "--no-collect", help="Ray: leave predictions in --output-dir only (for very large runs).", rich_help_panel="Scale out"),
-    feature_store: Optional[Path] = typer.Option(None, "--feature-store", help="Ray: image features kept here for later runs (a folder every node reaches; default <cache>/features).", rich_help_panel="Scale out"),
-    watch: bool = typer.Option(False, "--watch", help="Keep the model loaded and re-run when the classes, descriptor, pairs, templates or prompt files change (Ctrl-C ends)."),
+    watch: bool = typer.Option(False, "--watch", help="Keep the model loaded and re-run when the classes, a method's files, templates or prompt files change (Ctrl-C ends)."),
     watch_limit: Optional[int] = typer.Option(None, "--watch-limit", min=0, hidden=True, help="Stop watching after this many re-runs (for tests and scripts)."),
+    engine: str = typer.Option("single", "--engine", help="single (this process) or ray (Ray Data, many workers or machines).", rich_help_panel="Scale out"),
+    ray: Optional[List[str]] = RAY_OPTION,
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
-    settings: dict = None,  # from the method flags (with_method_settings), by setting name
+    model_options: ModelOptions = None,  # from the model flags (with_model_options)
+    method_options: dict = None,  # from --opt METHOD.KEY=VALUE and the promoted flags (with_method_options)
 ) -> None:
     """Classify every image into one of the classes; see the exit codes in `vlmcls --help`."""
     if engine not in ("single", "ray"):
         raise ConfigError(f"unknown engine '{engine}'. Valid: single, ray.")
-    if engine == "single" and (ray_address or ray_workers or output_dir or no_collect or feature_store):
-        raise ConfigError("--ray-address, --ray-workers, --output-dir, --no-collect and --feature-store need --engine ray.")
+    ray_options = key_values(ray, "--ray", RAY_KEYS)
+    if engine == "single" and ray_options:
+        raise ConfigError("--ray KEY=VALUE needs --engine ray.")
     if watch and (engine != "single" or dry_run):
         raise ConfigError("--watch runs the single-process engine; drop --engine ray / --dry-run to watch.")
-    from ..api import Classifier, as_records, load_classes
-    from ..methods import MethodOptions
+    from ..api import as_records, load_classes
+    from ..methods import MethodOptions, file_options, parse_spec
 
     if quiet:
         quiet_libraries()
-    # the method settings that name files, for the checks below and --watch
-    descriptors, pairs, templates, hierarchy, distances, label_space, support = (settings.get(k) for k in (
-        "descriptors", "pairs_file", "templates", "hierarchy", "distances", "label_space", "support"))
+    parse_spec(method)  # a misspelt method fails before the folder is listed
+    options = MethodOptions(methods=method_options, explain=explain or report is not None, domain_hint=domain_hint,
+                            prompts_dir=str(prompts) if prompts else None)
+    files = file_options(options.given())  # the options that name files, read from the records
     # Everything a user can get wrong is checked before the model loads (which can take a minute).
     load_classes(classes)
-    check_input_files({"--descriptors": descriptors, "--pairs": pairs, "--hierarchy": hierarchy,
-                       "--distances": distances}, {"--support": support, "--prompts": prompts})
+    check_input_files({name: path for name, kind, path in files if kind == "file"},
+                      {**{name: path for name, kind, path in files if kind == "dir"}, "--prompts": prompts})
     records = None  # the single engine lists the source once, for the run and the report
     if engine == "single":
         records = as_records(images, **source_options)
-    inputs = [images, classes, descriptors, pairs, templates, hierarchy, distances, label_space,
+    inputs = [images, classes, *(path for _, _, path in files),
               *map(operator.attrgetter("path_text"), records or [])]  # None for dataset rows
     targets = check_outputs({
         "--output": (output, OUTPUT_SUFFIXES, None),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
-        "--export-descriptors": (export_descriptors, (".json",), "descriptor files are .json"),
-        "--export-pairs": (export_pairs, (".json",), "pair files are .json"),
     }, inputs)
     out_path = targets["--output"]
+    if export is not None and export.exists() and not export.is_dir():
+        raise ConfigError(f"--export '{export}' is a file; give a folder (it is created when missing).")
 
     clf = None  # the Ray engine loads the model in its workers (and once on the driver for the text side)
     if engine == "single" or dry_run:
-        clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                         batch_size=batch_size, num_workers=workers, worker_type=worker_type,
-                         heic_thumbnails=heic_thumbnails)
-    options = MethodOptions.from_settings(settings, explain=explain or report is not None, domain_hint=domain_hint,
-                                          prompts_dir=str(prompts) if prompts else None)
+        clf = model_options.classifier()
     # The client only connects when a stage asks the LLM something, so runs without one need no key.
-    store = clf.store if clf is not None else (None if no_cache else Store(cache_dir))
+    store = clf.store if clf is not None else (None if model_options.no_cache else Store(model_options.cache_dir))
     llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
-    outputs = RunOutputs(out_path, report, export_descriptors, export_pairs, images, source_options, model, quiet)
+    outputs = RunOutputs(out_path, report, export, images, source_options, model_options.model, quiet)
     if report is not None and engine == "single" and not dry_run:  # thumbnails from the decoded images
         from ..report import THUMBNAIL_SIZE
 
@@ -135,17 +132,20 @@ def classify(
         if engine == "ray":
             from ..distributed import classify_with_ray
 
+            m = model_options
             result = classify_with_ray(
-                model, images, classes, method=method, options=options, top_k=top_k, batch_size=batch_size,
-                device=device, precision=precision, num_workers=ray_workers, ray_address=ray_address,
-                output_dir=output_dir, output_format=output_format, collect=not no_collect,
-                cache_dir=cache_dir, feature_store=feature_store, heic_thumbnails=heic_thumbnails, **source_options,
+                m.model, images, classes, method=method, options=options, top_k=top_k, batch_size=m.batch_size,
+                device=m.device, precision=m.precision, num_workers=ray_options.get("workers"),
+                ray_address=ray_options.get("address"), output_dir=ray_options.get("output_dir"),
+                output_format=ray_options.get("output_format", "parquet"), collect=ray_options.get("collect", True),
+                cache_dir=m.cache_dir, feature_store=ray_options.get("feature_store"),
+                heic_thumbnails=m.heic_thumbnails, **source_options,
             )
         elif watch:
             from .watch import watch_and_rerun
 
             exit_code = watch_and_rerun(clf, records, classes, method, options, top_k, outputs, explain,
-                                        watched_files(classes, descriptors, pairs, templates, prompts),
+                                        watched_files(classes, files, prompts),
                                         max_reruns=watch_limit, render_result=render_result,
                                         exit_code_of=exit_code_of)
             raise typer.Exit(exit_code)
@@ -172,8 +172,7 @@ class RunOutputs:
 
     predictions: Optional[Path]
     report: Optional[Path]
-    export_descriptors: Optional[Path]
-    export_pairs: Optional[Path]
+    export: Optional[Path]  # a folder: one JSON file per kind of class text the run used
     images: Any
     source_options: dict
     model: str
@@ -183,10 +182,8 @@ class RunOutputs:
     thumbnails: dict = field(default_factory=dict)
 
     def write(self, result: ClassificationResult, records: list | None) -> None:
-        if self.export_descriptors is not None and "descriptors" in result.artifacts:
-            DescriptorSet(result.artifacts["descriptors"]).to_json(self.export_descriptors)
-        if self.export_pairs is not None and "pairs" in result.artifacts:
-            write_json(self.export_pairs, result.artifacts["pairs"])
+        if self.export is not None:
+            export_artifacts(result.artifacts, self.export)
         if self.predictions is not None:
             write_rows(result.predictions, self.predictions)  # JSONL: each line straight from its prediction
             warnings_path = self.predictions.with_name(self.predictions.stem + ".warnings.jsonl")
@@ -199,14 +196,29 @@ class RunOutputs:
                                   records=records, thumbnails=self.thumbnails)
 
 
-def watched_files(classes: str, descriptors: Path | None, pairs: Path | None, templates: str | None,
-                  prompts: Path | None) -> list[Path]:
-    """The files whose edits change a classify run's text side: the classes file, the descriptor and pair files,
-    a templates file and every prompt file the run can read (in the folders searched, in order)."""
+def export_artifacts(artifacts: dict, folder: Path) -> list[Path]:
+    """Every class text a run's methods made (``RunReport.artifacts``: descriptors, pairs, CuPL sentences, …) as
+    ``folder/<kind>.json``; what is not JSON data (thumbnails) is skipped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, value in artifacts.items():
+        if isinstance(value, dict) and kind != "thumbnails":
+            path = folder / f"{kind}.json"
+            if kind == "descriptors":
+                DescriptorSet(value).to_json(path)
+            else:
+                write_json(path, value)
+            written.append(path)
+    return written
+
+
+def watched_files(classes: str, method_files: list, prompts: Path | None) -> list[Path]:
+    """The files whose edits change a classify run's text side: the classes file, every file a method option
+    names (``file_options``: descriptors, pairs, a templates file, …) and every prompt file the run can read."""
     from ..prompting import prompt_search_path
 
-    files = [Path(p) for p in (classes, templates) if p is not None and Path(p).is_file()]
-    files += [p for p in (descriptors, pairs) if p is not None]
+    files = [Path(classes)] if Path(classes).is_file() else []
+    files += [path for _, kind, path in method_files if kind == "file"]
     for _, folder in prompt_search_path(str(prompts) if prompts else None):
         if folder.is_dir():
             files.extend(sorted(p for p in folder.iterdir() if p.is_file()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -17,7 +17,8 @@ from ._app import App
 from ._options import option_group
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
-from .prompts_cmd import PROMPT_FILE_OPTION, PROMPTS_DIR_OPTION
+from ._settings import with_opt
+from .prompts_cmd import PROMPTS_DIR_OPTION
 
 __all__ = [
     "app",
@@ -29,11 +30,6 @@ __all__ = [
     "render_error_rows",
     "LLM_MODEL_OPTION",
     "BASE_URL_OPTION",
-    "API_KEY_ENV_OPTION",
-    "LLM_TIMEOUT_OPTION",
-    "LLM_RETRIES_OPTION",
-    "LLM_CONCURRENCY_OPTION",
-    "LLM_SEED_OPTION",
     "REFRESH_OPTION",
     "DRY_RUN_OPTION",
     "DOMAIN_HINT_OPTION",
@@ -41,18 +37,12 @@ __all__ = [
 
 # The LLM flags, shared with `vlmcls classify` so every command spells them the same.
 LLM_MODEL_OPTION = typer.Option(
-    LLMConfig.model, "--llm-model", envvar="VLMCLS_LLM_MODEL", help="Chat model name at the endpoint."
+    LLMConfig.model, "--llm-model", envvar="VLMCLS_LLM_MODEL", help="Chat model name at the endpoint.", rich_help_panel="LLM"
 )
 BASE_URL_OPTION = typer.Option(
-    None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (default: $OPENAI_BASE_URL, else OpenAI)."
+    None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (default: $OPENAI_BASE_URL, else OpenAI).",
+    rich_help_panel="LLM"
 )
-API_KEY_ENV_OPTION = typer.Option(
-    LLMConfig.api_key_env, "--api-key-env", help="NAME of the environment variable holding the API key (never the key)."
-)
-LLM_TIMEOUT_OPTION = typer.Option(LLMConfig.timeout_s, "--llm-timeout", min=0.1, help="Seconds to wait for one answer.")
-LLM_RETRIES_OPTION = typer.Option(LLMConfig.max_retries, "--llm-retries", min=0, help="Retries after 429, 5xx or timeouts.")
-LLM_CONCURRENCY_OPTION = typer.Option(LLMConfig.max_concurrency, "--llm-concurrency", min=1, help="Requests in flight at once.")
-LLM_SEED_OPTION = typer.Option(LLMConfig.seed, "--llm-seed", help="Sampling seed sent to the endpoint (temperature is 0).")
 REFRESH_OPTION = typer.Option(False, "--refresh", help="Ask the LLM again instead of reusing cached answers.")
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Only say how many LLM calls and about how many tokens this would spend.")
 DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class is, e.g. 'a kind of bird' (sent in the prompt).")
@@ -60,23 +50,30 @@ DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class 
 app = App(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
 
 
+# --llm KEY=VALUE: the endpoint's less used settings, by key -> (LLMConfig field, type)
+LLM_KEYS = {"api_key_env": ("api_key_env", str), "timeout": ("timeout_s", float), "retries": ("max_retries", int),
+            "concurrency": ("max_concurrency", int), "seed": ("seed", int)}
+LLM_OPTION = typer.Option(
+    None, "--llm", help="KEY=VALUE for the endpoint (repeatable): api_key_env=NAME (the variable holding the key, "
+    "never the key; default OPENAI_API_KEY), timeout=SECONDS (60), retries=N (4), concurrency=N (8), seed=N (0).",
+    rich_help_panel="LLM")
+
 _LLM_CONFIG_PARAMS = (  # (parameter, annotation, option): the flags that make one LLMConfig
     ("llm_model", str, LLM_MODEL_OPTION),
     ("base_url", Optional[str], BASE_URL_OPTION),
-    ("api_key_env", str, API_KEY_ENV_OPTION),
-    ("llm_timeout", float, LLM_TIMEOUT_OPTION),
-    ("llm_retries", int, LLM_RETRIES_OPTION),
-    ("llm_concurrency", int, LLM_CONCURRENCY_OPTION),
-    ("llm_seed", Optional[int], LLM_SEED_OPTION),
+    ("llm", Optional[List[str]], LLM_OPTION),
 )
 
 
-def _llm_config(llm_model, base_url, api_key_env, llm_timeout, llm_retries, llm_concurrency, llm_seed) -> LLMConfig:
-    return LLMConfig(model=llm_model, base_url=base_url, api_key_env=api_key_env, timeout_s=llm_timeout,
-                     max_retries=llm_retries, max_concurrency=llm_concurrency, seed=llm_seed)
+def _llm_config(llm_model, base_url, llm) -> LLMConfig:
+    from ._options import key_values
+
+    given = key_values(llm, "--llm", {key: kind for key, (_, kind) in LLM_KEYS.items()})
+    config = LLMConfig(model=llm_model, base_url=base_url, **{LLM_KEYS[k][0]: v for k, v in given.items()})
+    return config
 
 
-# The LLM endpoint flags (--llm-model … --llm-seed), handed to a command as one ``llm_config: LLMConfig``.
+# The LLM endpoint flags (--llm-model, --base-url, --llm KEY=VALUE), handed to a command as one ``llm_config``.
 with_llm_config = option_group("llm_config", _LLM_CONFIG_PARAMS, _llm_config)
 
 
@@ -120,43 +117,42 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
 @app.callback(invoke_without_command=True)
 @handle_errors
 @with_llm_config
+@with_opt
 def describe(
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the descriptors here (.json); default: print them."),
     method: str = typer.Option(DEFAULT_DESCRIBER, "--method", help="cbd (ask the LLM) or waffle (random words and characters, no LLM)."),
-    waffle_pairs: int = typer.Option(15, "--waffle-pairs", min=1, help="waffle: random word/character pairs per class."),
-    waffle_seed: int = typer.Option(0, "--waffle-seed", help="waffle: seed of the random descriptors."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    prompt_file: Optional[Path] = PROMPT_FILE_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
+    method_options: dict = None,  # from --opt METHOD.KEY=VALUE (with_opt)
 ) -> None:
     """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
     from ..api import load_classes  # the one class-list reader; imported here to keep `--help` fast
     from ..descriptors import estimate_descriptors
-    from ..methods import METHODS, build_config
+    from ..methods import METHODS, MethodOptions, file_options
     from ..prompting import load_prompt
 
+    options = MethodOptions(methods=method_options)
     output = check_outputs({"--output": (output, (".json",), "descriptor files are .json")},
-                           [classes, prompt_file])["--output"]
+                           [classes, *(path for _, _, path in file_options(options.given()))])["--output"]
     record = METHODS.get(method)
     if record is None or record.describe is None:
         valid = ", ".join(name for name, r in METHODS.items() if r.describe is not None)
         raise ConfigError(f"method '{method}' cannot be generated here; use {valid}.")
-    class_names = load_classes(classes)
-    config = build_config(record, {"waffle_pairs": waffle_pairs, "seed": waffle_seed,
-                                   "descriptor_prompt_file": prompt_file})
+    class_names = load_classes(classes, minimum=1)  # describing one class is fine; classifying needs two
+    config = options.config(method)
 
     if not record.asks_llm(config):
         descriptors, rows, usage = record.describe(class_names, config, None, prompts, domain_hint)
     else:
         with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
             if dry_run:
-                prompt = load_prompt("descriptors", prompts, prompt_file)
+                prompt = load_prompt("descriptors", prompts, getattr(config, "prompt_file", None))
                 render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
                                 f"{len(class_names)} classes, {llm_config.model} at {client.base_url}")
                 return

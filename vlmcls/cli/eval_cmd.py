@@ -26,10 +26,11 @@ from .describe_cmd import (
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
-from ._options import HEIC_THUMBNAILS_OPTION, WORKER_TYPE_OPTION, WORKERS_OPTION, with_source_options
-from ._settings import with_method_settings
+from ._options import ModelOptions, with_model_options, with_source_options
+from ._preflight import check_input_files
+from ._settings import with_method_options
 
-__all__ = ["register", "eval_command", "REPORT_OPTION", "parse_method_options",
+__all__ = ["register", "eval_command", "REPORT_OPTION",
            "render_comparison", "render_per_class"]
 
 # The --report flag, shared with `vlmcls classify --report` so both commands spell it the same.
@@ -39,58 +40,36 @@ REPORT_OPTION = typer.Option(
 _PER_CLASS_ROWS = 40
 
 
-def parse_method_options(items: List[str] | None) -> dict[str, Any]:
-    """KEY=VALUE pairs for method-specific settings; a VALUE that parses as JSON (5, 0.5, true) is used as such."""
-    extra: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"method option '{item}' is not KEY=VALUE, e.g. --method-option fudd_k=5.")
-        try:
-            extra[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key.strip()] = value
-    return extra
-
-
 @handle_errors
 @with_llm_config
 @with_source_options
-@with_method_settings
+@with_model_options
+@with_method_options
 def eval_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
-    methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help()),
-    model: str = typer.Option("ViT-B-32:openai", "--model", "-m", help="Model id: ARCH[:TAG], hf-hub:ORG/REPO, local-dir:DIR, hf:ORG/REPO or hf:DIR."),
+    methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
     report: Optional[Path] = REPORT_OPTION,
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8])."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    method_option: Optional[List[str]] = typer.Option(None, "--method-option", help="KEY=VALUE for a method setting by its Python name (repeatable), e.g. fudd_k=5; the same as its flag."),
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
-    workers: Optional[int] = WORKERS_OPTION,
-    worker_type: str = WORKER_TYPE_OPTION,
-    heic_thumbnails: bool = HEIC_THUMBNAILS_OPTION,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     refresh: bool = REFRESH_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     source_options: dict = None,  # from the dataset flags (with_source_options)
-    settings: dict = None,  # from the method flags (with_method_settings), by setting name
+    model_options: ModelOptions = None,  # from the model flags (with_model_options)
+    method_options: dict = None,  # from --opt METHOD.KEY=VALUE and the promoted flags (with_method_options)
 ) -> None:
     """Compare methods on labelled images: top-1, top-k, mean per-class recall, LLM calls, tokens and time.
 
     Each method is a spec: a head, then stages after '+': templates+tip, cbd+fudd+frechet, name+tfup.
     """
-    from ..api import Classifier, load_classes
+    from ..api import load_classes
     from ..evaluate import evaluate, options_for_spec, parse_methods
     from ..llm import LLMClient
-    from ..methods import MethodOptions, check_settings, label_metric
+    from ..methods import MethodOptions, file_options, label_metric
     from ..output import write_json
     from ..report import REPORT_SUFFIXES, THUMBNAIL_SIZE, write_report
 
@@ -99,29 +78,25 @@ def eval_command(
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     names = parse_methods(methods)
     class_names = load_classes(classes)
-    settings = {**settings, **parse_method_options(method_option)}  # a flag and a KEY=VALUE are the same setting
-    check_settings(settings)
-    descriptors = settings.get("descriptors")
-    if descriptors is not None and not Path(descriptors).is_file():
-        raise ConfigError(f"descriptor file '{descriptors}' does not exist. Write one with `vlmcls describe`.")
+    options = MethodOptions(methods=method_options, prompts_dir=str(prompts) if prompts else None,
+                            domain_hint=domain_hint, explain=report is not None)
+    files = file_options(options.given())  # the options that name files, read from the records
+    check_input_files({name: path for name, kind, path in files if kind == "file"},
+                      {name: path for name, kind, path in files if kind == "dir"})
     targets = check_outputs({
         "--output": (output, (".json",), "eval results are saved as .json"),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
-    }, [data, classes, descriptors, *(settings.get(k) for k in ("templates", "hierarchy", "distances", "label_space"))])
+    }, [data, classes, *(path for _, _, path in files)])
     report_path = targets["--report"]
-    options = MethodOptions.from_settings(settings, prompts_dir=str(prompts) if prompts else None,
-                                          domain_hint=domain_hint, explain=report_path is not None)
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
         options_for_spec(spec, options)
 
-    clf = Classifier(model, device=device, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                     batch_size=batch_size, num_workers=workers, worker_type=worker_type,
-                     heic_thumbnails=heic_thumbnails)
+    clf = model_options.classifier()
     if report_path is not None:  # thumbnails from the decoded images: no file is read twice
         clf.encoder.thumbnail_size = THUMBNAIL_SIZE
     # One label metric scores every method's answers (E[d²]), so a baseline and its +frechet run compare fairly.
     # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
-    metric = label_metric(clf.run_context(class_names, options), str(descriptors) if descriptors else None)
+    metric = label_metric(clf.run_context(class_names, options))
     # The client only connects when a method asks the LLM something, so methods without one need no key.
     with LLMClient(llm_config, clf.store, refresh=refresh) as client:  # the store stays the Classifier's
         options.llm = client

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..results import MethodOutput
-from .options import MethodOptions, RefinerOptions
+from .options import MethodOptions, as_options
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, TextSide, build_pipeline, run_spec
 from .registry import (
     DEFAULT_COMPARISON,
@@ -24,43 +24,68 @@ from .registry import (
     RERANK,
     MethodRecord,
     build_config,
-    check_settings,
+    file_options,
     get_record,
+    load_plugins,
     method_names,
+    option,
+    option_fields,
+    parse_option,
+    promoted_flags,
     register,
+    renamed_flags,
     runs_on_numpy,
-    setting_fields,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
-from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module registers its records, in this order)
+from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module registers its records)
+from .cupl import CuplConfig  # noqa: E402
+from .fudd import FuddConfig  # noqa: E402
+from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402
+from .refiners import FrechetConfig, TfupConfig, TipConfig  # noqa: E402
+
+load_plugins()  # third-party methods (entry point group ``vlmcls.methods``), after the built-in ones
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "MethodOptions", "RefinerOptions", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
-    "register", "get_record", "method_names", "setting_fields", "build_config", "check_settings",
+    "MethodOptions", "as_options", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
+    "register", "get_record", "method_names", "option", "option_fields", "build_config", "parse_option",
+    "promoted_flags", "renamed_flags", "file_options", "load_plugins",
     "MethodSpec", "parse_spec", "parse_specs", "TextSide", "RunContext", "RunReport", "BatchScores", "Pipeline",
     "build_pipeline", "run_spec", "asks_llm", "estimate_llm_cost", "DEFAULT_METHOD", "DEFAULT_COMPARISON",
-    "DEFAULT_DESCRIBER", "spec_help",
-    "label_metric", "runs_on_numpy",
+    "DEFAULT_DESCRIBER", "spec_help", "label_metric", "answers_beyond", "runs_on_numpy",
+    "NameConfig", "TemplatesConfig", "CbdConfig", "WaffleConfig", "CuplConfig", "FuddConfig", "TipConfig",
+    "TfupConfig", "FrechetConfig",
 ]
 
 
-def label_metric(context: RunContext, descriptors: Any = None) -> Any:
-    """The label metric the settings name (hierarchy, distances or self_metric), or None: eval scores every
-    method's answers with it (expected squared distance), whether or not a spec runs the Fréchet mean."""
+def label_metric(context: RunContext) -> Any:
+    """The label metric the frechet options name (hierarchy, distances or self_metric), or None: eval scores every
+    method's answers with it (expected squared distance), whether or not a spec runs the Fréchet mean. The
+    descriptors go in too: with self_metric they shape the metric, as +frechet runs build it."""
     from .refiners import load_label_metric
 
-    config = build_config(get_record("frechet"), context.options.settings())
+    options = context.options
+    config = options.config("frechet")
+    descriptors = options.descriptors or options.config("cbd").descriptors
     return load_label_metric(context, config, descriptors)[0] if config.has_metric else None
 
 
+def answers_beyond(options: MethodOptions) -> set[str]:
+    """Labels the methods whose options were given may answer with that are not classes (a Fréchet label space)."""
+    found: set[str] = set()
+    for name in options.methods:
+        record = get_record(name)
+        if record.answers_beyond is not None:
+            found.update(record.answers_beyond(options.config(name)) or ())
+    return found
+
+
 def asks_llm(spec: MethodSpec | str, options: MethodOptions) -> bool:
-    """Whether running ``spec`` with these settings needs an LLM client (the records say, per config)."""
+    """Whether running ``spec`` with these options needs an LLM client (the records say, per config)."""
     spec = (parse_spec(spec) if isinstance(spec, str) else spec).resolve(options)
-    settings = options.settings()
-    return any(get_record(name).asks_llm(build_config(get_record(name), settings)) for name in (spec.head, *spec.stages))
+    return any(get_record(name).asks_llm(options.config(name)) for name in (spec.head, *spec.stages))
 
 
 def estimate_llm_cost(spec: MethodSpec | str, context: RunContext, image_feats: torch.Tensor | None) -> dict[str, Any]:
@@ -70,12 +95,12 @@ def estimate_llm_cost(spec: MethodSpec | str, context: RunContext, image_feats: 
     descriptor file, or every answer cached), else with templates — an estimate, as the real run may rank a little
     differently.
     """
-    spec = (parse_spec(spec) if isinstance(spec, str) else spec).resolve(context.options)
-    settings = context.options.settings()
+    options = context.options
+    spec = (parse_spec(spec) if isinstance(spec, str) else spec).resolve(options)
     head_record = get_record(spec.head)
     stages: dict[str, Any] = {}
     if head_record.estimate is not None:
-        stages.update(head_record.estimate(context, build_config(head_record, settings), image_feats, None))
+        stages.update(head_record.estimate(context, options.config(spec.head), image_feats, None))
     head = None
     for name in spec.stages:
         record = get_record(name)
@@ -84,7 +109,6 @@ def estimate_llm_cost(spec: MethodSpec | str, context: RunContext, image_feats: 
         if head is None:
             free = all(getattr(e, "to_call", 0) == 0 for e in stages.values())
             head_name = spec.head if free else "templates"
-            head_record_now = get_record(head_name)
-            head = head_record_now.prepare(context, build_config(head_record_now, settings), None, None, RunReport())
-        stages.update(record.estimate(context, build_config(record, settings), image_feats, head))
+            head = get_record(head_name).prepare(context, options.config(head_name), None, None, RunReport())
+        stages.update(record.estimate(context, options.config(name), image_feats, head))
     return stages

@@ -20,14 +20,14 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ..descriptors import ErrorRow, read_class_lists
 from ..errors import ConfigError, LLMError
 from ..llm import CallEstimate, LLMClient, Messages, Usage
 from ..prompting import PromptTemplate, load_prompt
 from ..templates import wordify
-from .registry import HEAD, MethodRecord, register, setting
+from .registry import HEAD, MethodRecord, option, register
 
 __all__ = [
     "CuplConfig",
@@ -36,8 +36,7 @@ __all__ = [
     "generate_cupl_sentences",
     "estimate_cupl",
     "load_cupl_file",
-    "CuplMethodConfig",
-]
+    ]
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +47,26 @@ _SENTENCE_END = re.compile(r"(?<=[^\s.])\.(?=\s|$)")  # a full stop after a word
 _LEADING_NOISE = re.compile(r"^\s*(?:[-*•]|\d{1,3}[.)]|(?:caption|answer|sentence)\s*:)\s*", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@dataclass
 class CuplConfig:
-    """How CuPL samples the LLM; the defaults are the reference's."""
+    """CuPL's options; the sampling defaults are the reference's."""
 
-    samples_per_question: int = 10  # answers per question variant (the reference's n=10)
-    temperature: float = 0.99  # high, so the samples of one question differ
-    max_tokens: int = 50  # one sentence fits; the reference's completion length
-
-    # --method-option names of the fields, so a user can write cupl_samples=3
-    OPTION_NAMES = {"cupl_samples": "samples_per_question", "cupl_temperature": "temperature",
-                    "cupl_max_tokens": "max_tokens"}
-
-    @classmethod
-    def from_extra(cls, extra: Mapping[str, Any]) -> "CuplConfig":
-        """The config from method options (``cupl_samples``, ``cupl_temperature``, ``cupl_max_tokens``)."""
-        given = {field: extra[key] for key, field in cls.OPTION_NAMES.items() if extra.get(key) is not None}
-        try:
-            config = cls(**{k: (float(v) if k == "temperature" else int(v)) for k, v in given.items()})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"CuPL options {given} are not numbers: {exc}. E.g. --method-option cupl_samples=3.") from exc
-        if config.samples_per_question < 1 or config.max_tokens < 1 or not 0 <= config.temperature <= 2:
-            raise ConfigError(
-                f"CuPL options samples_per_question '{config.samples_per_question}', temperature "
-                f"'{config.temperature}', max_tokens '{config.max_tokens}' are out of range: samples and max "
-                "tokens must be >= 1 and temperature within 0..2 (the reference: 10, 0.99, 50)."
-            )
-        return config
+    samples: int = option(10, "Answers sampled per question variant (the reference: 10).", minimum=1,
+                          was="--cupl-samples")
+    temperature: float = option(0.99, "Sampling temperature, high so the samples differ (the reference: 0.99).",
+                                minimum=0.0, maximum=2.0, was="--cupl-temperature")
+    max_tokens: int = option(50, "Completion length per answer (the reference: 50).", minimum=1,
+                             was="--cupl-max-tokens")
+    file: Path | None = option(None, "CuPL sentence JSON {class: [sentence, …]} (no LLM needed).", file="file",
+                               was="--cupl-file")
+    prompt_file: Path | None = option(None, "A prompt file for CuPL's questions (default: the 'cupl' prompt).",
+                                      file="file", was="--cupl-prompt-file")
+    with_templates: bool = option(False, "Add the templates' sentences to each class's mean (the paper's hybrid).",
+                                  was="--cupl-with-templates")
+    templates: str | None = option(None, "With with_templates: the template set or file (default imagenet80).",
+                                   file="maybe")
+    aggregation: str | None = option(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles; the default).",
+                                     choices=("mean_similarity", "mean_embedding"), was="--aggregation")
 
 
 # -- asking -------------------------------------------------------------------------------------------------
@@ -134,7 +126,7 @@ def generate_cupl_sentences(
     failures: dict[str, list[str]] = {}
     usage = Usage()
     with _sampling_client(client, config) as sampler:
-        for sample in range(config.samples_per_question):  # the sample number offsets the seed (and the key)
+        for sample in range(config.samples):  # the sample number offsets the seed (and the key)
             answers = sampler.complete_many([requests[k] for k in keys], variant=sample)
             for (name, _question), answer in zip(keys, answers):
                 if isinstance(answer, LLMError):
@@ -152,7 +144,7 @@ def generate_cupl_sentences(
                     sentences[name].append(sentence)
     rows: list[ErrorRow] = []
     for name, found in sentences.items():
-        asked = len([k for k in keys if k[0] == name]) * config.samples_per_question
+        asked = len([k for k in keys if k[0] == name]) * config.samples
         if found:
             if len(found) < asked:
                 log.info("CuPL: %d of %d answers about '%s' gave no sentence", asked - len(found), asked, name)
@@ -176,7 +168,7 @@ def estimate_cupl(
     """What :func:`generate_cupl_sentences` would spend now (for --dry-run); nothing is sent."""
     requests = list(question_requests(class_names, prompt, domain_hint).values())
     with _sampling_client(client, config) as sampler:
-        parts = [sampler.estimate(requests, variant=sample) for sample in range(config.samples_per_question)]
+        parts = [sampler.estimate(requests, variant=sample) for sample in range(config.samples)]
     return CallEstimate(
         requests=sum(p.requests for p in parts),
         cached=sum(p.cached for p in parts),
@@ -196,73 +188,51 @@ def load_cupl_file(path: str | Path) -> dict[str, list[str]]:
 # -- the method's record --------------------------------------------------------------------------------------
 
 
-@dataclass
-class CuplMethodConfig:
-    cupl_samples: int = setting(10, "CuPL: answers sampled per question variant (the reference: 10).", panel="LLM",
-                                minimum=1)
-    cupl_temperature: float = setting(0.99, "CuPL: sampling temperature (the reference: 0.99).", panel="LLM")
-    cupl_max_tokens: int = setting(50, "CuPL: completion length per answer (the reference: 50).", panel="LLM",
-                                   minimum=1)
-    cupl_file: Path | None = setting(None, "CuPL sentence JSON {class: [sentence, …]} (no LLM needed).", panel="LLM")
-    cupl_prompt_file: Path | None = setting(None, "A prompt file for CuPL's questions (default: the 'cupl' prompt).",
-                                            panel="LLM")
-    cupl_with_templates: bool = setting(False, "CuPL: add the templates' sentences to each class's mean (the "
-                                        "paper's hybrid; templates from --templates, default imagenet80).")
-    templates: str | None = setting(None, "Template set: name, photo, small (default), imagenet80, or a file with "
-                                    "one '{}' template per line.", flag="--templates/-t")
-    aggregation: str | None = setting(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default "
-                                      "per method.")
-
-    def sampling(self) -> CuplConfig:
-        return CuplConfig.from_extra({"cupl_samples": self.cupl_samples, "cupl_temperature": self.cupl_temperature,
-                                      "cupl_max_tokens": self.cupl_max_tokens})
-
-
-def _sentences(context, config: CuplMethodConfig, report) -> dict[str, list[str]]:
-    """Every class's sentences: from ``cupl_file`` when given, else from the LLM (cached)."""
+def _sentences(context, config: CuplConfig, report) -> dict[str, list[str]]:
+    """Every class's sentences: from ``cupl.file`` when given, else from the LLM (cached)."""
     names = context.class_names
-    if config.cupl_file is not None:
-        loaded = load_cupl_file(config.cupl_file)
+    if config.file is not None:
+        loaded = load_cupl_file(config.file)
         for c in names:
             if not loaded.get(c):
                 report.warnings.append(ErrorRow(c, "import", "warning", "no CuPL sentences for this class; using "
                                                 f"'{FALLBACK_TEMPLATE.format(wordify(c))}'").to_dict())
         return {c: loaded.get(c) or [FALLBACK_TEMPLATE.format(wordify(c))] for c in names}
     if context.llm is None:
-        raise ConfigError("method 'cupl' needs sentences: an LLM with --llm-model (and --base-url), or a sentence "
-                          "file with --cupl-file FILE.")
-    prompt = load_prompt(PROMPT_NAME, context.options.prompts_dir, config.cupl_prompt_file)
-    sentences, rows, usage = generate_cupl_sentences(names, context.llm, prompt, config.sampling(),
+        raise ConfigError("method 'cupl' needs sentences: an LLM (an LLM model and endpoint), or a sentence file "
+                          "in option cupl.file.")
+    prompt = load_prompt(PROMPT_NAME, context.options.prompts_dir, config.prompt_file)
+    sentences, rows, usage = generate_cupl_sentences(names, context.llm, prompt, config,
                                                      context.options.domain_hint)
     report.warnings.extend(r.to_dict() for r in rows)
     report.add_usage(usage)
     return sentences
 
 
-def _prepare_cupl(context, config: CuplMethodConfig, upstream, gather, report):
+def _prepare_cupl(context, config: CuplConfig, upstream, gather, report):
     from ..templates import apply_templates, load_templates
     from .heads import linear_head
 
     sentences = _sentences(context, config, report)
-    if config.cupl_with_templates:  # the paper's hybrid: LLM sentences and templates in one mean
+    if config.with_templates:  # the paper's hybrid: LLM sentences and templates in one mean
         templates = load_templates(config.templates or "imagenet80")
         sentences = {c: [*found, *apply_templates(templates, c)] for c, found in sentences.items()}
     report.artifacts["cupl_sentences"] = sentences
     return linear_head(context, sentences, config.aggregation or "mean_embedding", report)
 
 
-def _estimate_cupl(context, config: CuplMethodConfig, image_feats, head=None) -> dict[str, Any]:
-    if config.cupl_file is not None or context.llm is None:
+def _estimate_cupl(context, config: CuplConfig, image_feats, head=None) -> dict[str, Any]:
+    if config.file is not None or context.llm is None:
         return {}
-    prompt = load_prompt(PROMPT_NAME, context.options.prompts_dir, config.cupl_prompt_file)
-    return {"cupl sentences": estimate_cupl(context.class_names, context.llm, prompt, config.sampling(),
+    prompt = load_prompt(PROMPT_NAME, context.options.prompts_dir, config.prompt_file)
+    return {"cupl sentences": estimate_cupl(context.class_names, context.llm, prompt, config,
                                             context.options.domain_hint)}
 
 
 register(MethodRecord(
     name="cupl", kind=HEAD, summary="CuPL: LLM-written sentences averaged like a template ensemble",
     numpy=True,
-    text_source="LLM sentences (or a sentence file)", config=CuplMethodConfig, prepare=_prepare_cupl,
+    text_source="LLM sentences (or a sentence file)", config=CuplConfig, prepare=_prepare_cupl,
     cost="classes × question variants × samples LLM calls (cached), unless a sentence file is given",
-    asks_llm=lambda config: config.cupl_file is None, estimate=_estimate_cupl,
+    asks_llm=lambda config: config.file is None, estimate=_estimate_cupl,
 ))

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
 from ..errors import ConfigError
+from ..limits import bound_row, capped_lists, current_limits, cut_texts
 from ..prompting import load_prompt
 from ..templates import apply_templates, load_templates, wordify
 from .pipeline import BatchScores, RunContext, RunReport
-from .registry import HEAD, MethodRecord, register, setting
+from .registry import HEAD, MethodRecord, option, register
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def _aggregation() -> Any:
-    """The aggregation setting every head shares (one declaration, one flag)."""
-    return setting(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method.")
+    """The aggregation option every head has (each its own, with its own default)."""
+    return option(None, "mean_similarity (CbD) or mean_embedding (CLIP ensembles); default per method.",
+                  choices=("mean_similarity", "mean_embedding"), was="--aggregation")
 
 
 @dataclass
@@ -88,9 +90,11 @@ class LinearHead:
 
 def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregation: str, report: RunReport,
                 descriptor_labels: dict[str, list[str]] | None = None) -> LinearHead:
-    """Encode each class's sentences and aggregate them into one weight per class."""
+    """Encode each class's sentences and aggregate them into one weight per class. Past the bounds (texts per
+    class, characters per text: vlmcls.limits) the rest is dropped, with one warning row per bound."""
     from ..scoring import ClassTexts, class_text_weights
 
+    per_class = _bounded(per_class, report)
     texts = ClassTexts.from_mapping(per_class)
     text_feats = context.text.encode_texts(texts.texts)  # [T, D]
     weights = class_text_weights(text_feats, texts.owner, len(texts.class_names), aggregation)  # [C, D]
@@ -106,6 +110,27 @@ def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregatio
         explainer = DescriptorExplainer(text_feats, starts, labels, list(per_class))
     side = context.text
     return LinearHead(weights, side.logit_scale, side.logit_bias, side.score_rule, text_feats, explainer)
+
+
+def _bounded(per_class: dict[str, list[str]], report: RunReport) -> dict[str, list[str]]:
+    """At most ``descriptors_per_class`` texts per class, each cut to ``chars_per_text`` characters (before the
+    tokenizer sees it: it is quadratic in a word's length, and the model reads 77 tokens anyway)."""
+    limits = current_limits()
+    per_class, dropped = capped_lists(per_class, limits.descriptors_per_class)
+    if dropped:
+        report.warnings.append(bound_row("descriptors", dropped, limits.descriptors_per_class, "texts", "class",
+                                         "descriptors_per_class"))
+    cut: dict[str, int] = {}  # class -> characters dropped from its texts
+    kept: dict[str, list[str]] = {}
+    for name, sentences in per_class.items():
+        kept[name], n_cut, chars = cut_texts(sentences, limits.chars_per_text)
+        if n_cut:
+            cut[name] = chars
+    if cut:
+        report.warnings.append(bound_row("descriptors", cut, limits.chars_per_text, "characters", "text",
+                                         "chars_per_text", items="class"))
+        return kept
+    return per_class
 
 
 # -- name and templates ---------------------------------------------------------------------------------------
@@ -130,8 +155,8 @@ register(MethodRecord(
 
 @dataclass
 class TemplatesConfig:
-    templates: str | None = setting(None, "Template set: name, photo, small (default), imagenet80, or a file with "
-                                    "one '{}' template per line.", flag="--templates/-t")
+    templates: str | None = option(None, "Template set: name, photo, small (default), imagenet80, or a file with "
+                                   "one '{}' template per line.", flag="--templates/-t", file="maybe")
     aggregation: str | None = _aggregation()
 
 
@@ -162,10 +187,11 @@ register(MethodRecord(
 
 @dataclass
 class CbdConfig:
-    descriptors: Path | None = setting(None, "CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).",
-                                       panel="LLM")
-    descriptor_prompt_file: Path | None = setting(None, "A prompt file for the descriptor questions (default: the "
-                                                  "'descriptors' prompt).", panel="LLM")
+    descriptors: Path | None = option(None, "CbD descriptor JSON {class: [descriptor, …]} (no LLM needed).",
+                                      file="file", flag="--descriptors")
+    prompt_file: Path | None = option(None, "A prompt file for the descriptor questions (default: the "
+                                      "'descriptors' prompt).", file="file",
+                                      was=("--descriptor-prompt-file", "--prompt-file"))
     aggregation: str | None = _aggregation()
 
 
@@ -177,7 +203,7 @@ def resolve_descriptors(context: RunContext, config: CbdConfig, report: RunRepor
         selected, rows = dset.for_classes(context.class_names)
         report.warnings.extend(r.to_dict() for r in rows)
         return selected
-    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.prompt_file)
     dset, rows, usage = generate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)
     report.warnings.extend(r.to_dict() for r in rows)
     report.add_usage(usage)
@@ -196,19 +222,20 @@ def _cbd_has_text(context: RunContext, config: CbdConfig) -> bool:
 
 def _prepare_cbd(context, config: CbdConfig, upstream, gather, report) -> LinearHead:
     if not _cbd_has_text(context, config) and context.llm is None:
-        raise ConfigError("method 'cbd' needs descriptors: --descriptors FILE, or an LLM with --llm-model (and --base-url).")
+        raise ConfigError("method 'cbd' needs descriptors: option cbd.descriptors (a descriptor file), or an LLM "
+                          "(an LLM model and endpoint).")
     return _descriptor_head(context, resolve_descriptors(context, config, report), config.aggregation, report)
 
 
 def _estimate_cbd(context: RunContext, config: CbdConfig, image_feats, head=None) -> dict[str, Any]:
     if config.descriptors is not None or context.llm is None:
         return {}
-    prompt = load_prompt("descriptors", context.options.prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", context.options.prompts_dir, config.prompt_file)
     return {"descriptors": estimate_descriptors(context.class_names, context.llm, prompt, context.options.domain_hint)}
 
 
 def _describe_cbd(class_names, config: CbdConfig, llm, prompts_dir, domain_hint):
-    prompt = load_prompt("descriptors", prompts_dir, config.descriptor_prompt_file)
+    prompt = load_prompt("descriptors", prompts_dir, config.prompt_file)
     return generate_descriptors(class_names, llm, prompt, domain_hint)
 
 
@@ -223,13 +250,13 @@ register(MethodRecord(
 
 @dataclass
 class WaffleConfig:
-    waffle_pairs: int = setting(15, "WaffleCLIP: random word/character descriptor pairs per class.", minimum=1)
-    seed: int = setting(0, "Seed of WaffleCLIP's random descriptors.")
+    pairs: int = option(15, "Random word/character descriptor pairs per class.", minimum=1, was="--waffle-pairs")
+    seed: int = option(0, "Seed of the random descriptors.", was=("--seed", "--waffle-seed"))
     aggregation: str | None = _aggregation()
 
 
 def _prepare_waffle(context, config: WaffleConfig, upstream, gather, report) -> LinearHead:
-    dset = DescriptorSet.waffle(context.class_names, config.waffle_pairs, config.seed)
+    dset = DescriptorSet.waffle(context.class_names, config.pairs, config.seed)
     return _descriptor_head(context, dset, config.aggregation, report)
 
 
@@ -238,5 +265,5 @@ register(MethodRecord(
     numpy=True,
     text_source="random words and characters", config=WaffleConfig, prepare=_prepare_waffle,
     cost="2 × pairs texts per class, encoded once",
-    describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.waffle_pairs, config.seed), [], None),
+    describe=lambda class_names, config, *_: (DescriptorSet.waffle(class_names, config.pairs, config.seed), [], None),
 ))

@@ -9,6 +9,7 @@ rows on every engine.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..results import MethodOutput
 from .options import MethodOptions
-from .registry import build_config, check_settings, get_record
+from .registry import get_record
 from .spec import MethodSpec, parse_spec
 
 if TYPE_CHECKING:  # torch is imported when a run starts, so the CLI can declare method flags without it
     import torch
 
 __all__ = ["TextSide", "RunContext", "BatchScores", "Stage", "Pipeline", "RunReport", "build_pipeline",
-           "run_spec", "Gather", "gather_in_process"]
+           "run_spec", "Gather", "gather_in_process", "StagesSoFar"]
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,34 @@ class Pipeline:
 Gather = Callable[[Pipeline, Callable[..., Any]], list[Any]]
 
 
-def gather_in_process(image_feats: torch.Tensor) -> Gather:
-    """The single engine's gather: one batch holding every image."""
+class StagesSoFar:
+    """One pass of a pipeline's stages over one batch, kept as it grows: applying a pipeline that extends the one
+    applied last runs only the new stages. So preparing a stage that needs a global pass (FuDD's pair counts, the
+    self-cache) and then scoring the run evaluate each stage once per image batch, not once per later stage."""
+
+    def __init__(self, feats: Any, explain: bool) -> None:
+        self.feats, self.explain = feats, explain
+        self.stages: list[Any] = []
+        self.scores: BatchScores | None = None
+        self.counts: dict[str, float] = {}
+
+    def apply(self, pipeline: Pipeline) -> BatchScores:
+        done = len(self.stages)
+        if done > len(pipeline.stages) or any(a is not b for a, b in zip(pipeline.stages, self.stages)):
+            # not an extension of what ran: start over
+            self.stages, self.scores, self.counts, done = [], None, {}, 0
+        for stage in pipeline.stages[done:]:
+            self.scores = stage.apply(self.feats, self.scores, self.explain)
+            for key, value in self.scores.counts.items():
+                self.counts[key] = self.counts.get(key, 0) + value
+            self.stages.append(stage)
+        assert self.scores is not None
+        return dataclasses.replace(self.scores, counts=dict(self.counts))
+
+
+def gather_in_process(image_feats: torch.Tensor, run: StagesSoFar | None = None) -> Gather:
+    """The single engine's gather: one batch holding every image (through ``run``, so no stage runs twice)."""
+    run = run or StagesSoFar(image_feats, False)
 
     def gather(upstream: Pipeline, collect):
         import numpy as np
@@ -151,21 +178,19 @@ def gather_in_process(image_feats: torch.Tensor) -> Gather:
             import torch
 
             positions = torch.from_numpy(positions)
-        return [collect(positions, image_feats, upstream.apply(image_feats))]
+        return [collect(positions, image_feats, run.apply(upstream))]
 
     return gather
 
 
 def build_pipeline(spec: MethodSpec | str, context: RunContext, gather: Gather) -> tuple[Pipeline, RunReport]:
     """Prepare every stage of ``spec`` in order; each later stage sees the pipeline before it."""
-    settings = context.options.settings()
-    check_settings(settings)
     spec = (parse_spec(spec) if isinstance(spec, str) else spec).resolve(context.options)
     report = RunReport(head=spec.head)
     pipeline: Pipeline | None = None
     for name in (spec.head, *spec.stages):
         record = get_record(name)
-        config = build_config(record, settings)
+        config = context.options.config(name)  # typed once, when the options were made
         stage = record.prepare(context, config, pipeline, gather, report)
         if pipeline is None:  # the head: its text weights and sentences stay at hand for exports and probes
             pipeline = Pipeline(context.class_names, context.text.score_rule, [stage], stage.weights, stage.text_feats)
@@ -180,8 +205,9 @@ def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Ten
     from ..scoring import probabilities
 
     started = time.perf_counter()
-    pipeline, report = build_pipeline(spec, context, gather_in_process(image_feats))
-    scores = pipeline.apply(image_feats, context.options.explain)
+    run = StagesSoFar(image_feats, context.options.explain)
+    pipeline, report = build_pipeline(spec, context, gather_in_process(image_feats, run))
+    scores = run.apply(pipeline)  # only the stages no gather needed yet
     info = {**report.info, **pipeline.summarize(scores.counts, image_feats.shape[0])}
     return MethodOutput(
         scores.logits, probabilities(scores.logits, pipeline.score_rule), explanations=_explanations(scores),

@@ -17,7 +17,7 @@ from ..classes import load_classes
 from ..errors import ConfigError
 from ..templates import wordify
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
-from .registry import METHODS, REFINER, MethodRecord, register, setting
+from .registry import METHODS, REFINER, RETIRED_FLAGS, MethodRecord, option, register
 
 if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepared or applied
     import torch
@@ -28,9 +28,6 @@ __all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric"]
 
 log = logging.getLogger(__name__)
 
-_PANEL = "Refiners"
-
-
 def _templates_head(config: Any, options: Any) -> str:
     return "templates"
 
@@ -40,11 +37,12 @@ def _templates_head(config: Any, options: Any) -> str:
 
 @dataclass
 class TipConfig:
-    support: Path | None = setting(None, "Tip-Adapter: a folder of labelled shots (class sub-folders); adds +tip.",
-                                   panel=_PANEL)
-    tip_alpha: float | None = setting(None, "Tip-Adapter residual weight α (default 1).", panel=_PANEL)
-    tip_beta: float | None = setting(None, "Tip-Adapter sharpness β (default 1).", panel=_PANEL)
-    tune: bool = setting(False, "Tip-Adapter: pick α and β by leave-one-out on the support set.", panel=_PANEL)
+    support: Path | None = option(None, "A folder of labelled shots (class sub-folders); classify adds +tip when "
+                                  "it is given.", file="dir", flag="--support")
+    alpha: float | None = option(None, "Residual weight α (default 1).", minimum=0.0, was="--tip-alpha")
+    beta: float | None = option(None, "Sharpness β (default 1).", minimum=0.0, was="--tip-beta")
+    tune: bool = option(False, "Pick α and β by leave-one-out on the support set (never on the images classified).",
+                        was="--tune")
 
 
 @dataclass
@@ -87,8 +85,8 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
     if any(label is None for label in labels):
         raise ConfigError(f"support folder '{config.support}' must hold class sub-folders (one per class).")
     cache = build_cache(support.feats.double(), labels, context.class_names)
-    alpha = config.tip_alpha if config.tip_alpha is not None else DEFAULT_ALPHA
-    beta = config.tip_beta if config.tip_beta is not None else DEFAULT_BETA
+    alpha = config.alpha if config.alpha is not None else DEFAULT_ALPHA
+    beta = config.beta if config.beta is not None else DEFAULT_BETA
     if config.tune:
         support_logits = upstream.apply(support.feats).logits  # the pipeline so far, on the support images
         tuned = tune_alpha_beta(cache, support_logits.double())
@@ -103,7 +101,7 @@ register(MethodRecord(
     name="tip", kind=REFINER, summary="Tip-Adapter: a training-free cache of labelled support shots",
     text_source="-", config=TipConfig, prepare=_prepare_tip, cost="encodes the support folder once (cached)",
     head_when_alone=_templates_head, order=1, implied_by=lambda config: config.support is not None,
-    requires="setting 'support': a folder of labelled shots (one sub-folder per class)",
+    requires="option tip.support: a folder of labelled shots (one sub-folder per class)",
 ))
 
 
@@ -112,9 +110,8 @@ register(MethodRecord(
 
 @dataclass
 class TfupConfig:
-    self_cache: bool = setting(False, "TFUP-style cache built from the images themselves; adds +tfup.", panel=_PANEL)
-    self_cache_kl_weight: str = setting("reference", "Self cache: TFUP's row-scaled KL weight ('reference') or "
-                                        "2·exp(−KL) ('exp').", panel=_PANEL)
+    kl_weight: str = option("reference", "TFUP's row-scaled KL weight ('reference') or 2·exp(−KL) ('exp').",
+                            choices=("reference", "exp"), was="--self-cache-kl-weight")
 
 
 @dataclass
@@ -153,14 +150,15 @@ def _prepare_tfup(context: RunContext, config: TfupConfig, upstream: Pipeline, g
     logits = torch.cat([l for _, _, l in parts])[order]  # [N, C]
     scale = context.text.logit_scale
     cache = build_unsupervised_cache(feats.double(), logits.double(), context.class_names, scale)
-    return TfupStage(cache, scale, config.self_cache_kl_weight)
+    return TfupStage(cache, scale, config.kl_weight)
 
 
 register(MethodRecord(
     name="tfup", kind=REFINER, summary="TFUP-style cache of confident, typical images among those classified",
     text_source="-", config=TfupConfig, prepare=_prepare_tfup, cost="one pass over all image features",
-    head_when_alone=_templates_head, order=2, implied_by=lambda config: config.self_cache,
+    head_when_alone=_templates_head, order=2,
 ))
+RETIRED_FLAGS["--self-cache"] = "--method HEAD+tfup (e.g. cbd+tfup)"
 
 
 # -- Fréchet mean (Loki) --------------------------------------------------------------------------------------
@@ -168,16 +166,18 @@ register(MethodRecord(
 
 @dataclass
 class FrechetConfig:
-    label_space: str | list[str] | None = setting(None, "Fréchet mean: labels that may be predicted (file or comma list; "
-                                      "default all labels of the metric).", panel=_PANEL)
-    hierarchy: Path | None = setting(None, "Label metric from parent/child edges (Fréchet mean; E[d²] in eval).",
-                                     panel=_PANEL)
-    distances: Path | None = setting(None, "Label metric from a named distance matrix (.csv, .npy).", panel=_PANEL)
-    self_metric: bool = setting(False, "Label metric from the labels' text embeddings.", panel=_PANEL)
-    frechet_top_k: int | None = setting(None, "Keep each image's k most probable classes in the Fréchet sum.",
-                                        panel=_PANEL, minimum=1)
-    frechet_scale: float | None = setting(None, "Fréchet mean: P = softmax(scale·cos) (default: the model's logit "
-                                          "scale).", panel=_PANEL, minimum=0.0)
+    label_space: str | list[str] | None = option(None, "Labels that may be predicted (file or comma list; default "
+                                                 "all labels of the metric).", was="--label-space",
+                                                 file="maybe")
+    hierarchy: Path | None = option(None, "Label metric from parent/child edges (also E[d²] in eval).", file="file",
+                                    was="--hierarchy")
+    distances: Path | None = option(None, "Label metric from a named distance matrix (.csv, .npy).", file="file",
+                                    was="--distances")
+    self_metric: bool = option(False, "Label metric from the labels' text embeddings.", was="--self-metric")
+    top_k: int | None = option(None, "Keep each image's k most probable classes in the Fréchet sum.", minimum=1,
+                               was="--frechet-top-k")
+    scale: float | None = option(None, "P = softmax(scale·cos) (default: the model's logit scale).", minimum=0.0,
+                                 was="--frechet-scale")
 
     @property
     def has_metric(self) -> bool:
@@ -196,7 +196,7 @@ def load_label_metric(context: RunContext, config: FrechetConfig, descriptors: A
 
     sources = [s for s in (config.hierarchy, config.distances, config.self_metric or None) if s]
     if len(sources) != 1:
-        raise ConfigError("give exactly one label metric: setting 'hierarchy', 'distances' or 'self_metric'.")
+        raise ConfigError("give exactly one label metric: option frechet.hierarchy, frechet.distances or frechet.self_metric.")
     space = load_classes(config.label_space) if config.label_space is not None else None
     if config.hierarchy:
         return LabelMetric.from_hierarchy_file(config.hierarchy), space
@@ -242,15 +242,17 @@ class FrechetStage:
 def _prepare_frechet(context: RunContext, config: FrechetConfig, upstream, gather, report: RunReport) -> FrechetStage:
     if not config.has_metric:
         raise ConfigError(f"refiner 'frechet' needs {METHODS['frechet'].requires}.")
-    metric, space = load_label_metric(context, config, context.options.descriptors)
+    options = context.options
+    metric, space = load_label_metric(context, config, options.descriptors or options.config("cbd").descriptors)
     report.label_metric = metric
-    factor = config.frechet_scale / context.text.logit_scale if config.frechet_scale else 1.0
-    return FrechetStage(metric, space, factor, config.frechet_top_k, list(context.class_names))
+    factor = config.scale / context.text.logit_scale if config.scale else 1.0
+    return FrechetStage(metric, space, factor, config.top_k, list(context.class_names))
 
 
 register(MethodRecord(
     name="frechet", kind=REFINER, summary="Fréchet mean (Loki): answers over a label space, by a label metric",
     text_source="-", config=FrechetConfig, prepare=_prepare_frechet, cost="per image, one [C] × [C, Y] product",
     head_when_alone=_templates_head, order=3, implied_by=lambda config: config.has_metric,
-    requires="a label metric: setting 'hierarchy', 'distances' or 'self_metric'",
+    answers_beyond=lambda config: load_classes(config.label_space) if config.has_metric and config.label_space else None,
+    requires="a label metric: option frechet.hierarchy, frechet.distances or frechet.self_metric",
 ))

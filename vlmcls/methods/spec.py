@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
-from .registry import HEAD, METHODS, RERANK, build_config, method_names
+from .registry import HEAD, METHODS, RERANK, did_you_mean, method_names
 
 __all__ = ["MethodSpec", "parse_spec", "parse_specs", "spec_help"]
 
@@ -30,16 +30,15 @@ class MethodSpec:
         if self.head is not None:
             return self
         first = METHODS[self.stages[0]]
-        return MethodSpec(self.text, first.head_when_alone(build_config(first, options.settings()), options),
+        return MethodSpec(self.text, first.head_when_alone(options.config(first.name), options),
                           self.stages)
 
     def with_implied(self, options) -> "MethodSpec":
-        """The spec plus the refiners whose input the settings give (``--support DIR`` adds ``tip``), as classify and
+        """The spec plus the refiners whose input the options give (``tip.support`` adds ``tip``), as classify and
         the API have always read them; ``eval`` compares specs exactly as written instead."""
-        settings = options.settings()
         added = [name for name, record in METHODS.items()
                  if record.implied_by is not None and name not in self.stages and name != self.head
-                 and record.implied_by(build_config(record, settings))]
+                 and name in options.methods and record.implied_by(options.config(name))]
         if not added:
             return self
         return parse_spec("+".join([self.text, *added]))
@@ -55,7 +54,8 @@ def parse_spec(text: str) -> MethodSpec:
         raise ConfigError(f"method spec '{text}' has an empty part. Write HEAD[+STAGE…], e.g. 'cbd+fudd+tip'.")
     for word in words:
         if word not in METHODS:
-            raise ConfigError(f"unknown method '{word}' in '{text}'. Valid: {', '.join(method_names())}; "
+            raise ConfigError(f"unknown method '{word}' in '{text}'.{did_you_mean(word, METHODS)} "
+                              f"Valid: {', '.join(method_names())}; "
                               "join stages with '+', e.g. templates+tip.")
     if len(set(words)) != len(words):
         raise ConfigError(f"method spec '{text}' names a stage twice.")
