@@ -431,6 +431,8 @@ def test_explain_prints_scored_descriptors_and_the_differential_move():
     assert result.exit_code == 0, result.output
     text = result.output
     assert "→ skarnel" in text
-    assert "runner up: " in text and "top: bexapod: a large size 0." in text  # descriptor, then its score
-    assert "moved bexapod → skarnel (attribute shape, margin 0." in text
+    # the final label against its runner-up, each descriptor then its score; then the captions that moved it
+    assert "skarnel: a large size 0." in text and "(label)" in text and "bexapod: " in text and "(runner-up)" in text
+    assert "moved bexapod → skarnel, by the differential captions:" in text and "shape (margin 0." in text
+    assert '"a photo of a skarnel, which has a square shape"' in text
     assert '{"' not in text  # no raw JSON

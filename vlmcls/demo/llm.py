@@ -68,7 +68,7 @@ class DemoAnswer:
 
     status: int
     text: str
-    kind: str  # "descriptors", "differential", "cupl" or "unknown"
+    kind: str  # what the request asks for: "descriptors", "differential" or "sentence" (the CuPL prompt)
     classes: tuple[str, ...] = ()
 
 
@@ -96,7 +96,7 @@ def _kind(system: str, everything: str, classes: list[str]) -> str:
     if '"attr_type"' in everything or "attr_type" in everything or len(classes) >= 2:
         return "differential"
     if _ONE_SENTENCE.search(system):
-        return "cupl"
+        return "sentence"
     return "descriptors"
 
 
@@ -134,7 +134,7 @@ def answer_messages(messages: list[dict[str, Any]], seed: int | None = None) -> 
         rows = [{"attr_type": t, "a": ca, "b": cb} for t, ca, cb in world.differential_descriptions(a, b)]
         return DemoAnswer(200, json.dumps(rows, indent=1), kind, (a, b))
     name = classes[0]
-    if kind == "cupl":
+    if kind == "sentence":
         return DemoAnswer(200, _cupl_sentence(name, last_user, seed), kind, (name,))
     # The prompt leaves the first "-" open, so the answer continues that bullet as a completion model would.
     return DemoAnswer(200, " " + "\n- ".join(world.generic_descriptors(name)), kind, (name,))

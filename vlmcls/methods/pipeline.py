@@ -163,7 +163,10 @@ class StagesSoFar:
                 self.counts[key] = self.counts.get(key, 0) + value
             self.stages.append(stage)
         assert self.scores is not None
-        return dataclasses.replace(self.scores, counts=dict(self.counts))
+        scores = dataclasses.replace(self.scores, counts=dict(self.counts))
+        if self.explain and len(pipeline.stages) > 1 and scores.notes is not None:  # kept scores stay the head's
+            scores.notes = pipeline._final_descriptors(self.feats, scores)
+        return scores
 
 
 def gather_in_process(image_feats: torch.Tensor, run: StagesSoFar | None = None) -> Gather:
