@@ -223,3 +223,21 @@ def test_a_plugin_method_gives_the_single_engine_rows_on_ray(plugin_path, tmp_pa
     got = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
     assert [r["path"] for r in got] == [r["path"] for r in want]
     assert [r["label"] for r in got] == [r["label"] for r in want]
+
+
+def test_one_request_one_protocol_the_local_engine_gives_the_apis_rows():
+    from vlmcls import Classifier
+    from vlmcls.engines import LocalEngine, RunRequest
+
+    with pytest.raises(ConfigError, match=r"'fudd' has no option 'kk'"):  # checked when the request is made
+        RunRequest(DEMO / "images", DEMO / "classes.txt", "cbd+fudd", {"fudd": {"kk": 1}})
+    request = RunRequest(DEMO / "images", DEMO / "classes.txt", "cbd+fudd", {
+        "cbd": {"descriptors": DEMO / "descriptors.json"}, "fudd": {"pairs": DEMO / "pairs.json"}}, top_k=3)
+    clf = Classifier(DEMO_MODEL)
+    engine = LocalEngine(clf)
+    ran = engine.run(request)
+    direct = clf.classify(DEMO / "images", DEMO / "classes.txt", method="cbd+fudd", options=request.options, top_k=3)
+    assert ran.table.labels == direct.table.labels and (ran.table.top_index == direct.table.top_index).all()
+    feats = engine.encode(request)  # encode once, score many (--watch, eval)
+    again = engine.score(request.but(method="cbd"), feats)
+    assert sum(a != b for a, b in zip(again.table.labels, ran.table.labels)) == 20  # FuDD moved 20 of 48

@@ -357,8 +357,12 @@ def evaluate(
     if unknown and unknown_labels == "error":  # fail before spending any time on encoding
         raise ConfigError(_unknown_labels_message(unknown, class_names))
 
+    from .engines import LocalEngine, RunRequest
+
+    engine = LocalEngine(classifier)
+    request = RunRequest(records, class_names, top_k=top_k)
     started = time.perf_counter()
-    feats = classifier.encode_images(records, progress=progress)
+    feats = engine.encode(request, progress)
     encode_seconds = time.perf_counter() - started
     log.info("encoded %d images (%d from the store) in %.2f s", feats.encoded, len(feats.records) - feats.encoded,
              encode_seconds)
@@ -368,7 +372,7 @@ def evaluate(
     for spec in specs:
         run_started = time.perf_counter()
         try:
-            result = classifier.predict(feats, class_names, spec, options_by_spec[spec], top_k)
+            result = engine.score(request.but(method=spec, options=options_by_spec[spec]), feats)
         except VlmclsError as exc:
             log.warning("method '%s' failed: %s", spec, exc)
             first_error = first_error or exc

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..cache import Store
 from ..descriptors import DescriptorSet
+from ..engines import LocalEngine, RayEngine, RunRequest
 from ..errors import ConfigError
 from ..llm import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
@@ -41,7 +42,7 @@ _SHOWN_ROWS = 30
 
 
 RAY_KEYS = {"address": str, "workers": int, "output_dir": str, "output_format": str, "collect": bool,
-            "feature_store": str}
+            "feature_store": str}  # the RayEngine's settings
 RAY_OPTION = typer.Option(
     None, "--ray", help="KEY=VALUE for --engine ray (repeatable): address=auto (default: start Ray locally), workers=N "
     "(encoder actors; default one per GPU, else 7 in 8 CPUs), output_dir=DIR (sharded predictions), "
@@ -125,34 +126,29 @@ def classify(
         from ..report import THUMBNAIL_SIZE
 
         clf.encoder.thumbnail_size = THUMBNAIL_SIZE
+    # One request, carried out by the engine asked for (the single engine lists the source once, above).
+    request = RunRequest(records if records is not None else images, classes, method, options, top_k,
+                         source_options if records is None else {})
     try:
         if dry_run:
             _dry_run(clf, images, classes, method, options, source_options, quiet)
             return
         if engine == "ray":
-            from ..distributed import classify_with_ray
-
             m = model_options
-            result = classify_with_ray(
-                m.model, images, classes, method=method, options=options, top_k=top_k, batch_size=m.batch_size,
-                device=m.device, precision=m.precision, num_workers=ray_options.get("workers"),
-                ray_address=ray_options.get("address"), output_dir=ray_options.get("output_dir"),
-                output_format=ray_options.get("output_format", "parquet"), collect=ray_options.get("collect", True),
-                cache_dir=m.cache_dir, feature_store=ray_options.get("feature_store"),
-                heic_thumbnails=m.heic_thumbnails, **source_options,
-            )
+            runner = RayEngine(m.model, m.device, m.precision, m.batch_size, heic_thumbnails=m.heic_thumbnails,
+                               cache_dir=m.cache_dir, **ray_options)
+            result = runner.run(request)
         elif watch:
             from .watch import watch_and_rerun
 
-            exit_code = watch_and_rerun(clf, records, classes, method, options, top_k, outputs, explain,
+            exit_code = watch_and_rerun(LocalEngine(clf), request, outputs, explain,
                                         watched_files(classes, files, prompts),
                                         max_reruns=watch_limit, render_result=render_result,
                                         exit_code_of=exit_code_of)
             raise typer.Exit(exit_code)
         else:
             with progress_bar("encoding images", enabled=not quiet) as progress:
-                result = clf.classify(records, classes, method=method, options=options, top_k=top_k,
-                                      progress=progress, as_numpy=True)  # the writers read rows, not tensors
+                result = LocalEngine(clf).run(request, progress)  # the writers read the table, not tensors
     finally:
         llm.close()
     outputs.write(result, records)

@@ -14,9 +14,9 @@ from ..errors import VlmclsError
 from ._render import console, console_err, progress_bar, safe
 
 if TYPE_CHECKING:
-    from ..api import ClassificationResult, Classifier
+    from ..api import ClassificationResult
     from ..embeddings import ImageFeatures
-    from ..methods import MethodOptions
+    from ..engines import LocalEngine, RunRequest
 
 __all__ = ["watch_and_rerun"]
 
@@ -38,13 +38,10 @@ def _stamps(files: Sequence[Path]) -> dict[Path, tuple[int, int, int, int] | Non
     return stamps
 
 
-def _score(clf: Classifier, feats: ImageFeatures, classes: Any, method: str, options: MethodOptions, top_k: int,
-           encoded: int) -> ClassificationResult:
+def _score(engine: LocalEngine, request: RunRequest, feats: ImageFeatures, encoded: int) -> ClassificationResult:
     """The text side and the scores, on image features already in memory (the class file is read again)."""
-    from ..api import load_classes
-
     started = time.perf_counter()
-    result = clf.predict(feats, load_classes(classes), method, options, top_k)
+    result = engine.score(request, feats)
     result.stats.update(images=len(feats.records) + len(feats.errors), encoded=encoded,
                         cached=len(feats.records) - encoded, errors=len(feats.errors),
                         seconds=round(time.perf_counter() - started, 3))
@@ -94,9 +91,8 @@ def _wait_until_saved(files: Sequence[Path], stamps: dict) -> dict:
     return stamps
 
 
-def watch_and_rerun(clf: Classifier, records: list, classes: Any, method: str, options: MethodOptions, top_k: int,
-                    outputs: Any, explain: bool, files: Sequence[Path], max_reruns: int | None = None, *,
-                    render_result: Any, exit_code_of: Any) -> int:
+def watch_and_rerun(engine: LocalEngine, request: RunRequest, outputs: Any, explain: bool, files: Sequence[Path],
+                    max_reruns: int | None = None, *, render_result: Any, exit_code_of: Any) -> int:
     """Run once, then re-run on every edit of ``files`` until Ctrl-C (or ``max_reruns`` re-runs); returns the exit
     code of the last run. ``outputs`` is the run's RunOutputs (rewritten each time); ``render_result`` and
     ``exit_code_of`` are classify's (handed in, so this module does not import classify back)."""
@@ -105,8 +101,9 @@ def watch_and_rerun(clf: Classifier, records: list, classes: Any, method: str, o
     seen = _stamps(files)  # taken before the first run: an edit made while it runs is not missed
     started = time.perf_counter()
     with progress_bar("encoding images", enabled=not outputs.quiet) as progress:
-        feats = clf.encode_images(records, progress=progress)
-    result = _score(clf, feats, classes, method, options, top_k, encoded=feats.encoded)
+        feats = engine.encode(request, progress)
+    records = request.images
+    result = _score(engine, request, feats, encoded=feats.encoded)
     if feats.thumbnails:  # made while decoding, for the report (outputs keeps them for the re-runs)
         result.artifacts["thumbnails"] = feats.thumbnails
     result.stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -129,7 +126,7 @@ def watch_and_rerun(clf: Classifier, records: list, classes: Any, method: str, o
             reruns += 1
             started = time.perf_counter()
             try:
-                new = _score(clf, feats, classes, method, options, top_k, encoded=0)
+                new = _score(engine, request, feats, encoded=0)
             except VlmclsError as exc:  # a half-written file, a typo: the user fixes it and saves again
                 console_err.print(f"[red]error:[/red] {safe(exc)} (still watching; fix the file and save)",
                                   highlight=False)
