@@ -423,16 +423,8 @@ def _ask_and_parse(
 
     def account(item: Any, result: Completion | LLMError) -> Completion | None:
         if isinstance(result, LLMError):
-            usage.failed += 1
             failed[item] = str(result)
-            return None
-        if result.cached:
-            usage.cached += 1
-        else:
-            usage.calls += 1
-            usage.prompt_tokens += result.usage.prompt_tokens
-            usage.completion_tokens += result.usage.completion_tokens
-        return result
+        return usage.record(result)
 
     def settle(batch: list[Any], results: list[Completion | LLMError], last_try: bool, variant: int) -> list[Any]:
         """Record parsed answers; return the items to ask again."""

@@ -118,6 +118,21 @@ class Usage:
         for name in ("calls", "cached", "failed", "retries", "prompt_tokens", "completion_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def record(self, result: Any) -> Any:
+        """Count one answer of ``complete_many`` (a Completion, cached or fetched, or an LLMError) and return the
+        Completion, or None for an error: the one accounting step of every method that asks (descriptors, FuDD's
+        pairs, CuPL)."""
+        if isinstance(result, LLMError):
+            self.failed += 1
+            return None
+        if result.cached:
+            self.cached += 1
+        else:
+            self.calls += 1
+            self.prompt_tokens += result.usage.prompt_tokens
+            self.completion_tokens += result.usage.completion_tokens
+        return result
+
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total_tokens": self.total_tokens}
 

@@ -300,7 +300,10 @@ def render_result(result: ClassificationResult, out_path: Path | None, explain: 
     if stats.get("llm_calls") or stats.get("llm_tokens") or stats.get("llm_cached_answers"):
         summary["LLM calls / cached"] = f"{stats.get('llm_calls', 0)} / {stats.get('llm_cached_answers', 0)}"
         summary["LLM tokens"] = f"{stats.get('llm_tokens', 0):,}"
-    for key in ("unique_pairs", "pairs_asked", "pairs_answered", "images_moved", "tip_alpha", "tip_beta", "label_space_size"):
+    from ..methods import parse_spec, summary_keys
+
+    spec = parse_spec(stats["method"]) if stats.get("method") else None
+    for key in summary_keys((spec.head, *spec.stages) if spec else ()):  # each record names the facts to show
         if key in stats:
             summary[key.replace("_", " ")] = stats[key]
     if out_path is not None:

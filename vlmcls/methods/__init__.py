@@ -35,6 +35,7 @@ from .registry import (
     register,
     renamed_flags,
     runs_on_numpy,
+    summary_keys,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
 from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module registers its records)
@@ -54,7 +55,7 @@ __all__ = [
     "promoted_flags", "renamed_flags", "file_options", "load_plugins",
     "MethodSpec", "parse_spec", "parse_specs", "TextSide", "RunContext", "RunReport", "BatchScores", "Pipeline",
     "build_pipeline", "run_spec", "asks_llm", "estimate_llm_cost", "DEFAULT_METHOD", "DEFAULT_COMPARISON",
-    "DEFAULT_DESCRIBER", "spec_help", "label_metric", "answers_beyond", "runs_on_numpy",
+    "DEFAULT_DESCRIBER", "spec_help", "label_metric", "answers_beyond", "runs_on_numpy", "summary_keys",
     "NameConfig", "TemplatesConfig", "CbdConfig", "WaffleConfig", "CuplConfig", "FuddConfig", "TipConfig",
     "TfupConfig", "FrechetConfig",
 ]

@@ -129,16 +129,9 @@ def generate_cupl_sentences(
         for sample in range(config.samples):  # the sample number offsets the seed (and the key)
             answers = sampler.complete_many([requests[k] for k in keys], variant=sample)
             for (name, _question), answer in zip(keys, answers):
-                if isinstance(answer, LLMError):
-                    usage.failed += 1
+                if usage.record(answer) is None:  # the one accounting step (vlmcls.llm.Usage.record)
                     failures.setdefault(name, []).append(str(answer))
                     continue
-                if answer.cached:
-                    usage.cached += 1
-                else:
-                    usage.calls += 1
-                    usage.prompt_tokens += answer.usage.prompt_tokens
-                    usage.completion_tokens += answer.usage.completion_tokens
                 sentence = parse_cupl_sentence(answer.text)
                 if sentence is not None:
                     sentences[name].append(sentence)

@@ -531,5 +531,6 @@ register(MethodRecord(
     text_source="LLM differential descriptions of ambiguous pairs (or a pair file)", config=FuddConfig,
     prepare=_prepare_fudd, cost="one LLM call per unique ambiguous pair (cached), capped by max_pairs/token_budget",
     asks_llm=lambda config: config.pairs is None, estimate=_estimate_fudd, head_when_alone=_head_when_alone,
+    shown=("unique_pairs", "pairs_asked", "pairs_answered", "images_moved"),
     numpy=True,
 ))

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_COMPARISON",
     "DEFAULT_DESCRIBER",
     "runs_on_numpy",
+    "summary_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class MethodRecord:
     numpy: bool = False
     # (config) -> labels it may answer with that are not among the classes (the Fréchet mean's label space), or None
     answers_beyond: Callable[[Any], Any] | None = None
+    shown: tuple[str, ...] = ()  # the facts of its run info the terminal summary shows (e.g. images_moved)
     source: str = "vlmcls"  # the distribution that registered it (a plugin's name for third-party methods)
 
 
@@ -297,6 +299,11 @@ def type_text(record: MethodRecord, key: str) -> str:
         parts = [hint]
     return " | ".join({int: "int", float: "float", bool: "bool", str: "text", Path: "path"}.get(
         typing.get_origin(p) or p, "list") for p in parts)
+
+
+def summary_keys(names: Any) -> list[str]:
+    """The run-info keys the records named want in the terminal summary, in spec order."""
+    return [key for name in names if name in METHODS for key in METHODS[name].shown]
 
 
 def runs_on_numpy(names: Any) -> bool:
