@@ -198,8 +198,10 @@ def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: lis
     ranked = [pairs[at:at + width] for at in range(0, len(pairs), width)] if width else [[] for _ in records]
     labels = out.labels if out.labels is not None else top_names[:, 0].tolist() if width else []
     explanations = out.explanations if out.explanations else itertools.repeat(None)
+    unknown = to_numpy(out.unknown_scores).tolist() if out.unknown_scores is not None else itertools.repeat(None)
+    label_sets = out.label_sets if out.label_sets is not None else itertools.repeat(None)
     predictions = list(map(Prediction, list(map(_ID, records)), list(map(_PATH, records)), labels, ranked,
-                           itertools.repeat(None), list(map(_LABEL, records)), explanations))
+                           itertools.repeat(None), list(map(_LABEL, records)), explanations, unknown, label_sets))
     order = list(map(_SOURCE_INDEX, records))
     if feats.errors:
         predictions += [Prediction(rec.id, rec.path_text, None, [], reason, rec.label) for rec, reason in feats.errors]

@@ -229,7 +229,7 @@ def options_for_spec(spec: str, shared: MethodOptions) -> MethodOptions:
             raise ConfigError(f"'{spec}' needs {record.requires}.")
     # a refiner's options given for another spec do not add it here (classify adds it; eval runs specs as written)
     return shared.without(n for n, r in ((n, get_record(n)) for n in shared.methods)
-                          if r.kind == REFINER and n not in named)
+                          if r.kind == REFINER and n not in named and not r.decides)
 
 
 @dataclass

@@ -24,6 +24,8 @@ class Prediction:
     error: str | None = None
     true_label: str | None = None  # from a class sub-folder or dataset column, when known
     explanation: dict[str, Any] | None = None
+    unknown_score: float | None = None  # how sure the image shows one of the classes (with --unknown/--multi-label)
+    labels: list[tuple[str, float]] | None = None  # (class, score) of every label it got (--multi-label)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -34,6 +36,10 @@ class Prediction:
         }
         if self.true_label is not None:
             row["true_label"] = self.true_label
+        if self.unknown_score is not None:
+            row["unknown_score"] = round(self.unknown_score, 6)
+        if self.labels is not None:
+            row["labels"] = [{"label": c, "score": round(p, 6)} for c, p in self.labels]
         if self.explanation is not None:
             row["explanation"] = self.explanation
         return row
@@ -81,6 +87,8 @@ class MethodOutput:
     artifacts: dict[str, Any] = field(default_factory=dict)  # larger products to export (descriptors, pairs)
     labels: list[str] | None = None  # label-space answers (Fréchet mean), when they differ from the argmax
     label_metric: Any = None  # the Fréchet mean's metric, for expected squared distance
+    unknown_scores: Any = None  # [N] per image, how sure it shows one of the classes (refiner unknown)
+    label_sets: list[list[tuple[str, float]]] | None = None  # per image, its (class, score) labels (multi-label)
 
 
 def prediction_row(pred: Prediction) -> dict[str, Any]:
