@@ -473,6 +473,8 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
     labels = table.column("label").to_pylist() if ok else []
     ranked = table.column("top_k").to_pylist() if ok else []
     notes = table.column("explanation").to_pylist() if ok else []
+    unknown = table.column("unknown_score").to_pylist() if ok else []
+    label_sets = table.column("labels").to_pylist() if ok else []
     position = {i: n for n, i in enumerate(ok)}
     predictions = []
     for i, rec in enumerate(records):
@@ -481,7 +483,10 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
             n = position[i]
             top = [(t["label"], float(t["prob"])) for t in ranked[n]]
             explanation = json.loads(notes[n]) if notes[n] else None
-            predictions.append(Prediction(rec.id, path, labels[n], top, None, rec.label, explanation))
+            sets = label_sets[n]
+            predictions.append(Prediction(rec.id, path, labels[n], top, None, rec.label, explanation,
+                                          float(unknown[n]) if unknown[n] is not None else None,
+                                          [(t["label"], float(t["score"])) for t in sets] if sets is not None else None))
         else:
             predictions.append(Prediction(rec.id, path, None, [], errors[i], rec.label))
     return ClassificationResult(predictions, list(class_names), logits, probs)
