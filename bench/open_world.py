@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/open_world.py [--cache-dir DIR]
 
-In-list images: vlmcls/data/demo/images (48, 12 classes). Others: vlmcls/data/demo/unknown (48; attribute
+In-list images: vlmcls/data/demo/images (48, 12 classes). Others: vlmcls/data/demo/none_of_these (48; attribute
 combinations no class has). Two objects: vlmcls/data/demo/two_objects (24) with two_objects.jsonl. Method: cbd with
 the shipped descriptors. The LLM negatives come from `vlmcls demo llm` (the product's offline LLM) through the
 negatives prompt. No labels are used to set any threshold; they are used only to score.
@@ -50,7 +50,7 @@ def main() -> None:
     classes = load_classes(DEMO / "classes.txt")
     from dataclasses import replace
 
-    records = as_records(DEMO / "images") + as_records(DEMO / "unknown")  # unknown/: no class folders, label None
+    records = as_records(DEMO / "images") + as_records(DEMO / "none_of_these")  # none_of_these/: no class folders, label None
     records = [replace(r, source_index=i) for i, r in enumerate(records)]
     n_in = sum(r.label is not None for r in records)
     feats = clf.encode_images(records)

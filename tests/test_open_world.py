@@ -24,7 +24,7 @@ from vlmcls.methods.openset import VOCABULARY_PATH, load_vocabulary
 runner = CliRunner()
 CLASSES = list(DEMO_CLASSES)
 IMAGES = DEMO_DATA_DIR / "images"
-UNKNOWN = DEMO_DATA_DIR / "unknown"
+UNKNOWN = DEMO_DATA_DIR / "none_of_these"
 CBD = {"cbd": {"descriptors": str(DEMO_DESCRIPTORS_FILE)}}
 
 

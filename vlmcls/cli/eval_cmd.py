@@ -130,16 +130,16 @@ def render_comparison(result) -> None:
     table = Table(title=f"methods on {result.images['labelled']} labelled images (accuracy and recall in %)",
                   title_justify="left")
     any_cached = any(run.info.get("llm_cached_answers") for run in result.runs)
-    for col in ("method", "top-1", f"top-{k}", "mean recall", "ECE", *(["E[d²]"] if squared else []),
+    for col in ("method", "top-1", f"top-{k}", "mean recall", *(["E[d²]"] if squared else []),
                 "LLM calls", *(["cached"] if any_cached else []), "tokens", "time s"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     for run in result.runs:
         name = escape(run.method) + (" *" if best is not None and run is best and len(result.runs) > 1 else "")
         if not run.ok:
-            cells = ["[red]failed[/red]", "", "", ""] + ([""] if squared else [])
+            cells = ["[red]failed[/red]", "", ""] + ([""] if squared else [])
         else:
             m = run.metrics
-            cells = [_pct(m.top1), _pct(m.top_k), _pct(m.mean_recall), _pct(run.ece)]
+            cells = [_pct(m.top1), _pct(m.top_k), _pct(m.mean_recall)]
             if squared:
                 cells.append("-" if run.expected_squared_distance is None else f"{run.expected_squared_distance:.3f}")
         # Answers read from the cache cost nothing this time; their column shows what a fresh run would ask.
@@ -149,6 +149,10 @@ def render_comparison(result) -> None:
         table.caption = f"* {escape(best.method)}: the best top-1; the per-class table and confusions below are its."
         table.caption_justify = "left"
     console.print(table)
+    calibrated = [run for run in result.runs if run.ok and run.ece is not None]
+    if calibrated:  # its own line, so the comparison table keeps its width
+        console.print("calibration, ECE (15 bins, % ; lower is better): " + ", ".join(
+            f"{escape(run.method)} {_pct(run.ece)}" for run in calibrated), highlight=False)
     _render_open_set(result)
     images = result.images
     console_err.print(key_value_table("images", {

@@ -181,21 +181,21 @@ def render_dataset(
 
 
 def render_open_world(out_dir: str | Path, per_kind: int = 4, seed: int = 2025) -> dict[str, list[Path]]:
-    """The open-world demo sets: ``unknown/`` (attribute combinations no demo class has, ``per_kind`` each) and
+    """The open-world demo sets: ``none_of_these/`` (attribute combinations no demo class has, ``per_kind`` each) and
     ``two_objects/`` (two demo objects per picture) with ``two_objects.jsonl`` (path → both labels)."""
     import json
 
     from vlmcls.demo.world import TWO_OBJECT_PAIRS, UNKNOWN_COMBINATIONS
 
     out_dir = Path(out_dir)
-    written: dict[str, list[Path]] = {"unknown": [], "two_objects": []}
-    (out_dir / "unknown").mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {"none_of_these": [], "two_objects": []}
+    (out_dir / "none_of_these").mkdir(parents=True, exist_ok=True)
     for attrs in UNKNOWN_COMBINATIONS:
         key = "-".join(attrs[t] for t in ("size", "colour", "pattern", "shape"))
         for index in range(per_kind):
-            path = out_dir / "unknown" / f"{key}-{index}.png"
+            path = out_dir / "none_of_these" / f"{key}-{index}.png"
             render_image(attrs, image_rng(seed, key, index)).save(path)
-            written["unknown"].append(path)
+            written["none_of_these"].append(path)
     (out_dir / "two_objects").mkdir(parents=True, exist_ok=True)
     truth = []
     for a, b in TWO_OBJECT_PAIRS:
