@@ -160,6 +160,12 @@ class FakeLLMServer:
         system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
         if _CUPL_REQUEST.search(system):
             return _cupl_answer(names[0] if names else "object", last_user)
+        if re.search(r"mistake|look-?alike", system, re.IGNORECASE):  # the negatives prompt: near misses
+            with self._lock:
+                if names and names[0] in self._answers:
+                    return self._answers[names[0]]
+            near = world.near_miss_negatives(names[0]) if names else ["a plain grey stone", "an empty table"]
+            return " " + "\n- ".join(near)
         if not names:
             match = _DESCRIPTOR_QUESTION.search(last_user)
             names = [match.group(1)] if match else ["object"]

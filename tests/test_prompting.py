@@ -43,7 +43,7 @@ def write_prompt(folder: Path, name: str, text: str) -> Path:
 def test_packaged_prompts_are_identical_to_the_checkout_copies():
     checkout = sorted(p.name for p in (REPO / "prompts").glob("*.toml"))
     packaged = sorted(p.name for p in packaged_prompts_dir().glob("*.toml"))
-    assert checkout == packaged == ["cupl.toml", "descriptors.toml", "differential.toml"]
+    assert checkout == packaged == ["cupl.toml", "descriptors.toml", "differential.toml", "negatives.toml"]
     for name in checkout:
         assert (REPO / "prompts" / name).read_bytes() == (packaged_prompts_dir() / name).read_bytes(), name
 
@@ -130,7 +130,8 @@ def test_prompt_folder_overrides_by_name_and_falls_back_for_the_rest(tmp_path):
     fallback = find_prompt("differential", folder)
     assert fallback.origin in ("checkout", "package") and fallback.path.parent != folder
     names = {s.name: s.origin for s in list_prompts(folder)}
-    assert names == {"descriptors": "override", "differential": fallback.origin, "cupl": fallback.origin}
+    assert names == {"descriptors": "override", "differential": fallback.origin, "cupl": fallback.origin,
+                     "negatives": fallback.origin}
 
 
 def test_env_var_points_at_a_prompt_folder(tmp_path, monkeypatch):

@@ -203,10 +203,12 @@ def result_from_output(out: MethodOutput, feats: ImageFeatures, class_names: lis
     error_records = [rec for rec, _ in feats.errors]
     every = [*records, *error_records]
     notes = list(out.explanations) + [None] * n_err if out.explanations else None
+    unknown = to_numpy(out.unknown_scores).tolist() + [None] * n_err if out.unknown_scores is not None else None
+    label_sets = list(out.label_sets) + [None] * n_err if out.label_sets is not None else None
     table = ResultTable(
         list(class_names), list(map(_ID, every)), list(map(_PATH, every)), top_index, top_prob,
         labels + [None] * n_err, [None] * n_ok + [reason for _, reason in feats.errors], list(map(_LABEL, every)),
-        notes)
+        notes, unknown, label_sets)
     order = list(map(_SOURCE_INDEX, every))
     if not all(map(operator.le, order, itertools.islice(order, 1, None))):  # input order, as the sources number it
         table = _reordered(table, sorted(range(len(order)), key=order.__getitem__))
@@ -226,7 +228,9 @@ def _reordered(table: ResultTable, order: list[int]) -> ResultTable:
     at = np.asarray(order, np.int64)
     return ResultTable(table.class_names, rows(table.ids), rows(table.paths), table.top_index[at], table.top_prob[at],
                        rows(table.labels), rows(table.errors), rows(table.true_labels),
-                       rows(table.explanations) if table.explanations else None)
+                       rows(table.explanations) if table.explanations else None,
+                       rows(table.unknown_scores) if table.unknown_scores else None,
+                       rows(table.label_sets) if table.label_sets else None)
 
 
 NON_FINITE_FEATURE = ("the model returned NaN or infinite features for this image (in half precision this is "

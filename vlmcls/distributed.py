@@ -479,6 +479,8 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
     top_prob = np.zeros((n_all, k), np.float32)
     labels: list = [None] * n_all
     notes: list = [None] * n_all
+    unknown: list = [None] * n_all  # the open world's columns (null without refiner unknown)
+    label_sets: list = [None] * n_all
     if ok:
         top = table.column("top_k").combine_chunks().flatten()  # [N_ok·k] structs
         names = top.field("label").to_pylist()
@@ -486,9 +488,14 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
         top_prob[ok_at] = top.field("prob").to_numpy(zero_copy_only=False).reshape(len(ok), k)
         for i, label, note in zip(ok, table.column("label").to_pylist(), table.column("explanation").to_pylist()):
             labels[i], notes[i] = label, (json.loads(note) if note else None)
+        for i, score, sets in zip(ok, table.column("unknown_score").to_pylist(), table.column("labels").to_pylist()):
+            unknown[i] = float(score) if score is not None else None
+            label_sets[i] = [(t["label"], float(t["score"])) for t in sets] if sets is not None else None
     failed = [errors.get(i) for i in range(n_all)]
     result_table = ResultTable(list(class_names), [rec.id for rec in records],
                                [str(rec.path) if rec.path is not None else None for rec in records], top_index,
                                top_prob, labels, failed, [rec.label for rec in records],
-                               notes if any(n is not None for n in notes) else None)
+                               notes if any(n is not None for n in notes) else None,
+                               unknown if any(v is not None for v in unknown) else None,
+                               label_sets if any(v is not None for v in label_sets) else None)
     return ClassificationResult(result_table, list(class_names), logits, probs)

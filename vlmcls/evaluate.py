@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "vlmcls-eval/1"  # written into results JSON so a reader can tell what it holds
 UNKNOWN_LABEL_POLICIES = ("error", "keep")
+UNKNOWN_TRUTH = "(none of these)"  # the true label of an image from eval's unknown folder
 
 
 @dataclass
@@ -229,7 +230,7 @@ def options_for_spec(spec: str, shared: MethodOptions) -> MethodOptions:
             raise ConfigError(f"'{spec}' needs {record.requires}.")
     # a refiner's options given for another spec do not add it here (classify adds it; eval runs specs as written)
     return shared.without(n for n, r in ((n, get_record(n)) for n in shared.methods)
-                          if r.kind == REFINER and n not in named)
+                          if r.kind == REFINER and n not in named and not r.decides)
 
 
 @dataclass
@@ -245,6 +246,9 @@ class MethodRun:
     expected_squared_distance: float | None = None
     error: str | None = None  # set when the method failed; the other methods still ran
     info: dict[str, Any] = field(default_factory=dict)  # what the method reported besides its costs
+    ece: float | None = None  # expected calibration error of its probabilities (15 bins) on the in-list images
+    reliability: list[dict] = field(default_factory=list)  # the reliability diagram's bins
+    open_set: dict[str, Any] | None = None  # AUROC, FPR95, accuracy with/without rejection (with other images)
 
     @property
     def ok(self) -> bool:
@@ -259,6 +263,9 @@ class MethodRun:
             "llm_tokens": self.llm_tokens,
             "seconds": round(self.seconds, 4),
             "expected_squared_distance": self.expected_squared_distance,
+            "ece": self.ece,
+            "reliability": self.reliability,
+            "open_set": json_safe(self.open_set),
             "metrics": self.metrics.to_dict() if self.metrics is not None else None,
             "info": json_safe(self.info),
             "warnings": json_safe(self.result.warnings) if self.result is not None else [],
@@ -324,6 +331,7 @@ def evaluate(
     *,
     label_metric: Any = None,
     unknown_labels: str = "error",
+    unknown_folder: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     **source_options: Any,
 ) -> EvalReport:
@@ -344,6 +352,14 @@ def evaluate(
     if top_k < 1:
         raise ConfigError(f"top_k is '{top_k}'; it must be at least 1.")
     records = as_records(data, **source_options)
+    if unknown_folder is not None:  # images known to be none of the classes: scored as the open set
+        from dataclasses import replace as _replace
+
+        others = as_records(unknown_folder)
+        if not others:
+            raise ConfigError(f"unknown folder '{unknown_folder}' holds no images.")
+        start = len(records)
+        records = records + [_replace(r, label=UNKNOWN_TRUTH, source_index=start + i) for i, r in enumerate(others)]
     labels = [rec.label for rec in records if rec.label is not None]
     if not labels:
         raise ConfigError(
@@ -353,7 +369,7 @@ def evaluate(
     known = set(class_names)
     for options in options_by_spec.values():  # a Fréchet label space may hold labels that are not classes
         known.update(answers_beyond(options))
-    unknown = Counter(label for label in labels if label not in known)
+    unknown = Counter(label for label in labels if label not in known and label != UNKNOWN_TRUTH)
     if unknown and unknown_labels == "error":  # fail before spending any time on encoding
         raise ConfigError(_unknown_labels_message(unknown, class_names))
 
@@ -409,13 +425,15 @@ def _options_for(options: MethodOptions | Mapping[str, MethodOptions] | None, sp
 def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k: int, label_metric: Any) -> MethodRun:
     """Metrics over the labelled, decoded images of one method's result (unlabelled ones left out)."""
     ok = result.ok  # aligned with the rows of result.probs
-    keep = [n for n, pred in enumerate(ok) if pred.true_label is not None]
+    # the unknown folder's images are scored by the open-set metrics only
+    keep = [n for n, pred in enumerate(ok) if pred.true_label is not None and pred.true_label != UNKNOWN_TRUTH]
     true_labels = [ok[n].true_label for n in keep]
     predicted = [ok[n].label for n in keep]
     probs = result.probs[keep] if keep else torch.empty(0, len(result.class_names))  # [N_labelled, C]
     metrics = compute_metrics(true_labels, probs, result.class_names, predicted_labels=predicted, k=top_k,
                               unknown_labels="keep")
     info = {k: v for k, v in result.stats.items() if k not in ("method", "llm_calls", "llm_tokens")}
+    ece, bins = _calibration(result, keep, true_labels)
     metric = label_metric if label_metric is not None else result.label_metric  # one for all keeps runs comparable
     squared = None
     if metric is not None and keep:
@@ -429,7 +447,51 @@ def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k:
         seconds=seconds,
         expected_squared_distance=float(squared) if squared is not None else None,
         info=info,
+        ece=ece,
+        reliability=bins,
+        open_set=_open_set_metrics(result),
     )
+
+
+def _calibration(result: "ClassificationResult", keep: list[int], true_labels: list[str]) -> tuple[float | None, list]:
+    """ECE and reliability bins of the probabilities over the images whose true label is a class."""
+    from .adapters.metrics import expected_calibration_error, reliability_bins
+
+    column = {name: c for c, name in enumerate(result.class_names)}
+    rows = [(n, column[t]) for n, t in zip(keep, true_labels) if t in column]
+    if not rows:
+        return None, []
+    probs = result.probs[[n for n, _ in rows]]
+    labels = [c for _, c in rows]
+    return round(expected_calibration_error(probs, labels), 6), reliability_bins(probs, labels)
+
+
+def _open_set_metrics(result: "ClassificationResult") -> dict[str, Any] | None:
+    """With images that are none of the classes (an unknown folder, or labels not in the class list): how well the
+    run's unknown score (else its top probability) separates them, and in-list accuracy with and without rejection."""
+    from .adapters.open_set import auroc, fpr_at_tpr
+
+    known = set(result.class_names)
+    ok = [p for p in result.ok if p.true_label is not None]
+    inside = [p for p in ok if p.true_label in known]
+    others = [p for p in ok if p.true_label not in known]
+    if not inside or not others:
+        return None
+
+    def score(p: "Prediction") -> float:
+        return p.unknown_score if p.unknown_score is not None else max(pr for _, pr in p.top_k)
+
+    pos, neg = [score(p) for p in inside], [score(p) for p in others]
+    kept_in = [p.label in known for p in inside]
+    return {
+        "score": "unknown_score" if inside[0].unknown_score is not None else "top-1 probability",
+        "in_list": len(inside), "others": len(others),
+        "auroc": auroc(pos, neg), "fpr_at_95_tpr": fpr_at_tpr(pos, neg),
+        "in_list_top1_without_rejection": sum(p.top_k[0][0] == p.true_label for p in inside) / len(inside),
+        "in_list_top1_with_rejection": sum(p.label == p.true_label for p in inside) / len(inside),
+        "achieved_in_list_recall": sum(kept_in) / len(inside),
+        "others_rejected": sum(p.label not in known for p in others) / len(others),
+    }
 
 
 def _expected_squared_distance(predicted: list[str], true_labels: list[str], metric: Any) -> float | None:

@@ -102,7 +102,7 @@ def prediction_line(pred: Any) -> str:
     fields (a 48,000-image re-run spent a third of its time building row dicts and encoding them); a prediction
     with an explanation, or with a field that is not a plain string, takes the general path."""
     path = pred.path if pred.path is not None else pred.id
-    plain = (pred.explanation is None and type(path) is str and type(pred.label) in (str, type(None))
+    plain = (pred.explanation is None and not _open_world(pred) and type(path) is str and type(pred.label) in (str, type(None))
              and type(pred.error) in (str, type(None)) and type(pred.true_label) in (str, type(None)))
     if not plain:
         return json_text(pred.to_dict()) + "\n"
@@ -139,7 +139,8 @@ def prediction_text(preds: Sequence[Any]) -> str:
     paths, labels, errors, trues, tops, explanations = (list(map(get, preds)) for get in _FIELDS)
     if None not in paths and set(map(type, paths)) <= {str} and set(map(type, labels)) <= _TEXT_OR_NONE_SET \
             and set(map(type, errors)) <= _TEXT_OR_NONE_SET and len(set(map(len, tops))) == 1 \
-            and set(map(type, trues)) in ({str}, {type(None)}) and set(map(id, explanations)) == {id(None)}:
+            and set(map(type, trues)) in ({str}, {type(None)}) and set(map(id, explanations)) == {id(None)} \
+            and not any(_open_world(p) for p in preds):
         # the usual case, checked column by column: one shape
         text = _same_shape_text(paths, labels, errors, trues if trues[0] is not None else None, tops)
         if text is not None:
@@ -148,7 +149,7 @@ def prediction_text(preds: Sequence[Any]) -> str:
     shapes: dict[tuple[int, bool], list[int]] = {}  # (k, has a true label) -> rows
     for n, pred in enumerate(preds):
         path = pred.path if pred.path is not None else pred.id
-        if (pred.explanation is None and type(path) is str and type(pred.label) in _TEXT_OR_NONE
+        if (pred.explanation is None and not _open_world(pred) and type(path) is str and type(pred.label) in _TEXT_OR_NONE
                 and type(pred.error) in _TEXT_OR_NONE and type(pred.true_label) in _TEXT_OR_NONE):
             shapes.setdefault((len(pred.top_k), pred.true_label is not None), []).append(n)
         else:
@@ -166,6 +167,11 @@ def prediction_text(preds: Sequence[Any]) -> str:
         for n, line in zip(rows, text.split("\n")):
             lines[n] = line + "\n"
     return "".join(lines)  # type: ignore[arg-type]
+
+
+def _open_world(pred: Any) -> bool:
+    """Whether a row carries the open world's fields (unknown_score, labels): those take the general path."""
+    return getattr(pred, "unknown_score", None) is not None or getattr(pred, "labels", None) is not None
 
 
 def _same_shape_text(paths: list[str], labels: list[str | None], errors: list[str | None],
@@ -284,7 +290,8 @@ def table_text(table: Any, start: int, stop: int) -> str:
     labels, errors, trues = table.labels[start:stop], table.errors[start:stop], table.true_labels[start:stop]
     notes = table.explanations[start:stop] if table.explanations else None
     count, k = stop - start, table.k
-    plain = (set(map(type, paths)) <= {str} and set(map(type, labels)) <= _TEXT_OR_NONE_SET
+    plain = (table.unknown_scores is None and table.label_sets is None  # the open world's rows: the general path
+             and set(map(type, paths)) <= {str} and set(map(type, labels)) <= _TEXT_OR_NONE_SET
              and set(map(type, errors)) <= _TEXT_OR_NONE_SET and set(map(type, trues)) <= _TEXT_OR_NONE_SET)
     names = np.asarray(table.class_names + [""], dtype=object)
     lines: list[str | None] = [None] * count

@@ -220,6 +220,9 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
     labels = scores.labels if scores.labels is not None else [r[0]["label"] for r in ranked]
     notes = [json.dumps(json_safe(note)) if note else None for note in (scores.notes or [None] * len(ranked))]
     counts = [json.dumps(scores.counts)] + ["{}"] * (len(ranked) - 1)  # the batch's counts, once
+    unknown = scores.unknown_score.double().tolist() if scores.unknown_score is not None else [None] * len(ranked)
+    label_sets = ([[{"label": c, "score": float(v)} for c, v in row] for row in scores.label_sets]
+                  if scores.label_sets is not None else [None] * len(ranked))
     return pa.table({
         "position": pa.array(positions.tolist(), pa.int64()),
         "label": pa.array(labels, pa.string()),
@@ -227,7 +230,15 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
         "explanation": pa.array(notes, pa.string()),
         "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
         "counts": pa.array(counts, pa.string()),
+        "unknown_score": pa.array(unknown, pa.float64()),  # the open world's (null without refiner unknown)
+        "labels": pa.array(label_sets, labels_type()),
     })
+
+
+def labels_type():
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
 
 
 def top_k_type():
@@ -252,4 +263,8 @@ def located_rows(table, *, located: dict[str, list], explain: bool):
     }
     if explain:
         columns["explanation"] = table.column("explanation")
+    if table.column("unknown_score").null_count < table.num_rows:
+        columns["unknown_score"] = table.column("unknown_score")
+    if table.column("labels").null_count < table.num_rows:
+        columns["labels"] = table.column("labels")
     return pa.table(columns)

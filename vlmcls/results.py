@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Prediction", "ResultTable", "ClassificationResult", "MethodOutput", "json_safe", "prediction_row",
            "ROW_COLUMNS", "top_k_arrow_type"]
 
-ROW_COLUMNS = ("path", "label", "top_k", "error", "true_label", "index", "explanation")  # the written row shape
+# the written row shape; unknown_score and labels (the open world's) when its refiner ran
+ROW_COLUMNS = ("path", "label", "top_k", "error", "true_label", "index", "unknown_score", "labels", "explanation")
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Prediction:
     error: str | None = None
     true_label: str | None = None  # from a class sub-folder or dataset column, when known
     explanation: dict[str, Any] | None = None
+    unknown_score: float | None = None  # how sure the image shows one of the classes (with --unknown/--multi-label)
+    labels: list[tuple[str, float]] | None = None  # (class, score) of every label it got (--multi-label)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -46,6 +49,10 @@ class Prediction:
         }
         if self.true_label is not None:
             row["true_label"] = self.true_label
+        if self.unknown_score is not None:
+            row["unknown_score"] = round(self.unknown_score, 6)
+        if self.labels is not None:
+            row["labels"] = [{"label": c, "score": round(p, 6)} for c, p in self.labels]
         if self.explanation is not None:
             row["explanation"] = self.explanation
         return row
@@ -56,6 +63,13 @@ def top_k_arrow_type() -> Any:
     import pyarrow as pa
 
     return pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))
+
+
+def labels_arrow_type() -> Any:
+    """The Arrow type of the open world's ``labels`` column (multi-label: every label with its score)."""
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
 
 
 @dataclass
@@ -71,6 +85,9 @@ class ResultTable:
     errors: list[str | None]  # [N]
     true_labels: list[str | None]  # [N] from a class sub-folder or a dataset column, when known
     explanations: list[dict | None] | None = None  # [N] when asked for
+    # the open world's columns (refiner unknown), None when it did not run:
+    unknown_scores: list[float | None] | None = None  # [N] how sure each image shows one of the classes
+    label_sets: list[list[tuple[str, float]] | None] | None = None  # [N] every (class, score) label (multi-label)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,7 +109,9 @@ class ResultTable:
     def prediction(self, n: int) -> Prediction:
         """Row ``n`` as a :class:`Prediction` (built on demand: the table holds no row objects)."""
         return Prediction(self.ids[n], self.paths[n], self.labels[n], self.top_k(n), self.errors[n],
-                          self.true_labels[n], self.explanations[n] if self.explanations else None)
+                          self.true_labels[n], self.explanations[n] if self.explanations else None,
+                          self.unknown_scores[n] if self.unknown_scores else None,
+                          self.label_sets[n] if self.label_sets else None)
 
     def write_paths(self) -> list[str]:
         """The ``path`` column as written: a dataset row's id where it has no path."""
@@ -123,6 +142,12 @@ class ResultTable:
             "true_label": pa.array(self.true_labels, pa.string()),
             "index": pa.array(np.arange(len(self), dtype=np.int64)),
         }
+        if self.unknown_scores is not None:
+            columns["unknown_score"] = pa.array([None if v is None else round(v, 6) for v in self.unknown_scores],
+                                                pa.float64())
+        if self.label_sets is not None:
+            columns["labels"] = pa.array([None if row is None else [{"label": c, "score": round(v, 6)} for c, v in row]
+                                          for row in self.label_sets], labels_arrow_type())
         notes = self.explanations or [None] * len(self)
         if explain or (explain is None and any(n is not None for n in notes)):
             columns["explanation"] = pa.array([json.dumps(json_safe(n)) if n is not None else None for n in notes],
@@ -141,9 +166,13 @@ class ResultTable:
                 for j, (name, prob) in enumerate(p.top_k):
                     top_index[n, j], top_prob[n, j] = index[name], prob
         notes = [p.explanation for p in predictions]
+        unknown = [p.unknown_score for p in predictions]
+        label_sets = [p.labels for p in predictions]
         return cls(list(class_names), [p.id for p in predictions], [p.path for p in predictions], top_index,
                    top_prob, [p.label for p in predictions], [p.error for p in predictions],
-                   [p.true_label for p in predictions], notes if any(n is not None for n in notes) else None)
+                   [p.true_label for p in predictions], notes if any(n is not None for n in notes) else None,
+                   unknown if any(v is not None for v in unknown) else None,
+                   label_sets if any(v is not None for v in label_sets) else None)
 
 
 class ClassificationResult:
@@ -202,6 +231,8 @@ class MethodOutput:
     artifacts: dict[str, Any] = field(default_factory=dict)  # larger products to export (descriptors, pairs)
     labels: list[str] | None = None  # label-space answers (Fréchet mean), when they differ from the argmax
     label_metric: Any = None  # the Fréchet mean's metric, for expected squared distance
+    unknown_scores: Any = None  # [N] per image, how sure it shows one of the classes (refiner unknown)
+    label_sets: list[list[tuple[str, float]]] | None = None  # per image, its (class, score) labels (multi-label)
 
 
 def prediction_row(pred: Prediction) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from .metric_files import read_distance_file, read_hierarchy_file
 
-__all__ = ["LabelMetric", "TreeMetric", "MatrixMetric", "EmbeddingMetric"]
+__all__ = ["LabelMetric", "TreeMetric", "MatrixMetric", "EmbeddingMetric", "expected_calibration_error",
+           "reliability_bins"]
 
 
 def _check_names(names: Sequence[str], what: str) -> list[str]:
@@ -400,3 +401,39 @@ class TreeMetric(LabelMetric):
             steps[moving] -= 1
             moving = moving[steps[moving] > 0]
         return nodes
+
+
+# -- calibration ----------------------------------------------------------------------------------------------
+
+
+def reliability_bins(probs: np.ndarray | Tensor, labels: Sequence[int] | np.ndarray | Tensor,
+                     n_bins: int = 15) -> list[dict[str, float]]:
+    """probs [N, C], labels [N] (class indices) -> per equal-width confidence bin (confidence = max prob): its
+    range, image count, mean confidence and accuracy (the points of a reliability diagram)."""
+    p = probs.detach().cpu().numpy() if isinstance(probs, Tensor) else np.asarray(probs)
+    y = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ConfigError(f"probs have shape {tuple(p.shape)} for {y.shape[0]} labels; expected [N, C] and [N].")
+    confidence = p.max(axis=1).astype(np.float64) if p.size else np.zeros(0)
+    correct = (p.argmax(axis=1) == y).astype(np.float64) if p.size else np.zeros(0)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)  # (lo, hi] bins, 0 in the first
+    out = []
+    for b in range(n_bins):
+        mask = which == b
+        count = int(mask.sum())
+        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                    "confidence": float(confidence[mask].mean()) if count else 0.0,
+                    "accuracy": float(correct[mask].mean()) if count else 0.0})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray | Tensor, labels: Sequence[int] | np.ndarray | Tensor,
+                               n_bins: int = 15) -> float:
+    """ECE: the image-weighted mean |accuracy − confidence| over ``n_bins`` equal-width bins of the top
+    probability (15: the TTA literature's default). 0 for no images."""
+    bins = reliability_bins(probs, labels, n_bins)
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return 0.0
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / total)

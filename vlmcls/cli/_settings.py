@@ -15,7 +15,8 @@ from typing import Any, List, Optional
 import click
 import typer
 
-from ..methods import parse_option, promoted_flags, renamed_flags
+from ..methods import get_record, parse_option, promoted_flags, renamed_flags
+from ..methods.registry import type_text
 from ._options import option_group
 
 __all__ = ["with_method_options", "with_opt", "retired_flag", "check_retired_flags"]
@@ -30,6 +31,8 @@ def _params() -> list[tuple[str, Any, Any]]:
     for flag, (method, key, field) in promoted_flags().items():
         names = field.metadata["flag"].split("/")
         annotation = Optional[Path] if field.metadata.get("file") else Optional[str]
+        if type_text(get_record(method), key) == "bool":  # an on/off option is a plain flag (--unknown)
+            annotation = Optional[bool]
         params.append((f"promoted_{method}_{key}", annotation, typer.Option(
             None, *names, help=f"{field.metadata['doc']} (= --opt {method}.{key}=…)", rich_help_panel="Methods")))
     return params

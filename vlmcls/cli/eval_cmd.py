@@ -55,6 +55,7 @@ def eval_command(
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
+    unknown_folder: Optional[Path] = typer.Option(None, "--unknown-folder", help="Images known to be none of the classes: eval adds open-set metrics (AUROC, FPR at 95 % TPR, in-list accuracy with and without rejection, achieved in-list recall)."),
     refresh: bool = REFRESH_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
@@ -82,7 +83,7 @@ def eval_command(
                             domain_hint=domain_hint, explain=report is not None)
     files = file_options(options.given())  # the options that name files, read from the records
     check_input_files({name: path for name, kind, path in files if kind == "file"},
-                      {name: path for name, kind, path in files if kind == "dir"})
+                      {**{name: path for name, kind, path in files if kind == "dir"}, "--unknown-folder": unknown_folder})
     targets = check_outputs({
         "--output": (output, (".json",), "eval results are saved as .json"),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
@@ -102,7 +103,8 @@ def eval_command(
         options.llm = client
         with progress_bar("encoding images", enabled=not quiet) as progress:
             result = evaluate(clf, data, class_names, names, options, top_k, label_metric=metric,
-                              unknown_labels=unknown_labels, progress=progress, **source_options)
+                              unknown_labels=unknown_labels, unknown_folder=unknown_folder, progress=progress,
+                              **source_options)
     results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:
         write_json(output, results)
@@ -147,6 +149,11 @@ def render_comparison(result) -> None:
         table.caption = f"* {escape(best.method)}: the best top-1; the per-class table and confusions below are its."
         table.caption_justify = "left"
     console.print(table)
+    calibrated = [run for run in result.runs if run.ok and run.ece is not None]
+    if calibrated:  # its own line, so the comparison table keeps its width
+        console.print("calibration, ECE (15 bins, % ; lower is better): " + ", ".join(
+            f"{escape(run.method)} {_pct(run.ece)}" for run in calibrated), highlight=False)
+    _render_open_set(result)
     images = result.images
     console_err.print(key_value_table("images", {
         "total": images["total"],
@@ -156,6 +163,24 @@ def render_comparison(result) -> None:
         "encoded now / cached": f"{images['encoded']} / {images['cached']} (once, shared by every method)",
         "encoding time": f"{images['encode_seconds']:.2f} s",
     }))
+
+
+def _render_open_set(result) -> None:
+    """AUROC, FPR95 and accuracy with and without rejection, when the run held images that are none of the classes."""
+    runs = [run for run in result.runs if run.ok and run.open_set]
+    if not runs:
+        return
+    table = Table(title="open set: in-list images against images that are none of the classes (in %)",
+                  title_justify="left")
+    for col in ("method", "score", "AUROC", "FPR95", "top-1 no rejection", "top-1 with rejection",
+                "in-list recall", "others rejected"):
+        table.add_column(col, justify="left" if col in ("method", "score") else "right")
+    for run in runs:
+        o = run.open_set
+        table.add_row(escape(run.method), escape(o["score"]), _pct(o["auroc"]), _pct(o["fpr_at_95_tpr"]),
+                      _pct(o["in_list_top1_without_rejection"]), _pct(o["in_list_top1_with_rejection"]),
+                      _pct(o["achieved_in_list_recall"]), _pct(o["others_rejected"]))
+    console.print(table)
 
 
 def render_per_class(result) -> None:

@@ -68,8 +68,11 @@ class DemoAnswer:
 
     status: int
     text: str
-    kind: str  # what the request asks for: "descriptors", "differential" or "sentence" (the CuPL prompt)
+    kind: str  # what the request asks for: "descriptors", "differential", "sentence" (the CuPL prompt), "negatives"
     classes: tuple[str, ...] = ()
+
+
+_LOOK_ALIKES = re.compile(r"mistake|look-?alike", re.IGNORECASE)  # the negatives prompt asks for near misses
 
 
 def _named_classes(text: str) -> list[str]:
@@ -97,6 +100,8 @@ def _kind(system: str, everything: str, classes: list[str]) -> str:
         return "differential"
     if _ONE_SENTENCE.search(system):
         return "sentence"
+    if _LOOK_ALIKES.search(system):
+        return "negatives"
     return "descriptors"
 
 
@@ -136,6 +141,8 @@ def answer_messages(messages: list[dict[str, Any]], seed: int | None = None) -> 
     name = classes[0]
     if kind == "sentence":
         return DemoAnswer(200, _cupl_sentence(name, last_user, seed), kind, (name,))
+    if kind == "negatives":  # near misses: the class with one attribute changed, where that makes no other class
+        return DemoAnswer(200, " " + "\n- ".join(world.near_miss_negatives(name)), kind, (name,))
     # The prompt leaves the first "-" open, so the answer continues that bullet as a completion model would.
     return DemoAnswer(200, " " + "\n- ".join(world.generic_descriptors(name)), kind, (name,))
 

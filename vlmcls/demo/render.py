@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from vlmcls.demo.world import ATTRIBUTES, class_attributes
 
-__all__ = ["IMAGE_SIZE", "render_image", "render_dataset", "image_rng"]
+__all__ = ["IMAGE_SIZE", "render_image", "render_two_objects", "render_dataset", "render_open_world", "image_rng"]
 
 IMAGE_SIZE = 64  # pixels per side; small enough for a CPU-trained ViT, large enough for stripes on small shapes
 _SUPERSAMPLE = 4  # shapes are drawn 4x larger then reduced, which anti-aliases their edges
@@ -81,14 +81,16 @@ def _outline(shape: str, centre: tuple[float, float], radius: float, angle: floa
     return points
 
 
-def _object_mask(shape: str, size: str, rng: np.random.Generator) -> np.ndarray:
-    """Coverage [H, W] in 0..1 of one randomly placed and rotated shape."""
+def _object_mask(shape: str, size: str, rng: np.random.Generator, centre_x: float | None = None) -> np.ndarray:
+    """Coverage [H, W] in 0..1 of one randomly placed and rotated shape (``centre_x``: across at about this x)."""
     radius = rng.uniform(*_RADIUS_RANGE[size])
     # Squares and triangles look smaller than a circle of the same radius; scale up so sizes read alike.
     radius *= {"circle": 0.9, "square": 1.0, "triangle": 1.1, "star": 1.1}[shape]
     # near the middle, as in most photos: a tiny ViT learns shapes far faster when they do not roam the frame
     slack = max(0.0, min(_MAX_OFFSET, IMAGE_SIZE / 2 - radius - 1))
     centre = tuple(IMAGE_SIZE / 2 + rng.uniform(-slack, slack, size=2))
+    if centre_x is not None:
+        centre = (centre_x + rng.uniform(-2, 2), centre[1])
     # mostly upright (a point up, a side down), tilted a little: objects as people usually photograph them
     angle = -math.pi / 2 + math.radians(rng.uniform(-_MAX_TILT_DEGREES, _MAX_TILT_DEGREES))
     if shape == "square":
@@ -134,6 +136,27 @@ def render_image(attrs: Mapping[str, str], rng: np.random.Generator) -> Image.Im
     return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
 
 
+def _paint(pixels: np.ndarray, attrs: Mapping[str, str], rng: np.random.Generator,
+           centre_x: float | None = None) -> np.ndarray:
+    """One object drawn over ``pixels`` [H, W, 3]."""
+    _check_attributes(attrs)
+    base = np.asarray(_BASE_RGB[attrs["colour"]], dtype=np.float32)
+    body_rgb = np.clip(base * rng.uniform(0.8, 1.1) + rng.normal(0, 12, size=3), 0, 255)  # [3]
+    pattern_rgb = body_rgb * rng.uniform(0.25, 0.45)
+    coverage = _object_mask(attrs["shape"], attrs["size"], rng, centre_x)[..., None]  # [H, W, 1]
+    pattern = _pattern_mask(attrs["pattern"], rng)[..., None]  # [H, W, 1]
+    surface = body_rgb * (1 - pattern) + pattern_rgb * pattern + rng.normal(0, 6, size=pixels.shape)
+    return pixels * (1 - coverage) + surface * coverage
+
+
+def render_two_objects(first: Mapping[str, str], second: Mapping[str, str], rng: np.random.Generator) -> Image.Image:
+    """Two small objects side by side (left and right half) on one background: a multi-label picture."""
+    pixels = _background(rng)
+    pixels = _paint(pixels, first, rng, IMAGE_SIZE * 0.27)
+    pixels = _paint(pixels, second, rng, IMAGE_SIZE * 0.73)
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), mode="RGB")
+
+
 def render_dataset(
     out_dir: str | Path,
     classes: Iterable[str] | Mapping[str, Mapping[str, str]],
@@ -154,4 +177,32 @@ def render_dataset(
             path = class_dir / f"{index}.png"
             render_image(attrs, image_rng(seed, class_name, index)).save(path)
             written.append(path)
+    return written
+
+
+def render_open_world(out_dir: str | Path, per_kind: int = 4, seed: int = 2025) -> dict[str, list[Path]]:
+    """The open-world demo sets: ``none_of_these/`` (attribute combinations no demo class has, ``per_kind`` each) and
+    ``two_objects/`` (two demo objects per picture) with ``two_objects.jsonl`` (path → both labels)."""
+    import json
+
+    from vlmcls.demo.world import TWO_OBJECT_PAIRS, UNKNOWN_COMBINATIONS
+
+    out_dir = Path(out_dir)
+    written: dict[str, list[Path]] = {"none_of_these": [], "two_objects": []}
+    (out_dir / "none_of_these").mkdir(parents=True, exist_ok=True)
+    for attrs in UNKNOWN_COMBINATIONS:
+        key = "-".join(attrs[t] for t in ("size", "colour", "pattern", "shape"))
+        for index in range(per_kind):
+            path = out_dir / "none_of_these" / f"{key}-{index}.png"
+            render_image(attrs, image_rng(seed, key, index)).save(path)
+            written["none_of_these"].append(path)
+    (out_dir / "two_objects").mkdir(parents=True, exist_ok=True)
+    truth = []
+    for a, b in TWO_OBJECT_PAIRS:
+        for index in range(per_kind):
+            path = out_dir / "two_objects" / f"{a}+{b}-{index}.png"
+            render_two_objects(class_attributes(a), class_attributes(b), image_rng(seed, f"{a}+{b}", index)).save(path)
+            written["two_objects"].append(path)
+            truth.append({"path": f"two_objects/{path.name}", "labels": [a, b]})
+    (out_dir / "two_objects.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth), encoding="utf-8")
     return written

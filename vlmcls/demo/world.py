@@ -20,6 +20,9 @@ __all__ = [
     "generic_descriptors",
     "differential_descriptions",
     "write_attribute_distances",
+    "UNKNOWN_COMBINATIONS",
+    "TWO_OBJECT_PAIRS",
+    "near_miss_negatives",
 ]
 
 # Attribute type -> its values. Few values per type so a small CLIP trained in minutes on a CPU can learn them all.
@@ -143,3 +146,37 @@ def write_attribute_distances(path, class_names=None):
         for a in names:
             writer.writerow([a] + [len(_differing_attributes(class_attributes(a), class_attributes(b))) for b in names])
     return Path(path)
+
+
+def _combinations() -> list[dict[str, str]]:
+    import itertools
+
+    return [dict(zip(ATTRIBUTES, values)) for values in itertools.product(*ATTRIBUTES.values())]
+
+
+# "None of these": attribute combinations no demo class has, at least two attributes away from every class (so a
+# picture of one is not just a class with one thing changed). A fixed dozen, for the demo's unknown/ folder.
+_FAR = [combo for combo in _combinations()
+        if min(len(_differing_attributes(combo, attrs)) for attrs in DEMO_CLASSES.values()) >= 2]
+UNKNOWN_COMBINATIONS: list[dict[str, str]] = _FAR[:: max(1, len(_FAR) // 12)][:12]
+
+# Two small demo objects in one picture (the multi-label images): pairs that differ in at least two attributes.
+TWO_OBJECT_PAIRS: list[tuple[str, str]] = [("trelloq", "yantrok"), ("gleebis", "trelloq"), ("yantrok", "plovix"),
+                                            ("gleebis", "drumelt"), ("trelloq", "drumelt"), ("gleebis", "yantrok")]
+
+
+def near_miss_negatives(class_name: str) -> list[str]:
+    """What an LLM asked for look-alikes of one class would name: the class with one attribute changed, where that
+    makes no other demo class ("a large red striped square"), worded as the demo model's captions are."""
+    attrs = class_attributes(class_name)
+    taken = [dict(a) for a in DEMO_CLASSES.values()]
+    out = []
+    for attr_type, values in ATTRIBUTES.items():
+        for value in values:
+            if value == attrs[attr_type]:
+                continue
+            changed = {**attrs, attr_type: value}
+            if changed in taken:
+                continue
+            out.append(f"{changed['size']} {changed['colour']} {changed['pattern']} {changed['shape']}")
+    return out

@@ -61,6 +61,8 @@ class BatchScores:
     notes: list[dict] | None = None  # per image, explanation parts by stage (when asked for)
     labels: list[str] | None = None  # label-space answers (Fréchet mean); None = argmax of the logits
     counts: dict[str, float] = field(default_factory=dict)  # summable per-batch facts (images moved, …)
+    unknown_score: torch.Tensor | None = None  # [B] how sure each image is that it shows a class (refiner unknown)
+    label_sets: list[list[tuple[str, float]]] | None = None  # per image, (class, score) of its labels (multi-label)
 
 
 class Stage(Protocol):
@@ -217,6 +219,7 @@ def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Ten
         llm_calls=report.llm_calls, llm_tokens=report.llm_tokens, seconds=time.perf_counter() - started,
         warnings=report.warnings, info=info, weights=pipeline.weights, text_feats=pipeline.text_feats,
         artifacts=report.artifacts, labels=scores.labels, label_metric=report.label_metric,
+        unknown_scores=scores.unknown_score, label_sets=scores.label_sets,
     )
 
 

@@ -106,6 +106,9 @@ class MethodRecord:
     # (config) -> labels it may answer with that are not among the classes (the Fréchet mean's label space), or None
     answers_beyond: Callable[[Any], Any] | None = None
     shown: tuple[str, ...] = ()  # the facts of its run info the terminal summary shows (e.g. images_moved)
+    # a decision over the final scores (the open world's `unknown`): eval adds it to every spec it compares when
+    # its options turn it on, as classify does, so each method is scored with the same decision
+    decides: bool = False
     source: str = "vlmcls"  # the distribution that registered it (a plugin's name for third-party methods)
 
 
