@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from .metric_files import read_distance_file, read_hierarchy_file
 
-__all__ = ["LabelMetric", "TreeMetric", "MatrixMetric", "EmbeddingMetric"]
+__all__ = ["LabelMetric", "TreeMetric", "MatrixMetric", "EmbeddingMetric", "expected_calibration_error"]
 
 
 def _check_names(names: Sequence[str], what: str) -> list[str]:
@@ -400,3 +400,28 @@ class TreeMetric(LabelMetric):
             steps[moving] -= 1
             moving = moving[steps[moving] > 0]
         return nodes
+
+
+def expected_calibration_error(probs: np.ndarray | Tensor, labels: Sequence[int] | np.ndarray | Tensor,
+                               bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (15: the test-time adaptation literature's default):
+    Σ_b (n_b / N) · |accuracy_b − mean confidence_b|, confidence = the top probability, right = top class is the
+    label. ``labels`` are class columns; a row whose label is −1 (unknown) counts as wrong. 0.0 for no rows."""
+    p = probs.detach().cpu().numpy() if isinstance(probs, Tensor) else np.asarray(probs)
+    y = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    if p.ndim != 2 or y.shape != (p.shape[0],):
+        raise ValueError(f"probs have shape {p.shape} and labels {y.shape}; expected [N, C] and [N].")
+    if bins < 1:
+        raise ValueError(f"bins is '{bins}'; it must be at least 1.")
+    if not len(y):
+        return 0.0
+    confidence = p.max(axis=1).astype(np.float64)
+    right = (p.argmax(axis=1) == y).astype(np.float64)
+    # bins (lo, hi]; a confidence of exactly 0 goes to the first
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(right[inside].mean() - confidence[inside].mean())
+    return float(total)

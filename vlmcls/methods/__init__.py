@@ -4,7 +4,7 @@
                          ─▶ Pipeline.apply per batch (in this process, or on Ray workers) ─▶ logits, labels, notes
 
 Records live beside their code: :mod:`.heads` (name, templates, cbd, waffle), :mod:`.cupl`, :mod:`.fudd`, :mod:`.refiners`
-(tip, tfup, frechet). A new method is one module and one ``register(MethodRecord(...))``.
+(tip, tfup, frechet), :mod:`.gda`, :mod:`.tda`, :mod:`.transclip`. A new method is one module and one ``register(MethodRecord(...))``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ from .registry import (
     runs_on_numpy,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
-from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module registers its records)
+from . import heads, cupl, fudd, refiners, gda, tda, transclip  # noqa: E402,F401  (each module registers its records)
 from .cupl import CuplConfig  # noqa: E402
 from .fudd import FuddConfig  # noqa: E402
 from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402
 from .refiners import FrechetConfig, TfupConfig, TipConfig  # noqa: E402
+from .gda import GdaConfig  # noqa: E402
+from .tda import TdaConfig  # noqa: E402
+from .transclip import TransclipConfig  # noqa: E402
 
 load_plugins()  # third-party methods (entry point group ``vlmcls.methods``), after the built-in ones
 
@@ -56,7 +59,7 @@ __all__ = [
     "build_pipeline", "run_spec", "asks_llm", "estimate_llm_cost", "DEFAULT_METHOD", "DEFAULT_COMPARISON",
     "DEFAULT_DESCRIBER", "spec_help", "label_metric", "answers_beyond", "runs_on_numpy",
     "NameConfig", "TemplatesConfig", "CbdConfig", "WaffleConfig", "CuplConfig", "FuddConfig", "TipConfig",
-    "TfupConfig", "FrechetConfig",
+    "TfupConfig", "FrechetConfig", "GdaConfig", "TdaConfig", "TransclipConfig",
 ]
 
 
