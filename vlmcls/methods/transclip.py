@@ -84,6 +84,10 @@ def _prepare_transclip(context: RunContext, config: TransclipConfig, upstream: P
         report.warnings.append({"method": "transclip", "warning": f"{feats.shape[0]} image(s): TransCLIP learns "
                                 "from a run's images together and needs two or more; scores left as they were"})
         return TransclipStage(None, None, names, int(feats.shape[0]))
+    if config.anchor > 0 and upstream.weights is None:
+        raise ConfigError(f"transclip.anchor pulls class means toward the head's text weights; head "
+                          f"'{report.head}' has none. Use a linear text head (name, templates, cbd, waffle, cupl) "
+                          "or leave transclip.anchor at 0.")
     settings = TransclipSettings(lam=config.lam, neighbours=config.neighbours, iterations=config.iterations,
                                  anchor=config.anchor)
     result = transclip(feats, logits, settings, upstream.weights if config.anchor > 0 else None)
