@@ -43,9 +43,9 @@ class GdaStage:
         notes = upstream.notes
         if explain:
             before, after = upstream.logits.argmax(dim=1), refined.argmax(dim=1)
-            term = refined - upstream.logits.double()
+            term = refined - upstream.logits.double()  # α (f Wᵀ + b); 6 significant digits: W can be large
             own = [{"class": self.class_names[int(a)], "zero_shot_class": self.class_names[int(b)],
-                    "gda_term": round(float(term[n, a]), 6)} for n, (a, b) in enumerate(zip(after, before))]
+                    "gda_term": float(f"{float(term[n, a]):.6g}")} for n, (a, b) in enumerate(zip(after, before))]
             notes = merge_notes(upstream.notes, "gda", own)
         return BatchScores(refined.float(), notes, upstream.labels)
 
