@@ -201,11 +201,11 @@ def reference_transclip(feats: torch.Tensor, logits: torch.Tensor, lam=1.0, k=3,
 
 def test_transclip_is_the_papers_block_updates_written_out(linear_head):
     queries = query_feats(12, seed=3)
-    from vlmcls.adapters.transclip import transclip
+    from vlmcls.adapters.transclip import transclip_assignments
 
     logits = 100.0 * queries @ TEXT.T
     want = reference_transclip(queries, logits)
-    got = transclip(queries, logits).z
+    got = transclip_assignments(queries, logits).z
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     # through the pipeline: the probabilities are z (float32 features in, as a run has)
     out = run_spec(parse_spec("lin+transclip"), context(MethodOptions()), queries.float())

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from .cache_model import _check_feats
 
-__all__ = ["TransclipSettings", "TransclipResult", "transclip", "knn_affinity", "gmm_log_likelihood", "z_update"]
+__all__ = ["TransclipSettings", "TransclipResult", "transclip_assignments", "knn_affinity", "gmm_log_likelihood", "z_update"]
 
 MASS_FLOOR = 1e-12
 VARIANCE_FLOOR = 1e-12
@@ -108,7 +108,7 @@ def _init_means(feats: Tensor, z: Tensor, top: int) -> Tensor:
     return torch.nn.functional.normalize(weights.T @ feats, dim=1)
 
 
-def transclip(image_feats: Tensor, zero_shot_logits: Tensor, settings: TransclipSettings = TransclipSettings(),
+def transclip_assignments(image_feats: Tensor, zero_shot_logits: Tensor, settings: TransclipSettings = TransclipSettings(),
               text_weights: Tensor | None = None) -> TransclipResult:
     """TransCLIP's assignments for every image of a run (module docstring); float64, deterministic."""
     _check_feats(image_feats, "image features")

@@ -72,7 +72,7 @@ def _prepare_transclip(context: RunContext, config: TransclipConfig, upstream: P
                        report: RunReport) -> TransclipStage:
     import torch
 
-    from ..adapters.transclip import TransclipSettings, transclip
+    from ..adapters.transclip import TransclipSettings, transclip_assignments
 
     parts = gather(upstream, _gathered)
     positions = torch.cat([torch.as_tensor(p) for p, _, _ in parts])
@@ -90,7 +90,7 @@ def _prepare_transclip(context: RunContext, config: TransclipConfig, upstream: P
                           "or leave transclip.anchor at 0.")
     settings = TransclipSettings(lam=config.lam, neighbours=config.neighbours, iterations=config.iterations,
                                  anchor=config.anchor)
-    result = transclip(feats, logits, settings, upstream.weights if config.anchor > 0 else None)
+    result = transclip_assignments(feats, logits, settings, upstream.weights if config.anchor > 0 else None)
     z = result.z.clamp(min=_Z_FLOOR)
     if context.text.score_rule == "sigmoid":
         out = torch.log(z) - torch.log1p(-z.clamp(max=1 - 1e-16))
