@@ -202,7 +202,7 @@ def collect_part(table, *, pipeline, collect):
     """A gather's collect on one batch; the part travels back to the driver as one Python object."""
     positions, feats = _batch_feats(table)
     part = np.empty(1, dtype=object)
-    part[0] = collect(positions, feats, pipeline.apply(feats))
+    part[0] = collect(positions, feats, pipeline.apply(feats, positions=positions))
     return {"part": part}
 
 
@@ -211,7 +211,7 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
     import pyarrow as pa
 
     positions, feats = _batch_feats(table)
-    scores = pipeline.apply(feats, explain)
+    scores = pipeline.apply(feats, explain, positions=positions)
     probs = probabilities(scores.logits, pipeline.score_rule)  # [B, C]
     values, indices = top_k(probs, k)
     names = pipeline.class_names

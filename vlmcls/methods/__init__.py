@@ -4,7 +4,8 @@
                          ─▶ Pipeline.apply per batch (in this process, or on Ray workers) ─▶ logits, labels, notes
 
 Records live beside their code: :mod:`.heads` (name, templates, cbd, waffle), :mod:`.cupl`, :mod:`.fudd`, :mod:`.refiners`
-(tip, tfup, frechet), :mod:`.openset` (unknown). A new method is one module and one ``register(MethodRecord(...))``.
+(tip, tfup, frechet), :mod:`.gda`, :mod:`.tda`, :mod:`.transclip`, :mod:`.openset` (unknown). A new method is one module and
+one ``register(MethodRecord(...))``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ from .registry import (
     summary_keys,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
-from . import heads, cupl, fudd, refiners, openset  # noqa: E402,F401  (each module registers its records)
+from . import heads, cupl, fudd, refiners, gda, tda, transclip, openset  # noqa: E402,F401  (each registers its records)
 from .cupl import CuplConfig  # noqa: E402
 from .fudd import FuddConfig  # noqa: E402
 from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402
 from .refiners import FrechetConfig, TfupConfig, TipConfig  # noqa: E402
+from .gda import GdaConfig  # noqa: E402
+from .tda import TdaConfig  # noqa: E402
+from .transclip import TransclipConfig  # noqa: E402
 from .openset import UnknownConfig  # noqa: E402
 
 load_plugins()  # third-party methods (entry point group ``vlmcls.methods``), after the built-in ones
@@ -58,7 +62,7 @@ __all__ = [
     "build_pipeline", "run_spec", "asks_llm", "estimate_llm_cost", "DEFAULT_METHOD", "DEFAULT_COMPARISON",
     "DEFAULT_DESCRIBER", "spec_help", "label_metric", "answers_beyond", "runs_on_numpy", "summary_keys",
     "NameConfig", "TemplatesConfig", "CbdConfig", "WaffleConfig", "CuplConfig", "FuddConfig", "TipConfig",
-    "TfupConfig", "FrechetConfig", "UnknownConfig",
+    "TfupConfig", "FrechetConfig", "GdaConfig", "TdaConfig", "TransclipConfig", "UnknownConfig",
 ]
 
 

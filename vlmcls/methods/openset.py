@@ -382,7 +382,7 @@ register(MethodRecord(
     prepare=_prepare_unknown, cost="encodes the vocabulary once (cached); one LLM call per class for near misses "
     "(cached), unless a negatives file is given; one pass over the run's scores",
     asks_llm=lambda config: config.negatives is None and config.source in ("llm", "vocabulary+llm"),
-    estimate=_estimate_unknown, head_when_alone=lambda config, options: "templates", order=9,
+    estimate=_estimate_unknown, head_when_alone=lambda config, options: "templates", order=100,
     implied_by=lambda config: config.reject or config.multi_label, decides=True,
     requires="option unknown.reject or unknown.multi_label",
 ))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch is imported when a run starts, so the CLI can declare
     import torch
 
 __all__ = ["TextSide", "RunContext", "BatchScores", "Stage", "Pipeline", "RunReport", "build_pipeline",
-           "run_spec", "Gather", "gather_in_process", "StagesSoFar"]
+           "run_spec", "Gather", "gather_in_process", "StagesSoFar", "apply_stage", "run_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,12 @@ class BatchScores:
 
 
 class Stage(Protocol):
-    """A prepared stage: pure tensors and data, applied to a batch of unit image features [B, D]."""
+    """A prepared stage: pure tensors and data, applied to a batch of unit image features [B, D].
+
+    A stage whose answer for an image depends on where the image is in the run (a transductive pass, a stream)
+    sets ``by_position = True``; its ``apply`` then also takes ``positions`` [B], the images' rows in the run's
+    order, and refuses images that are not the run's (``positions`` None).
+    """
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores | None, explain: bool) -> BatchScores: ...
 
@@ -105,12 +110,13 @@ class Pipeline:
     def extended(self, stage: Any) -> "Pipeline":
         return Pipeline(self.class_names, self.score_rule, [*self.stages, stage], self.weights, self.text_feats)
 
-    def apply(self, feats: torch.Tensor, explain: bool = False) -> BatchScores:
-        """image_feats [B, D] -> the last stage's BatchScores; notes merged per image, counts summed."""
+    def apply(self, feats: torch.Tensor, explain: bool = False, positions: Any = None) -> BatchScores:
+        """image_feats [B, D] -> the last stage's BatchScores; notes merged per image, counts summed.
+        ``positions`` [B]: the images' rows in the run's order (None for images that are not the run's)."""
         scores: BatchScores | None = None
         counts: dict[str, float] = {}
         for stage in self.stages:
-            scores = stage.apply(feats, scores, explain)
+            scores = apply_stage(stage, feats, scores, explain, positions)
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
         assert scores is not None
@@ -148,8 +154,8 @@ class StagesSoFar:
     applied last runs only the new stages. So preparing a stage that needs a global pass (FuDD's pair counts, the
     self-cache) and then scoring the run evaluate each stage once per image batch, not once per later stage."""
 
-    def __init__(self, feats: Any, explain: bool) -> None:
-        self.feats, self.explain = feats, explain
+    def __init__(self, feats: Any, explain: bool, positions: Any = None) -> None:
+        self.feats, self.explain, self.positions = feats, explain, positions
         self.stages: list[Any] = []
         self.scores: BatchScores | None = None
         self.counts: dict[str, float] = {}
@@ -160,7 +166,7 @@ class StagesSoFar:
             # not an extension of what ran: start over
             self.stages, self.scores, self.counts, done = [], None, {}, 0
         for stage in pipeline.stages[done:]:
-            self.scores = stage.apply(self.feats, self.scores, self.explain)
+            self.scores = apply_stage(stage, self.feats, self.scores, self.explain, self.positions)
             for key, value in self.scores.counts.items():
                 self.counts[key] = self.counts.get(key, 0) + value
             self.stages.append(stage)
@@ -173,19 +179,31 @@ class StagesSoFar:
 
 def gather_in_process(image_feats: torch.Tensor, run: StagesSoFar | None = None) -> Gather:
     """The single engine's gather: one batch holding every image (through ``run``, so no stage runs twice)."""
-    run = run or StagesSoFar(image_feats, False)
+    run = run or StagesSoFar(image_feats, False, run_positions(image_feats))
 
     def gather(upstream: Pipeline, collect):
-        import numpy as np
-
-        positions = np.arange(image_feats.shape[0])  # of the features' kind: numpy runs import no torch
-        if not isinstance(image_feats, np.ndarray):
-            import torch
-
-            positions = torch.from_numpy(positions)
-        return [collect(positions, image_feats, run.apply(upstream))]
+        return [collect(run_positions(image_feats), image_feats, run.apply(upstream))]
 
     return gather
+
+
+def run_positions(image_feats: Any) -> Any:
+    """0 … N−1, the rows of a run's features, of the features' kind (numpy runs import no torch)."""
+    import numpy as np
+
+    positions = np.arange(image_feats.shape[0])
+    if not isinstance(image_feats, np.ndarray):
+        import torch
+
+        positions = torch.from_numpy(positions)
+    return positions
+
+
+def apply_stage(stage: Any, feats: Any, upstream: BatchScores | None, explain: bool, positions: Any) -> BatchScores:
+    """One stage on one batch; a stage that answers by position (see :class:`Stage`) gets the positions too."""
+    if getattr(stage, "by_position", False):
+        return stage.apply(feats, upstream, explain, positions=positions)
+    return stage.apply(feats, upstream, explain)
 
 
 def build_pipeline(spec: MethodSpec | str, context: RunContext, gather: Gather) -> tuple[Pipeline, RunReport]:
@@ -210,7 +228,7 @@ def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Ten
     from ..scoring import probabilities
 
     started = time.perf_counter()
-    run = StagesSoFar(image_feats, context.options.explain)
+    run = StagesSoFar(image_feats, context.options.explain, run_positions(image_feats))
     pipeline, report = build_pipeline(spec, context, gather_in_process(image_feats, run))
     scores = run.apply(pipeline)  # only the stages no gather needed yet
     info = {**report.info, **pipeline.summarize(scores.counts, image_feats.shape[0])}

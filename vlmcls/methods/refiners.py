@@ -100,7 +100,7 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
 register(MethodRecord(
     name="tip", kind=REFINER, summary="Tip-Adapter: a training-free cache of labelled support shots",
     text_source="-", config=TipConfig, prepare=_prepare_tip, cost="encodes the support folder once (cached)",
-    head_when_alone=_templates_head, order=1, implied_by=lambda config: config.support is not None,
+    head_when_alone=_templates_head, order=10, implied_by=lambda config: config.support is not None,
     shown=("tip_alpha", "tip_beta"),
     requires="option tip.support: a folder of labelled shots (one sub-folder per class)",
 ))
@@ -157,7 +157,7 @@ def _prepare_tfup(context: RunContext, config: TfupConfig, upstream: Pipeline, g
 register(MethodRecord(
     name="tfup", kind=REFINER, summary="TFUP-style cache of confident, typical images among those classified",
     text_source="-", config=TfupConfig, prepare=_prepare_tfup, cost="one pass over all image features",
-    head_when_alone=_templates_head, order=2,
+    head_when_alone=_templates_head, order=20,
 ))
 RETIRED_FLAGS["--self-cache"] = "--method HEAD+tfup (e.g. cbd+tfup)"
 
@@ -253,7 +253,7 @@ def _prepare_frechet(context: RunContext, config: FrechetConfig, upstream, gathe
 register(MethodRecord(
     name="frechet", kind=REFINER, summary="Fréchet mean (Loki): answers over a label space, by a label metric",
     text_source="-", config=FrechetConfig, prepare=_prepare_frechet, cost="per image, one [C] × [C, Y] product",
-    head_when_alone=_templates_head, order=3, implied_by=lambda config: config.has_metric,
+    head_when_alone=_templates_head, order=90, implied_by=lambda config: config.has_metric,
     shown=("label_space_size",),
     answers_beyond=lambda config: load_classes(config.label_space) if config.has_metric and config.label_space else None,
     requires="a label metric: option frechet.hierarchy, frechet.distances or frechet.self_metric",
