@@ -145,3 +145,67 @@ def test_labels_log_replays_undo_and_survives_a_torn_line(tmp_path):
     now = read_corrections(log.path)
     assert {p: c.label for p, c in now.items()} == {"a.png": "cat", "b.png": "dog", "c.png": "owl"}
     assert read_label_map(log.path) == {"/abs/a.png": "cat", "b.png": "dog", "c.png": "owl"}
+
+
+def test_export_label_studio_tasks_and_config_in_its_documented_format(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out = _results(tmp_path)
+    LabelLog(out).append(str(tmp_path / "images/x/b.png"), "label", "owl", row=2)
+    result = runner.invoke(app, ["export", str(out), "--to", "labelstudio", "-o", str(tmp_path / "ls"),
+                                 "--files-root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    tasks = json.loads((tmp_path / "ls/tasks.json").read_text())
+    assert len(tasks) == 4  # the error row has no image to label
+    first = tasks[0]
+    assert first["data"]["image"] == "/data/local-files/?d=images/x/a.png"
+    pred = first["predictions"][0]
+    assert pred["score"] == 0.9
+    assert pred["result"] == [{"from_name": "choice", "to_name": "image", "type": "choices",
+                               "value": {"choices": ["cat"]}, "score": 0.9}]
+    assert tasks[2]["annotations"][0]["result"][0]["value"]["choices"] == ["owl"]
+    view = ET.fromstring((tmp_path / "ls/label_config.xml").read_text())
+    image, choices = view.find("Image"), view.find("Choices")
+    assert image.get("name") == "image" and image.get("value") == "$image"
+    assert choices.get("name") == "choice" and choices.get("toName") == "image"
+    # every predicted or corrected label is one of the config's choices (Label Studio rejects others)
+    allowed = {c.get("value") for c in choices.findall("Choice")}
+    assert {t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks} <= allowed
+
+
+def test_export_fiftyone_classification_dataset_folder(tmp_path):
+    out = _results(tmp_path)
+    LabelLog(out).append(str(tmp_path / "images/x/b.png"), "label", "owl", row=2)
+    LabelLog(out).append(str(tmp_path / "images/y/c.png"), "unknown", row=3)
+    result = runner.invoke(app, ["export", str(out), "--to", "fiftyone", "-o", str(tmp_path / "fo")])
+    assert result.exit_code == 0, result.output
+    labels = json.loads((tmp_path / "fo/labels.json").read_text())
+    data = json.loads((tmp_path / "fo/data.json").read_text())
+    assert set(labels) == {"classes", "labels"} and set(labels["labels"]) == set(data)
+    by_file = {Path(data[k]).relative_to(tmp_path).as_posix(): v for k, v in labels["labels"].items()}
+    assert by_file["images/x/a.png"] == {"label": "cat", "confidence": 0.9}
+    assert by_file["images/x/b.png"] == {"label": "owl"}  # a reviewer's label has no model confidence
+    assert by_file["images/y/c.png"] is None  # marked unknown: no label
+    assert all(Path(p).is_file() for p in data.values())
+    again = tmp_path / "fo2"
+    runner.invoke(app, ["export", str(out), "--to", "fiftyone", "-o", str(again)])
+    assert json.loads((again / "data.json").read_text()) == data  # stable ids
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_table_applies_corrections(tmp_path, fmt):
+    out = _results(tmp_path)
+    LabelLog(out).append(str(tmp_path / "images/x/b.png"), "label", "owl", row=2)
+    target = tmp_path / f"labels.{fmt}"
+    result = runner.invoke(app, ["export", str(out), "--to", fmt, "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    if fmt == "csv":
+        rows = list(csv.DictReader(target.open()))
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(str(target)).to_pylist()
+    assert [r["label"] for r in rows[:4]] == ["cat", "dog", "owl", "owl"]
+    assert str(rows[2]["corrected"]) == "True" and rows[2]["predicted"] == "cat"
+    bad = runner.invoke(app, ["export", str(out), "--to", "cvat", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "labelstudio, fiftyone, csv, parquet" in bad.output
