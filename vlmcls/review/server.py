@@ -143,8 +143,11 @@ def create_app(session: ReviewSession, token: str | None = None, port: int | Non
 def serve(session: ReviewSession, open_browser: bool = True, port: int = 0, announce: Any = print) -> None:
     """Serve on 127.0.0.1 (a free port unless given) until Ctrl-C; ``announce`` gets the URL (with the token)."""
     _flask()
+    import logging
+
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its request lines would print the token
     app = create_app(session)
     server = make_server("127.0.0.1", port, app, threaded=True)
     app.config["REVIEW_PORT"] = server.server_port

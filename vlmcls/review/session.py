@@ -66,7 +66,7 @@ class ReviewSession:
             correction = self.run.corrections.get(row["path"])
             top = row["top_k"]
             rows.append({
-                "row": n, "path": row["path"], "name": Path(row["path"]).name, "label": row.get("label"),
+                "row": n, "path": row["path"], "name": "/".join(Path(row["path"]).parts[-2:]), "label": row.get("label"),
                 "top_k": top, "error": row.get("error"), "true_label": row.get("true_label"),
                 "margin": round(top[0]["prob"] - (top[1]["prob"] if len(top) > 1 else 0.0), 6) if top else None,
                 "open_world": row.get("unknown_score", row.get("open_world_score")),

@@ -3,9 +3,12 @@
 const TOKEN = document.querySelector('meta[name="review-token"]').content;
 const PAGE = 24;
 const VIEWS = ["least-sure", "by-class", "unknown", "changed", "next"];
-const REVIEWER = Math.random().toString(36).slice(2, 8);
+// who is labelling and what this tab did, kept across reloads of the tab (undo still works after a reload)
+const REVIEWER = sessionStorage.getItem("reviewer") || Math.random().toString(36).slice(2, 8);
+sessionStorage.setItem("reviewer", REVIEWER);
 let state = {rows: [], classes: []}, view = "least-sure", page = 0, focus = 0, prefix = "", nextOrder = null;
-const history = [];  // rows this page acted on, for undo
+const history = JSON.parse(sessionStorage.getItem("history") || "[]");  // rows this tab acted on, for undo
+function remember() { sessionStorage.setItem("history", JSON.stringify(history.slice(-500))); }
 
 function api(path, body) {
   const init = body === undefined ? {headers: {"X-Review-Token": TOKEN}} :
@@ -69,7 +72,7 @@ function matches() {
 }
 function act(rows, action, labels) {
   const acts = rows.map((r, i) => ({row: r.row, action, label: labels ? labels[i] : null}));
-  acts.forEach(a => history.push(a.row));
+  acts.forEach(a => history.push(a.row)); remember();
   return api("/api/act", {acts, reviewer: REVIEWER}).then(refresh);
 }
 function current() { return visible()[focus]; }
@@ -103,7 +106,7 @@ function setView(v) {
 document.addEventListener("keydown", e => {
   if (e.target.tagName === "BUTTON" && (e.key === "Enter" || e.key === " ")) return;  // the button's own action
   const rows = visible(); const cols = Math.max(1, Math.round(document.getElementById("grid").clientWidth / 178));
-  if (e.ctrlKey && e.key.toLowerCase() === "z") { e.preventDefault(); const row = history.pop(); if (row !== undefined) api("/api/act", {acts: [{row, action: "undo"}], reviewer: REVIEWER}).then(refresh); return; }
+  if (e.ctrlKey && e.key.toLowerCase() === "z") { e.preventDefault(); const row = history.pop(); remember(); if (row !== undefined) api("/api/act", {acts: [{row, action: "undo"}], reviewer: REVIEWER}).then(refresh); return; }
   if (e.ctrlKey || e.altKey || e.metaKey) return;
   if (e.key === "ArrowRight") focus = Math.min(rows.length - 1, focus + 1);
   else if (e.key === "ArrowLeft") focus = Math.max(0, focus - 1);
@@ -129,5 +132,5 @@ document.addEventListener("keydown", e => {
 for (const b of document.querySelectorAll("#views button")) b.addEventListener("click", () => setView(b.dataset.view));
 document.getElementById("improve").addEventListener("click", improve);
 document.getElementById("accept-page").addEventListener("click", () => { const todo = visible().filter(r => !r.corrected && r.label); act(todo, "label", todo.map(r => r.label)); });
-document.getElementById("undo").addEventListener("click", () => { const row = history.pop(); if (row !== undefined) api("/api/act", {acts: [{row, action: "undo"}], reviewer: REVIEWER}).then(refresh); });
+document.getElementById("undo").addEventListener("click", () => { const row = history.pop(); remember(); if (row !== undefined) api("/api/act", {acts: [{row, action: "undo"}], reviewer: REVIEWER}).then(refresh); });
 refresh().then(() => document.getElementById("grid").focus());
