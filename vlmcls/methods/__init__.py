@@ -42,7 +42,7 @@ from . import heads, cupl, fudd, refiners  # noqa: E402,F401  (each module regis
 from .cupl import CuplConfig  # noqa: E402
 from .fudd import FuddConfig  # noqa: E402
 from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402
-from .refiners import FrechetConfig, TfupConfig, TipConfig  # noqa: E402
+from .refiners import FrechetConfig, TfupConfig, TipConfig, with_label_support  # noqa: E402
 
 load_plugins()  # third-party methods (entry point group ``vlmcls.methods``), after the built-in ones
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "MethodOptions", "as_options", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
+    "with_label_support", "MethodOptions", "as_options", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
     "register", "get_record", "method_names", "option", "option_fields", "build_config", "parse_option",
     "promoted_flags", "renamed_flags", "file_options", "load_plugins",
     "MethodSpec", "parse_spec", "parse_specs", "TextSide", "RunContext", "RunReport", "BatchScores", "Pipeline",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepare
 
     from ..adapters import CacheModel, LabelMetric, UnsupervisedCache
 
-__all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric"]
+__all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric", "with_label_support"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,15 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
                            tip_support_zero_shot=round(tuned.zero_shot_accuracy, 4))
     report.info.update(tip_alpha=round(float(alpha), 4), tip_beta=round(float(beta), 4), support_images=len(labels))
     return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records])
+
+
+def with_label_support(method_options: dict, labels: str | Path, labelled: int) -> dict:
+    """A run's options ({method: {key: value}}) changed to re-score with the images ``labels`` labels as
+    Tip-Adapter's support set (α, β by leave-one-out when ``labelled`` ≥ 2): what "improve with my labels" runs."""
+    options = {name: dict(values) for name, values in (method_options or {}).items()}
+    tip = {key: value for key, value in options.get("tip", {}).items() if key != "support"}
+    options["tip"] = {**tip, "labels": str(labels), "tune": "true" if labelled >= 2 else "false"}
+    return options
 
 
 def _labelled_records(path: Path) -> list:

@@ -127,6 +127,7 @@ class ReviewSession:
         """Score the run again with the labelled images as Tip-Adapter's support set (α, β by leave-one-out when
         two or more are labelled); features from the store, so no image is encoded again."""
         from ..engines import LocalEngine, RunRequest
+        from ..methods import with_label_support
         from ..results import json_safe
 
         settings = self.run.settings
@@ -135,9 +136,7 @@ class ReviewSession:
             support = sum(1 for c in self.run.corrections.values() if c.label is not None)
             if not support:
                 raise ConfigError("no image is labelled yet; label some images, then improve.")
-            options = {name: dict(values) for name, values in (settings.get("options") or {}).items()}
-            options["tip"] = {**options.get("tip", {}), "labels": str(self.log.path), "tune": str(support >= 2)}
-            options["tip"].pop("support", None)
+            options = with_label_support(settings.get("options") or {}, self.log.path, support)
             request = RunRequest(self.records(), list(settings["classes"]), settings.get("method", "templates"),
                                  options, int(settings.get("top_k", 5)))
             result = LocalEngine(self.classifier()).run(request)
