@@ -35,6 +35,7 @@ def review_command(
         console.print(f"open {url}  (Ctrl-C stops)", highlight=False, markup=False, soft_wrap=True)
 
     serve(session, open_browser=not no_browser, port=port, announce=announce)
+    console.print(f"stopped; the labels are in {safe(session.log.path)}", highlight=False)
 
 
 def register(root: typer.Typer) -> None:

@@ -152,15 +152,15 @@ def serve(session: ReviewSession, open_browser: bool = True, port: int = 0, anno
     server = make_server("127.0.0.1", port, app, threaded=True)
     app.config["REVIEW_PORT"] = server.server_port
     url = f"http://127.0.0.1:{server.server_port}/?token={app.config['REVIEW_TOKEN']}"
-    announce(url)
-    if open_browser:
-        try:
-            import webbrowser
+    try:  # Ctrl-C at any point from here stops the server and returns (the labels are already on disk)
+        announce(url)
+        if open_browser:
+            try:
+                import webbrowser
 
-            webbrowser.open(url)
-        except Exception:  # no browser here (a server, ssh): the URL is printed
-            pass
-    try:
+                webbrowser.open(url)
+            except Exception:  # no browser here (a server, ssh): the URL is printed
+                pass
         server.serve_forever()
     except KeyboardInterrupt:
         pass
