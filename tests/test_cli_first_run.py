@@ -298,7 +298,7 @@ def test_stale_warnings_file_is_removed_and_interrupted_writes_leave_no_tmp(tiny
     assert result.exit_code == 0 and out.exists() and not stale.exists()
     with pytest.raises(TypeError):
         write_rows([{"path": "a"}, {"path": object()}], tmp_path / "half.jsonl")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok", "pred.jsonl", "vlmcls-cache"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok", "pred.jsonl", "pred.run.json", "vlmcls-cache"]  # + the run settings (review)
 
 
 # -- 14.13: internal errors and Ctrl-C have their own exit codes ------------------------------------------------------

@@ -41,7 +41,8 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("prompts_cmd", "prompts"), ("describe_cmd", None), ("eval_cmd", None), ("demo_cmd", "demo"),
-                         ("audit_cmd", None), ("methods_cmd", None)):
+                         ("audit_cmd", None), ("methods_cmd", None),
+                         ("sort_cmd", None), ("export_cmd", None), ("review_cmd", None)):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:

@@ -20,6 +20,7 @@ from ..llm import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
 from ..report import REPORT_SUFFIXES
 from ..output import OUTPUT_SUFFIXES, write_json, write_result, write_rows
+from ..run_results import run_settings, run_settings_path
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -121,7 +122,9 @@ def classify(
     # The client only connects when a stage asks the LLM something, so runs without one need no key.
     store = clf.store if clf is not None else (None if model_options.no_cache else Store(model_options.cache_dir))
     llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
-    outputs = RunOutputs(out_path, report, export, images, source_options, model_options.model, quiet)
+    outputs = RunOutputs(out_path, report, export, images, source_options, model_options.model, quiet,
+                         settings=run_settings(model_options.model, load_classes(classes), method,
+                                               _absolute_files(method_options, files), images, source_options, top_k))
     if report is not None and engine == "single" and not dry_run:  # thumbnails from the decoded images
         from ..report import THUMBNAIL_SIZE
 
@@ -176,6 +179,7 @@ class RunOutputs:
     # image id -> report thumbnail: those made while decoding and those the report read, so a --watch re-run
     # reads no image file again
     thumbnails: dict = field(default_factory=dict)
+    settings: Optional[dict] = None  # the run's settings, written beside the predictions (out.run.json) for review
 
     def write(self, result: ClassificationResult, records: list | None) -> None:
         if self.export is not None:
@@ -187,9 +191,21 @@ class RunOutputs:
                 write_rows(result.warnings, warnings_path)
             else:  # a sidecar left by an earlier run would describe warnings this run did not have
                 warnings_path.unlink(missing_ok=True)
+            if self.settings is not None:
+                write_json(run_settings_path(self.predictions), self.settings)
         if self.report is not None:
             write_classify_report(result, self.report, self.images, self.source_options, self.model, self.quiet,
                                   records=records, thumbnails=self.thumbnails)
+
+
+def _absolute_files(method_options: dict | None, files: list) -> dict:
+    """The options as given, those naming files made absolute (the sidecar is read from other folders)."""
+    options = {name: dict(values) for name, values in (method_options or {}).items()}
+    for dotted, _, path in files:
+        name, key = dotted.split(".", 1)
+        if key in options.get(name, {}):
+            options[name][key] = str(Path(path).expanduser().absolute())
+    return options
 
 
 def export_artifacts(artifacts: dict, folder: Path) -> list[Path]:

@@ -43,7 +43,7 @@ from . import heads, cupl, fudd, refiners, gda, tda, transclip, openset  # noqa:
 from .cupl import CuplConfig  # noqa: E402
 from .fudd import FuddConfig  # noqa: E402
 from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402
-from .refiners import FrechetConfig, TfupConfig, TipConfig  # noqa: E402
+from .refiners import FrechetConfig, TfupConfig, TipConfig, with_label_support  # noqa: E402
 from .gda import GdaConfig  # noqa: E402
 from .tda import TdaConfig  # noqa: E402
 from .transclip import TransclipConfig  # noqa: E402
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "MethodOptions", "as_options", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
+    "with_label_support", "MethodOptions", "as_options", "MethodOutput", "MethodRecord", "METHODS", "HEAD", "RERANK", "REFINER",
     "register", "get_record", "method_names", "option", "option_fields", "build_config", "parse_option",
     "promoted_flags", "renamed_flags", "file_options", "load_plugins",
     "MethodSpec", "parse_spec", "parse_specs", "TextSide", "RunContext", "RunReport", "BatchScores", "Pipeline",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepare
 
     from ..adapters import CacheModel, LabelMetric, UnsupervisedCache
 
-__all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric"]
+__all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric", "with_label_support"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ def _templates_head(config: Any, options: Any) -> str:
 class TipConfig:
     support: Path | None = option(None, "A folder of labelled shots (class sub-folders); classify adds +tip when "
                                   "it is given.", file="dir", flag="--support")
+    labels: Path | None = option(None, "A labels file ({\"path\", \"label\"} JSON lines; the .labels.jsonl `vlmcls "
+                                 "review` writes): its labelled images are the support set, their features read "
+                                 "from the store (encoded only when not cached); classify adds +tip when it is "
+                                 "given.", file="file", flag="--labels")
     alpha: float | None = option(None, "Residual weight α (default 1).", minimum=0.0, was="--tip-alpha")
     beta: float | None = option(None, "Sharpness β (default 1).", minimum=0.0, was="--tip-beta")
     tune: bool = option(False, "Pick α and β by leave-one-out on the support set (never on the images classified).",
@@ -74,16 +78,24 @@ class TipStage:
 def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gather, report: RunReport) -> TipStage:
     from ..adapters import DEFAULT_ALPHA, DEFAULT_BETA, build_cache, tune_alpha_beta
 
-    if config.support is None:
+    if config.support is None and config.labels is None:
         raise ConfigError(f"refiner 'tip' needs {METHODS['tip'].requires}.")
+    if config.support is not None and config.labels is not None:
+        raise ConfigError("give option tip.support or tip.labels, not both.")
     if context.encode_images is None:
-        raise ConfigError("refiner 'tip' needs an image side to encode the support folder.")
-    support = context.encode_images(config.support)
+        raise ConfigError("refiner 'tip' needs an image side to encode its support images.")
+    support = context.encode_images(config.support if config.labels is None else _labelled_records(config.labels))
     if support.errors:
         report.warnings.extend({"support_image": r.id, "error": reason} for r, reason in support.errors)
     labels = [r.label for r in support.records]
     if any(label is None for label in labels):
         raise ConfigError(f"support folder '{config.support}' must hold class sub-folders (one per class).")
+    if config.labels is not None:
+        strays = sorted({label for label in labels if label not in context.class_names})
+        if strays:
+            raise ConfigError(f"option tip.labels: labels file '{config.labels}' labels images as "
+                              f"{', '.join(repr(s) for s in strays[:10])}, not among the classes; fix those lines "
+                              "or add the classes.")
     cache = build_cache(support.feats.double(), labels, context.class_names)
     alpha = config.alpha if config.alpha is not None else DEFAULT_ALPHA
     beta = config.beta if config.beta is not None else DEFAULT_BETA
@@ -97,12 +109,34 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
     return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records])
 
 
+def with_label_support(method_options: dict, labels: str | Path, labelled: int) -> dict:
+    """A run's options ({method: {key: value}}) changed to re-score with the images ``labels`` labels as
+    Tip-Adapter's support set (α, β by leave-one-out when ``labelled`` ≥ 2): what "improve with my labels" runs."""
+    options = {name: dict(values) for name, values in (method_options or {}).items()}
+    tip = {key: value for key, value in options.get("tip", {}).items() if key != "support"}
+    options["tip"] = {**tip, "labels": str(labels), "tune": "true" if labelled >= 2 else "false"}
+    return options
+
+
+def _labelled_records(path: Path) -> list:
+    """The labels file's labelled images as image records (their class as the record's label)."""
+    from ..images import ImageRecord
+    from ..labels import read_label_map
+
+    labelled = read_label_map(path)
+    if not labelled:
+        raise ConfigError(f"option tip.labels: labels file '{path}' labels no image yet; label some images first.")
+    return [ImageRecord(id=file, path=Path(file), label=label, source_index=i)
+            for i, (file, label) in enumerate(labelled.items())]
+
+
 register(MethodRecord(
     name="tip", kind=REFINER, summary="Tip-Adapter: a training-free cache of labelled support shots",
     text_source="-", config=TipConfig, prepare=_prepare_tip, cost="encodes the support folder once (cached)",
-    head_when_alone=_templates_head, order=10, implied_by=lambda config: config.support is not None,
+    head_when_alone=_templates_head, order=10,
+    implied_by=lambda config: config.support is not None or config.labels is not None,
     shown=("tip_alpha", "tip_beta"),
-    requires="option tip.support: a folder of labelled shots (one sub-folder per class)",
+    requires="option tip.support (a folder of labelled shots, one sub-folder per class) or tip.labels (a labels file)",
 ))
 
 
