@@ -9,6 +9,7 @@
     │   ├── LLMResponseError    an answer came back but could not be parsed
     │   └── LLMUnreachableError no connection to the endpoint at all (refused, unknown host): the run stops
     ├── CacheError              the cache could not be read or written
+    ├── WorkerError             a Ray worker or task failed (the message ends with the worker's own error)
     └── MissingExtraError       an optional dependency is not installed (the message names the pip command)
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "LLMResponseError",
     "LLMUnreachableError",
     "CacheError",
+    "WorkerError",
     "MissingExtraError",
 ]
 
@@ -62,6 +64,10 @@ class LLMUnreachableError(LLMError):
 
 class CacheError(VlmclsError):
     """The cache could not be read or written."""
+
+
+class WorkerError(VlmclsError):
+    """A Ray worker or task failed; the message ends with the error the worker raised."""
 
 
 class MissingExtraError(VlmclsError, ImportError):
