@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from vlmcls.images import default_decode_workers

@@ -86,6 +86,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the box is shared)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
 

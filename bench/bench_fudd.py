@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--dim", type=int, default=512)
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     torch.manual_seed(0)
     n, C, k, D = args.images, args.classes, args.k, args.dim
     names = [f"class{c}" for c in range(C)]

@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--demo-per-class", type=int, default=20)
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
 
     from vlmcls import Classifier
     from vlmcls.api import as_records

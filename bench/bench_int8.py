@@ -1,12 +1,16 @@
 """Issue 16 benchmark: `classify --precision int8` against the fp32 raw open_clip loop, side by side in one run.
 
-    python bench/bench_int8.py [--images 256] [--small 32] [--batch-size 32] [--repeats 2] [--demo-per-class 20]
+    python bench/bench_int8.py [--images 256] [--small 32] [--batch-size 32] [--repeats 3] [--demo-per-class 20]
 
 1. Speed (random-init ViT-B/32, seeded, the same weights in every run; 500x375 JPEGs): the fp32 raw open_clip
    loop (decode, preprocess, stack, encode_image) on all images, and vlmcls classify at int8 on a ``--small`` and
    a full run, each from an empty embedding store. The int8 steady rate is the marginal rate between the two runs
-   (start-up, text encoding and the one-off build of the int8 tower excluded). The runs alternate ``--repeats``
-   times; medians are used. Target: int8 steady rate >= 2x the raw fp32 loop.
+   (start-up, text encoding and the one-off build of the int8 tower excluded). Target: int8 steady rate >= 2x the
+   raw fp32 loop. The baseline is warmed (one full pass, not counted: a fresh process runs its first half-minute
+   at about half speed) and brackets the int8 runs: fp32, int8 small, int8 full, fp32, …, fp32; medians are used,
+   and the fp32 runs' spread shows drift. The same fp32 loop also runs warmed in a process of its own before and
+   after (``--no-isolated`` skips it): if the in-process baseline is slower, something in the process (the int8
+   runtime's threads) slows it. The CPU model and flags and the load average are printed with the figures.
 2. Agreement: the minimum cosine between int8 and fp32 image features on those JPEGs (random weights), and on
    the demo world (the shipped demo model, a trained model): top-1 agreement of int8 with fp32 (target >= 99 %)
    and the minimum feature cosine.
@@ -15,8 +19,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _machine import bracketed, print_load, print_machine, spread  # noqa: E402
 from bench_classify import LABELS, make_jpegs, raw_open_clip_loop  # noqa: E402
 
 DEMO_MODEL = f"local-dir:{ROOT / 'vlmcls' / 'data' / 'demo_model'}"
@@ -52,6 +59,24 @@ def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum(-1).min())
 
 
+def isolated_fp32(folder: Path, batch_size: int, passes: int) -> list[float]:
+    """Seconds of the fp32 raw loop over ``folder``'s JPEGs in a process of its own, after a warm-up pass."""
+    out = subprocess.run([sys.executable, __file__, "--fp32-only", str(folder), "--batch-size", str(batch_size),
+                          "--repeats", str(passes)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fp32_only(args) -> None:
+    """The --fp32-only child: warm pass, then ``--repeats`` timed passes; prints their seconds as JSON."""
+    paths = sorted(Path(args.fp32_only).glob("*.jpg"))
+    fp32 = seeded_backend("fp32")
+    def loop():
+        return raw_open_clip_loop(fp32.model, fp32.preprocess, paths, args.batch_size, "cpu", torch.float32)
+
+    loop()
+    print(json.dumps([timed(loop)[0] for _ in range(args.repeats)]))
+
+
 def speed(args, work: Path) -> None:
     from vlmcls import Classifier
     from vlmcls.cache import Store, clear_digest_memo
@@ -67,36 +92,45 @@ def speed(args, work: Path) -> None:
     t_build, _ = timed(lambda: int8.encode_images(torch.zeros(1, 3, 224, 224)))
     print(f"int8 tower built once in {t_build:.1f} s (export + quantisation; reused from the cache folder after)",
           flush=True)
-    raw_open_clip_loop(fp32.model, fp32.preprocess, paths[: args.batch_size], args.batch_size, "cpu", torch.float32)
 
+    isolated_before = isolated_fp32(work / "all", args.batch_size, 2) if args.isolated else []
     runs = iter(range(10**6))
+    raw_feats = []
 
-    def int8_classify(folder: Path) -> tuple[float, object]:
+    def raw() -> float:
+        t, feats = timed(lambda: raw_open_clip_loop(fp32.model, fp32.preprocess, paths, args.batch_size, "cpu",
+                                                    torch.float32))
+        raw_feats[:] = [feats]
+        return t
+
+    def int8_classify(folder: Path) -> float:
         clear_digest_memo()  # a first run hashes every file, as a new process would
         clf = Classifier(int8, cache_dir=work / f"cache-{next(runs)}", batch_size=args.batch_size)
-        t, result = timed(lambda: clf.classify(folder, LABELS, method="templates", templates="photo"))
-        return t, clf
+        int8_classify.last = clf
+        return timed(lambda: clf.classify(folder, LABELS, method="templates", templates="photo"))[0]
 
-    t_raws, t_smalls, t_fulls = [], [], []
-    for _ in range(args.repeats):
-        t, raw_feats = timed(lambda: raw_open_clip_loop(fp32.model, fp32.preprocess, paths, args.batch_size, "cpu",
-                                                        torch.float32))
-        t_raws.append(t)
-        t_smalls.append(int8_classify(small)[0])
-        t, clf = int8_classify(work / "all")
-        t_fulls.append(t)
+    t_raws, measured = bracketed(raw, {"small": lambda: int8_classify(small), "full": lambda: int8_classify(work / "all")},
+                                 args.repeats, warmup=True)
+    t_smalls, t_fulls = measured["small"], measured["full"]
+    isolated_after = isolated_fp32(work / "all", args.batch_size, 2) if args.isolated else []
     t_raw, t_small, t_full = (statistics.median(v) for v in (t_raws, t_smalls, t_fulls))
     raw_rate = len(paths) / t_raw
     steady = (len(paths) - args.small) / (t_full - t_small)
-    print(f"fp32 raw open_clip loop   {raw_rate:7.2f} img/s   runs {['%.1f s' % t for t in t_raws]}")
-    print(f"int8 classify {args.small:4d} images {args.small / t_small:7.2f} img/s   runs {['%.1f s' % t for t in t_smalls]}")
-    print(f"int8 classify {len(paths):4d} images {len(paths) / t_full:7.2f} img/s   runs {['%.1f s' % t for t in t_fulls]}")
+    print(f"fp32 raw open_clip loop   {raw_rate:7.2f} img/s   warmed, bracketing the int8 runs: {spread(t_raws)}; "
+          f"runs {['%.1f' % t for t in t_raws]}")
+    if args.isolated:
+        isolated = isolated_before + isolated_after
+        print(f"fp32 raw loop, own process {len(paths) / statistics.median(isolated):7.2f} img/s   warmed, before and "
+              f"after: {spread(isolated)}; in-process / own-process rate "
+              f"{statistics.median(isolated) / t_raw:.2f}")
+    print(f"int8 classify {args.small:4d} images {args.small / t_small:7.2f} img/s   {spread(t_smalls)}")
+    print(f"int8 classify {len(paths):4d} images {len(paths) / t_full:7.2f} img/s   {spread(t_fulls)}")
     print(f"int8 steady (marginal)    {steady:7.2f} img/s   ratio to the raw fp32 loop {steady / raw_rate:.2f}x "
-          f"(target >= 2)   whole 256-image run {t_raw / t_full:.2f}x")
-    int8_feats = clf.encode_images(work / "all").feats  # from the store: what the run computed
+          f"(target >= 2)   whole {len(paths)}-image run {t_raw / t_full:.2f}x")
+    int8_feats = int8_classify.last.encode_images(work / "all").feats  # from the store: what the run computed
     order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
     print(f"min feature cosine int8 vs fp32, ViT-B/32 random weights, {len(paths)} JPEGs: "
-          f"{min_cosine(int8_feats, raw_feats[order]):.5f}", flush=True)
+          f"{min_cosine(int8_feats, raw_feats[0][order]):.5f}", flush=True)
 
 
 def demo_agreement(args, work: Path) -> None:
@@ -125,16 +159,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--small", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--demo-per-class", type=int, default=20)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--no-isolated", dest="isolated", action="store_false",
+                        help="skip the fp32 loop in a process of its own")
+    parser.add_argument("--fp32-only", help=argparse.SUPPRESS)  # the child process of the isolated baseline
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.fp32_only:
+        fp32_only(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-int8-"))
+    print_machine()
     print(f"torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs; batch {args.batch_size}", flush=True)
-    demo_agreement(args, work)
+    if not args.skip_demo:
+        demo_agreement(args, work)
     if not args.skip_speed:
         speed(args, work)
+    print_load("end")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--folder", default=None)
     parser.add_argument("--cache", default=None)
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.cache, args.batch_size, args.torch_threads)))

@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads for every run (on a busy shared box 2 threads spin-wait: use 1)")
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=None,
                         help="logical CPUs given to Ray (default: cores, at least max(workers) + 1 so decoding can run)")
     args = parser.parse_args()
+    from _machine import print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     if args.throughput:
         args.images, args.workers = args.images or 256, args.workers or "1,2"
         return throughput(args)

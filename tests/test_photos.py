@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -297,22 +298,32 @@ def test_a_heic_photo_decodes_its_embedded_thumbnail_when_it_is_large_enough(tmp
     assert np.abs(turned - np.asarray(thumb.rotate(90, expand=True), dtype=np.float64)).mean() < 6
 
 
-def _heic_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "iphone"
+@pytest.fixture(scope="module")
+def heic_photos(tmp_path_factory) -> Path:
+    """Three iPhone-like HEICs, encoded once per module (HEVC encoding is the slow part); tests take copies."""
+    pytest.importorskip("pillow_heif").register_heif_opener()
+    root = tmp_path_factory.mktemp("heic")
+    folder = root / "iphone"
     folder.mkdir()
     for i in range(3):
-        picture = Image.open(write_photo(tmp_path / f"src{i}.jpg", size=(1600, 1200), seed=i)).convert("RGB")
+        picture = Image.open(write_photo(root / f"src{i}.jpg", size=(1600, 1200), seed=i)).convert("RGB")
         picture.save(folder / f"IMG_{i}.heic", format="HEIF", quality=85, thumbnails=[320])
     return folder
 
 
-def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_apart(tmp_path):
+def _heic_folder(tmp_path: Path, heic_photos: Path) -> Path:
+    folder = tmp_path / "iphone"
+    shutil.copytree(heic_photos, folder)
+    return folder
+
+
+def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_apart(tmp_path, heic_photos):
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
     from vlmcls import Classifier
     from vlmcls.decoding import decode_image
 
-    folder = _heic_folder(tmp_path)
+    folder = _heic_folder(tmp_path, heic_photos)
     every = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2)
     full = every.encode_images(str(folder))
     clf = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2,
@@ -330,9 +341,9 @@ def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_a
     assert float(cos.min()) > 0.98 and float(cos.max()) < 1 - 1e-6  # close, from other pixels
 
 
-def test_classify_heic_thumbnails_flag_keeps_the_labels_and_changes_only_the_pixels(tmp_path):
+def test_classify_heic_thumbnails_flag_keeps_the_labels_and_changes_only_the_pixels(tmp_path, heic_photos):
     pytest.importorskip("pillow_heif").register_heif_opener()
-    folder = _heic_folder(tmp_path)
+    folder = _heic_folder(tmp_path, heic_photos)
     args = ["classify", str(folder), "--classes", "red,green,blue", "--model", f"local-dir:{DEMO_MODEL}",
             "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "-q"]
     rows = {}

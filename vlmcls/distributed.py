@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .api import Classifier, _is_dataset, as_records, load_classes
-from .errors import ConfigError, MissingExtraError, ModelLoadError
+from .errors import ConfigError, MissingExtraError, ModelLoadError, WorkerError
 from .feature_store import FeatureStore, default_feature_root, shards_for
 from .image_sources import DatasetLocation, ImageRecord, locate_dataset
 from .methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
@@ -348,17 +348,19 @@ def _connect(ray, address: str | None) -> None:
         if address is not None:
             log.warning("Ray is already initialised in this process: ignoring ray_address '%s'", address)
         return
-    # Ray prints ~50 lines of its own (worker logs, dashboard, Data's execution plan and progress bars): the user
-    # sees them only with -v/-vv; errors still reach the driver as exceptions.
+    # Ray prints ~50 lines of its own (worker logs, dashboard, Data's execution plan and progress bars, the
+    # token-auth notice, C++ "E … core_worker.cc … max_restarts" lines that read as failures): the user sees them
+    # only with -vv. A real failure still reaches the driver as an exception (one line: _worker_start_failures).
     verbose = log.isEnabledFor(logging.DEBUG)
-    quiet_logs = {} if verbose else {"logging_level": logging.WARNING, "log_to_driver": False}
+    quiet_logs = {} if verbose else {"logging_level": logging.CRITICAL, "log_to_driver": False}
     if address is None and not verbose:
         quiet_logs["include_dashboard"] = False  # only for a local instance this process starts
     if not verbose:
-        logging.getLogger("ray").setLevel(logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        ray.init(address=address, **quiet_logs)
+        with _quiet_ray_backend(not verbose):
+            ray.init(address=address, **quiet_logs)
         if not sys.stderr.isatty():  # bars only on a terminal, like classify's own progress
             ray.data.DataContext.get_current().enable_progress_bars = False
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError… for a bad address
@@ -370,18 +372,61 @@ def _connect(ray, address: str | None) -> None:
 
 
 @contextmanager
+def _quiet_ray_backend(quiet: bool):
+    """Ray's C++ side (this process's core worker, and a local instance's raylet and workers, which inherit the
+    environment when ray.init starts them) writes its errors to stderr by itself, at the level it reads from
+    RAY_BACKEND_LOG_LEVEL once, at start; reading it, it announces the level on stderr: that one line is dropped
+    (stderr points at /dev/null while Ray starts; a failure to start still raises). A level the user set is kept."""
+    if not quiet or "RAY_BACKEND_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to quieten
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        if saved is not None:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+
+
+@contextmanager
 def _worker_start_failures(ray):
-    """An encoder actor that cannot start (model not loadable there, other weights) becomes a ModelLoadError."""
+    """An encoder actor that cannot start (model not loadable there, other weights) becomes a ModelLoadError; any
+    other failure of a Ray worker or task becomes a WorkerError whose one line ends with the worker's own error
+    (Ray's own message is a traceback of a dozen lines, kept as the cause)."""
     try:
         yield
     except ray.exceptions.ActorDiedError as exc:
         if not getattr(exc, "actor_init_failed", False):
-            raise
+            raise WorkerError(f"a Ray worker died: {_last_error_line(exc)}. Run with -vv to see Ray's logs.") from exc
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise ModelLoadError(
             f"an encoder actor could not start on a Ray worker: {lines[-1].rstrip('.') if lines else exc}. Check that every node "
             "has vlmcls installed and can load the model id."
         ) from exc
+    except ray.exceptions.RayError as exc:
+        raise WorkerError(f"a Ray worker failed: {_last_error_line(exc)}. Run with -vv to see Ray's logs.") from exc
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """The error a worker raised, from Ray's text (``ValueError: boom``): the last line of the first traceback
+    (Ray Data chains its own UserCodeException after it), without terminal colours."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    first = text.split("The above exception was the direct cause of the following exception:")[0]
+    lines = [line.strip() for line in first.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__).rstrip(".")
 
 
 def _placement(ray, device: str, num_workers: int | None) -> tuple[str, float | None, int]:

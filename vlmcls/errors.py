@@ -10,6 +10,7 @@
     │   └── LLMUnreachableError no connection to the endpoint at all (refused, unknown host): the run stops
     ├── CacheError              the cache could not be read or written
     ├── OutputError             an output file could not be written (disk full, file-size limit, read-only)
+    ├── WorkerError             a Ray worker or task failed (the message ends with the worker's own error)
     └── MissingExtraError       an optional dependency is not installed (the message names the pip command)
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "LLMUnreachableError",
     "CacheError",
     "OutputError",
+    "WorkerError",
     "MissingExtraError",
 ]
 
@@ -72,6 +74,10 @@ class OutputError(VlmclsError):
     def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)
         self.errno = errno
+
+
+class WorkerError(VlmclsError):
+    """A Ray worker or task failed; the message ends with the error the worker raised."""
 
 
 class MissingExtraError(VlmclsError, ImportError):

@@ -6,6 +6,7 @@ A backend turns preprocessed pixels into image features and strings into text fe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -151,6 +152,28 @@ class _HFImageTower(torch.nn.Module):
         return HFBackend._features(self.model.get_image_features(pixel_values=pixels))  # [B, D]
 
 
+@functools.lru_cache(maxsize=16)
+def _open_clip_tokenizer(name: str, config_stamp: tuple | None):
+    """open_clip's tokenizer for a model name, built once per process: building it reads and parses the 49k-merge
+    BPE file (~0.2 s), as long again as building a small model; tokenizers hold no per-model state.
+    ``config_stamp`` keys a local-dir: tokenizer by its config file too, so an edited folder builds a new one."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
+
+
+def _config_stamp(spec: ModelSpec) -> tuple | None:
+    """(path, size, mtime) of a local-dir: model's open_clip config (which names its tokenizer), else None."""
+    if spec.source != "local-dir":
+        return None
+    config = Path(spec.name) / "open_clip_config.json"
+    try:
+        stat = config.stat()
+    except OSError:
+        return (str(config),)
+    return (str(config), stat.st_size, stat.st_mtime_ns)
+
+
 class OpenClipBackend(ModelBackend):
     """open_clip models: built-in architectures, pretrained tags, checkpoints, hf-hub: and local-dir:."""
 
@@ -165,7 +188,7 @@ class OpenClipBackend(ModelBackend):
             name, pretrained = f"{spec.source}:{spec.name}", None
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-            self.tokenizer = open_clip.get_tokenizer(name)
+            self.tokenizer = _open_clip_tokenizer(name, _config_stamp(spec))
         except Exception as exc:
             raise ModelLoadError(f"could not load open_clip model '{spec.canonical}': {exc}. {_OFFLINE_HINT}") from exc
         if spec.source == "builtin" and pretrained is None:
