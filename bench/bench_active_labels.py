@@ -3,7 +3,7 @@ least-sure-first and at random, on the demo world (the shipped demo model, cbd w
 
 Run: ``python bench/bench_active_labels.py`` (``--per-class``, ``--seeds``). A simulated reviewer labels the
 chosen images with their true class; Tip-Adapter then re-scores every image with those labels as its support set
-(α, β by leave-one-out, as "improve with my labels" and ``classify --labels`` do; :func:`vlmcls.active.
+(α, β by leave-one-out, as "improve with my labels" and ``classify --labels`` do; :func:`vlmcls.review.active.
 tip_with_labels`), and accuracy is measured on all images and on those not labelled. Each ordering is computed once
 from the zero-shot run (what the page's "label next" view shows before the first improve). Random is the mean
 over ``--seeds`` permutations. Features are encoded once into a temporary store.
@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmcls.active import label_next_order, least_sure_order, random_order, tip_with_labels  # noqa: E402
+from vlmcls.review.active import label_next_order, least_sure_order, random_order, tip_with_labels  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "vlmcls" / "data"
 BUDGETS = (10, 20, 50)

@@ -29,7 +29,7 @@ from vlmcls import Classifier  # noqa: E402
 from vlmcls.adapters.metrics import expected_calibration_error  # noqa: E402
 from vlmcls.demo.render import render_dataset  # noqa: E402
 from vlmcls.demo.world import DEMO_CLASSES  # noqa: E402
-from vlmcls.evaluate import options_for_spec  # noqa: E402
+from vlmcls.report.evaluate import options_for_spec  # noqa: E402
 from vlmcls.methods import MethodOptions  # noqa: E402
 
 DEMO = ROOT / "vlmcls" / "data"

@@ -111,7 +111,7 @@ def forward_limit(backend, batch_size: int, seconds: float = 2.0) -> float:
 def decode_rate(paths, preprocess, batch_size: int, workers: int, worker_type: str) -> float:
     """Images/s of decoding + preprocessing alone, on vlmcls's decode threads or processes (no model)."""
     from vlmcls.api import as_records
-    from vlmcls.images import iter_decoded_batches
+    from vlmcls.encode.images import iter_decoded_batches
 
     records = as_records([str(p) for p in paths])
     t, _ = timed(lambda: sum(len(b.records_ok) for b in iter_decoded_batches(
@@ -141,7 +141,7 @@ def main() -> None:
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from vlmcls.images import default_decode_workers
+    from vlmcls.encode.images import default_decode_workers
 
     work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-"))
     paths = make_jpegs(work / "images", args.images)
@@ -165,8 +165,8 @@ def main() -> None:
 
 def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
     from vlmcls import Classifier
-    from vlmcls.cache import clear_digest_memo
-    from vlmcls.models import load_model
+    from vlmcls.encode.store import clear_digest_memo
+    from vlmcls.encode.models import load_model
 
     dev_type = torch.device(args.device).type
 
@@ -200,7 +200,7 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
                 print(f"decode+preprocess      {rate:8.1f} img/s  ({w} {kind} workers, {pixels} pixels, no model)",
                       flush=True)
     from vlmcls.api import as_records
-    from vlmcls.images import content_key
+    from vlmcls.encode.images import content_key
 
     records = as_records([str(p) for p in paths])
     with ThreadPoolExecutor(fig["default_decode_workers"]) as pool:  # reading + sha256, as the decode workers do
@@ -230,7 +230,7 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
           f"   ratio {t_raw / t_first:.2f}x  (target >= 0.90)")
     print(f"re-run, other classes  {t_again:8.3f} s      ratio {t_first / t_again:.0f}x faster than first run "
           f"(target >= 50)", flush=True)
-    from vlmcls.images import choose_worker_type
+    from vlmcls.encode.images import choose_worker_type
 
     auto_kind = choose_worker_type("auto", as_records([str(p) for p in paths]))
     fig["auto_worker_type"] = auto_kind

@@ -14,7 +14,7 @@ import time
 import torch
 
 from vlmcls.methods.fudd import ambiguous_sets, build_pair_table, count_pairs, rerank
-from vlmcls.embeddings import l2_normalize
+from vlmcls.encode.embeddings import l2_normalize
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     t_rerank = time.perf_counter() - start
     assert bool(result.covered.all())
 
-    from vlmcls.models import load_model
+    from vlmcls.encode.models import load_model
 
     model = load_model("ViT-B-32", device="cpu")
     pixels = torch.randn(32, 3, 224, 224)

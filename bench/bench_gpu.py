@@ -47,8 +47,8 @@ def timed(fn, device):
 
 def decode_only(records, backend, batch_size: int, on_device: bool) -> float:
     """Images/s of the decode pipeline alone (no model): what classify's encoder would be handed."""
-    from vlmcls.device_decode import DeviceJpegDecoder
-    from vlmcls.images import default_decode_workers, iter_decoded_batches
+    from vlmcls.encode.device_decode import DeviceJpegDecoder
+    from vlmcls.encode.images import default_decode_workers, iter_decoded_batches
 
     uint8 = backend.uint8_preprocess()
     decoder = DeviceJpegDecoder.for_preprocess(uint8, backend.device) if on_device else None
@@ -74,8 +74,8 @@ def main() -> None:
 
     from vlmcls import Classifier
     from vlmcls.api import as_records
-    from vlmcls.cache import clear_digest_memo
-    from vlmcls.models import load_model
+    from vlmcls.encode.store import clear_digest_memo
+    from vlmcls.encode.models import load_model
 
     work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-gpu-"))
     paths = make_jpegs(work / "jpegs", args.images)

@@ -48,7 +48,7 @@ def timed(fn):
 
 def seeded_backend(precision: str, store=None):
     """ViT-B/32 with the same seeded random weights whatever the precision."""
-    from vlmcls.models import load_model
+    from vlmcls.encode.models import load_model
 
     torch.manual_seed(0)
     return load_model("ViT-B-32", device="cpu", precision=precision, store=store)
@@ -79,7 +79,7 @@ def fp32_only(args) -> None:
 
 def speed(args, work: Path) -> None:
     from vlmcls import Classifier
-    from vlmcls.cache import Store, clear_digest_memo
+    from vlmcls.encode.store import Store, clear_digest_memo
 
     paths = make_jpegs(work / "all", args.images)
     small = work / "small"

@@ -26,7 +26,7 @@ _TINY_PNG = base64.b64decode(
 
 _LIST = """
 import resource, sys, time
-from vlmcls.image_sources import list_images
+from vlmcls.sources.listing import list_images
 started = time.perf_counter()
 records = list_images(sys.argv[1])
 print(len(records), time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -95,7 +95,7 @@ def child(kind: str, folder: str, cache: str, batch_size: int, torch_threads: in
     started = time.perf_counter()
     if kind == "raw":
         from bench_classify import raw_open_clip_loop
-        from vlmcls.models import load_model
+        from vlmcls.encode.models import load_model
 
         backend = load_model(f"local-dir:{DEMO_MODEL}", device="cpu")
         ready = time.perf_counter()

@@ -151,7 +151,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
 
     from vlmcls import Classifier
-    from vlmcls.models import load_model
+    from vlmcls.encode.models import load_model
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vlmcls-photos-"))
     start = time.perf_counter()
@@ -203,8 +203,8 @@ def main() -> None:
 
 def margins_section(backend, paths) -> None:
     """Feature cosine to full decoding and decode time, per margin (min short side = margin × 224)."""
-    from vlmcls.embeddings import l2_normalize
-    from vlmcls.images import load_image
+    from vlmcls.encode.embeddings import l2_normalize
+    from vlmcls.encode.images import load_image
 
     def feats(min_side):
         pixels = torch.stack([backend.preprocess(load_image(p, min_side=min_side)) for p in paths])
@@ -250,9 +250,9 @@ def demo_agreement(work: Path, per_class: int) -> None:
 def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path], batch_size: int) -> None:
     """HEIC photos: the embedded thumbnail (reduced decoding, the default) against every pixel."""
     from vlmcls import Classifier
-    from vlmcls.decoding import decode_image
+    from vlmcls.encode.decoding import decode_image
     from vlmcls.demo.world import DEMO_CLASSES
-    from vlmcls.embeddings import l2_normalize
+    from vlmcls.encode.embeddings import l2_normalize
 
     start = time.perf_counter()
     heics = make_heics(jpegs, work / "heic")

@@ -63,7 +63,7 @@ def save_random_vit_b32(folder: Path, seed: int = 0) -> str:
     import open_clip
     from safetensors.torch import save_file
 
-    from vlmcls.models import load_model
+    from vlmcls.encode.models import load_model
 
     torch.manual_seed(seed)
     backend = load_model("ViT-B-32", device="cpu")
@@ -148,7 +148,7 @@ def fudd_and_rerun(args) -> None:
     import ray
 
     from vlmcls.api import Classifier
-    from vlmcls.distributed import classify_with_ray
+    from vlmcls.engines.ray import classify_with_ray
     from vlmcls.methods import MethodOptions
 
     work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-ray-"))
@@ -210,7 +210,7 @@ def throughput(args) -> None:
     import ray
 
     from vlmcls.api import Classifier
-    from vlmcls.distributed import classify_with_ray
+    from vlmcls.engines.ray import classify_with_ray
 
     work = Path(tempfile.mkdtemp(prefix="vlmcls-bench-ray-"))
     os.environ["VLMCLS_CACHE"] = str(work / "cache")

@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from vlmcls import Classifier  # noqa: E402
-from vlmcls.audit import audit_descriptors, audit_features  # noqa: E402
+from vlmcls.report.audit import audit_descriptors, audit_features  # noqa: E402
 from vlmcls.demo.render import render_dataset  # noqa: E402
 from vlmcls.demo.world import DEMO_CLASSES  # noqa: E402
-from vlmcls.descriptors import DescriptorSet  # noqa: E402
-from vlmcls.llm import LLMClient, LLMConfig  # noqa: E402
+from vlmcls.llm.descriptors import DescriptorSet  # noqa: E402
+from vlmcls.llm.client import LLMClient, LLMConfig  # noqa: E402
 from vlmcls.methods import MethodOptions  # noqa: E402
 
 DEMO = ROOT / "vlmcls" / "data"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from vlmcls import Classifier  # noqa: E402
 from vlmcls.demo.render import render_dataset  # noqa: E402
 from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances  # noqa: E402
-from vlmcls.llm import LLMClient, LLMConfig  # noqa: E402
+from vlmcls.llm.client import LLMClient, LLMConfig  # noqa: E402
 from vlmcls.methods import MethodOptions  # noqa: E402
 from vlmcls.methods import RefinerOptions  # noqa: E402
 

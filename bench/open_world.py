@@ -40,7 +40,7 @@ def main() -> None:
     from vlmcls.adapters.open_set import auroc, fpr_at_tpr
     from vlmcls.api import Classifier, as_records, load_classes
     from vlmcls.demo.llm import DemoLLMServer
-    from vlmcls.llm import LLMClient, LLMConfig
+    from vlmcls.llm.client import LLMClient, LLMConfig
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache-dir", default=None)

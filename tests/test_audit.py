@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 from llm_server import llm_server  # noqa: F401  (fixture)
 from vlmcls import Classifier
-from vlmcls.audit import audit_descriptors
+from vlmcls.report.audit import audit_descriptors
 from vlmcls.cli import app
 from vlmcls.demo.render import render_dataset
 from vlmcls.demo.world import DEMO_CLASSES
-from vlmcls.descriptors import DescriptorSet
+from vlmcls.llm.descriptors import DescriptorSet
 from vlmcls.errors import ConfigError
 from vlmcls.methods import MethodOptions
 
@@ -163,7 +163,7 @@ def test_without_a_file_the_llm_writes_the_descriptors_once(world, tmp_path, llm
 def test_separation_and_verdicts_on_features_built_by_hand():
     import torch
 
-    from vlmcls.audit import audit_features
+    from vlmcls.report.audit import audit_features
 
     # Images of "a" point along x, images of "b" along y; "z" is an axis no image has.
     image_feats = torch.nn.functional.normalize(torch.tensor(

@@ -9,7 +9,7 @@ import torch
 import imagegen as ig
 from test_ray import CLASSES, assert_same_rows, assert_same_tree
 from vlmcls.api import Classifier
-from vlmcls.evaluate import options_for_spec
+from vlmcls.report.evaluate import options_for_spec
 from vlmcls.methods import MethodOptions
 
 
@@ -41,7 +41,7 @@ def folders(tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.parametrize("spec", ["templates+gda+tda+transclip", "name+transclip", "templates+tda"])
 def test_gda_transclip_and_tda_give_the_single_engine_rows_on_ray(ray_local, tiny_open_clip, folders, spec):
-    from vlmcls.distributed import classify_with_ray
+    from vlmcls.engines.ray import classify_with_ray
 
     model_id = f"local-dir:{tiny_open_clip}"
     options = options_for_spec(spec, MethodOptions(explain=True, methods={"gda": {"support": folders / "support"}}))

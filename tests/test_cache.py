@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import time
 
-from vlmcls.cache import Store, clear_digest_memo, file_digest, known_digest
+from vlmcls.encode.store import Store, clear_digest_memo, file_digest, known_digest
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_bulk_array_reads_keep_the_good_arrays_and_drop_each_corrupted_one(tmp_p
     for key, value in damaged.items():
         _put_raw(folder, key, value)
     _put_raw(folder, "image:025", _npy(other_dtype))
-    caplog.set_level(logging.WARNING, logger="vlmcls.cache")
+    caplog.set_level(logging.WARNING, logger="vlmcls.encode.store")
     store = Store(folder)
     found = store.get_arrays([*good, "image:missing"], shape=(32,))
     expected = {k: v for k, v in good.items() if k not in damaged} | {"image:025": other_dtype}
@@ -108,7 +108,7 @@ def test_bulk_array_reads_keep_the_good_arrays_and_drop_each_corrupted_one(tmp_p
 
 
 def test_bulk_reads_work_through_many_parts(tmp_path, monkeypatch):
-    import vlmcls.cache as cache_module
+    import vlmcls.encode.store as cache_module
 
     monkeypatch.setattr(cache_module, "_BULK_BYTES", 7 * 160)  # 7 arrays of 8 floats (128-byte header) a part
     store = Store(tmp_path / "c")

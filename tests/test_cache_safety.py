@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import imagegen
 from vlmcls.api import Classifier
-from vlmcls.cache import Store, cache_key, clear_digest_memo, stat_key
+from vlmcls.encode.store import Store, cache_key, clear_digest_memo, stat_key
 from vlmcls.cli import app
 from vlmcls.errors import CacheError
 
@@ -137,7 +137,7 @@ def test_corrupted_entries_are_dropped_and_recomputed(tiny_open_clip, tmp_path, 
                 new = damage(value)
             con.execute("UPDATE Cache SET value = ? WHERE rowid = ?", (new, rowid))
     con.close()
-    caplog.set_level(logging.WARNING, logger="vlmcls.cache")
+    caplog.set_level(logging.WARNING, logger="vlmcls.encode.store")
     clear_digest_memo()  # as a new process: file digests come from the store, not this process's memo
     clf = Classifier(model, cache_dir=cache_dir)
     again = clf.classify(root, ["red", "green", "blue"])
@@ -156,7 +156,7 @@ def test_bulk_reads_give_the_rows_of_one_by_one_reads_on_a_mixed_folder_with_cor
         tiny_open_clip, tmp_path, monkeypatch):
     import shutil
 
-    import vlmcls.cache as cache_module
+    import vlmcls.encode.store as cache_module
 
     root = tmp_path / "imgs"
     imagegen.make_class_tree(root, {"a": [(200, 20, 20), (20, 200, 20), (210, 30, 40), (90, 90, 90)],
@@ -260,7 +260,7 @@ def test_non_utf8_paths_have_stable_store_keys(tmp_path):
 
 
 def test_the_digest_memo_sees_a_same_size_rewrite_with_the_mtime_set_back(tmp_path):
-    from vlmcls.cache import file_digest, known_digest
+    from vlmcls.encode.store import file_digest, known_digest
 
     clear_digest_memo()
     path = tmp_path / "photo.png"

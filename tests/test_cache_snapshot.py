@@ -1,4 +1,4 @@
-"""Folder snapshots (vlmcls.snapshot): a re-run of an unchanged folder takes its features from one store entry, and
+"""Folder snapshots (vlmcls.sources.snapshot): a re-run of an unchanged folder takes its features from one store entry, and
 every other case gives exactly the rows a run on an empty store gives."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 import imagegen
 from vlmcls import Classifier
-from vlmcls.cache import Store, clear_digest_memo, stat_key
+from vlmcls.encode.store import Store, clear_digest_memo, stat_key
 from vlmcls.cli import app
-from vlmcls.images import ImageRecord, list_images
+from vlmcls.encode.images import ImageRecord, list_images
 from vlmcls.output import json_text, prediction_line, prediction_text, rounded_texts
 from vlmcls.results import Prediction
-from vlmcls.snapshot import FileStats, Snapshot, stat_rows
+from vlmcls.sources.snapshot import FileStats, Snapshot, stat_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,8 +337,8 @@ def test_runs_alternating_between_part_of_a_folder_and_all_of_it_keep_one_snapsh
 def test_a_snapshot_row_naming_a_path_outside_its_folder_is_never_stat_ed(tmp_path, monkeypatch):
     """Rows a run did not list are checked by stat; a crafted name that is absolute or climbs out of the folder is
     dropped unseen, and only the genuine file is looked at (and carried while unchanged)."""
-    import vlmcls.embeddings as embeddings
-    import vlmcls.snapshot as snapshot_module
+    import vlmcls.encode.embeddings as embeddings
+    import vlmcls.sources.snapshot as snapshot_module
 
     folder = tmp_path / "photos"
     folder.mkdir()

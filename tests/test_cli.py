@@ -195,9 +195,9 @@ def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):
 
 
 def test_a_new_process_does_not_reread_unchanged_files_but_notices_an_edit(tiny_open_clip, tmp_path, monkeypatch):
-    import vlmcls.image_sources as sources_module
+    import vlmcls.sources.listing as sources_module
     from vlmcls import Classifier
-    from vlmcls.cache import clear_digest_memo
+    from vlmcls.encode.store import clear_digest_memo
 
     folder = tmp_path / "photos"
     for i in range(5):

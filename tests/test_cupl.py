@@ -13,7 +13,7 @@ from vlmcls.methods import build_config, get_record
 from vlmcls.methods.cupl import parse_cupl_sentence, question_requests
 from vlmcls.demo.render import render_dataset
 from vlmcls.errors import ConfigError, PromptError
-from vlmcls.prompting import load_prompt, parse_prompt
+from vlmcls.llm.prompts import load_prompt, parse_prompt
 
 runner = CliRunner()
 DATA = Path(__file__).resolve().parents[1] / "vlmcls" / "data"

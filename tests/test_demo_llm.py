@@ -16,8 +16,8 @@ from vlmcls.cli import app
 from vlmcls.demo import DEMO_CLASSES_FILE, DEMO_DATA_DIR, DEMO_DESCRIPTORS_FILE, DEMO_MODEL_ID
 from vlmcls.demo.llm import MAX_BODY_BYTES, DemoLLMServer, answer_messages
 from vlmcls.demo.world import DEMO_CLASSES
-from vlmcls.descriptors import parse_differential
-from vlmcls.prompting import load_prompt
+from vlmcls.llm.descriptors import parse_differential
+from vlmcls.llm.prompts import load_prompt
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]

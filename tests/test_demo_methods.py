@@ -14,7 +14,7 @@ from llm_server import FakeLLMServer
 from vlmcls import Classifier
 from vlmcls.demo.render import render_dataset
 from vlmcls.demo.world import DEMO_CLASSES, ONE_ATTRIBUTE_PAIRS, write_attribute_distances
-from vlmcls.llm import LLMClient, LLMConfig
+from vlmcls.llm.client import LLMClient, LLMConfig
 from vlmcls.methods import MethodOptions
 
 DATA = Path(__file__).resolve().parents[1] / "vlmcls" / "data"

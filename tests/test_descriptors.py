@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
-from vlmcls.cache import Store
+from vlmcls.encode.store import Store
 from vlmcls.cli import describe_cmd
 from vlmcls.demo import world
-from vlmcls.descriptors import (
+from vlmcls.llm.descriptors import (
     DescriptorSet,
     cbd_sentence,
     estimate_descriptors,
@@ -24,8 +24,8 @@ from vlmcls.descriptors import (
     waffle_descriptors,
 )
 from vlmcls.errors import ConfigError, PromptError
-from vlmcls.llm import LLMClient, LLMConfig
-from vlmcls.prompting import load_prompt, packaged_prompts_dir
+from vlmcls.llm.client import LLMClient, LLMConfig
+from vlmcls.llm.prompts import load_prompt, packaged_prompts_dir
 
 RED_ROUND = ["a red colour", "a round shape"]
 DEMO = list(world.DEMO_CLASSES)

@@ -12,9 +12,9 @@ from PIL import Image, ImageOps
 
 import imagegen
 from vlmcls import Classifier
-from vlmcls.decoding import decode_image
-from vlmcls.device_decode import DeviceJpegDecoder, apply_orientation
-from vlmcls.models import _PilToUint8
+from vlmcls.encode.decoding import decode_image
+from vlmcls.encode.device_decode import DeviceJpegDecoder, apply_orientation
+from vlmcls.encode.models import _PilToUint8
 
 
 def _photo(size=(320, 240), seed=0) -> Image.Image:

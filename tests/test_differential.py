@@ -14,7 +14,7 @@ from vlmcls.methods.fudd import (
     fudd_text,
     rerank,
 )
-from vlmcls.embeddings import l2_normalize
+from vlmcls.encode.embeddings import l2_normalize
 from vlmcls.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ from vlmcls import Classifier
 from vlmcls.adapters.metrics import LabelMetric
 from vlmcls.cli import app
 from vlmcls.errors import ConfigError, LLMError
-from vlmcls.evaluate import compute_metrics, evaluate, options_for_spec, parse_methods
+from vlmcls.report.evaluate import compute_metrics, evaluate, options_for_spec, parse_methods
 from vlmcls.methods import METHODS, MethodOptions
 from fake_methods import scripted_head
 

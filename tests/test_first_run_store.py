@@ -9,7 +9,7 @@ import torch
 
 import imagegen as gen
 from vlmcls import Classifier, image_sources
-from vlmcls.cache import Store, clear_digest_memo
+from vlmcls.encode.store import Store, clear_digest_memo
 from vlmcls.errors import CacheError
 
 
@@ -88,8 +88,8 @@ def test_an_interrupt_keeps_every_batch_encoded_before_it(tiny_open_clip, tmp_pa
 def test_on_a_cpu_workers_hand_over_uint8_and_the_features_are_the_float_paths(tiny_open_clip, tmp_path,
                                                                               monkeypatch):
     from vlmcls import models
-    from vlmcls.embeddings import Encoder
-    from vlmcls.images import list_images
+    from vlmcls.encode.embeddings import Encoder
+    from vlmcls.encode.images import list_images
 
     folder = _folder(tmp_path / "imgs", n=5)
     model = models.load_model(f"local-dir:{tiny_open_clip}", device="cpu")

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 import imagegen
 from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
 from vlmcls.adapters.metric_files import read_hierarchy_file
-from vlmcls.cache import Store
-from vlmcls.classes import load_classes
+from vlmcls.encode.store import Store
+from vlmcls.sources.classes import load_classes
 from vlmcls.cli import app
 from vlmcls.demo import world
-from vlmcls.descriptors import (
+from vlmcls.llm.descriptors import (
     DescriptorSet,
     generate_descriptors,
     generate_pair_descriptions,
@@ -26,10 +26,10 @@ from vlmcls.descriptors import (
     parse_differential,
 )
 from vlmcls.errors import ConfigError, LLMResponseError, PromptError
-from vlmcls.llm import LLMClient, LLMConfig
+from vlmcls.llm.client import LLMClient, LLMConfig
 from vlmcls.methods.cupl import load_cupl_file
 from vlmcls.methods.fudd import load_pair_file
-from vlmcls.prompting import load_prompt, packaged_prompts_dir, parse_prompt
+from vlmcls.llm.prompts import load_prompt, packaged_prompts_dir, parse_prompt
 from vlmcls.templates import load_templates
 
 runner = CliRunner()
@@ -369,7 +369,7 @@ def test_the_cli_csv_neutralises_a_formula_class_name(tiny_open_clip, photos, tm
 
 
 def test_html_never_carries_raw_control_characters():
-    from vlmcls.report_html import esc, render_value
+    from vlmcls.report.html import esc, render_value
 
     assert esc("a\x1b[2Jb\x00c\x9b") == "a\\x1b[2Jb\\x00c\\x9b"
     assert "\x1b" not in render_value({"why": ["\x1b]0;title\x07"]})
@@ -475,7 +475,7 @@ def test_class_files_split_on_line_breaks_only_and_hash_lines_are_explained(tmp_
 def test_folder_links_are_followed_inside_the_root_only_and_each_folder_once(tmp_path, caplog, monkeypatch):
     import os
 
-    from vlmcls.image_sources import list_images
+    from vlmcls.sources.listing import list_images
 
     monkeypatch.delenv("VLMCLS_FOLLOW_LINKS", raising=False)
     root = tmp_path / "photos"

@@ -1,4 +1,4 @@
-"""Image sources, safe decoding and ordered batches (vlmcls.images), on real files written in tmp_path."""
+"""Image sources, safe decoding and ordered batches (vlmcls.encode.images), on real files written in tmp_path."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-import vlmcls.images as images_module
+import vlmcls.encode.images as images_module
 from vlmcls.errors import ConfigError, ImageError
-from vlmcls.images import (
+from vlmcls.encode.images import (
     ImageRecord,
     content_key,
     iter_decoded_batches,
@@ -312,7 +312,7 @@ def _records(tmp_path, n, fetch=None):
 
 
 def test_worker_type_auto_is_threads_and_processes_take_files_only(tmp_path):
-    from vlmcls.images import choose_worker_type
+    from vlmcls.encode.images import choose_worker_type
 
     files = _records(tmp_path, 256)
     assert choose_worker_type("auto", files) == "thread"  # measured faster end to end

@@ -8,7 +8,7 @@ import torch
 import imagegen
 from vlmcls import Classifier
 from vlmcls.errors import ConfigError, MissingExtraError
-from vlmcls.models import resolve_precision
+from vlmcls.encode.models import resolve_precision
 
 pytest.importorskip("onnxruntime", reason="int8 needs the 'int8' extra: pip install 'vlmcls[int8]'")
 
@@ -80,8 +80,8 @@ def test_int8_without_onnxruntime_names_the_extra(tiny_open_clip, tmp_path, monk
 def test_export_stand_ins_compute_what_the_tower_computes_and_are_put_back(kind, tiny_open_clip, tiny_hf_clip):
     """Attention and patch embedding are exported as plain matmuls (so ONNX Runtime fuses and quantises them):
     the same outputs as the model's own modules, and the model is left as it was."""
-    from vlmcls.models import load_model
-    from vlmcls.quantize import _plain_attention
+    from vlmcls.encode.models import load_model
+    from vlmcls.encode.quantize import _plain_attention
 
     model_id = f"local-dir:{tiny_open_clip}" if kind == "open_clip" else f"hf:{tiny_hf_clip}"
     backend = load_model(model_id, device="cpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import imagegen
 from vlmcls import Classifier
-from vlmcls.lazy_model import LazyModel
+from vlmcls.encode.lazy_model import LazyModel
 
 REPO = Path(__file__).resolve().parents[1]
 

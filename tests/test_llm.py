@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
-from vlmcls.cache import Store
+from vlmcls.encode.store import Store
 from vlmcls.errors import ConfigError, LLMError
-from vlmcls.llm import Completion, LLMClient, LLMConfig, approx_tokens
+from vlmcls.llm.client import Completion, LLMClient, LLMConfig, approx_tokens
 
 SECRET = "sk-test-Zq8VbR3uSecretKeyValue"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from llm_server import DRIP_GIVE_UP_S, FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401
-from vlmcls.cache import Store
+from vlmcls.encode.store import Store
 from vlmcls.errors import LLMError
-from vlmcls.llm import LLMClient, LLMConfig, redact_url
+from vlmcls.llm.client import LLMClient, LLMConfig, redact_url
 
 
 def question(name: str) -> list[dict[str, str]]:
@@ -75,7 +75,7 @@ def test_a_dead_endpoint_trips_the_breaker_after_a_bounded_number_of_requests(ll
     llm_server.script(["503"] * 500)
     client = make_client(llm_server, store, max_retries=4, max_concurrency=2, breaker_failures=6)
     names = [f"class{i}" for i in range(24)]
-    with caplog.at_level(logging.WARNING, logger="vlmcls.llm"):
+    with caplog.at_level(logging.WARNING, logger="vlmcls.llm.client"):
         results = client.complete_many([question(n) for n in names])
     assert all(isinstance(r, LLMError) for r in results)
     # 24 classes x 5 attempts would be 120 requests; the breaker stops at 6 failures plus what was in flight.

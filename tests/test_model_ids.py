@@ -1,7 +1,7 @@
 import pytest
 
 from vlmcls.errors import ConfigError
-from vlmcls.model_ids import parse_model_id
+from vlmcls.encode.model_ids import parse_model_id
 
 
 @pytest.mark.parametrize(

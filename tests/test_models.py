@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlmcls.errors import ConfigError, ModelLoadError
-from vlmcls.models import load_model, resolve_device, resolve_precision
+from vlmcls.encode.models import load_model, resolve_device, resolve_precision
 
 TEXTS = [
     "zorblax",
@@ -53,8 +53,8 @@ def test_uint8_hand_over_gives_bit_identical_pixels_and_features(tiny_open_clip,
     import numpy as np
     from PIL import Image
 
-    from vlmcls.embeddings import Encoder
-    from vlmcls.images import list_images
+    from vlmcls.encode.embeddings import Encoder
+    from vlmcls.encode.images import list_images
 
     model = load_model(f"local-dir:{tiny_open_clip}", device="cpu")
     to_u8 = model.uint8_preprocess()
@@ -78,7 +78,7 @@ def test_uint8_hand_over_gives_bit_identical_pixels_and_features(tiny_open_clip,
 def test_a_preprocess_that_is_not_pil_then_normalise_is_kept_whole():
     from torchvision import transforms as T
 
-    from vlmcls.models import _split_torchvision_preprocess
+    from vlmcls.encode.models import _split_torchvision_preprocess
 
     flip_after = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), T.Normalize([0.5] * 3, [0.2] * 3), T.RandomHorizontalFlip(1.0)])
     tensor_steps = T.Compose([T.ToTensor(), T.Resize(8, antialias=True), T.Normalize([0.5] * 3, [0.2] * 3)])
@@ -99,9 +99,9 @@ def test_weights_fingerprint_follows_file_content(tmp_path):
 
 
 def test_a_later_load_with_a_store_does_not_reread_unchanged_weights(tmp_path, monkeypatch):
-    import vlmcls.cache as cache_module
+    import vlmcls.encode.store as cache_module
     from tiny_models import make_open_clip_dir
-    from vlmcls.cache import Store, clear_digest_memo
+    from vlmcls.encode.store import Store, clear_digest_memo
 
     folder = make_open_clip_dir(tmp_path / "m", seed=3)
     store = Store(tmp_path / "cache")

@@ -17,7 +17,7 @@ from vlmcls.cli import app
 from vlmcls.demo import DEMO_CLASSES_FILE, DEMO_DATA_DIR, DEMO_DESCRIPTORS_FILE, DEMO_MODEL_ID
 from vlmcls.demo.world import DEMO_CLASSES
 from vlmcls.errors import ConfigError
-from vlmcls.llm import LLMClient, LLMConfig
+from vlmcls.llm.client import LLMClient, LLMConfig
 from vlmcls.methods import MethodOptions
 from vlmcls.methods.openset import VOCABULARY_PATH, load_vocabulary
 

@@ -27,7 +27,7 @@ def ray_local():
 
 
 def test_ray_gives_the_same_unknown_decisions_and_labels(ray_local, tmp_path):
-    from vlmcls.distributed import classify_with_ray
+    from vlmcls.engines.ray import classify_with_ray
 
     folder = tmp_path / "images"
     for sub in ("images/zorblax", "images/gleebis", "none_of_these"):  # in-list images and none-of-these in one folder

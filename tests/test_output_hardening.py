@@ -16,7 +16,7 @@ from llm_server import llm_server  # noqa: F401  (fixture)
 from vlmcls.api import Classifier
 from vlmcls.cli import app
 from vlmcls.errors import VlmclsError
-from vlmcls.models import load_model
+from vlmcls.encode.models import load_model
 from vlmcls.output import write_json, write_rows
 
 runner = CliRunner()

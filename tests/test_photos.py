@@ -16,11 +16,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import imagegen as gen
-import vlmcls.image_sources as sources_module
-from vlmcls.cache import Store
+import vlmcls.sources.listing as sources_module
+from vlmcls.encode.store import Store
 from vlmcls.cli import app
 from vlmcls.errors import ImageError
-from vlmcls.images import ImageRecord, iter_decoded_batches, list_images, load_image
+from vlmcls.encode.images import ImageRecord, iter_decoded_batches, list_images, load_image
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlmcls" / "data" / "demo_model"
 
@@ -277,7 +277,7 @@ def test_heic_and_avif_photos_are_listed_and_decoded(tmp_path, suffix):
 def test_a_heic_photo_decodes_its_embedded_thumbnail_when_it_is_large_enough(tmp_path, orientation):
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
-    from vlmcls.decoding import decode_image
+    from vlmcls.encode.decoding import decode_image
 
     picture = Image.open(write_photo(tmp_path / "src.jpg", size=(1600, 1200))).convert("RGB")
     exif = Image.Exif()
@@ -321,7 +321,7 @@ def test_heic_thumbnails_when_asked_encode_the_thumbnail_and_keep_its_features_a
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
     from vlmcls import Classifier
-    from vlmcls.decoding import decode_image
+    from vlmcls.encode.decoding import decode_image
 
     folder = _heic_folder(tmp_path, heic_photos)
     every = Classifier(f"local-dir:{DEMO_MODEL}", device="cpu", cache_dir=tmp_path / "cache", batch_size=2)
@@ -376,14 +376,14 @@ def test_bulk_writes_and_reads_round_trip_across_query_chunks_and_replace_old_va
 
 @pytest.mark.parametrize("value", ["0" * 64, "ünïcode \u0000 \"quoted\"", ""])
 def test_the_fast_key_function_gives_cache_keys_exactly(value):
-    from vlmcls.cache import cache_key, cache_key_for
+    from vlmcls.encode.store import cache_key, cache_key_for
 
     parts = {"model": "ViT-B-32", "weights": "abc", "preprocess": {"size": 224}, "jpeg_min_side": 224}
     assert cache_key_for("image", "content", **parts)(value) == cache_key("image", content=value, **parts)
 
 
 def test_the_fast_key_function_takes_several_values_in_any_order():
-    from vlmcls.cache import cache_key, cache_key_for
+    from vlmcls.encode.store import cache_key, cache_key_for
 
     key = cache_key_for("digest", "path", "size", "inode", "mtime_ns", "ctime_ns")
     for path in ["/a/b.png", "/x/" + os.fsdecode(b"caf\xe9.png"), "/q/\"quoted\" ünï.png"]:
@@ -394,7 +394,7 @@ def test_the_fast_key_function_takes_several_values_in_any_order():
 
 
 def test_stat_keys_are_the_cache_keys_of_the_files_stat(tmp_path):
-    from vlmcls.cache import cache_key, stat_key
+    from vlmcls.encode.store import cache_key, stat_key
 
     for name in ["plain.png", os.fsdecode(b"caf\xe9.png")]:  # a non-UTF-8 name keeps its key
         path = tmp_path / name

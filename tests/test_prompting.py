@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from vlmcls.cli import prompts_cmd
 from vlmcls.errors import PromptError
-from vlmcls.prompting import (
+from vlmcls.llm.prompts import (
     checkout_prompts_dir,
     find_prompt,
     list_prompts,

@@ -17,11 +17,11 @@ from test_images import hf_cache  # noqa: F401  (a fixture: datasets' conversion
 from test_photos import write_photo  # (count_opens is a fixture in conftest.py)
 from vlmcls import distributed
 from vlmcls.api import Classifier
-from vlmcls.distributed import classify_with_ray
+from vlmcls.engines.ray import classify_with_ray
 from vlmcls.errors import ConfigError, MissingExtraError
-from vlmcls.feature_store import read_feats
-from vlmcls.images import list_images
-from vlmcls.evaluate import options_for_spec
+from vlmcls.encode.feature_store import read_feats
+from vlmcls.encode.images import list_images
+from vlmcls.report.evaluate import options_for_spec
 from vlmcls.methods import MethodOptions
 
 CLASSES = ["cat", "dog", "car", "tree"]
@@ -211,7 +211,7 @@ def test_a_second_run_with_other_classes_encodes_nothing_and_asks_the_llm_once_p
         ray_local, model_id, small_folder, tmp_path):
     from llm_server import FakeLLMServer
 
-    from vlmcls.llm import LLMClient, LLMConfig
+    from vlmcls.llm.client import LLMClient, LLMConfig
 
     store = tmp_path / "features"
     first = classify_with_ray(model_id, small_folder, CLASSES, top_k=2, batch_size=4, num_workers=1,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vlmcls import Classifier
-from vlmcls.descriptors import DescriptorSet
-from vlmcls.embeddings import l2_normalize
+from vlmcls.llm.descriptors import DescriptorSet
+from vlmcls.encode.embeddings import l2_normalize
 from vlmcls.errors import ConfigError
 from vlmcls.methods import MethodOptions
 

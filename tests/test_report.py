@@ -13,10 +13,10 @@ import torch
 import imagegen
 from vlmcls import Classifier
 from vlmcls.cli.classify_cmd import write_classify_report
-from vlmcls.evaluate import evaluate
+from vlmcls.report.evaluate import evaluate
 from vlmcls.methods import METHODS
 from fake_methods import ScriptedHead, scripted_head
-from vlmcls.report import render_report, select_gallery, write_report
+from vlmcls.report.page import render_report, select_gallery, write_report
 
 SCRIPT_CLASS = "<script>alert(1)</script>"
 IMG_DESCRIPTOR = '<img src=x onerror="alert(2)">'

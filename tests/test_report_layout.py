@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from vlmcls.cli import app
 from vlmcls.demo import DEMO_CLASSES_FILE, DEMO_DATA_DIR, DEMO_DESCRIPTORS_FILE, DEMO_MODEL_ID
-from vlmcls.report import render_report
+from vlmcls.report.page import render_report
 
 runner = CliRunner()
 

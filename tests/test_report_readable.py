@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from vlmcls import Classifier
-from vlmcls.evaluate import evaluate
+from vlmcls.report.evaluate import evaluate
 from vlmcls.methods import MethodOptions
-from vlmcls.report import select_gallery, write_report
+from vlmcls.report.page import select_gallery, write_report
 
 DEMO = Path(__file__).resolve().parents[1] / "vlmcls" / "data" / "demo"
 

@@ -241,3 +241,17 @@ def test_one_request_one_protocol_the_local_engine_gives_the_apis_rows():
     feats = engine.encode(request)  # encode once, score many (--watch, eval)
     again = engine.score(request.but(method="cbd"), feats)
     assert sum(a != b for a, b in zip(again.table.labels, ran.table.labels)) == 20  # FuDD moved 20 of 48
+
+
+def test_modules_that_moved_keep_their_old_import_paths():
+    import importlib
+
+    import vlmcls.encode.store
+    import vlmcls.engines.ray
+
+    assert importlib.import_module("vlmcls.cache") is vlmcls.encode.store
+    assert importlib.import_module("vlmcls.distributed").classify_with_ray is vlmcls.engines.ray.classify_with_ray
+    from vlmcls.llm import LLMClient  # a package now, re-exporting its client
+    from vlmcls.report import write_report  # likewise, its page
+
+    assert LLMClient.__module__ == "vlmcls.llm.client" and write_report.__module__ == "vlmcls.report.page"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vlmcls.api import Classifier
-from vlmcls.embeddings import l2_normalize
+from vlmcls.encode.embeddings import l2_normalize
 from vlmcls.errors import ConfigError
 from vlmcls.scoring import ClassTexts, class_text_weights, compute_logits, probabilities
 

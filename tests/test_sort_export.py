@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import imagegen
 from vlmcls.cli import app
-from vlmcls.labels import LabelLog, read_corrections, read_label_map
+from vlmcls.review.labels import LabelLog, read_corrections, read_label_map
 
 runner = CliRunner()
 CLASSES = ["cat", "dog", "owl"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from vlmcls.models import load_model
+from vlmcls.encode.models import load_model
 
 
 def test_a_second_load_reuses_the_tokenizer_and_an_edited_config_builds_a_new_one(tiny_open_clip, tmp_path):

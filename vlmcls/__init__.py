@@ -7,6 +7,9 @@ CLI's help, cache and prompt commands start without loading torch.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -23,7 +26,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .api import ClassificationResult, Classifier, Prediction, load_classes
-    from .models import load_model
+    from .encode.models import load_model
 
 __version__ = "0.1.0"
 
@@ -32,7 +35,7 @@ _LAZY = {
     "ClassificationResult": "api",
     "Prediction": "api",
     "load_classes": "api",
-    "load_model": "models",
+    "load_model": "encode.models",
 }
 
 __all__ = [
@@ -51,6 +54,68 @@ __all__ = [
     "CacheError",
     "MissingExtraError",
 ]
+
+
+# Modules that moved into packages (vlmcls.cache is vlmcls.encode.store, …): their old import paths keep working.
+_MOVED = {
+    "image_sources": "sources.listing",
+    "snapshot": "sources.snapshot",
+    "classes": "sources.classes",
+    "textfiles": "sources.textfiles",
+    "limits": "sources.limits",
+    "models": "encode.models",
+    "backend": "encode.backend",
+    "lazy_model": "encode.lazy_model",
+    "model_ids": "encode.model_ids",
+    "quantize": "encode.quantize",
+    "decoding": "encode.decoding",
+    "device_decode": "encode.device_decode",
+    "images": "encode.images",
+    "embeddings": "encode.embeddings",
+    "cache": "encode.store",
+    "feature_store": "encode.feature_store",
+    "llm_http": "llm.http",
+    "prompting": "llm.prompts",
+    "descriptors": "llm.descriptors",
+    "distributed": "engines.ray",
+    "ray_workers": "engines.ray_workers",
+    "report_html": "report.html",
+    "audit": "report.audit",
+    "audit_report": "report.audit_page",
+    "evaluate": "report.evaluate",
+    "active": "review.active",
+    "exports": "review.exports",
+    "labels": "review.labels",
+    "run_results": "review.run_results",
+    "sorting": "review.sorting",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    """Imports ``vlmcls.<old>`` as the module it became, the same object under both names."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        prefix, _, rest = fullname.partition(".")
+        if prefix != "vlmcls" or rest not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(f"vlmcls.{_MOVED[rest]}"))
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Puts the module that moved in the old name's place (the import system reads ``sys.modules`` back after
+    ``exec_module``, so ``import vlmcls.cache`` gives ``vlmcls.encode.store`` itself)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec: Any) -> Any:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        sys.modules[module.__name__] = importlib.import_module(self.target)
+
+
+sys.meta_path.insert(0, _MovedModules())  # before any path finder: an old name is never a file
 
 
 def __getattr__(name: str) -> Any:

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .backend import ModelBackend
-from .cache import Store
-from .classes import load_classes
-from .embeddings import Encoder, ImageFeatures, to_numpy, to_torch
-from .images import ImageRecord, choose_worker_type, list_images
+from .encode.backend import ModelBackend
+from .encode.store import Store
+from .sources.classes import load_classes
+from .encode.embeddings import Encoder, ImageFeatures, to_numpy, to_torch
+from .encode.images import ImageRecord, choose_worker_type, list_images
 from .methods import (DEFAULT_METHOD, MethodOptions, MethodOutput, as_options, RunContext, TextSide, parse_spec, run_spec,
                       runs_on_numpy)
-from .lazy_model import LazyModel
+from .encode.lazy_model import LazyModel
 from .results import ClassificationResult, Prediction, ResultTable
 from .scoring import ClassTexts, class_text_weights, compute_logits, probabilities, top_k
 

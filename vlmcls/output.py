@@ -71,7 +71,7 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def _csv_text(text: str) -> str:
     """A text cell safe to open in a spreadsheet: no formula start, no raw control characters (see README: the
     JSONL and Parquet outputs keep the raw text)."""
-    from .report_html import visible_controls
+    from .report.html import visible_controls
 
     text = visible_controls(text)
     return "'" + text if text.startswith(_FORMULA_START) else text

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .embeddings import l2_normalize
+from .encode.embeddings import l2_normalize
 from .errors import ConfigError
 
 if TYPE_CHECKING:

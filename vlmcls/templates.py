@@ -57,7 +57,7 @@ def load_templates(name_or_file: str | None) -> list[str]:
         raise ConfigError(
             f"templates '{name_or_file}' is neither a named set ({', '.join(TEMPLATE_SETS)}) nor a file."
         )
-    from .textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
+    from .sources.textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
 
     lines = [ln.strip() for ln in read_text_file(path, "template file").splitlines()]
     templates = [ln for ln in lines if ln and not ln.startswith("#")]

@@ -39,7 +39,7 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
 
 
 def _read_text(file: Path, what: str) -> str:
-    from ..textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
+    from ..sources.textfiles import read_text_file  # size-limited, BOM/UTF-16 aware: a ConfigError, never a crash
 
     return read_text_file(file, what)
 
@@ -69,7 +69,7 @@ def read_hierarchy_file(path: str | os.PathLike) -> tuple[list[Edge], list[str]]
 
 
 def _hierarchy_from_json(text: str, file: Path) -> tuple[list[Edge], list[str]]:
-    from ..textfiles import parse_json
+    from ..sources.textfiles import parse_json
 
     data = parse_json(text, "hierarchy file", file)
     edges: list[Edge] = []
@@ -161,7 +161,7 @@ def read_names_file(path: str | os.PathLike) -> list[str]:
     file = _existing(path, "names file")
     text = _read_text(file, "names file")
     if file.suffix.lower() == ".json":
-        from ..textfiles import parse_json
+        from ..sources.textfiles import parse_json
 
         names = parse_json(text, "names file", file)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import cache_cmd, classify_cmd
+from .import cache_cmd, classify_cmd
 from ._app import App
 from ._render import (EXIT_FATAL, EXIT_INPUT_ERRORS, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                       EXIT_USAGE)

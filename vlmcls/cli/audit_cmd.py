@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..llm import LLMConfig
+from ..llm.client import LLMConfig
 from ._options import ModelOptions, with_model_options, with_source_options
 from ._settings import with_opt
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
@@ -49,13 +49,13 @@ def audit_command(
 ) -> None:
     """Score every descriptor by what leaving it out does to recall and top-1; exit code 1 when images failed."""
     from ..api import load_classes
-    from ..audit import audit_descriptors
-    from ..audit_report import write_audit_report
-    from ..descriptors import ErrorRow
-    from ..llm import LLMClient
+    from ..report.audit import audit_descriptors
+    from ..report.audit_page import write_audit_report
+    from ..llm.descriptors import ErrorRow
+    from ..llm.client import LLMClient
     from ..methods import DEFAULT_DESCRIBER, METHODS, MethodOptions
     from ..output import check_output_path, write_json
-    from ..report import check_report_path
+    from ..report.page import check_report_path
 
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     class_names = load_classes(classes)

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ..cache import Store, default_cache_dir, remove_cache_files
+from ..encode.store import Store, default_cache_dir, remove_cache_files
 from ..errors import CacheError, ConfigError
-from ..snapshot import SNAPSHOT_KIND
+from ..sources.snapshot import SNAPSHOT_KIND
 from ._app import App
 from ._render import console, handle_errors, key_value_table
 

@@ -12,15 +12,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..cache import Store
-from ..descriptors import DescriptorSet
+from ..encode.store import Store
+from ..llm.descriptors import DescriptorSet
 from ..engines import LocalEngine, RayEngine, RunRequest
 from ..errors import ConfigError
-from ..llm import LLMClient, LLMConfig
+from ..llm.client import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
-from ..report import REPORT_SUFFIXES
+from ..report.page import REPORT_SUFFIXES
 from ..output import OUTPUT_SUFFIXES, write_json, write_result, write_rows
-from ..run_results import run_settings, run_settings_path
+from ..review.run_results import run_settings, run_settings_path
 from .describe_cmd import (
     with_llm_config,
     DOMAIN_HINT_OPTION,
@@ -126,7 +126,7 @@ def classify(
                          settings=run_settings(model_options.model, load_classes(classes), method,
                                                _absolute_files(method_options, files), images, source_options, top_k))
     if report is not None and engine == "single" and not dry_run:  # thumbnails from the decoded images
-        from ..report import THUMBNAIL_SIZE
+        from ..report.page import THUMBNAIL_SIZE
 
         clf.encoder.thumbnail_size = THUMBNAIL_SIZE
     # One request, carried out by the engine asked for (the single engine lists the source once, above).
@@ -227,7 +227,7 @@ def export_artifacts(artifacts: dict, folder: Path) -> list[Path]:
 def watched_files(classes: str, method_files: list, prompts: Path | None) -> list[Path]:
     """The files whose edits change a classify run's text side: the classes file, every file a method option
     names (``file_options``: descriptors, pairs, a templates file, …) and every prompt file the run can read."""
-    from ..prompting import prompt_search_path
+    from ..llm.prompts import prompt_search_path
 
     files = [Path(classes)] if Path(classes).is_file() else []
     files += [path for _, kind, path in method_files if kind == "file"]
@@ -243,11 +243,11 @@ def write_classify_report(result, report_path: Path, images: Any = None, source_
     """For `classify --report`: the same HTML report without labels (summary, predicted classes, gallery, errors).
 
     ``records``: the run's image records, for thumbnails (dataset rows have no path). Without them ``images``, the
-    classify source, is listed again (no decoding). Call ``vlmcls.report.check_report_path`` before the run to fail
-    early on a bad path. ``thumbnails``: see :func:`vlmcls.report.write_report`.
+    classify source, is listed again (no decoding). Call ``vlmcls.report.page.check_report_path`` before the run to fail
+    early on a bad path. ``thumbnails``: see :func:`vlmcls.report.page.write_report`.
     """
     from ..api import as_records
-    from ..report import write_report
+    from ..report.page import write_report
 
     if records is None and images is not None:
         try:
@@ -264,7 +264,7 @@ def write_classify_report(result, report_path: Path, images: Any = None, source_
 def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptions, source_options: dict, quiet: bool) -> None:
     """Print what the run would spend on the LLM, encoding images only when FuDD's pairs depend on them."""
     from ..api import load_classes
-    from ..llm import CallEstimate
+    from ..llm.client import CallEstimate
     from ..methods import RERANK, estimate_llm_cost, get_record, parse_spec
 
     class_names = load_classes(classes)

@@ -9,9 +9,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..cache import Store
+from ..encode.store import Store
 from ..errors import ConfigError
-from ..llm import CallEstimate, LLMClient, LLMConfig, Usage
+from ..llm.client import CallEstimate, LLMClient, LLMConfig, Usage
 from ..methods import DEFAULT_DESCRIBER
 from ._app import App
 from ._options import option_group
@@ -133,9 +133,9 @@ def describe(
 ) -> None:
     """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
     from ..api import load_classes  # the one class-list reader; imported here to keep `--help` fast
-    from ..descriptors import estimate_descriptors
+    from ..llm.descriptors import estimate_descriptors
     from ..methods import METHODS, MethodOptions, file_options
-    from ..prompting import load_prompt
+    from ..llm.prompts import load_prompt
 
     options = MethodOptions(methods=method_options)
     output = check_outputs({"--output": (output, (".json",), "descriptor files are .json")},

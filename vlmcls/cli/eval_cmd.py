@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..llm import LLMConfig
+from ..llm.client import LLMConfig
 from ..methods import DEFAULT_COMPARISON, spec_help
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries
@@ -68,11 +68,11 @@ def eval_command(
     Each method is a spec: a head, then stages after '+': templates+tip, cbd+fudd+frechet, name+tfup.
     """
     from ..api import load_classes
-    from ..evaluate import evaluate, options_for_spec, parse_methods
-    from ..llm import LLMClient
+    from ..report.evaluate import evaluate, options_for_spec, parse_methods
+    from ..llm.client import LLMClient
     from ..methods import MethodOptions, file_options, label_metric
     from ..output import write_json
-    from ..report import REPORT_SUFFIXES, THUMBNAIL_SIZE, write_report
+    from ..report.page import REPORT_SUFFIXES, THUMBNAIL_SIZE, write_report
 
     if quiet:
         quiet_libraries()

@@ -30,8 +30,8 @@ def export_command(
                                              "serves local files from (image URLs are relative to it)."),
 ) -> None:
     """Export a run's predictions with the review's corrections applied."""
-    from ..exports import export_results
-    from ..run_results import load_results
+    from ..review.exports import export_results
+    from ..review.run_results import load_results
 
     run = load_results(results)
     written = export_results(run, to, output, files_root)

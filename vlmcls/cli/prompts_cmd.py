@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import PromptError
-from ..prompting import list_prompts, load_prompt, prompt_search_path
+from ..llm.prompts import list_prompts, load_prompt, prompt_search_path
 from ._app import App
 from ._render import console, handle_errors, safe
 

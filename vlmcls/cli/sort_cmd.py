@@ -29,7 +29,7 @@ def sort_command(
 
     A name clash gets a suffix (a-1.png), nothing is overwritten; an image gone or changed since the run is skipped
     and reported (exit code 1)."""
-    from ..sorting import carry_out, plan_sort, undo_sort
+    from ..review.sorting import carry_out, plan_sort, undo_sort
 
     if undo is not None:
         if results is not None or into is not None:
@@ -41,7 +41,7 @@ def sort_command(
         raise typer.Exit(EXIT_INPUT_ERRORS if skipped else 0)
     if results is None or into is None:
         raise ConfigError("give RESULTS and --into DIR (or --undo MANIFEST).")
-    from ..run_results import load_results
+    from ..review.run_results import load_results
 
     run = load_results(results)
     plan = plan_sort(run, into, mode, min_prob)

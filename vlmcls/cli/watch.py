@@ -15,7 +15,7 @@ from ._render import console, console_err, progress_bar, safe
 
 if TYPE_CHECKING:
     from ..api import ClassificationResult
-    from ..embeddings import ImageFeatures
+    from ..encode.embeddings import ImageFeatures
     from ..engines import LocalEngine, RunRequest
 
 __all__ = ["watch_and_rerun"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
-from . import world
+from .import world
 
 __all__ = [
     "DEFAULT_PORT",

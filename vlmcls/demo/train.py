@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmcls.demo.render import IMAGE_SIZE, image_rng, render_image
-from vlmcls.descriptors import cbd_sentence
+from vlmcls.llm.descriptors import cbd_sentence
 from vlmcls.demo.world import ATTRIBUTE_PHRASES, ATTRIBUTES, DEMO_CLASSES
 
 __all__ = [

@@ -39,7 +39,7 @@ from .registry import (
     summary_keys,
 )
 from .spec import MethodSpec, parse_spec, parse_specs, spec_help
-from . import heads, cupl, fudd, refiners, gda, tda, transclip, openset  # noqa: E402,F401  (each registers its records)
+from .import heads, cupl, fudd, refiners, gda, tda, transclip, openset  # noqa: E402,F401  (each registers its records)
 from .cupl import CuplConfig  # noqa: E402
 from .fudd import FuddConfig  # noqa: E402
 from .heads import CbdConfig, NameConfig, TemplatesConfig, WaffleConfig  # noqa: E402

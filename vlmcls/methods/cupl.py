@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..descriptors import ErrorRow, read_class_lists
+from ..llm.descriptors import ErrorRow, read_class_lists
 from ..errors import ConfigError, LLMError
-from ..llm import CallEstimate, LLMClient, Messages, Usage
-from ..prompting import PromptTemplate, load_prompt
+from ..llm.client import CallEstimate, LLMClient, Messages, Usage
+from ..llm.prompts import PromptTemplate, load_prompt
 from ..templates import wordify
 from .registry import HEAD, MethodRecord, option, register
 
@@ -129,7 +129,7 @@ def generate_cupl_sentences(
         for sample in range(config.samples):  # the sample number offsets the seed (and the key)
             answers = sampler.complete_many([requests[k] for k in keys], variant=sample)
             for (name, _question), answer in zip(keys, answers):
-                if usage.record(answer) is None:  # the one accounting step (vlmcls.llm.Usage.record)
+                if usage.record(answer) is None:  # the one accounting step (vlmcls.llm.client.Usage.record)
                     failures.setdefault(name, []).append(str(answer))
                     continue
                 sentence = parse_cupl_sentence(answer.text)

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..descriptors import generate_pair_descriptions, pair_requests
-from ..embeddings import to_numpy as _np, to_torch  # the maths below runs in numpy: a cached run needs no torch
+from ..llm.descriptors import generate_pair_descriptions, pair_requests
+from ..encode.embeddings import to_numpy as _np, to_torch  # the maths below runs in numpy: a cached run needs no torch
 from ..errors import ConfigError
-from ..limits import bound_row, current_limits
-from ..prompting import load_prompt
+from ..sources.limits import bound_row, current_limits
+from ..llm.prompts import load_prompt
 from ..templates import wordify
 from .heads import LinearHead, linear_head
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
@@ -75,7 +75,7 @@ def load_pair_file(path: str | Path) -> dict[str, dict[str, Any]]:
     entry without ``attr_type`` gets "attribute" (it only labels explanations), as an LLM answer's does. Any other
     shape is a ConfigError naming the entry and the place in it.
     """
-    from ..textfiles import load_json_file
+    from ..sources.textfiles import load_json_file
 
     data = load_json_file(path, "pair file")
     expected = "expected {'a_b': {'classes': [a, b], 'prompt_pairs': [{'attr_type': ..., 'prompt_pair': [text_a, text_b]}]}}"

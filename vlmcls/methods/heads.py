@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
+from ..llm.descriptors import DescriptorSet, estimate_descriptors, generate_descriptors
 from ..errors import ConfigError
-from ..limits import bound_row, capped_lists, current_limits, cut_texts
-from ..prompting import load_prompt
+from ..sources.limits import bound_row, capped_lists, current_limits, cut_texts
+from ..llm.prompts import load_prompt
 from ..templates import apply_templates, load_templates, wordify
 from .pipeline import BatchScores, RunContext, RunReport
 from .registry import HEAD, MethodRecord, option, register
@@ -91,7 +91,7 @@ class LinearHead:
 def linear_head(context: RunContext, per_class: dict[str, list[str]], aggregation: str, report: RunReport,
                 descriptor_labels: dict[str, list[str]] | None = None) -> LinearHead:
     """Encode each class's sentences and aggregate them into one weight per class. Past the bounds (texts per
-    class, characters per text: vlmcls.limits) the rest is dropped, with one warning row per bound."""
+    class, characters per text: vlmcls.sources.limits) the rest is dropped, with one warning row per bound."""
     from ..scoring import ClassTexts, class_text_weights
 
     per_class = _bounded(per_class, report)

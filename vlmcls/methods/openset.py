@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..descriptors import ErrorRow, parse_descriptor_list, read_class_lists
+from ..llm.descriptors import ErrorRow, parse_descriptor_list, read_class_lists
 from ..errors import ConfigError, LLMError
-from ..llm import Usage
-from ..prompting import load_prompt
+from ..llm.client import Usage
+from ..llm.prompts import load_prompt
 from ..templates import wordify
 from .pipeline import BatchScores, RunContext, RunReport, merge_notes
 from .registry import REFINER, MethodRecord, option, register
@@ -88,7 +88,7 @@ class UnknownConfig:
 
 def load_vocabulary(path: str | Path | None = None) -> list[str]:
     """The words of a vocabulary file (one per line, '#' comments), de-duplicated, order kept."""
-    from ..textfiles import read_text_file
+    from ..sources.textfiles import read_text_file
 
     path = Path(path) if path is not None else VOCABULARY_PATH
     text = read_text_file(path, "vocabulary file")
@@ -100,7 +100,7 @@ def load_vocabulary(path: str | Path | None = None) -> list[str]:
 
 def load_negatives_file(path: str | Path) -> dict[str, list[str]]:
     """Negatives per class from JSON ``{class: [phrase, …]}``, or one phrase per line (kept under ``"*"``)."""
-    from ..textfiles import read_text_file
+    from ..sources.textfiles import read_text_file
 
     path = Path(path)
     if path.suffix.lower() == ".json":
@@ -199,7 +199,7 @@ def _vocabulary_negatives(config: UnknownConfig, context: RunContext, class_feat
                           report: RunReport) -> tuple[list[str], "torch.Tensor"]:
     """NegLabel's mining: the vocabulary's words farthest from the classes (words that are class names left out)."""
     from ..adapters.open_set import farthest_negatives
-    from ..embeddings import l2_normalize
+    from ..encode.embeddings import l2_normalize
 
     words = load_vocabulary(config.vocabulary)
     listed = {n.lower() for n in context.class_names} | {wordify(n).lower() for n in context.class_names}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..classes import load_classes
+from ..sources.classes import load_classes
 from ..errors import ConfigError
 from ..templates import wordify
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
@@ -120,8 +120,8 @@ def with_label_support(method_options: dict, labels: str | Path, labelled: int) 
 
 def _labelled_records(path: Path) -> list:
     """The labels file's labelled images as image records (their class as the record's label)."""
-    from ..images import ImageRecord
-    from ..labels import read_label_map
+    from ..encode.images import ImageRecord
+    from ..review.labels import read_label_map
 
     labelled = read_label_map(path)
     if not labelled:
@@ -237,7 +237,7 @@ def load_label_metric(context: RunContext, config: FrechetConfig, descriptors: A
         return LabelMetric.from_hierarchy_file(config.hierarchy), space
     if config.distances:
         return LabelMetric.from_distance_file(config.distances), space
-    from ..descriptors import DescriptorSet
+    from ..llm.descriptors import DescriptorSet
 
     names = list(dict.fromkeys([*context.class_names, *(space or [])]))
     dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors) if descriptors else None

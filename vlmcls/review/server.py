@@ -13,7 +13,7 @@ Security, each checked by tests/test_review.py:
   server: a cross-site form can set neither, so it is refused;
 - images are served by their row number in the results, never by a path from the request: any other path is 404;
 - the page loads nothing from elsewhere (Content-Security-Policy: ``default-src 'none'`` plus self);
-- the labels file is the one beside the results (:func:`vlmcls.labels.labels_path_for`); no request names a file.
+- the labels file is the one beside the results (:func:`vlmcls.review.labels.labels_path_for`); no request names a file.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..labels import LabelLog
-from ..run_results import RunResults, final_label, load_results
+from .labels import LabelLog
+from .run_results import RunResults, final_label, load_results
 
 __all__ = ["ReviewSession", "Improvement"]
 
@@ -113,7 +113,7 @@ class ReviewSession:
 
     def records(self) -> list:
         """The run's images as records in the results' order (their true labels kept, for accuracy)."""
-        from ..images import ImageRecord
+        from ..encode.images import ImageRecord
 
         records = []
         for n, row in enumerate(self.run.rows):
@@ -164,10 +164,10 @@ class ReviewSession:
 
     # -- which to label next ----------------------------------------------------------------------
     def label_next(self, count: int = 48) -> list[int]:
-        """Row numbers of the unlabelled images to label next (:func:`vlmcls.active.label_next_order`)."""
+        """Row numbers of the unlabelled images to label next (:func:`vlmcls.review.active.label_next_order`)."""
         import numpy as np
 
-        from ..active import label_next_order
+        from .active import label_next_order
 
         self.run.reload_corrections()
         ok = [n for n, r in enumerate(self.rows) if r.get("error") is None and r["top_k"]]

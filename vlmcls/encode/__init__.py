@@ -1,0 +1,1 @@
+"""From records to unit features: model backends (open_clip, HF CLIP/SigLIP, int8) behind one protocol, the model-id grammar, decoding and preprocessing, batched encoding, and the content-addressed store."""
