@@ -33,7 +33,8 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MAX_BYTES = 1 << 30
 _ACCEPTED = (
     "Give a folder of images (class sub-folders allowed), a .txt file with one image path per line, "
-    "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, or imagefolder:DIR."
+    "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, imagefolder:DIR, "
+    "wds:SHARDS (webdataset tar shards) or hf-dataset:ORG/NAME."
 )
 
 # What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.
@@ -234,6 +235,11 @@ def list_images(
     ``image_column``, ``label_column`` and ``split`` apply to datasets only; an in-memory
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
+    if isinstance(source, str) and source.startswith("wds:"):
+        from .shards import list_shards
+
+        _only_split(source, image_column, label_column)
+        return list_shards(source, split).records
     found = _dataset_source(source)
     if found is not None:
         loaded, name, base_dir = _load_dataset(*found, split)
@@ -253,6 +259,14 @@ def list_images(
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return [ImageRecord(id=str(path), path=path, label=None, source_index=0)]
     raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
+
+
+def _only_split(source: str, image_column: str | None, label_column: str | None) -> None:
+    """Shards name their members by extension: the column flags do not apply."""
+    given = "image_column" if image_column is not None else "label_column" if label_column is not None else None
+    if given:
+        raise ConfigError(f"'{given}' applies to datasets with columns, not to the shards of '{source}' (images are "
+                          "their image members, labels their .cls members). Drop it.")
 
 
 def locate_dataset(
