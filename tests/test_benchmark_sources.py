@@ -113,7 +113,17 @@ def test_eval_on_shards_equals_eval_on_the_folder_and_rerun_encodes_nothing(benc
     assert len(a["methods"]) == 2
     for run_a, run_b in zip(a["methods"], b["methods"]):
         assert run_a["metrics"] == run_b["metrics"]
-    again = run_cli("eval", f"wds:{wds}/test/{{0..3}}.tar", "-o", str(tmp_path / "again.json"), *common)
+    again = run_cli("eval", f"wds:{wds}/test/{{0..3}}.tar", "-o", str(tmp_path / "again.json"), *common,
+                    "--clip-benchmark-json", str(tmp_path / "cb.json"))
     assert again.returncode == 0, again.stderr
     images = json.loads((tmp_path / "again.json").read_text())["images"]
     assert images["encoded"] == 0 and images["cached"] == 48
+    # CLIP_benchmark's own output object (clip_benchmark/cli.py: dump = {...}): same field names and types
+    for method, run in zip(("name", "templates"), b["methods"]):
+        record = json.loads((tmp_path / f"cb-{method}.json").read_text())
+        assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language", "vlmcls_method"}
+        assert record["task"] == "zeroshot_classification" and record["language"] == "en"
+        assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+        assert all(isinstance(v, float) and 0 <= v <= 1 for v in record["metrics"].values())
+        assert record["metrics"]["acc1"] == pytest.approx(run["metrics"]["top1"])
+        assert record["model"] == str(shardgen.DEMO.parent / "demo_model") or record["model"]

@@ -52,6 +52,7 @@ def eval_command(
     methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
     report: Optional[Path] = REPORT_OPTION,
+    clip_benchmark_json: Optional[Path] = typer.Option(None, "--clip-benchmark-json", help="Also save each method's acc1, acc5 and mean per-class recall in CLIP_benchmark's output format (.json; STEM-METHOD.json per method when several)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
@@ -91,6 +92,7 @@ def eval_command(
     targets = check_outputs({
         "--output": (output, (".json",), "eval results are saved as .json"),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
+        "--clip-benchmark-json": (clip_benchmark_json, (".json",), "CLIP_benchmark's results are .json"),
     }, [data, *([classes] if isinstance(classes, str) else []), *(path for _, _, path in files)])
     report_path = targets["--report"]
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
@@ -112,6 +114,10 @@ def eval_command(
     results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:
         write_json(output, results)
+    if clip_benchmark_json is not None:
+        from ..report.clip_benchmark import write_clip_benchmark_json
+
+        write_clip_benchmark_json(result, targets["--clip-benchmark-json"])
     if report_path is not None:
         write_report(results, report_path, records=result.records, thumbnails=result.thumbnails)
     if not quiet:
