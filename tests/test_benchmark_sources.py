@@ -127,3 +127,19 @@ def test_eval_on_shards_equals_eval_on_the_folder_and_rerun_encodes_nothing(benc
         assert all(isinstance(v, float) and 0 <= v <= 1 for v in record["metrics"].values())
         assert record["metrics"]["acc1"] == pytest.approx(run["metrics"]["top1"])
         assert record["model"] == str(shardgen.DEMO.parent / "demo_model") or record["model"]
+
+
+def test_hub_dataset_while_offline_exits_3_within_seconds_with_one_line(tmp_path):
+    started = time.monotonic()
+    proc = run_cli("eval", "hf-dataset:clip-benchmark/wds_cifar10", "--classes", "a,b", "--model",
+                   shardgen.DEMO_MODEL, "-q", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - started < 30  # the interpreter and imports: the probe itself answers at once
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HF_HUB_OFFLINE" in lines[0] and "save_to_disk" in lines[0]
+
+
+@pytest.mark.parametrize("source", ["hf-dataset:", "hf-dataset:noslash", "hf-dataset:a/b/c", "hf-dataset:/x"])
+def test_malformed_hub_dataset_ids_are_config_errors(source):
+    with pytest.raises(ConfigError, match="hf-dataset:ORG/NAME"):
+        list_images(source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import stat
 from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Union
 
 from PIL import Image
 
-from ..errors import ConfigError, ImageError, MissingExtraError
+from ..errors import ConfigError, ImageError, MissingExtraError, SourceUnreachableError
 from ..gcpause import paused_gc
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "DatasetLocation", "list_images",
@@ -240,6 +241,9 @@ def list_images(
 
         _only_split(source, image_column, label_column)
         return list_shards(source, split).records
+    if isinstance(source, str) and source.startswith(HUB_DATASET_PREFIX):
+        loaded, name = _load_hub_dataset(source, split)
+        return _list_dataset_rows(loaded, name, None, image_column, label_column, split)
     found = _dataset_source(source)
     if found is not None:
         loaded, name, base_dir = _load_dataset(*found, split)
@@ -460,6 +464,41 @@ def _list_path_file(list_file: Path) -> list[ImageRecord]:
 
 
 # -- HF datasets --------------------------------------------------------------------------------------
+
+HUB_DATASET_PREFIX = "hf-dataset:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_hub_dataset_id(source: str) -> str:
+    """The ``ORG/NAME`` of an ``hf-dataset:ORG/NAME`` source; ConfigError when it is not one."""
+    name = source[len(HUB_DATASET_PREFIX):]
+    if not _HUB_ID.match(name):
+        raise ConfigError(f"'{source}' is no hub dataset id. Write hf-dataset:ORG/NAME, e.g. hf-dataset:"
+                          "clip-benchmark/wds_cifar10.")
+    return name
+
+
+def _load_hub_dataset(source: str, split: str | None) -> tuple[Any, str]:
+    """A hub dataset through ``datasets.load_dataset`` (downloaded once into datasets' cache). Offline and not
+    cached: fails in seconds, where datasets would retry for most of a minute."""
+    name = check_hub_dataset_id(source)
+    from huggingface_hub import constants
+
+    from ..encode.models import _hub_unreachable_reason  # the one probe hub models use too
+
+    cached = (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
+    if not cached:
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+        reason = _hub_unreachable_reason(endpoint)
+        if reason is not None:
+            raise SourceUnreachableError(
+                f"dataset '{name}' must be downloaded from the HF hub ({endpoint}), but {reason} and it is not in "
+                "the local hub cache. Where you have network, save it with datasets' save_to_disk (or download its "
+                "shards) and give that folder here, or wds:DIR."
+            )
+    loaded = _load_hf(lambda ds: ds.load_dataset(name, split=split), source)
+    return loaded, name.split("/")[-1]
+
 
 
 def _is_hf_dataset(obj: Any) -> bool:
