@@ -136,6 +136,9 @@ class DatasetLocation:
     # (file, Parquet row group or None for one of datasets' Arrow files, rows), in row order
     parts: tuple[tuple[str, int | None, int], ...] = ()
     files: tuple[str, ...] = ()  # or, for an imagefolder: dataset, each row's image file
+    # or, for wds: shards, per shard (tar file, ((row, member offset, member size), ...)): one Ray task each
+    shards: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = ()
+    failed: dict[int, str] = field(default_factory=dict)  # rows known bad at listing (a missing shard): reasons
 
 # -- reading --------------------------------------------------------------------------------------------
 
@@ -285,6 +288,8 @@ def locate_dataset(
     A ``.parquet`` file is listed from its metadata and label column; a ``save_to_disk`` folder (or an in-memory
     dataset backed by Arrow files) by its Arrow files; an ``imagefolder:`` dataset by its image files.
     """
+    if isinstance(source, str) and source.startswith("wds:"):
+        return _locate_shards(source, image_column, label_column, split)
     found = _dataset_source(source)
     if found is None:
         return None
@@ -303,6 +308,26 @@ def locate_dataset(
         if files and all(isinstance(f, Path) for f in files):
             return DatasetLocation(records, column, base, files=tuple(str(f) for f in files))
     return DatasetLocation(records, column, base, parts=_arrow_parts(dataset, text or name))
+
+
+def _locate_shards(source: str, image_column: str | None, label_column: str | None,
+                   split: str | None) -> DatasetLocation:
+    """A ``wds:`` source's records and the tar members its images are, shard by shard."""
+    from .shards import list_shards
+
+    _only_split(source, image_column, label_column)
+    listing = list_shards(source, split)
+    in_shards = {row for _, members in listing.shards for row, _, _ in members}
+    failed = {}
+    for row, record in enumerate(listing.records):
+        if row not in in_shards:
+            try:
+                record.fetch()
+                failed[row] = "no image"
+            except ImageError as exc:
+                failed[row] = str(exc)
+    records = [ImageRecord(r.id, None, r.label, r.source_index) for r in listing.records]
+    return DatasetLocation(records, "", None, shards=listing.shards, failed=failed)
 
 
 def _locate_parquet(path: Path, text: str, image_column: str | None, label_column: str | None,
