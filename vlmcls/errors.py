@@ -4,6 +4,7 @@
     ├── ConfigError             bad user input: flags, class lists, files, model ids
     │   └── PromptError         a prompt file is missing, malformed, or has bad placeholders
     ├── ModelLoadError          weights or configs could not be found or loaded
+    ├── SourceUnreachableError  a hub dataset cannot be fetched (offline, no network): exit 3, one line
     ├── ImageError              one image could not be read (becomes an error row, never stops a run)
     ├── LLMError                the LLM endpoint failed after retries, or answered nothing usable
     │   ├── LLMResponseError    an answer came back but could not be parsed
@@ -22,6 +23,7 @@ __all__ = [
     "PromptError",
     "ModelLoadError",
     "ImageError",
+    "SourceUnreachableError",
     "LLMError",
     "LLMResponseError",
     "LLMUnreachableError",
@@ -46,6 +48,10 @@ class PromptError(ConfigError):
 
 class ModelLoadError(VlmclsError):
     """Model weights or configuration could not be found or loaded."""
+
+
+class SourceUnreachableError(VlmclsError):
+    """An image source that must come from the network (an HF hub dataset) cannot be reached."""
 
 
 class ImageError(VlmclsError):

@@ -32,6 +32,7 @@ from .eval_cmd import REPORT_OPTION
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._preflight import check_input_files, check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries, safe
+from ._benchmark import source_defaults
 from ._options import ModelOptions, key_values, with_model_options, with_source_options
 from ._settings import with_method_options
 
@@ -61,7 +62,7 @@ EXPORT_OPTION = typer.Option(
 @with_method_options
 def classify(
     images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
-    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv, .json or .parquet."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
@@ -98,6 +99,9 @@ def classify(
     parse_spec(method)  # a misspelt method fails before the folder is listed
     options = MethodOptions(methods=method_options, explain=explain or report is not None, domain_hint=domain_hint,
                             prompts_dir=str(prompts) if prompts else None)
+    classes, source_templates = source_defaults(images, source_options, classes, method_options, quiet)
+    if source_templates is not None:
+        options.templates = source_templates
     files = file_options(options.given())  # the options that name files, read from the records
     # Everything a user can get wrong is checked before the model loads (which can take a minute).
     load_classes(classes)
@@ -229,7 +233,7 @@ def watched_files(classes: str, method_files: list, prompts: Path | None) -> lis
     names (``file_options``: descriptors, pairs, a templates file, …) and every prompt file the run can read."""
     from ..llm.prompts import prompt_search_path
 
-    files = [Path(classes)] if Path(classes).is_file() else []
+    files = [Path(classes)] if isinstance(classes, str) and Path(classes).is_file() else []
     files += [path for _, kind, path in method_files if kind == "file"]
     for _, folder in prompt_search_path(str(prompts) if prompts else None):
         if folder.is_dir():

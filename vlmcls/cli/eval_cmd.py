@@ -26,6 +26,7 @@ from .describe_cmd import (
     REFRESH_OPTION,
 )
 from .prompts_cmd import PROMPTS_DIR_OPTION
+from ._benchmark import source_defaults
 from ._options import ModelOptions, with_model_options, with_source_options
 from ._preflight import check_input_files
 from ._settings import with_method_options
@@ -46,11 +47,12 @@ _PER_CLASS_ROWS = 40
 @with_model_options
 @with_method_options
 def eval_command(
-    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
-    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
+    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR), wds:SHARDS (webdataset tar shards, brace ranges, CLIP_benchmark's layout) or hf-dataset:ORG/NAME."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt."),
     methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
     report: Optional[Path] = REPORT_OPTION,
+    clip_benchmark_json: Optional[Path] = typer.Option(None, "--clip-benchmark-json", help="Also save each method's acc1, acc5 and mean per-class recall in CLIP_benchmark's output format (.json; STEM-METHOD.json per method when several)."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="k of the top-k accuracy (clipped to the number of classes)."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
@@ -78,16 +80,20 @@ def eval_command(
         quiet_libraries()
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
     names = parse_methods(methods)
+    classes, source_templates = source_defaults(data, source_options, classes, method_options, quiet)
     class_names = load_classes(classes)
     options = MethodOptions(methods=method_options, prompts_dir=str(prompts) if prompts else None,
                             domain_hint=domain_hint, explain=report is not None)
+    if source_templates is not None:
+        options.templates = source_templates
     files = file_options(options.given())  # the options that name files, read from the records
     check_input_files({name: path for name, kind, path in files if kind == "file"},
                       {**{name: path for name, kind, path in files if kind == "dir"}, "--unknown-folder": unknown_folder})
     targets = check_outputs({
         "--output": (output, (".json",), "eval results are saved as .json"),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
-    }, [data, classes, *(path for _, _, path in files)])
+        "--clip-benchmark-json": (clip_benchmark_json, (".json",), "CLIP_benchmark's results are .json"),
+    }, [data, *([classes] if isinstance(classes, str) else []), *(path for _, _, path in files)])
     report_path = targets["--report"]
     for spec in names:  # a refiner without its input (tip without --support) fails here, before the model loads
         options_for_spec(spec, options)
@@ -108,6 +114,10 @@ def eval_command(
     results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:
         write_json(output, results)
+    if clip_benchmark_json is not None:
+        from ..report.clip_benchmark import write_clip_benchmark_json
+
+        write_clip_benchmark_json(result, targets["--clip-benchmark-json"])
     if report_path is not None:
         write_report(results, report_path, records=result.records, thumbnails=result.thumbnails)
     if not quiet:

@@ -122,6 +122,8 @@ def classify_with_ray(
                                              encode_stats)
             digests.update(found)
             errors.update(failed)
+            if dataset is not None:
+                errors.update(dataset.failed)
             if learned and clf.store is not None:  # stat key -> digest: the next run need not read these files
                 clf.store.set_jsons(learned)
             index = store.index()
@@ -217,7 +219,13 @@ def _encode(ray, clf, store: FeatureStore, model_id, precision, paths: dict[int,
     decode_bytes = _DECODE_WORKER_BYTES + 2 * batch_size * 4 * math.prod(pixel_shape)
     decoding = {"preprocess": _portable_preprocess(clf.model), "min_side": clf.encoder.decode_min_side(),
                 "heif_thumbnails": clf.encoder.heic_thumbnails, "known": known}
-    if dataset is not None:
+    if dataset is not None and dataset.shards:  # wds: one task per tar shard, each member read once
+        items = [{"file": os.fsencode(file), "rows": [m[0] for m in members], "offsets": [m[1] for m in members],
+                  "sizes": [m[2] for m in members]} for file, members in dataset.shards if members]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = ds.map_batches(ray_workers.decode_shard, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
+                            fn_kwargs={**decoding, "batch_size": batch_size})
+    elif dataset is not None:
         parts = _dataset_parts(dataset, batch_size)
         ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
         ds = ds.map_batches(ray_workers.decode_rows, batch_size=1, batch_format="pyarrow", memory=decode_bytes,

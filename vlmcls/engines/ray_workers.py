@@ -28,7 +28,7 @@ from ..encode.images import iter_decoded_batches
 from ..results import json_safe
 from ..scoring import probabilities, top_k
 
-__all__ = ["decode_files", "decode_rows", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
+__all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
            "located_rows", "top_k_type"]
 
 
@@ -51,6 +51,22 @@ def decode_rows(batch, *, column: str, base_dir: str | None, preprocess, min_sid
                                fetch=functools.partial(image_data_of, value, column, base_dir))
                    for n, value in enumerate(values)]
         first += len(values)
+        yield _decoded(records, preprocess, min_side, known, heif_thumbnails)
+
+
+def decode_shard(batch, *, preprocess, min_side: int | None, known: np.ndarray, batch_size: int,
+                 heif_thumbnails: bool = False) -> Iterator:
+    """Read one webdataset tar shard's image members (columns ``file``, ``rows``, ``offsets``, ``sizes``), each
+    once at its offset, and decode them batch by batch."""
+    from ..sources.shards import read_member
+
+    part = batch.to_pylist()[0]
+    file = os.fsdecode(part["file"])
+    members = list(zip(part["rows"], part["offsets"], part["sizes"]))
+    for start in range(0, len(members), batch_size):
+        records = [ImageRecord(id=str(row), path=None, label=None, source_index=row,
+                               fetch=functools.partial(read_member, file, offset, size))
+                   for row, offset, size in members[start:start + batch_size]]
         yield _decoded(records, preprocess, min_side, known, heif_thumbnails)
 
 

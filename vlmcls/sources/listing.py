@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import stat
 from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Union
 
 from PIL import Image
 
-from ..errors import ConfigError, ImageError, MissingExtraError
+from ..errors import ConfigError, ImageError, MissingExtraError, SourceUnreachableError
 from ..gcpause import paused_gc
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "DatasetLocation", "list_images",
@@ -33,7 +34,8 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MAX_BYTES = 1 << 30
 _ACCEPTED = (
     "Give a folder of images (class sub-folders allowed), a .txt file with one image path per line, "
-    "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, or imagefolder:DIR."
+    "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, imagefolder:DIR, "
+    "wds:SHARDS (webdataset tar shards) or hf-dataset:ORG/NAME."
 )
 
 # What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.
@@ -134,6 +136,9 @@ class DatasetLocation:
     # (file, Parquet row group or None for one of datasets' Arrow files, rows), in row order
     parts: tuple[tuple[str, int | None, int], ...] = ()
     files: tuple[str, ...] = ()  # or, for an imagefolder: dataset, each row's image file
+    # or, for wds: shards, per shard (tar file, ((row, member offset, member size), ...)): one Ray task each
+    shards: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = ()
+    failed: dict[int, str] = field(default_factory=dict)  # rows known bad at listing (a missing shard): reasons
 
 # -- reading --------------------------------------------------------------------------------------------
 
@@ -234,6 +239,14 @@ def list_images(
     ``image_column``, ``label_column`` and ``split`` apply to datasets only; an in-memory
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
+    if isinstance(source, str) and source.startswith("wds:"):
+        from .shards import list_shards
+
+        _only_split(source, image_column, label_column)
+        return list_shards(source, split).records
+    if isinstance(source, str) and source.startswith(HUB_DATASET_PREFIX):
+        loaded, name = _load_hub_dataset(source, split)
+        return _list_dataset_rows(loaded, name, None, image_column, label_column, split)
     found = _dataset_source(source)
     if found is not None:
         loaded, name, base_dir = _load_dataset(*found, split)
@@ -255,6 +268,14 @@ def list_images(
     raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
 
 
+def _only_split(source: str, image_column: str | None, label_column: str | None) -> None:
+    """Shards name their members by extension: the column flags do not apply."""
+    given = "image_column" if image_column is not None else "label_column" if label_column is not None else None
+    if given:
+        raise ConfigError(f"'{given}' applies to datasets with columns, not to the shards of '{source}' (images are "
+                          "their image members, labels their .cls members). Drop it.")
+
+
 def locate_dataset(
     source: str | os.PathLike | Any,
     *,
@@ -267,6 +288,8 @@ def locate_dataset(
     A ``.parquet`` file is listed from its metadata and label column; a ``save_to_disk`` folder (or an in-memory
     dataset backed by Arrow files) by its Arrow files; an ``imagefolder:`` dataset by its image files.
     """
+    if isinstance(source, str) and source.startswith("wds:"):
+        return _locate_shards(source, image_column, label_column, split)
     found = _dataset_source(source)
     if found is None:
         return None
@@ -285,6 +308,26 @@ def locate_dataset(
         if files and all(isinstance(f, Path) for f in files):
             return DatasetLocation(records, column, base, files=tuple(str(f) for f in files))
     return DatasetLocation(records, column, base, parts=_arrow_parts(dataset, text or name))
+
+
+def _locate_shards(source: str, image_column: str | None, label_column: str | None,
+                   split: str | None) -> DatasetLocation:
+    """A ``wds:`` source's records and the tar members its images are, shard by shard."""
+    from .shards import list_shards
+
+    _only_split(source, image_column, label_column)
+    listing = list_shards(source, split)
+    in_shards = {row for _, members in listing.shards for row, _, _ in members}
+    failed = {}
+    for row, record in enumerate(listing.records):
+        if row not in in_shards:
+            try:
+                record.fetch()
+                failed[row] = "no image"
+            except ImageError as exc:
+                failed[row] = str(exc)
+    records = [ImageRecord(r.id, None, r.label, r.source_index) for r in listing.records]
+    return DatasetLocation(records, "", None, shards=listing.shards, failed=failed)
 
 
 def _locate_parquet(path: Path, text: str, image_column: str | None, label_column: str | None,
@@ -446,6 +489,41 @@ def _list_path_file(list_file: Path) -> list[ImageRecord]:
 
 
 # -- HF datasets --------------------------------------------------------------------------------------
+
+HUB_DATASET_PREFIX = "hf-dataset:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_hub_dataset_id(source: str) -> str:
+    """The ``ORG/NAME`` of an ``hf-dataset:ORG/NAME`` source; ConfigError when it is not one."""
+    name = source[len(HUB_DATASET_PREFIX):]
+    if not _HUB_ID.match(name):
+        raise ConfigError(f"'{source}' is no hub dataset id. Write hf-dataset:ORG/NAME, e.g. hf-dataset:"
+                          "clip-benchmark/wds_cifar10.")
+    return name
+
+
+def _load_hub_dataset(source: str, split: str | None) -> tuple[Any, str]:
+    """A hub dataset through ``datasets.load_dataset`` (downloaded once into datasets' cache). Offline and not
+    cached: fails in seconds, where datasets would retry for most of a minute."""
+    name = check_hub_dataset_id(source)
+    from huggingface_hub import constants
+
+    from ..encode.models import _hub_unreachable_reason  # the one probe hub models use too
+
+    cached = (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
+    if not cached:
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+        reason = _hub_unreachable_reason(endpoint)
+        if reason is not None:
+            raise SourceUnreachableError(
+                f"dataset '{name}' must be downloaded from the HF hub ({endpoint}), but {reason} and it is not in "
+                "the local hub cache. Where you have network, save it with datasets' save_to_disk (or download its "
+                "shards) and give that folder here, or wds:DIR."
+            )
+    loaded = _load_hf(lambda ds: ds.load_dataset(name, split=split), source)
+    return loaded, name.split("/")[-1]
+
 
 
 def _is_hf_dataset(obj: Any) -> bool:

@@ -1,0 +1,39 @@
+"""Defaults a benchmark source brings along: CLIP_benchmark's class names and templates beside its shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from ._render import console_err
+
+
+def source_defaults(images: Any, source_options: dict, classes: str | None, method_options: dict | None,
+                    quiet: bool = False) -> tuple[Any, list[str] | None]:
+    """(the classes to use, the templates to use when --templates is not given) for ``images``.
+
+    A ``wds:`` source in CLIP_benchmark's layout supplies both; the run says where they came from.
+    """
+    templates_given = bool((method_options or {}).get("templates", {}).get("templates"))
+    if not (isinstance(images, str) and images.startswith("wds:")):
+        if classes is None:
+            raise ConfigError("no classes given. Pass --classes FILE or a comma-separated list.")
+        return classes, None
+    from ..sources.shards import CLASSNAMES_FILE, TEMPLATES_FILE, list_shards
+
+    listing = list_shards(images, source_options.get("split"))
+    templates = None
+    if classes is None:
+        if listing.classnames is None:
+            raise ConfigError(f"no classes given and no {CLASSNAMES_FILE} beside the shards of '{images}'. "
+                              "Pass --classes FILE or a comma-separated list.")
+        classes = listing.classnames
+        if not quiet:
+            console_err.print(f"classes: {len(classes)} from {listing.layout_files[CLASSNAMES_FILE]}",
+                              highlight=False)
+    if not templates_given and listing.templates is not None:
+        templates = listing.templates
+        if not quiet:
+            console_err.print(f"templates: {len(templates)} from {listing.layout_files[TEMPLATES_FILE]} "
+                              "(give --templates to use others)", highlight=False)
+    return classes, templates
