@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import imagegen as gen
-from vlmcls import Classifier, image_sources
+from vlmcls import Classifier
+from vlmcls.sources import records as image_sources  # where an image file's bytes are read
 from vlmcls.encode.store import Store, clear_digest_memo
 from vlmcls.errors import CacheError
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ImageError
-from .listing import IMAGE_EXTENSIONS, ImageRecord
+from .records import IMAGE_EXTENSIONS, ImageRecord
 
 __all__ = ["WDS_PREFIX", "ShardListing", "list_shards", "expand_spec", "read_member", "is_wds"]
 
