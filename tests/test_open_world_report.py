@@ -1,0 +1,72 @@
+"""The open world in the HTML report and in eval (issue 25, the part after the refiner): an unknown column and a
+gallery of rejected images, a reliability diagram per method, multi-label truth, a temperature fitted on support."""
+
+from __future__ import annotations
+
+import re
+
+from vlmcls.report.page import render_report, select_rejected
+
+EVIL = '<script>alert("x")</script>'
+
+
+def _row(n, truth, label, best, unknown_score=None):
+    row = {"id": f"img{n}", "path": f"/data/{truth}/{n}.png", "label": label, "true_label": truth, "error": None,
+           "top_k": [{"label": best, "prob": 0.6}, {"label": "cat", "prob": 0.3}]}
+    if unknown_score is not None:
+        row["unknown_score"] = unknown_score
+    return row
+
+
+def _results(rows, reliability=True):
+    bins = [{"low": i / 15, "high": (i + 1) / 15, "count": 2 if i in (7, 12) else 0,
+             "confidence": (i + 0.5) / 15 if i in (7, 12) else 0.0, "accuracy": 0.5 if i == 7 else 1.0}
+            for i in range(15)]
+    labels = ["cat", "dog", EVIL]
+    metrics = {"labels": labels, "count": 4, "top1": 0.75, "top_k": 1.0, "k": 2, "mean_recall": 0.75,
+               "per_class": [{"name": n, "precision": 1.0, "recall": 1.0, "support": 1, "predicted": 1} for n in labels],
+               "confusion": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "worst_confusions": [], "unknown_labels": {}}
+    run = {"method": "cbd", "status": "ok", "error": None, "llm_calls": 0, "llm_tokens": 0, "seconds": 0.1,
+           "expected_squared_distance": None, "ece": 0.123, "reliability": bins if reliability else [],
+           "metrics": metrics, "info": {}, "warnings": [], "predictions": rows}
+    return {"format": "vlmcls-eval/1", "data": "d", "model": "m", "classes": labels, "top_k": 2,
+            "images": {}, "best_method": "cbd", "methods": [run, dict(run, method=f"templates{EVIL}")], "errors": []}
+
+
+def _open_world_rows():
+    return [_row(0, "cat", "cat", "cat", 0.9), _row(1, "dog", "unknown", "dog", 0.2),
+            _row(2, EVIL, EVIL, EVIL, 0.8), _row(3, "(none of these)", "unknown", "cat", 0.05),
+            _row(4, "(none of these)", "dog", "dog", 0.7)]
+
+
+def test_the_confusion_matrix_gets_an_unknown_column_when_rows_carry_unknown_decisions():
+    page = render_report(_results(_open_world_rows()))
+    matrix = page.split("<h2>Confusion matrix</h2>")[1].split("<h2>")[0]
+    assert ">unknown</text>" in matrix and ">(none of these)</text>" in matrix
+    # the none-of-these image rejected counts in the unknown column, the one given 'dog' in dog's
+    assert "true (none of these) → predicted unknown: 1 (50.0% of (none of these))" in matrix
+    assert "true (none of these) → predicted dog: 1 (50.0% of (none of these))" in matrix
+    assert "true dog → predicted unknown: 1 (100.0% of dog)" in matrix
+    assert ">unknown</text>" not in render_report(_results([_row(0, "cat", "cat", "cat")])).split(
+        "<h2>Confusion matrix</h2>")[1].split("<h2>")[0]  # no unknown decisions: the square matrix as before
+
+
+def test_the_rejected_images_get_a_gallery_of_their_own_surest_first():
+    results = _results(_open_world_rows())
+    assert [r["id"] for r in select_rejected(results)] == ["img3", "img1"]
+    page = render_report(results, {"img3": "data:image/jpeg;base64,AAAA"})
+    rejected = page.split("<h2>Rejected as none of the classes (2)</h2>")[1].split("<h2>")[0]
+    assert rejected.index("/3.png") < rejected.index("/1.png")
+    assert 'class="card correct"' in rejected and 'class="card wrong"' in rejected  # (none of these) ✓, dog ✗
+    assert "best class: dog" in rejected and "unknown score 0.050" in rejected
+    assert "Rejected as none" not in render_report(_results([_row(0, "cat", "cat", "cat")]))
+
+
+def test_each_method_gets_a_reliability_diagram_in_inline_svg_and_every_string_is_escaped():
+    page = render_report(_results(_open_world_rows()))
+    calibration = page.split("<h2>Calibration</h2>")[1].split("<h2>")[0]
+    assert calibration.count('aria-label="reliability diagram"') == 2
+    assert "ECE 0.123" in calibration and "2 images, mean confidence" in calibration
+    assert "<script" not in page.lower() and EVIL not in page and "&lt;script&gt;" in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing loads from outside the page
+    assert "<h2>Calibration</h2>" not in render_report(_results(_open_world_rows(), reliability=False))
