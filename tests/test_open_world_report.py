@@ -70,3 +70,60 @@ def test_each_method_gets_a_reliability_diagram_in_inline_svg_and_every_string_i
     assert "<script" not in page.lower() and EVIL not in page and "&lt;script&gt;" in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing loads from outside the page
     assert "<h2>Calibration</h2>" not in render_report(_results(_open_world_rows(), reliability=False))
+
+
+# -- eval with multi-label truth ------------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from vlmcls.cli import app  # noqa: E402
+from vlmcls.demo import DEMO_CLASSES_FILE, DEMO_DATA_DIR, DEMO_DESCRIPTORS_FILE, DEMO_MODEL_ID  # noqa: E402
+from vlmcls.errors import ConfigError  # noqa: E402
+from vlmcls.report.multilabel import read_truth_file  # noqa: E402
+
+runner = CliRunner()
+TWO = DEMO_DATA_DIR / "two_objects"
+TRUTH = DEMO_DATA_DIR / "two_objects.jsonl"
+
+
+def _eval(tmp_path, *extra):
+    return runner.invoke(app, ["eval", str(TWO), "--classes", str(DEMO_CLASSES_FILE), "-m", DEMO_MODEL_ID,
+                               "--methods", "cbd", "--descriptors", str(DEMO_DESCRIPTORS_FILE),
+                               "--cache-dir", str(tmp_path / "cache"), *extra])
+
+
+def test_eval_with_multi_label_truth_reports_map_and_per_class_f1(tmp_path):
+    out = tmp_path / "r.json"
+    result = _eval(tmp_path, "--truth", str(TRUTH), "--multi-label", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "mAP" in result.output and "per-class F1" in result.output
+    run = json.loads(out.read_text())["methods"][0]
+    m = run["multi_label"]
+    assert m["images"] == 24 and m["labels_from"] == "labels" and m["labels_per_image"] > 1
+    assert 0.5 < m["map"] <= 1 and m["micro_f1"] == pytest.approx(0.5, abs=0.01)  # bench/open_world.py's F1
+    f1 = {s["name"]: s["f1"] for s in m["per_class"] if s["support"]}
+    assert set(f1) == {"trelloq", "plovix", "drumelt", "yantrok", "gleebis"}
+    # a top-1 that is either of an image's two objects counts as right
+    assert run["metrics"]["top1"] == pytest.approx(0.75)
+
+
+def test_a_truth_file_naming_classes_not_in_the_list_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "truth.jsonl"
+    bad.write_text(json.dumps({"path": str(TWO / "trelloq+yantrok-0.png"), "labels": ["trelloq", "wombat"]}) + "\n")
+    result = _eval(tmp_path, "--truth", str(bad), "--multi-label")
+    assert result.exit_code == 2
+    assert "'wombat' (1)" in result.output and "not among the 12 classes" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_csv_truth_file_reads_labels_separated_by_semicolons_from_its_own_folder(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text("path,labels\na.png,cat; dog\na.png,bird\n")
+    assert read_truth_file(csv_file, ["cat", "dog", "bird"]) == {(tmp_path / "a.png").resolve(): ["cat", "dog", "bird"]}
+    with pytest.raises(ConfigError, match="'path' and 'labels'"):
+        (tmp_path / "u.csv").write_text("file,label\na.png,cat\n")
+        read_truth_file(tmp_path / "u.csv", ["cat"])

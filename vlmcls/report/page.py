@@ -251,7 +251,7 @@ def _image_facts(images: Mapping[str, Any]) -> str:
 
 
 def rejected_words(results: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
-    """The labels a run gave to images it rejected as none of the classes (``unknown.word``): answers outside the
+    """The labels a run gave to images it rejected as none of the classes (the open-world refiner's word): answers outside the
     classes on rows that carry an unknown score. Empty when the run made no unknown decision."""
     classes = set(results.get("classes", []))
     return list(dict.fromkeys(p["label"] for p in run.get("predictions", [])
