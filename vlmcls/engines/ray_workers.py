@@ -212,7 +212,7 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
 
     positions, feats = _batch_feats(table)
     scores = pipeline.apply(feats, explain, positions=positions)
-    probs = probabilities(scores.logits, pipeline.score_rule)  # [B, C]
+    probs = pipeline.probabilities(scores.logits)  # [B, C]
     values, indices = top_k(probs, k)
     names = pipeline.class_names
     ranked = [[{"label": names[int(j)], "prob": round(float(v), 6)} for v, j in zip(values[n], indices[n])]
