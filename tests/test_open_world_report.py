@@ -127,3 +127,53 @@ def test_a_csv_truth_file_reads_labels_separated_by_semicolons_from_its_own_fold
     with pytest.raises(ConfigError, match="'path' and 'labels'"):
         (tmp_path / "u.csv").write_text("file,label\na.png,cat\n")
         read_truth_file(tmp_path / "u.csv", ["cat"])
+
+
+# -- a temperature fitted on support images -------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from vlmcls import Classifier  # noqa: E402
+from vlmcls.adapters.calibration import fit_temperature  # noqa: E402
+from vlmcls.demo.world import DEMO_CLASSES  # noqa: E402
+from vlmcls.methods import MethodOptions  # noqa: E402
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
+    generator = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(4000, 6, generator=generator, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator)[:, 0]
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.08)
+    with pytest.raises(ConfigError, match="at least two"):
+        fit_temperature(logits[:1], labels[:1])
+
+
+@pytest.fixture(scope="module")
+def support_world(tmp_path_factory):
+    from vlmcls.demo.render import render_dataset
+
+    support = tmp_path_factory.mktemp("support")
+    render_dataset(support, DEMO_CLASSES, 3, seed=7)  # not the images classified: another seed
+    clf = Classifier(DEMO_MODEL_ID, cache_dir=tmp_path_factory.mktemp("cache"), batch_size=64)
+    return clf, support
+
+
+def _tip(support, calibrate):
+    return MethodOptions(methods={"cbd": {"descriptors": str(DEMO_DESCRIPTORS_FILE)},
+                                  "tip": {"support": str(support), "calibrate": calibrate}})
+
+
+def test_a_temperature_from_the_support_images_changes_the_probabilities_never_the_labels(support_world):
+    clf, support = support_world
+    feats = clf.encode_images(DEMO_DATA_DIR / "images")
+    plain = clf.predict(feats, list(DEMO_CLASSES), "cbd+tip", _tip(support, False))
+    calibrated = clf.predict(feats, list(DEMO_CLASSES), "cbd+tip", _tip(support, True))
+    temperature = calibrated.stats["calibration_temperature"]
+    assert temperature != pytest.approx(1.0, abs=1e-3)
+    assert [p.label for p in calibrated.ok] == [p.label for p in plain.ok]
+    expected = torch.softmax(torch.as_tensor(plain.logits, dtype=torch.float64) / temperature, dim=1)
+    assert torch.as_tensor(calibrated.probs, dtype=torch.float64) == pytest.approx(expected, abs=1e-3)
+    # fitted on the support images alone: other images to classify give the same temperature
+    others = clf.predict(clf.encode_images(DEMO_DATA_DIR / "two_objects"), list(DEMO_CLASSES), "cbd+tip",
+                         _tip(support, True))
+    assert others.stats["calibration_temperature"] == temperature

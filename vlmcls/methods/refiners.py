@@ -115,6 +115,10 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
     if config.calibrate:
         temperature = _fit_support_temperature(context, cache, upstream, support.feats, float(alpha), float(beta))
         report.info["calibration_temperature"] = round(temperature, 4)
+        if temperature <= 0.01:  # support images all right with room to spare: the fit runs to its bound
+            report.warnings.append({"calibration": f"tip.calibrate: the support images are separated perfectly, so "
+                                    f"the fitted temperature ({temperature:.3g}) only says 'be sure'; give more or "
+                                    "harder support images, or leave tip.calibrate off."})
     return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records], temperature)
 
 
