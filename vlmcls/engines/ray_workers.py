@@ -26,7 +26,7 @@ from ..encode.feature_store import FeatureStore, read_feats
 from ..sources.listing import ImageRecord, image_data_of
 from ..encode.images import iter_decoded_batches
 from ..results import json_safe
-from ..scoring import probabilities, top_k
+from ..scoring import top_k
 
 __all__ = ["decode_files", "decode_rows", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
            "located_rows", "top_k_type"]
