@@ -224,3 +224,13 @@ def tune_alpha_beta(
         result.alpha, result.beta, result.loo_accuracy, result.zero_shot_accuracy,
     )
     return result
+
+
+def loo_cache_logits(cache: CacheModel, support_zero_shot_logits: Tensor, alpha: float, beta: float) -> Tensor:
+    """[S, C] each support image's Tip-Adapter logits with itself left out of the cache (what a held-out image
+    would get), for fitting a temperature without scoring any image on a cache that holds it."""
+    keys, values = cache.keys.to(torch.float64), cache.values.to(torch.float64)  # [S, D], [S, C]
+    _check_logits(support_zero_shot_logits, keys.shape[0], cache.class_names, "support zero-shot logits")
+    affinity = torch.exp(-beta * (1.0 - keys @ keys.T))  # [S, S]
+    affinity.fill_diagonal_(0.0)  # leave the image itself out
+    return support_zero_shot_logits.to(keys) + alpha * (affinity @ values)

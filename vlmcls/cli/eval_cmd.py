@@ -58,6 +58,7 @@ def eval_command(
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
     unknown_folder: Optional[Path] = typer.Option(None, "--unknown-folder", help="Images known to be none of the classes: eval adds open-set metrics (AUROC, FPR at 95 % TPR, in-list accuracy with and without rejection, achieved in-list recall)."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Several labels per image: a .jsonl ({\"path\", \"labels\": [...]}) or .csv (path, labels separated by ';') file; eval adds mAP and per-class F1 (use with --multi-label)."),
     refresh: bool = REFRESH_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
@@ -89,6 +90,8 @@ def eval_command(
     files = file_options(options.given())  # the options that name files, read from the records
     check_input_files({name: path for name, kind, path in files if kind == "file"},
                       {**{name: path for name, kind, path in files if kind == "dir"}, "--unknown-folder": unknown_folder})
+    if truth is not None:
+        check_input_files({"--truth": truth}, {})
     targets = check_outputs({
         "--output": (output, (".json",), "eval results are saved as .json"),
         "--report": (report, REPORT_SUFFIXES, "a report is one HTML file: use .html"),
@@ -109,7 +112,7 @@ def eval_command(
         options.llm = client
         with progress_bar("encoding images", enabled=not quiet) as progress:
             result = evaluate(clf, data, class_names, names, options, top_k, label_metric=metric,
-                              unknown_labels=unknown_labels, unknown_folder=unknown_folder, progress=progress,
+                              unknown_labels=unknown_labels, unknown_folder=unknown_folder, truth=truth, progress=progress,
                               **source_options)
     results = result.to_dict() if output is not None or report_path is not None else None  # built once for both
     if output is not None:
@@ -164,6 +167,7 @@ def render_comparison(result) -> None:
         console.print("calibration, ECE (15 bins, % ; lower is better): " + ", ".join(
             f"{escape(run.method)} {_pct(run.ece)}" for run in calibrated), highlight=False)
     _render_open_set(result)
+    _render_multi_label(result)
     images = result.images
     console_err.print(key_value_table("images", {
         "total": images["total"],
@@ -191,6 +195,30 @@ def _render_open_set(result) -> None:
                       _pct(o["in_list_top1_without_rejection"]), _pct(o["in_list_top1_with_rejection"]),
                       _pct(o["achieved_in_list_recall"]), _pct(o["others_rejected"]))
     console.print(table)
+
+
+def _render_multi_label(result) -> None:
+    """mAP, F1 and exact match per method, then the per-class F1 of every method, with a multi-label truth file."""
+    runs = [run for run in result.runs if run.ok and run.multi_label]
+    if not runs:
+        return
+    table = Table(title=f"several labels per image: {runs[0].multi_label['images']} images of the truth file (in %)",
+                  title_justify="left")
+    for col in ("method", "labels from", "mAP", "macro F1", "micro F1", "exact match", "labels / image"):
+        table.add_column(col, justify="left" if col in ("method", "labels from") else "right")
+    for run in runs:
+        m = run.multi_label
+        table.add_row(escape(run.method), escape(m["labels_from"]), _pct(m["map"]), _pct(m["macro_f1"]),
+                      _pct(m["micro_f1"]), _pct(m["exact_match"]), f"{m['labels_per_image']:.2f}")
+    console.print(table)
+    per_class = Table(title="per-class F1 % (classes with a true image)", title_justify="left")
+    per_class.add_column("class")
+    for run in runs:
+        per_class.add_column(escape(run.method), justify="right")
+    for c, score in enumerate(runs[0].multi_label["per_class"]):
+        if score["support"]:
+            per_class.add_row(escape(score["name"]), *(_pct(run.multi_label["per_class"][c]["f1"]) for run in runs))
+    console.print(per_class)
 
 
 def render_per_class(result) -> None:

@@ -522,7 +522,7 @@ def _to_result(table, records: list[ImageRecord], ok: list[int], errors: dict[in
     if ok:
         flat = table.column("logits").combine_chunks().flatten()
         logits = torch.from_numpy(flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ok), num_classes))
-    probs = probabilities(logits, pipeline.score_rule if pipeline is not None else "softmax")  # [N_ok, C]
+    probs = pipeline.probabilities(logits) if pipeline is not None else probabilities(logits)  # [N_ok, C]
     # the result table, column by column: the workers' rows where an image was scored, error rows elsewhere
     n_all = len(records)
     ok_at = np.asarray(ok, np.int64)

@@ -26,7 +26,7 @@ from ..encode.feature_store import FeatureStore, read_feats
 from ..sources.listing import ImageRecord, image_data_of
 from ..encode.images import iter_decoded_batches
 from ..results import json_safe
-from ..scoring import probabilities, top_k
+from ..scoring import top_k
 
 __all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
            "located_rows", "top_k_type"]
@@ -228,7 +228,7 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
 
     positions, feats = _batch_feats(table)
     scores = pipeline.apply(feats, explain, positions=positions)
-    probs = probabilities(scores.logits, pipeline.score_rule)  # [B, C]
+    probs = pipeline.probabilities(scores.logits)  # [B, C]
     values, indices = top_k(probs, k)
     names = pipeline.class_names
     ranked = [[{"label": names[int(j)], "prob": round(float(v), 6)} for v, j in zip(values[n], indices[n])]

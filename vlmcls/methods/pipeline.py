@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
@@ -106,6 +107,18 @@ class Pipeline:
     stages: list[Any]
     weights: torch.Tensor | None = None  # [C, D] the head's text weights
     text_feats: torch.Tensor | None = None  # [T, D] the head's sentences
+
+    @property
+    def calibration_temperature(self) -> float:
+        """T of softmax(logits / T) for the run's probabilities: a stage that fitted one (tip.calibrate) sets it."""
+        return float(math.prod(getattr(stage, "calibration_temperature", 1.0) for stage in self.stages))
+
+    def probabilities(self, logits: Any) -> Any:
+        """The run's probabilities of its final logits [N, C], with the fitted temperature if any."""
+        from ..scoring import probabilities
+
+        temperature = self.calibration_temperature
+        return probabilities(logits / temperature if temperature != 1.0 else logits, self.score_rule)
 
     def extended(self, stage: Any) -> "Pipeline":
         return Pipeline(self.class_names, self.score_rule, [*self.stages, stage], self.weights, self.text_feats)
@@ -225,7 +238,6 @@ def build_pipeline(spec: MethodSpec | str, context: RunContext, gather: Gather) 
 
 def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Tensor) -> MethodOutput:
     """Run a spec on image features in this process: image_feats [N, D] -> MethodOutput."""
-    from ..scoring import probabilities
 
     started = time.perf_counter()
     run = StagesSoFar(image_feats, context.options.explain, run_positions(image_feats))
@@ -233,7 +245,7 @@ def run_spec(spec: MethodSpec | str, context: RunContext, image_feats: torch.Ten
     scores = run.apply(pipeline)  # only the stages no gather needed yet
     info = {**report.info, **pipeline.summarize(scores.counts, image_feats.shape[0])}
     return MethodOutput(
-        scores.logits, probabilities(scores.logits, pipeline.score_rule), explanations=_explanations(scores),
+        scores.logits, pipeline.probabilities(scores.logits), explanations=_explanations(scores),
         llm_calls=report.llm_calls, llm_tokens=report.llm_tokens, seconds=time.perf_counter() - started,
         warnings=report.warnings, info=info, weights=pipeline.weights, text_feats=pipeline.text_feats,
         artifacts=report.artifacts, labels=scores.labels, label_metric=report.label_metric,

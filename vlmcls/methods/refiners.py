@@ -47,6 +47,10 @@ class TipConfig:
     beta: float | None = option(None, "Sharpness β (default 1).", minimum=0.0, was="--tip-beta")
     tune: bool = option(False, "Pick α and β by leave-one-out on the support set (never on the images classified).",
                         was="--tune")
+    calibrate: bool = option(False, "Fit a temperature on the support set by leave-one-out (each support image scored "
+                             "by a cache without itself; never on the images classified) and divide the logits by it "
+                             "before the softmax: the probabilities get calibrated, the labels stay the same.",
+                             flag="--calibrate")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class TipStage:
     alpha: float
     beta: float
     support_ids: list[str]  # [S] for explanations
+    calibration_temperature: float = 1.0  # T of softmax(logits / T) for the run's probabilities (tip.calibrate)
 
     def apply(self, feats: torch.Tensor, upstream: BatchScores, explain: bool) -> BatchScores:
         from ..adapters import cache_logits
@@ -106,7 +111,30 @@ def _prepare_tip(context: RunContext, config: TipConfig, upstream: Pipeline, gat
         report.info.update(tip_loo_accuracy=round(tuned.loo_accuracy, 4),
                            tip_support_zero_shot=round(tuned.zero_shot_accuracy, 4))
     report.info.update(tip_alpha=round(float(alpha), 4), tip_beta=round(float(beta), 4), support_images=len(labels))
-    return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records])
+    temperature = 1.0
+    if config.calibrate:
+        temperature = _fit_support_temperature(context, cache, upstream, support.feats, float(alpha), float(beta))
+        report.info["calibration_temperature"] = round(temperature, 4)
+        if temperature <= 0.01:  # support images all right with room to spare: the fit runs to its bound
+            report.warnings.append({"calibration": f"tip.calibrate: the support images are separated perfectly, so "
+                                    f"the fitted temperature ({temperature:.3g}) only says 'be sure'; give more or "
+                                    "harder support images, or leave tip.calibrate off."})
+    return TipStage(cache, float(alpha), float(beta), [r.id for r in support.records], temperature)
+
+
+def _fit_support_temperature(context: RunContext, cache: "CacheModel", upstream: Pipeline, support_feats: "torch.Tensor",
+                             alpha: float, beta: float) -> float:
+    """T fitted on the support images' leave-one-out logits (the cache without each image itself)."""
+    from ..adapters.cache_model import loo_cache_logits
+    from ..adapters.calibration import fit_temperature
+
+    if context.text.score_rule != "softmax":
+        raise ConfigError("option tip.calibrate fits a softmax temperature; this model scores each class with its "
+                          "own sigmoid. Leave tip.calibrate off.")
+    if cache.keys.shape[0] < 2:
+        raise ConfigError("option tip.calibrate needs at least two support images.")
+    loo = loo_cache_logits(cache, upstream.apply(support_feats).logits.double(), alpha, beta)  # [S, C]
+    return fit_temperature(loo, cache.values.argmax(dim=1))
 
 
 def with_label_support(method_options: dict, labels: str | Path, labelled: int) -> dict:

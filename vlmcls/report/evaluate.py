@@ -41,6 +41,7 @@ from ..output import write_json
 from ..errors import ConfigError, VlmclsError
 from ..methods import DEFAULT_METHOD, REFINER, MethodOptions, answers_beyond, get_record, parse_specs
 from ..results import json_safe, prediction_row
+from .multilabel import multi_label_metrics
 
 if TYPE_CHECKING:
     from ..api import ClassificationResult, Classifier, Prediction
@@ -249,6 +250,7 @@ class MethodRun:
     ece: float | None = None  # expected calibration error of its probabilities (15 bins) on the in-list images
     reliability: list[dict] = field(default_factory=list)  # the reliability diagram's bins
     open_set: dict[str, Any] | None = None  # AUROC, FPR95, accuracy with/without rejection (with other images)
+    multi_label: dict[str, Any] | None = None  # mAP, per-class F1, exact match (with a multi-label truth file)
 
     @property
     def ok(self) -> bool:
@@ -266,6 +268,7 @@ class MethodRun:
             "ece": self.ece,
             "reliability": self.reliability,
             "open_set": json_safe(self.open_set),
+            "multi_label": json_safe(self.multi_label),
             "metrics": self.metrics.to_dict() if self.metrics is not None else None,
             "info": json_safe(self.info),
             "warnings": json_safe(self.result.warnings) if self.result is not None else [],
@@ -332,6 +335,7 @@ def evaluate(
     label_metric: Any = None,
     unknown_labels: str = "error",
     unknown_folder: str | Path | None = None,
+    truth: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     **source_options: Any,
 ) -> EvalReport:
@@ -341,7 +345,9 @@ def evaluate(
     by all (each spec gets only the refiners it names) or a mapping by spec used as given (missing ones get
     defaults). A method that fails with a vlmcls error is recorded as failed and the others go on; when every
     method fails, the first error is raised. ``label_metric`` (a LabelMetric) adds the expected squared distance
-    of every method's predictions.
+    of every method's predictions. ``truth`` is a multi-label truth file (path → labels, see
+    :mod:`vlmcls.report.multilabel`): its images are scored for mAP and per-class F1, and their top-1 counts as
+    right when it is any of their labels.
     """
     from ..api import as_records, load_classes
 
@@ -351,7 +357,14 @@ def evaluate(
     _check_unknown_policy(unknown_labels)
     if top_k < 1:
         raise ConfigError(f"top_k is '{top_k}'; it must be at least 1.")
+    truth_sets = None
+    if truth is not None:  # read and checked against the classes before any image is encoded
+        from .multilabel import read_truth_file
+
+        truth_sets = read_truth_file(truth, class_names)
     records = as_records(data, **source_options)
+    if truth_sets is not None:
+        records = _with_truth(records, truth_sets, truth, data)
     if unknown_folder is not None:  # images known to be none of the classes: scored as the open set
         from dataclasses import replace as _replace
 
@@ -395,7 +408,7 @@ def evaluate(
             runs.append(MethodRun(spec, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - run_started))
             continue
         # Unknown labels passed the policy check above (or are in a label space): keep them from here on.
-        runs.append(_score_run(spec, result, time.perf_counter() - run_started, top_k, label_metric))
+        runs.append(_score_run(spec, result, time.perf_counter() - run_started, top_k, label_metric, truth_sets))
     if first_error is not None and not any(run.ok for run in runs):
         raise first_error
 
@@ -422,12 +435,33 @@ def _options_for(options: MethodOptions | Mapping[str, MethodOptions] | None, sp
     return options.get(spec) or MethodOptions()
 
 
-def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k: int, label_metric: Any) -> MethodRun:
+def _with_truth(records: list, truth_sets: dict[Path, list[str]], truth: Any, data: Any) -> list:
+    """The records with their first true label from the truth file (the single-label metrics re-read it per run)."""
+    from dataclasses import replace as _replace
+
+    out, matched = [], 0
+    for rec in records:
+        labels = truth_sets.get(Path(rec.path).resolve()) if rec.path is not None else None
+        if labels:
+            matched += 1
+            rec = _replace(rec, label=labels[0])
+        out.append(rec)
+    if not matched:
+        raise ConfigError(f"truth file '{truth}' names none of the images in '{data}'; its paths are read from the "
+                          "truth file's folder (or are absolute).")
+    if matched < len(truth_sets):
+        log.warning("truth file '%s': %d of its %d images are not in '%s'", truth, len(truth_sets) - matched,
+                    len(truth_sets), data)
+    return out
+
+
+def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k: int, label_metric: Any,
+               truth_sets: dict[Path, list[str]] | None = None) -> MethodRun:
     """Metrics over the labelled, decoded images of one method's result (unlabelled ones left out)."""
     ok = result.ok  # aligned with the rows of result.probs
     # the unknown folder's images are scored by the open-set metrics only
     keep = [n for n, pred in enumerate(ok) if pred.true_label is not None and pred.true_label != UNKNOWN_TRUTH]
-    true_labels = [ok[n].true_label for n in keep]
+    true_labels = [_true_label(ok[n], truth_sets) for n in keep]
     predicted = [ok[n].label for n in keep]
     probs = result.probs[keep] if keep else torch.empty(0, len(result.class_names))  # [N_labelled, C]
     metrics = compute_metrics(true_labels, probs, result.class_names, predicted_labels=predicted, k=top_k,
@@ -450,7 +484,16 @@ def _score_run(spec: str, result: "ClassificationResult", seconds: float, top_k:
         ece=ece,
         reliability=bins,
         open_set=_open_set_metrics(result),
+        multi_label=multi_label_metrics(result, truth_sets) if truth_sets is not None else None,
     )
+
+
+def _true_label(pred: "Prediction", truth_sets: dict[Path, list[str]] | None) -> str:
+    """The one true label the single-label metrics use: with several, the answer when it is one of them."""
+    labels = truth_sets.get(Path(pred.path).resolve()) if truth_sets and pred.path is not None else None
+    if labels and pred.label in labels:
+        return pred.label
+    return labels[0] if labels else pred.true_label
 
 
 def _calibration(result: "ClassificationResult", keep: list[int], true_labels: list[str]) -> tuple[float | None, list]:

@@ -36,7 +36,9 @@ __all__ = [
     "REPORT_SUFFIXES",
     "check_report_path",
     "classification_to_dict",
+    "rejected_words",
     "select_gallery",
+    "select_rejected",
     "thumbnail_data_uri",
     "render_report",
     "write_report",
@@ -156,15 +158,21 @@ def select_gallery(results: Mapping[str, Any], limit: int = GALLERY_LIMIT) -> li
     if not metrics:
         return sorted(rows, key=confidence)[:limit]
     pair_rank = {(c["true"], c["predicted"]): i for i, c in enumerate(metrics.get("worst_confusions", []))}
+    words, classes = set(rejected_words(results, best)), set(results.get("classes", []))
+
+    def right(row: Mapping[str, Any]) -> bool:  # rejecting an image that is none of the classes is right
+        truth = row.get("true_label")
+        return row.get("label") == truth or (row.get("label") in words and truth not in classes)
+
     by_pair: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
-        if row.get("true_label") is not None and row.get("label") != row.get("true_label"):
+        if row.get("true_label") is not None and not right(row):
             by_pair.setdefault((row["true_label"], row["label"]), []).append(row)
     groups = [sorted(by_pair[pair], key=lambda r: -confidence(r))
               for pair in sorted(by_pair, key=lambda pair: pair_rank.get(pair, len(pair_rank)))]
     # Round-robin over the confusions, worst first, so one big confusion cannot fill the whole gallery.
     wrong = [group[i] for i in range(max(map(len, groups), default=0)) for group in groups if i < len(group)]
-    rest = sorted((r for r in rows if r.get("true_label") is None or r.get("label") == r.get("true_label")),
+    rest = sorted((r for r in rows if r.get("true_label") is None or right(r)),
                   key=confidence)
     # A quarter of the gallery (at least) shows right decisions, so a page of mistakes can be read against them.
     keep_right = min(len(rest), max(limit // 4, limit - len(wrong)))
@@ -242,38 +250,79 @@ def _image_facts(images: Mapping[str, Any]) -> str:
     return f'<table class="facts"><tr><td>images:</td>{"".join(cells)}</tr></table>' if cells else ""
 
 
+def rejected_words(results: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    """The labels a run gave to images it rejected as none of the classes (the open-world refiner's word): answers outside the
+    classes on rows that carry an unknown score. Empty when the run made no unknown decision."""
+    classes = set(results.get("classes", []))
+    return list(dict.fromkeys(p["label"] for p in run.get("predictions", [])
+                              if p.get("unknown_score") is not None and p.get("label") not in classes))
+
+
+def _open_world_matrix(results: Mapping[str, Any], run: Mapping[str, Any],
+                       words: Sequence[str]) -> tuple[list[str], list[str], list[list[int]]]:
+    """Rows: true labels (the classes, then labels outside them such as eval's unknown folder); columns: the
+    classes, then any other answer, the rejection word last. Counted from the prediction rows, which hold the
+    unknown folder's images too (the metrics leave them out)."""
+    classes = list(results.get("classes", []))
+    rows_seen = [p for p in run.get("predictions", []) if p.get("true_label") is not None]
+    truths = classes + sorted({p["true_label"] for p in rows_seen} - set(classes))
+    answers = classes + sorted({p["label"] for p in rows_seen} - set(classes) - set(words)) + list(words)
+    row_of, col_of = {t: i for i, t in enumerate(truths)}, {a: j for j, a in enumerate(answers)}
+    matrix = [[0] * len(answers) for _ in truths]
+    for p in rows_seen:
+        matrix[row_of[p["true_label"]]][col_of[p["label"]]] += 1
+    return truths, answers, matrix
+
+
 def _confusion_svg(results: Mapping[str, Any], run: Mapping[str, Any]) -> str:
-    names = list(run["metrics"].get("labels") or results.get("classes", []))
-    matrix = run["metrics"]["confusion"]  # [L, L] true × predicted
+    words = rejected_words(results, run)
+    if words:
+        names, columns, matrix = _open_world_matrix(results, run, words)
+    else:
+        names = list(run["metrics"].get("labels") or results.get("classes", []))
+        columns, matrix = names, run["metrics"]["confusion"]  # [L, L] true × predicted
+    classes = set(results.get("classes", []))
     shown = list(range(len(names)))
+    shown_columns = list(range(len(columns)))
     note = ""
-    if len(names) > _MATRIX_CLASSES:
+    if len(names) > _MATRIX_CLASSES and not words:
         involvement = [sum(matrix[c]) - matrix[c][c] + sum(row[c] for row in matrix) - matrix[c][c]
                        for c in range(len(names))]
         shown = sorted(sorted(range(len(names)), key=lambda c: -involvement[c])[:_MATRIX_CLASSES])
+        shown_columns = shown
         note = (f'<p class="note">{len(names)} classes: showing the {_MATRIX_CLASSES} involved in the most '
                 "confusions.</p>")
-    cell = max(10, min(34, 640 // max(1, len(shown))))
-    label_chars = min(24, max((len(names[c]) for c in shown), default=1))
+    elif len(names) > _MATRIX_CLASSES:  # open world: keep the rejection column and the rows of other images
+        keep = set(sorted(range(len(classes)), key=lambda c: -(sum(matrix[c]) - matrix[c][c]))[:_MATRIX_CLASSES])
+        shown = [c for c in range(len(names)) if c in keep or names[c] not in classes]
+        shown_columns = [j for j in range(len(columns)) if j in keep or columns[j] not in classes]
+        note = (f'<p class="note">{len(classes)} classes: showing the {_MATRIX_CLASSES} with the most confusions.</p>')
+    cell = max(10, min(34, 640 // max(1, len(shown_columns), len(shown))))
+    label_chars = min(24, max((len(x) for x in [names[c] for c in shown] + [columns[j] for j in shown_columns]),
+                              default=1))
     margin = 12 + int(label_chars * 6.3)
-    size = margin + cell * len(shown)
-    parts = [f'<svg width="{size + int(label_chars * 3.3) + 10}" height="{size + 10}" '
+    width, height = margin + cell * len(shown_columns), margin + cell * len(shown)
+    parts = [f'<svg width="{width + int(label_chars * 3.3) + 10}" height="{height + 10}" '
              f'role="img" aria-label="confusion matrix">']
     for i, c in enumerate(shown):
-        label = _e(_short(names[c], 24))
         y = margin + i * cell + cell / 2 + 4
-        parts.append(f'<text x="{margin - 4}" y="{y:.1f}" text-anchor="end"><title>{_e(names[c])}</title>{label}</text>')
-        x = margin + i * cell + cell / 2 + 4
-        parts.append(f'<text x="{x:.1f}" y="{margin - 4}" transform="rotate(-60 {x:.1f} {margin - 4})">'
-                     f"<title>{_e(names[c])}</title>{label}</text>")
+        parts.append(f'<text x="{margin - 4}" y="{y:.1f}" text-anchor="end"><title>{_e(names[c])}</title>'
+                     f"{_e(_short(names[c], 24))}</text>")
+    for j, c in enumerate(shown_columns):
+        x = margin + j * cell + cell / 2 + 4
+        style = ' style="font-weight:600"' if columns[c] in words else ""
+        parts.append(f'<text x="{x:.1f}" y="{margin - 4}" transform="rotate(-60 {x:.1f} {margin - 4})"{style}>'
+                     f"<title>{_e(columns[c])}</title>{_e(_short(columns[c], 24))}</text>")
     for i, t in enumerate(shown):
         row_total = sum(matrix[t]) or 1
-        for j, p in enumerate(shown):
+        for j, p in enumerate(shown_columns):
             count = matrix[t][p]
             share = count / row_total
-            colour = "37,99,235" if t == p else "220,38,38"
+            # right: the true class, or a rejection of an image that is none of the classes
+            right = names[t] == columns[p] or (columns[p] in words and names[t] not in classes)
+            colour = "37,99,235" if right else "107,114,128" if columns[p] in words else "220,38,38"
             x, y = margin + j * cell, margin + i * cell
-            tip = f"true {names[t]} → predicted {names[p]}: {count} ({100 * share:.1f}% of {names[t]})"
+            tip = f"true {names[t]} → predicted {columns[p]}: {count} ({100 * share:.1f}% of {names[t]})"
             parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="rgba({colour},{0.06 + 0.94 * share:.3f})" '
                          f'stroke="#fff"><title>{_e(tip)}</title></rect>')
             if count and cell >= 18:
@@ -281,9 +330,11 @@ def _confusion_svg(results: Mapping[str, Any], run: Mapping[str, Any]) -> str:
                 parts.append(f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" text-anchor="middle" '
                              f'style="fill:{ink}">{count}</text>')
     parts.append("</svg>")
+    rejection = (f" The column {', '.join(repr(w) for w in words)} holds the images rejected as none of the classes "
+                 "(grey for an in-list image, blue for one that is none of them)." if words else "")
     return ("<h2>Confusion matrix</h2>"
             f'<p class="note">method {_e(run.get("method"))}; rows: true class, columns: predicted class; colour: '
-            "share of the row (blue: right, red: confused). Hover a cell for its numbers.</p>"
+            f"share of the row (blue: right, red: confused). Hover a cell for its numbers.{_e(rejection)}</p>"
             + note + "".join(parts))
 
 
@@ -397,6 +448,7 @@ def _gallery_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], 
     best = _best_run(results)
     if not rows or best is None:
         return ""
+    words, classes = set(rejected_words(results, best)), set(results.get("classes", []))
     ok_runs = [run for run in results.get("methods", []) if run.get("status") == "ok"]
     others = {run["method"]: {p["id"]: p["label"] for p in run.get("predictions", [])} for run in ok_runs if run is not best}
     # Every method's reasons, not only the best one's: the descriptors behind a cbd answer matter beside templates.
@@ -405,7 +457,8 @@ def _gallery_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], 
     cards = []
     for row in rows:
         truth = row.get("true_label")
-        wrong = truth is not None and row.get("label") != truth
+        wrong = truth is not None and row.get("label") != truth and not (
+            row.get("label") in words and truth not in classes)
         uri = thumbnails.get(row["id"])
         picture = f'<img src="{_e(uri)}" alt="">' if uri else '<div class="noimg">no preview</div>'
         where = row.get("path") or row["id"]
@@ -436,6 +489,97 @@ def _gallery_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], 
              "decisions (✓), least confident first" if best.get("metrics") else "least confident first")
     return (f"<h2>Gallery</h2><p class=\"note\">{len(rows)} of {total} images of {_e(best['method'])}, {order}.</p>"
             f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def select_rejected(results: Mapping[str, Any], limit: int = GALLERY_LIMIT) -> list[dict[str, Any]]:
+    """The best method's rows rejected as none of the classes, the surest rejections (lowest unknown score) first."""
+    best = _best_run(results)
+    if best is None:
+        return []
+    words = set(rejected_words(results, best))
+    rows = [p for p in best.get("predictions", []) if p.get("label") in words and p.get("unknown_score") is not None]
+    return sorted(rows, key=lambda p: p["unknown_score"])[:limit]
+
+
+def _rejected_section(results: Mapping[str, Any], thumbnails: Mapping[str, str], limit: int) -> str:
+    best = _best_run(results)
+    rows = select_rejected(results, limit)
+    if best is None or not rows:
+        return ""
+    classes = set(results.get("classes", []))
+    total = sum(1 for p in best.get("predictions", []) if p.get("label") in set(rejected_words(results, best)))
+    cards = []
+    for row in rows:
+        truth = row.get("true_label")
+        uri = thumbnails.get(row["id"])
+        picture = f'<img src="{_e(uri)}" alt="">' if uri else '<div class="noimg">no preview</div>'
+        where = row.get("path") or row["id"]
+        shown_name = "/".join(Path(str(where)).parts[-2:]) or str(where)
+        head = f'<div class="name" title="{_e(where)}">{_e(_short(shown_name, 60))}</div>'
+        if truth is not None:  # a rejection is right when the image is none of the classes
+            mark = '<span class="bad">✗</span>' if truth in classes else '<span class="ok">✓</span>'
+            head += f'<div>true: <span class="truth">{_e(truth)}</span> {mark}</div>'
+        best_class = row["top_k"][0] if row.get("top_k") else None
+        facts = f'<div>unknown score {_num(row["unknown_score"])}</div>'
+        if best_class is not None:
+            facts += f'<div>best class: {_e(best_class["label"])} {_num(best_class["prob"])}</div>'
+        css = "" if truth is None else (" wrong" if truth in classes else " correct")
+        cards.append(f'<div class="card{css}">{picture}{head}{facts}</div>')
+    return (f"<h2>Rejected as none of the classes ({total})</h2><p class=\"note\">{len(rows)} of {total} images "
+            f"{_e(best['method'])} answered {_e(', '.join(rejected_words(results, best)))}, the surest rejection "
+            "(lowest unknown score) first; each keeps its best class in the results.</p>"
+            f'<div class="gallery">{"".join(cards)}</div>')
+
+
+def _reliability_section(results: Mapping[str, Any]) -> str:
+    runs = [run for run in results.get("methods", []) if run.get("status") == "ok" and run.get("reliability")]
+    if not runs:
+        return ""
+    charts = "".join(_reliability_svg(run, m) for m, run in enumerate(runs))
+    return ("<h2>Calibration</h2><p class=\"note\">reliability diagram per method over the labelled in-list "
+            "images: bars are each confidence bin's accuracy (top-1 probability binned), the diagonal is perfect "
+            "calibration, the dot each bin's mean confidence, a darker bar more images; ECE is the image-weighted "
+            f"gap.</p><div>{charts}</div>")
+
+
+def _reliability_svg(run: Mapping[str, Any], m: int) -> str:
+    """One method's reliability diagram: accuracy against confidence per bin, the diagonal, and its ECE."""
+    bins = run["reliability"]
+    size, pad = 200, 34  # plot side and the room for the axes' labels
+    total = sum(b["count"] for b in bins) or 1
+    colour = _PALETTE[m % len(_PALETTE)]
+    parts = [f'<svg width="{size + pad + 12}" height="{size + pad + 26}" role="img" '
+             f'aria-label="reliability diagram" style="margin:0 18px 8px 0">',
+             f'<text x="{pad}" y="14"><title>{_e(run["method"])}</title>{_e(_short(run["method"], 28))} — ECE '
+             f'{_num(run.get("ece"))}</text>']
+    top = 22  # the plot starts under the title
+
+    def at(v: float, axis: str) -> float:
+        return pad + v * size if axis == "x" else top + (1 - v) * size
+
+    parts.append(f'<rect x="{pad}" y="{top}" width="{size}" height="{size}" fill="#f9fafb" stroke="#9ca3af"/>')
+    for b in bins:
+        if not b["count"]:
+            continue
+        x, w = at(b["low"], "x"), (b["high"] - b["low"]) * size
+        y = at(b["accuracy"], "y")
+        opacity = 0.35 + 0.65 * b["count"] / total
+        tip = (f"confidence {b['low']:.2f}–{b['high']:.2f}: {b['count']} images, mean confidence "
+               f"{b['confidence']:.3f}, accuracy {b['accuracy']:.3f}")
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{top + size - y:.1f}" fill="{colour}" '
+                     f'fill-opacity="{opacity:.2f}" stroke="#fff"><title>{_e(tip)}</title></rect>')
+        # where the bar should reach: its mean confidence (rects and text only: the report's audited tag set)
+        parts.append(f'<rect x="{at(b["confidence"], "x") - 2:.1f}" y="{at(b["confidence"], "y") - 2:.1f}" '
+                     'width="4" height="4" fill="#111827"/>')
+    parts.append(f'<rect x="{pad}" y="{top + size - 0.5}" width="{size * 2 ** 0.5:.1f}" height="1" fill="#6b7280" '
+                 f'transform="rotate(-45 {pad} {top + size})"/>')  # the diagonal: perfect calibration
+    for tick in (0, 0.5, 1):
+        parts.append(f'<text x="{at(tick, "x"):.1f}" y="{top + size + 13}" text-anchor="middle">{tick:g}</text>'
+                     f'<text x="{pad - 4}" y="{at(tick, "y") + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    parts.append(f'<text x="{pad + size / 2}" y="{top + size + 26}" text-anchor="middle">confidence</text>'
+                 f'<text x="10" y="{top + size / 2}" transform="rotate(-90 10 {top + size / 2})" '
+                 'text-anchor="middle">accuracy</text></svg>')
+    return "".join(parts)
 
 
 def _errors_section(results: Mapping[str, Any], limit: int = 500) -> str:
@@ -473,10 +617,12 @@ def render_report(results: Mapping[str, Any], thumbnails: Mapping[str, str] | No
     ) if value is not None)
     sections = [_summary_section(results)]
     if labelled:
-        sections += [_confusion_svg(results, best), _per_class_section(results, best), _confusions_section(best)]
+        sections += [_confusion_svg(results, best), _per_class_section(results, best), _confusions_section(best),
+                     _reliability_section(results)]
     elif best is not None:
         sections.append(_distribution_section(results, best))
-    sections += [_gallery_section(results, thumbnails, gallery_limit), _errors_section(results),
+    sections += [_gallery_section(results, thumbnails, gallery_limit),
+                 _rejected_section(results, thumbnails, gallery_limit), _errors_section(results),
                  _warnings_section(results)]
     return html_page(title, meta, "".join(sections))
 
@@ -520,7 +666,8 @@ def write_report(
         kept = thumbnails
     by_id = {rec.id: rec for rec in records or []}
     uris = {}
-    for row in select_gallery(results, gallery_limit):
+    shown = {row["id"]: row for row in select_gallery(results, gallery_limit) + select_rejected(results, gallery_limit)}
+    for row in shown.values():
         jpeg = kept.get(row["id"])
         if jpeg is None:
             source = by_id.get(row["id"]) or row.get("path")
