@@ -195,7 +195,7 @@ def test_help_cache_and_prompt_commands_start_without_loading_torch(tmp_path):
 
 
 def test_a_new_process_does_not_reread_unchanged_files_but_notices_an_edit(tiny_open_clip, tmp_path, monkeypatch):
-    import vlmcls.sources.listing as sources_module
+    import vlmcls.sources.records as sources_module  # where an image file's bytes are read
     from vlmcls import Classifier
     from vlmcls.encode.store import clear_digest_memo
 

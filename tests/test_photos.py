@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import imagegen as gen
-import vlmcls.sources.listing as sources_module
+import vlmcls.sources.records as sources_module  # where an image file's bytes are read
 from vlmcls.encode.store import Store
 from vlmcls.cli import app
 from vlmcls.errors import ImageError

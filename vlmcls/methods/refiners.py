@@ -49,8 +49,7 @@ class TipConfig:
                         was="--tune")
     calibrate: bool = option(False, "Fit a temperature on the support set by leave-one-out (each support image scored "
                              "by a cache without itself; never on the images classified) and divide the logits by it "
-                             "before the softmax: the probabilities get calibrated, the labels stay the same.",
-                             flag="--calibrate")
+                             "before the softmax: the probabilities get calibrated, the labels stay the same.")
 
 
 @dataclass
