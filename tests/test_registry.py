@@ -268,3 +268,10 @@ def test_the_cli_names_options_as_the_library_does(labelled_folder, tmp_path):
     assert bad_type.exit_code == 2 and "fudd.k is 'many'; it must be an integer" in bad_type.output
     not_opt = CliRunner().invoke(app, [*base, "--opt", "k=3"])
     assert not_opt.exit_code == 2 and "is not METHOD.KEY=VALUE" in not_opt.output
+
+
+def test_no_module_is_over_500_lines():
+    """STYLE.md: a file that passes ~500 lines is asking to be split (the layout groups modules by what they do)."""
+    long = {str(path.relative_to(PACKAGE.parent)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500}
+    assert not long, long
