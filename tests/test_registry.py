@@ -163,6 +163,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             base_parts = package[: len(package) - node.level + 1] if node.level else []
             base = ".".join(base_parts + ([node.module] if node.module else []))
+            if not node.module and base != name:  # `from . import x` runs the package's __init__ first
+                found.add(base)
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 found.add(target if target in modules else base)

@@ -37,7 +37,7 @@ from ..encode.feature_store import FeatureStore, default_feature_root, shards_fo
 from ..sources.listing import DatasetLocation, ImageRecord, locate_dataset
 from ..methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
 from ..results import ClassificationResult
-from . import ray_workers
+from .ray_workers import EncoderActor, collect_part, decode_files, decode_rows, decode_shard, rows_by_position, score_batch
 from .ray_results import _collect, _steady_rate, _to_result, _write
 
 __all__ = ["OUTPUT_FORMATS", "classify_with_ray"]
@@ -145,7 +145,7 @@ def classify_with_ray(
             shards = shards_for(index, positions)
             # Each task reads whole shards with pyarrow (one read per shard, no Python object per row).
             feats_ds = ray.data.from_items([{"shard": path} for path in shards], override_num_blocks=len(shards))
-            feats_ds = feats_ds.map_batches(ray_workers.rows_by_position, batch_size=1, batch_format="pyarrow",
+            feats_ds = feats_ds.map_batches(rows_by_position, batch_size=1, batch_format="pyarrow",
                                             fn_kwargs={"positions": positions, "shard_of": shard_of}).materialize()
 
         # 3. The pipeline, prepared on the driver; gathers run as Ray tasks over the features.
@@ -153,7 +153,7 @@ def classify_with_ray(
         method_started = time.perf_counter()
         if feats_ds is not None:
             pipeline, report = build_pipeline(spec, context, _ray_gather(feats_ds, batch_size))
-            scored = feats_ds.map_batches(ray_workers.score_batch, batch_size=batch_size, batch_format="pyarrow",
+            scored = feats_ds.map_batches(score_batch, batch_size=batch_size, batch_format="pyarrow",
                                           fn_kwargs={"pipeline": pipeline, "k": top_k, "explain": options.explain})
         else:
             pipeline = report = None
@@ -223,21 +223,21 @@ def _encode(ray, clf, store: FeatureStore, model_id, precision, paths: dict[int,
         items = [{"file": os.fsencode(file), "rows": [m[0] for m in members], "offsets": [m[1] for m in members],
                   "sizes": [m[2] for m in members]} for file, members in dataset.shards if members]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(ray_workers.decode_shard, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
+        ds = ds.map_batches(decode_shard, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
                             fn_kwargs={**decoding, "batch_size": batch_size})
     elif dataset is not None:
         parts = _dataset_parts(dataset, batch_size)
         ds = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
-        ds = ds.map_batches(ray_workers.decode_rows, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
+        ds = ds.map_batches(decode_rows, batch_size=1, batch_format="pyarrow", memory=decode_bytes,
                             fn_kwargs={**decoding, "column": dataset.column, "base_dir": dataset.base_dir,
                                        "batch_size": batch_size})
     else:
         items = [{"row": i, "path": os.fsencode(p)} for i, p in paths.items()]  # bytes: any file name
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
-        ds = ds.map_batches(ray_workers.decode_files, batch_size=batch_size, batch_format="numpy",
+        ds = ds.map_batches(decode_files, batch_size=batch_size, batch_format="numpy",
                             memory=decode_bytes, fn_kwargs=decoding)
     ds = ds.map_batches(
-        ray_workers.EncoderActor, batch_size=batch_size, batch_format="pyarrow", num_gpus=gpus_per_worker,
+        EncoderActor, batch_size=batch_size, batch_format="pyarrow", num_gpus=gpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={
             "model_id": model_id, "device": actor_device, "precision": precision,
@@ -283,7 +283,7 @@ def _ray_gather(feats_ds, batch_size: int):
     """The Ray engine's gather: ``collect`` runs in tasks over the feature rows; the driver gets the parts."""
 
     def gather(upstream, collect):
-        parts = feats_ds.map_batches(ray_workers.collect_part, batch_size=batch_size, batch_format="pyarrow",
+        parts = feats_ds.map_batches(collect_part, batch_size=batch_size, batch_format="pyarrow",
                                      fn_kwargs={"pipeline": upstream, "collect": collect})
         return [row["part"] for row in parts.iter_rows()]
 

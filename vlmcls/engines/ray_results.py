@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..results import ClassificationResult, ResultTable
+from ..results import ClassificationResult, ResultTable, top_k_arrow_type
 from ..scoring import probabilities
 from ..sources.listing import ImageRecord
-from . import ray_workers
+from .ray_workers import located_rows
 
 def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[int, str], output_dir,
            output_format: str, explain: bool) -> list[str]:
@@ -24,13 +24,13 @@ def _write(ray, scored, records: list[ImageRecord], ok: list[int], errors: dict[
                "true_label": [records[i].label for i in ok]}
     parts = []
     if scored is not None:
-        parts.append(scored.map_batches(ray_workers.located_rows, batch_format="pyarrow", fn_kwargs={"located": located,
+        parts.append(scored.map_batches(located_rows, batch_format="pyarrow", fn_kwargs={"located": located,
                                                                                               "explain": explain}))
     if errors:
         rows = pa.table({
             "path": pa.array([_row_path(records[i]) for i in errors], pa.string()),
             "label": pa.array([None] * len(errors), pa.string()),
-            "top_k": pa.array([[] for _ in errors], ray_workers.top_k_type()),
+            "top_k": pa.array([[] for _ in errors], top_k_arrow_type()),
             "error": pa.array(list(errors.values()), pa.string()),
             "true_label": pa.array([records[i].label for i in errors], pa.string()),
             "index": pa.array(list(errors), pa.int64()),

@@ -25,11 +25,11 @@ from ..errors import ModelLoadError
 from ..encode.feature_store import FeatureStore, read_feats
 from ..sources.listing import ImageRecord, image_data_of
 from ..encode.images import iter_decoded_batches
-from ..results import json_safe
+from ..results import json_safe, top_k_arrow_type
 from ..scoring import top_k
 
 __all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
-           "located_rows", "top_k_type"]
+           "located_rows"]
 
 
 def decode_files(batch: dict[str, np.ndarray], *, preprocess, min_side: int | None, known: np.ndarray,
@@ -242,7 +242,7 @@ def score_batch(table, *, pipeline, k: int, explain: bool):
     return pa.table({
         "position": pa.array(positions.tolist(), pa.int64()),
         "label": pa.array(labels, pa.string()),
-        "top_k": pa.array(ranked, top_k_type()),
+        "top_k": pa.array(ranked, top_k_arrow_type()),
         "explanation": pa.array(notes, pa.string()),
         "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
         "counts": pa.array(counts, pa.string()),
@@ -257,11 +257,6 @@ def labels_type():
     return pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))
 
 
-def top_k_type():
-    """The ``top_k`` column's type: the result table's (one written schema for every writer and shard)."""
-    from ..results import top_k_arrow_type
-
-    return top_k_arrow_type()
 
 
 def located_rows(table, *, located: dict[str, list], explain: bool):
