@@ -33,6 +33,18 @@ def tiny_hf_clip(tmp_path_factory):
     return make_hf_clip_dir(tmp_path_factory.mktemp("tiny_hf_clip"))
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray on this machine for one test module (or the cluster a test already started), shut down after it."""
+    ray = pytest.importorskip("ray")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started_here:
+        ray.shutdown()
+
+
 @pytest.fixture
 def labelled_folder(tmp_path):
     """3 cat and 2 dog images, one loose (unlabelled) image and one empty file."""

@@ -13,17 +13,6 @@ from vlmcls.engines.ray import classify_with_ray
 CLASSES = [line.strip() for line in (shardgen.DEMO / "classes.txt").read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_over_four_shards_and_a_missing_one_equals_the_single_engine(ray_local, tmp_path):
     samples = shardgen.demo_as_jpeg_folder(tmp_path / "folder")

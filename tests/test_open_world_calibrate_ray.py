@@ -12,17 +12,6 @@ from vlmcls.methods import MethodOptions
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 def test_ray_gives_the_same_calibrated_probabilities(ray_local, tmp_path):
     from vlmcls.demo.render import render_dataset
     from vlmcls.engines.ray import classify_with_ray

@@ -15,17 +15,6 @@ from vlmcls.methods.openset import load_vocabulary
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
 def test_ray_gives_the_same_unknown_decisions_and_labels(ray_local, tmp_path):
     from vlmcls.engines.ray import classify_with_ray
 

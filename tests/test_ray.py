@@ -34,17 +34,6 @@ BROKEN = {  # file name -> the reason both engines must give
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started_here:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     """50 files in class folders: plain and odd-mode images, a decompression bomb and broken files."""
     root = tmp_path_factory.mktemp("ray_images")
