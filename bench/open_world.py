@@ -17,18 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmcls.report.multilabel import average_precision  # the one AP eval reports
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "vlmcls" / "data" / "demo"
 MODEL = f"local-dir:{ROOT / 'vlmcls' / 'data' / 'demo_model'}"
-
-
-def average_precision(scores: np.ndarray, truth: np.ndarray) -> float | None:
-    if truth.sum() == 0:
-        return None
-    order = np.argsort(-scores, kind="stable")
-    hits = truth[order]
-    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
-    return float((precision * hits).sum() / hits.sum())
 
 
 def mean_ap(score_matrix: np.ndarray, truth_matrix: np.ndarray) -> float:
