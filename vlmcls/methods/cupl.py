@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..llm.descriptors import ErrorRow, read_class_lists
-from ..errors import ConfigError, LLMError
+from ..errors import ConfigError
 from ..llm.client import CallEstimate, LLMClient, Messages, Usage
 from ..llm.prompts import PromptTemplate, load_prompt
 from ..templates import wordify

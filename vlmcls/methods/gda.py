@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
-from .registry import METHODS, REFINER, MethodRecord, option, register
+from .registry import METHODS, MethodRecord, REFINER, option, register, templates_head
 
 if TYPE_CHECKING:
     import torch
@@ -83,14 +83,11 @@ def _prepare_gda(context: RunContext, config: GdaConfig, upstream: Pipeline, gat
     return GdaStage(model, float(alpha), list(context.class_names))
 
 
-def _templates_head(config: Any, options: Any) -> str:
-    return "templates"
-
 
 register(MethodRecord(
     name="gda", kind=REFINER, summary="GDA: class means + one shared covariance from labelled shots, added to the logits",
     text_source="-", config=GdaConfig, prepare=_prepare_gda,
     cost="encodes the support folder once (cached); one D×D pseudo-inverse per fold",
-    head_when_alone=_templates_head, order=15, implied_by=lambda config: config.support is not None,
+    head_when_alone=templates_head, order=15, implied_by=lambda config: config.support is not None,
     requires="option gda.support: a folder of labelled shots (one sub-folder per class, every class)",
 ))

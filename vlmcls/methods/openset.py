@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..llm.descriptors import ErrorRow, parse_descriptor_list, read_class_lists
-from ..errors import ConfigError, LLMError
+from ..errors import ConfigError
 from ..llm.client import Usage
 from ..llm.prompts import load_prompt
 from ..templates import wordify
 from .pipeline import BatchScores, RunContext, RunReport, merge_notes
-from .registry import REFINER, MethodRecord, option, register
+from .registry import MethodRecord, REFINER, option, register, templates_head
 
 if TYPE_CHECKING:
     import torch
@@ -128,17 +128,10 @@ def ask_negatives(class_names: Sequence[str], client: Any, prompt: Any, domain_h
     usage, rows, found = Usage(), [], {}
     answers = client.complete_many(list(requests.values()))
     for name, answer in zip(requests, answers):
-        if isinstance(answer, LLMError):
-            usage.failed += 1
+        if usage.record(answer) is None:  # the one accounting step (vlmcls.llm.Usage.record)
             rows.append(ErrorRow(name, "negatives", "error", f"{answer} This class gets no near-miss negatives."))
             found[name] = []
             continue
-        if answer.cached:
-            usage.cached += 1
-        else:
-            usage.calls += 1
-            usage.prompt_tokens += answer.usage.prompt_tokens
-            usage.completion_tokens += answer.usage.completion_tokens
         try:
             found[name] = parse_descriptor_list(answer.text)
         except Exception as exc:  # a hostile answer: nothing from this class, the run goes on
@@ -382,7 +375,7 @@ register(MethodRecord(
     prepare=_prepare_unknown, cost="encodes the vocabulary once (cached); one LLM call per class for near misses "
     "(cached), unless a negatives file is given; one pass over the run's scores",
     asks_llm=lambda config: config.negatives is None and config.source in ("llm", "vocabulary+llm"),
-    estimate=_estimate_unknown, head_when_alone=lambda config, options: "templates", order=100,
+    estimate=_estimate_unknown, head_when_alone=templates_head, order=100,
     implied_by=lambda config: config.reject or config.multi_label, decides=True,
     requires="option unknown.reject or unknown.multi_label",
 ))

@@ -17,7 +17,7 @@ from ..sources.classes import load_classes
 from ..errors import ConfigError
 from ..templates import wordify
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
-from .registry import METHODS, REFINER, RETIRED_FLAGS, MethodRecord, option, register
+from .registry import METHODS, MethodRecord, REFINER, RETIRED_FLAGS, option, register, templates_head
 
 if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepared or applied
     import torch
@@ -27,9 +27,6 @@ if TYPE_CHECKING:  # torch and the adapters are imported when a stage is prepare
 __all__ = ["TipConfig", "TfupConfig", "FrechetConfig", "load_label_metric", "with_label_support"]
 
 log = logging.getLogger(__name__)
-
-def _templates_head(config: Any, options: Any) -> str:
-    return "templates"
 
 
 # -- Tip-Adapter ----------------------------------------------------------------------------------------------
@@ -160,7 +157,7 @@ def _labelled_records(path: Path) -> list:
 register(MethodRecord(
     name="tip", kind=REFINER, summary="Tip-Adapter: a training-free cache of labelled support shots",
     text_source="-", config=TipConfig, prepare=_prepare_tip, cost="encodes the support folder once (cached)",
-    head_when_alone=_templates_head, order=10,
+    head_when_alone=templates_head, order=10,
     implied_by=lambda config: config.support is not None or config.labels is not None,
     shown=("tip_alpha", "tip_beta"),
     requires="option tip.support (a folder of labelled shots, one sub-folder per class) or tip.labels (a labels file)",
@@ -218,7 +215,7 @@ def _prepare_tfup(context: RunContext, config: TfupConfig, upstream: Pipeline, g
 register(MethodRecord(
     name="tfup", kind=REFINER, summary="TFUP-style cache of confident, typical images among those classified",
     text_source="-", config=TfupConfig, prepare=_prepare_tfup, cost="one pass over all image features",
-    head_when_alone=_templates_head, order=20,
+    head_when_alone=templates_head, order=20,
 ))
 RETIRED_FLAGS["--self-cache"] = "--method HEAD+tfup (e.g. cbd+tfup)"
 
@@ -314,7 +311,7 @@ def _prepare_frechet(context: RunContext, config: FrechetConfig, upstream, gathe
 register(MethodRecord(
     name="frechet", kind=REFINER, summary="Fréchet mean (Loki): answers over a label space, by a label metric",
     text_source="-", config=FrechetConfig, prepare=_prepare_frechet, cost="per image, one [C] × [C, Y] product",
-    head_when_alone=_templates_head, order=90, implied_by=lambda config: config.has_metric,
+    head_when_alone=templates_head, order=90, implied_by=lambda config: config.has_metric,
     shown=("label_space_size",),
     answers_beyond=lambda config: load_classes(config.label_space) if config.has_metric and config.label_space else None,
     requires="a label metric: option frechet.hierarchy, frechet.distances or frechet.self_metric",

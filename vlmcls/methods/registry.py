@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_DESCRIBER",
     "runs_on_numpy",
     "summary_keys",
+    "templates_head",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,11 @@ def type_text(record: MethodRecord, key: str) -> str:
         parts = [hint]
     return " | ".join({int: "int", float: "float", bool: "bool", str: "text", Path: "path"}.get(
         typing.get_origin(p) or p, "list") for p in parts)
+
+
+def templates_head(config: Any, options: Any) -> str:
+    """``head_when_alone`` of a refiner named alone (``tip``, ``gda``, …): it refines the template ensemble."""
+    return "templates"
 
 
 def summary_keys(names: Any) -> list[str]:

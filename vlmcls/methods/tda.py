@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
-from .registry import REFINER, MethodRecord, option, register
+from .registry import MethodRecord, REFINER, option, register, templates_head
 
 if TYPE_CHECKING:
     import torch
@@ -92,13 +92,10 @@ def _prepare_tda(context: RunContext, config: TdaConfig, upstream: Pipeline, gat
     return TdaStage(replay_stream(feats, logits, settings), list(context.class_names))
 
 
-def _templates_head(config: Any, options: Any) -> str:
-    return "templates"
-
 
 register(MethodRecord(
     name="tda", kind=REFINER, summary="TDA: positive/negative caches filled from the run's images in listing order",
     text_source="-", config=TdaConfig, prepare=_prepare_tda,
     cost="one ordered pass over all image features (the stream), then a small cache product per image",
-    head_when_alone=_templates_head, order=30,
+    head_when_alone=templates_head, order=30,
 ))

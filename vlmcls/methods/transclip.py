@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .pipeline import BatchScores, Pipeline, RunContext, RunReport, merge_notes
-from .registry import REFINER, MethodRecord, option, register
+from .registry import MethodRecord, REFINER, option, register, templates_head
 
 if TYPE_CHECKING:
     import torch
@@ -100,14 +100,11 @@ def _prepare_transclip(context: RunContext, config: TransclipConfig, upstream: P
     return TransclipStage(out.float(), moved, names, int(feats.shape[0]))
 
 
-def _templates_head(config: Any, options: Any) -> str:
-    return "templates"
-
 
 register(MethodRecord(
     name="transclip", kind=REFINER,
     summary="TransCLIP: transductive GMM + Laplacian + KL-to-text over all of the run's images (no labels)",
     text_source="-", config=TransclipConfig, prepare=_prepare_transclip,
     cost="one pass over all image features; N×N kNN in chunks, then ~11 × [N, C, D] products",
-    head_when_alone=_templates_head, order=40,
+    head_when_alone=templates_head, order=40,
 ))
