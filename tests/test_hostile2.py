@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 
 import imagegen
 from llm_server import FakeLLMServer, close_tracked_clients, llm_server, track  # noqa: F401  (fixtures)
+from test_descriptors import _default_prompts, store  # noqa: F401  (fixtures: shipped prompts, a fresh store)
+from test_descriptors import make_client as descriptor_client
+from test_llm_methods import CLASSES, photos  # noqa: F401  (the classify world of the LLM method tests)
 from vlmcls.adapters.metric_files import read_hierarchy_file
 from vlmcls.encode.store import Store
 from vlmcls.sources.classes import load_classes
@@ -38,22 +41,9 @@ PAIR = {"classes": ["zorblax", "quintor"],
         "prompt_pairs": [{"attr_type": "colour", "prompt_pair": ["a red zorblax", "a green quintor"]}]}
 
 
-@pytest.fixture(autouse=True)
-def _default_prompts(monkeypatch):
-    monkeypatch.delenv("VLMCLS_PROMPTS", raising=False)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "cache") as s:
-        yield s
-
-
 def make_client(server: FakeLLMServer, store: Store, **overrides) -> LLMClient:
-    settings = dict(model="fake-llm", base_url=server.base_url, timeout_s=5.0, max_retries=1,
-                    backoff_base_s=0.01, max_concurrency=4)
-    settings.update(overrides)
-    return track(LLMClient(LLMConfig(**settings), store))
+    """test_descriptors' client, with more time per answer (some answers here are large on purpose)."""
+    return descriptor_client(server, store, **{"timeout_s": 5.0, **overrides})
 
 
 # -- item 3: an LLM answer nested 10^5 deep is a bad answer, not a crash, and is not replayed ------------------
@@ -280,14 +270,6 @@ def test_prompt_files_of_the_wrong_shape_are_prompt_errors(messages):
 
 
 # -- item 2: bounds on what an answer or a file can make us encode ----------------------------------------------
-CLASSES = "zorblax,quintor,flimber,vostrel"
-
-
-@pytest.fixture
-def photos(tmp_path):
-    root = tmp_path / "photos"
-    imagegen.make_class_tree(root, {"zorblax": [(220, 20, 20), (200, 40, 30)], "flimber": [(30, 200, 40)]})
-    return root
 
 
 def _classify(tiny, photos, tmp_path, server, *extra):
