@@ -113,9 +113,9 @@ class ResultTable:
                           self.unknown_scores[n] if self.unknown_scores else None,
                           self.label_sets[n] if self.label_sets else None)
 
-    def write_paths(self) -> list[str]:
-        """The ``path`` column as written: a dataset row's id where it has no path."""
-        return [p if p is not None else i for p, i in zip(self.paths, self.ids)]
+    def write_paths(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The ``path`` column as written (rows ``start:stop``): a dataset row's id where it has no path."""
+        return [p if p is not None else i for p, i in zip(self.paths[start:stop], self.ids[start:stop])]
 
     def arrow(self, explain: bool | None = None) -> Any:
         """The table in the written row shape (:data:`ROW_COLUMNS`) as a pyarrow Table; ``explanation`` (JSON text)
