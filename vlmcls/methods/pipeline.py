@@ -126,17 +126,7 @@ class Pipeline:
     def apply(self, feats: torch.Tensor, explain: bool = False, positions: Any = None) -> BatchScores:
         """image_feats [B, D] -> the last stage's BatchScores; notes merged per image, counts summed.
         ``positions`` [B]: the images' rows in the run's order (None for images that are not the run's)."""
-        scores: BatchScores | None = None
-        counts: dict[str, float] = {}
-        for stage in self.stages:
-            scores = apply_stage(stage, feats, scores, explain, positions)
-            for key, value in scores.counts.items():
-                counts[key] = counts.get(key, 0) + value
-        assert scores is not None
-        scores.counts = counts
-        if explain and len(self.stages) > 1 and scores.notes is not None:
-            scores.notes = self._final_descriptors(feats, scores)
-        return scores
+        return StagesSoFar(feats, explain, positions).apply(self)  # one way to run stages, on any engine
 
     def _final_descriptors(self, feats: "torch.Tensor", scores: BatchScores) -> list[dict]:
         """The head's descriptor part redone for the final label and runner-up: a later stage (FuDD, a refiner)
@@ -144,9 +134,7 @@ class Pipeline:
         explainer = getattr(self.stages[0], "explainer", None)
         if explainer is None:
             return scores.notes
-        from ..scoring import probabilities
-
-        final = explainer.explain(feats, probabilities(scores.logits, self.score_rule))
+        final = explainer.explain(feats, self.probabilities(scores.logits))
         return [{**note, "descriptors": entry} if "descriptors" in note else note
                 for note, entry in zip(scores.notes, final)]
 
