@@ -409,7 +409,7 @@ def test_eval_checks_its_outputs_before_the_model_loads(labelled_folder, tmp_pat
 
 
 def test_watch_ends_cleanly_on_ctrl_c_keeping_the_last_outputs(tiny_open_clip, labelled_folder, tmp_path, monkeypatch):
-    from vlmcls.cli import watch
+    from vlmcls.engines import watch  # the loop (and its clock) lives in the library
 
     def interrupt(_seconds):
         raise KeyboardInterrupt

@@ -157,7 +157,7 @@ def test_each_image_file_is_opened_once_per_eval_report_run(tiny_open_clip, tmp_
 
 @pytest.mark.parametrize("cached", [False, True], ids=["first-run", "features-cached"])
 def test_a_watch_rescore_opens_no_image_file(tiny_open_clip, tmp_path, count_opens, monkeypatch, cached):
-    from vlmcls.cli import watch
+    from vlmcls.engines import watch  # the loop (and its clock) lives in the library
 
     folder = tmp_path / "photos"
     images = _cat_and_dog_photos(folder)

@@ -255,3 +255,56 @@ def test_modules_that_moved_keep_their_old_import_paths():
     from vlmcls.report import write_report  # likewise, its page
 
     assert LLMClient.__module__ == "vlmcls.llm.client" and write_report.__module__ == "vlmcls.report.page"
+
+
+def test_watch_is_a_library_loop_yielding_each_run_an_edit_and_a_bad_edit(tmp_path):
+    """`classify --watch` renders these runs; a library user iterates them: encode once, re-score on each edit,
+    a half-written file is a run with an error (the watch goes on), the last good result stays the baseline."""
+    from vlmcls import Classifier
+    from vlmcls.engines import LocalEngine, RunRequest, watched_files
+
+    descriptors = tmp_path / "descriptors.json"
+    descriptors.write_text((DEMO / "descriptors.json").read_text())
+    request = RunRequest(DEMO / "images", DEMO / "classes.txt", "cbd+fudd",
+                         {"cbd": {"descriptors": descriptors}, "fudd": {"pairs": DEMO / "pairs.json"}})
+    files = watched_files(request)
+    assert files[:3] == [DEMO / "classes.txt", descriptors, DEMO / "pairs.json"]
+    assert any(f.name == "descriptors.toml" for f in files[3:])  # the prompt files the run can read
+    engine = LocalEngine(Classifier(DEMO_MODEL))
+    runs = engine.watch(request, [descriptors], poll=0.01, max_reruns=2)
+    first = next(runs)
+    assert first.first and first.result.stats["encoded"] == 48 and first.error is None
+
+    descriptors.write_text("{not json")  # saved half-way
+    broken = next(runs)
+    assert broken.result is None and broken.edited == [descriptors] and "descriptors" in str(broken.error)
+
+    same = json.loads((DEMO / "descriptors.json").read_text())
+    same = {name: ["a plain grey blob"] for name in same}  # every class described alike: CbD cannot tell them apart
+    descriptors.write_text(json.dumps(same))
+    fixed = next(runs)
+    assert fixed.error is None and fixed.previous is first.result  # compared with the last good run
+    assert fixed.result.stats["encoded"] == 0 and fixed.result.stats["cached"] == 48  # no image encoded again
+    assert fixed.result.table.labels != first.result.table.labels
+    assert next(runs, None) is None  # max_reruns reached
+
+
+def test_dry_run_is_a_library_estimate_that_sends_nothing(tmp_path):
+    """The engine says what a request would spend on the LLM; nothing reaches the endpoint (a closed port)."""
+    from vlmcls import Classifier
+    from vlmcls.encode.store import Store
+    from vlmcls.engines import LocalEngine, RunRequest
+    from vlmcls.llm import LLMClient
+    from vlmcls.llm.config import LLMConfig
+
+    request = RunRequest(DEMO / "images", DEMO / "classes.txt", "cbd+fudd",
+                         {"cbd": {"descriptors": DEMO / "descriptors.json"}, "fudd": {"k": 3}})
+    request.options.llm = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", max_retries=0),
+                                    Store(tmp_path / "cache"))
+    engine = LocalEngine(Classifier(DEMO_MODEL))
+    stages = engine.estimate(request)
+    pairs = stages["differential pairs"]
+    assert pairs.to_call == pairs.requests > 0 and pairs.cached == 0
+    assert stages["unique pairs in the ambiguous sets"] == pairs.requests  # no max_pairs: every pair is asked
+    assert "descriptors" not in stages  # a descriptor file: CbD asks nothing
+    assert engine.estimate(request.but(method="cbd")) == {}

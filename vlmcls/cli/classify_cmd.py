@@ -37,8 +37,7 @@ from ._options import ModelOptions, key_values, with_model_options, with_source_
 from ._settings import with_method_options
 
 if TYPE_CHECKING:  # the model side (torch) is imported when a command runs, not for --help
-    from ..api import ClassificationResult, Classifier
-    from ..methods import MethodOptions
+    from ..api import ClassificationResult
 
 _SHOWN_ROWS = 30
 
@@ -138,7 +137,7 @@ def classify(
                          source_options if records is None else {})
     try:
         if dry_run:
-            _dry_run(clf, images, classes, method, options, source_options, quiet)
+            _dry_run(LocalEngine(clf), request, method, quiet)
             return
         if engine == "ray":
             m = model_options
@@ -148,10 +147,8 @@ def classify(
         elif watch:
             from .watch import watch_and_rerun
 
-            exit_code = watch_and_rerun(LocalEngine(clf), request, outputs, explain,
-                                        watched_files(classes, files, prompts),
-                                        max_reruns=watch_limit, render_result=render_result,
-                                        exit_code_of=exit_code_of)
+            exit_code = watch_and_rerun(LocalEngine(clf), request, outputs, explain, max_reruns=watch_limit,
+                                        render_result=render_result, exit_code_of=exit_code_of)
             raise typer.Exit(exit_code)
         else:
             with progress_bar("encoding images", enabled=not quiet) as progress:
@@ -228,19 +225,6 @@ def export_artifacts(artifacts: dict, folder: Path) -> list[Path]:
     return written
 
 
-def watched_files(classes: str, method_files: list, prompts: Path | None) -> list[Path]:
-    """The files whose edits change a classify run's text side: the classes file, every file a method option
-    names (``file_options``: descriptors, pairs, a templates file, …) and every prompt file the run can read."""
-    from ..llm.prompts import prompt_search_path
-
-    files = [Path(classes)] if isinstance(classes, str) and Path(classes).is_file() else []
-    files += [path for _, kind, path in method_files if kind == "file"]
-    for _, folder in prompt_search_path(str(prompts) if prompts else None):
-        if folder.is_dir():
-            files.extend(sorted(p for p in folder.iterdir() if p.is_file()))
-    return files
-
-
 def write_classify_report(result, report_path: Path, images: Any = None, source_options: dict | None = None,
                           model: str | None = None, quiet: bool = False, records: list | None = None,
                           thumbnails: dict | None = None) -> Path:
@@ -265,19 +249,12 @@ def write_classify_report(result, report_path: Path, images: Any = None, source_
     return path
 
 
-def _dry_run(clf: Classifier, images, classes, method: str, options: MethodOptions, source_options: dict, quiet: bool) -> None:
-    """Print what the run would spend on the LLM, encoding images only when FuDD's pairs depend on them."""
-    from ..api import load_classes
+def _dry_run(engine: LocalEngine, request: RunRequest, method: str, quiet: bool) -> None:
+    """Print what the run would spend on the LLM (the engine encodes images only when FuDD's pairs depend on them)."""
     from ..llm.client import CallEstimate
-    from ..methods import RERANK, estimate_llm_cost, get_record, parse_spec
 
-    class_names = load_classes(classes)
-    spec = parse_spec(method).resolve(options)
-    feats = None
-    if any(get_record(name).kind == RERANK for name in spec.stages):  # its pairs depend on the images
-        with progress_bar("encoding images", enabled=not quiet) as progress:
-            feats = clf.encode_images(images, progress=progress, **source_options).feats
-    stages = estimate_llm_cost(spec, clf.run_context(class_names, options), feats)
+    with progress_bar("encoding images", enabled=not quiet) as progress:
+        stages = engine.estimate(request, progress)
     if not stages:
         console.print(f"dry run: method '{safe(method)}' makes no LLM calls with these options.")
     for stage, estimate in stages.items():

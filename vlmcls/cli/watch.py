@@ -1,51 +1,21 @@
-"""`vlmcls classify … --watch`: the steering loop. The model and the image features stay in memory; when a file
-that shapes the class text changes (classes, descriptors, pairs, templates, prompts), the text side runs again —
-the LLM is asked only what the edit invalidated, every other answer and text feature comes from the cache — the
-outputs are rewritten and what changed is printed."""
+"""`vlmcls classify … --watch`: the steering loop of :mod:`vlmcls.engines.watch`, rendered. Each re-run rewrites
+the outputs and prints what changed."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import VlmclsError
 from ._render import console, console_err, progress_bar, safe
 
 if TYPE_CHECKING:
     from ..api import ClassificationResult
-    from ..encode.embeddings import ImageFeatures
     from ..engines import LocalEngine, RunRequest
 
-__all__ = ["watch_and_rerun"]
+__all__ = ["watch_and_rerun", "render_changes"]
 
-POLL_SECONDS = 0.25  # how often file stamps are read: cheap (a stat per file), and an edit shows within a blink
-SETTLE_SECONDS = 2.0  # at most this long waiting for a file being saved to stop changing
 _SHOWN_MOVES = 5
-
-
-def _stamps(files: Sequence[Path]) -> dict[Path, tuple[int, int, int, int] | None]:
-    """(mtime, ctime, size, inode) per file, None when missing: an editor that saves by renaming changes the inode."""
-    stamps: dict[Path, tuple[int, int, int, int] | None] = {}
-    for path in files:
-        try:
-            st = path.stat()
-        except OSError:
-            stamps[path] = None
-        else:
-            stamps[path] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-    return stamps
-
-
-def _score(engine: LocalEngine, request: RunRequest, feats: ImageFeatures, encoded: int) -> ClassificationResult:
-    """The text side and the scores, on image features already in memory (the class file is read again)."""
-    started = time.perf_counter()
-    result = engine.score(request, feats)
-    result.stats.update(images=len(feats.records) + len(feats.errors), encoded=encoded,
-                        cached=len(feats.records) - encoded, errors=len(feats.errors),
-                        seconds=round(time.perf_counter() - started, 3))
-    return result
 
 
 def _accuracy(result: ClassificationResult) -> float | None:
@@ -79,61 +49,37 @@ def render_changes(before: ClassificationResult, after: ClassificationResult, ed
                       highlight=False)
 
 
-def _wait_until_saved(files: Sequence[Path], stamps: dict) -> dict:
-    """An editor may write a file in several steps: wait until two reads agree (bounded by SETTLE_SECONDS)."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        time.sleep(POLL_SECONDS / 2)
-        again = _stamps(files)
-        if again == stamps:
-            break
-        stamps = again
-    return stamps
+def watch_and_rerun(engine: LocalEngine, request: RunRequest, outputs: Any, explain: bool,
+                    files: Sequence[Path] | None = None, max_reruns: int | None = None, *, render_result: Any,
+                    exit_code_of: Any) -> int:
+    """Run once, then re-run on every edit of ``files`` (default: the request's watched files) until Ctrl-C (or
+    ``max_reruns`` re-runs); returns the exit code of the last run. ``outputs`` is the run's RunOutputs
+    (rewritten each time); ``render_result`` and ``exit_code_of`` are classify's (handed in, so this module does
+    not import classify back)."""
+    from ..engines.watch import watch_runs, watched_files
 
-
-def watch_and_rerun(engine: LocalEngine, request: RunRequest, outputs: Any, explain: bool, files: Sequence[Path],
-                    max_reruns: int | None = None, *, render_result: Any, exit_code_of: Any) -> int:
-    """Run once, then re-run on every edit of ``files`` until Ctrl-C (or ``max_reruns`` re-runs); returns the exit
-    code of the last run. ``outputs`` is the run's RunOutputs (rewritten each time); ``render_result`` and
-    ``exit_code_of`` are classify's (handed in, so this module does not import classify back)."""
-
-    files = list(dict.fromkeys(Path(f) for f in files))
-    seen = _stamps(files)  # taken before the first run: an edit made while it runs is not missed
-    started = time.perf_counter()
-    with progress_bar("encoding images", enabled=not outputs.quiet) as progress:
-        feats = engine.encode(request, progress)
-    records = request.images
-    result = _score(engine, request, feats, encoded=feats.encoded)
-    if feats.thumbnails:  # made while decoding, for the report (outputs keeps them for the re-runs)
-        result.artifacts["thumbnails"] = feats.thumbnails
-    result.stats["seconds"] = round(time.perf_counter() - started, 3)
-    outputs.write(result, records)
-    if not outputs.quiet:
-        render_result(result, outputs.predictions, explain)
-    exit_code = exit_code_of(result)
-    console_err.print(f"watching {len(files)} files (classes, descriptors, pairs, templates, prompts) for edits; "
-                      "Ctrl-C ends.", highlight=False)
-    reruns = 0
+    files = watched_files(request) if files is None else list(files)
+    records = request.images if isinstance(request.images, list) else None
+    exit_code, reruns = 0, 0
     try:
-        while max_reruns is None or reruns < max_reruns:
-            time.sleep(POLL_SECONDS)
-            now = _stamps(files)
-            if now == seen:
-                continue
-            now = _wait_until_saved(files, now)
-            edited = [f for f in files if now.get(f) != seen.get(f)]
-            seen = now
+        with progress_bar("encoding images", enabled=not outputs.quiet) as progress:
+            runs = watch_runs(engine, request, files, progress=progress, max_reruns=max_reruns)
+            first = next(runs)  # the progress bar covers the encoding only
+        outputs.write(first.result, records)
+        if not outputs.quiet:
+            render_result(first.result, outputs.predictions, explain)
+        exit_code = exit_code_of(first.result)
+        console_err.print(f"watching {len(files)} files (classes, descriptors, pairs, templates, prompts) for "
+                          "edits; Ctrl-C ends.", highlight=False)
+        for run in runs:
             reruns += 1
-            started = time.perf_counter()
-            try:
-                new = _score(engine, request, feats, encoded=0)
-            except VlmclsError as exc:  # a half-written file, a typo: the user fixes it and saves again
-                console_err.print(f"[red]error:[/red] {safe(exc)} (still watching; fix the file and save)",
+            if run.error is not None:  # a half-written file, a typo: the user fixes it and saves again
+                console_err.print(f"[red]error:[/red] {safe(run.error)} (still watching; fix the file and save)",
                                   highlight=False)
                 continue
-            outputs.write(new, records)
-            render_changes(result, new, edited, time.perf_counter() - started)
-            result, exit_code = new, exit_code_of(new)
+            outputs.write(run.result, records)
+            render_changes(run.previous, run.result, run.edited, run.seconds)
+            exit_code = exit_code_of(run.result)
     except KeyboardInterrupt:
         console_err.print(f"watch stopped after {reruns} re-runs; the outputs hold the last run.", highlight=False)
     return exit_code

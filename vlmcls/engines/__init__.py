@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from ..methods import DEFAULT_METHOD, MethodOptions, as_options
 
+from .watch import WatchedRun, watch_runs, watched_files
+
 if TYPE_CHECKING:
     from ..api import Classifier
     from ..encode.embeddings import ImageFeatures
     from ..results import ClassificationResult
 
-__all__ = ["RunRequest", "Engine", "LocalEngine", "RayEngine"]
+__all__ = ["RunRequest", "Engine", "LocalEngine", "RayEngine", "watch_runs", "watched_files", "WatchedRun"]
 
 ProgressFn = Callable[[int, int], None]
 
@@ -74,6 +76,24 @@ class LocalEngine:
 
         return self.classifier.predict(feats, load_classes(request.classes), request.method, request.options,
                                        request.top_k, as_numpy=as_numpy)
+
+    def estimate(self, request: RunRequest, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """What the request would spend on the LLM now, sending nothing (a dry run): per stage, a
+        :class:`~vlmcls.llm.client.CallEstimate` (calls and approximate tokens) or a line saying why it cannot be
+        counted. The images are encoded only when a stage's questions depend on them (FuDD's pairs)."""
+        from ..methods import RERANK, estimate_llm_cost, get_record, parse_spec
+        from ..sources.classes import load_classes
+
+        spec = parse_spec(request.method).resolve(request.options)
+        feats = None
+        if any(get_record(name).kind == RERANK for name in spec.stages):  # its pairs depend on the images
+            feats = self.encode(request, progress).feats
+        context = self.classifier.run_context(load_classes(request.classes), request.options)
+        return estimate_llm_cost(spec, context, feats)
+
+    def watch(self, request: RunRequest, files: Any = None, **kwargs: Any) -> Any:
+        """Run, then re-run on every edit of the request's files: see :func:`vlmcls.engines.watch.watch_runs`."""
+        return watch_runs(self, request, files, **kwargs)
 
 
 @dataclass
