@@ -39,7 +39,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     if started_here:
         ray.shutdown()

@@ -395,3 +395,54 @@ def test_cli_engine_ray_matches_the_single_engine(ray_local, model_id, tmp_path)
         outs[engine] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["path"], r["label"], r["error"]) for r in outs["ray"]] == [(r["path"], r["label"], r["error"]) for r in outs["single"]]
     assert len(outs["ray"]) == 4
+
+
+def _count_applies(stage, name: str, log: Path):
+    """The prepared stage, noting in a file every worker can reach how many images each of its applies saw."""
+    own = type(stage).apply
+
+    def apply(feats, *args, **kwargs):
+        with open(log, "a") as out:
+            out.write(f"{name} {feats.shape[0]}\n")
+        return own(stage, feats, *args, **kwargs)
+
+    object.__setattr__(stage, "apply", apply)  # this instance only; it travels to the workers with the pipeline
+    return stage
+
+
+@pytest.mark.ray
+def test_on_ray_each_stage_scores_each_image_once(ray_local, model_id, small_folder, method_inputs, tmp_path,
+                                                  monkeypatch):
+    """FuDD's pair counts and the self-cache (tfup) each need a pass of the stages before them; the rows carry
+    those scores on, so the head, FuDD and tfup each see every image once (they saw it 3, 2 and 1 times before)."""
+    import dataclasses
+
+    import ray.cloudpickle
+    from vlmcls.methods import METHODS
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
+    log = tmp_path / "applies.txt"
+    for name in ("cbd", "fudd", "tfup"):
+        record = METHODS[name]
+
+        def counted(context, config, upstream, gather, report, _prepare=record.prepare, _name=name):
+            return _count_applies(_prepare(context, config, upstream, gather, report), _name, log)
+        monkeypatch.setitem(METHODS, name, dataclasses.replace(record, prepare=counted))
+    options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True,
+                            methods={"fudd": {"pairs": str(method_inputs["pairs"]), "k": 3}})
+    spec = "cbd+fudd+tfup"
+    result = classify_with_ray(model_id, small_folder, CLASSES, method=spec, options=options, top_k=3, batch_size=4,
+                               num_workers=1, feature_store=method_inputs["store"])
+    seen: dict[str, int] = {}
+    for line in log.read_text().split("\n"):
+        if line:
+            name, images = line.split()
+            seen[name] = seen.get(name, 0) + int(images)
+    ok = len(result.ok)
+    assert ok > 0 and seen == {"cbd": ok, "fudd": ok, "tfup": ok}
+    monkeypatch.undo()  # the same rows as the single engine, without the counting wrappers
+    single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
+                                                                          options=options, top_k=3)
+    assert [p.label for p in result.predictions] == [p.label for p in single.predictions]
+    for got, want in zip(result.predictions, single.predictions):
+        assert_same_tree(got.explanation, want.explanation, got.id)

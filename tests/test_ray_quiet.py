@@ -52,10 +52,17 @@ def test_a_local_instance_starts_without_ray_s_own_log_lines(fake_ray, monkeypat
     assert logging.getLogger("ray.data").level == logging.CRITICAL
 
 
+def test_a_local_instance_listens_on_this_machine_only_and_a_cluster_keeps_its_own_address(fake_ray):
+    distributed._connect(fake_ray, None)
+    assert fake_ray.calls[-1]["_node_ip_address"] == "127.0.0.1"  # not reachable from the network
+    distributed._connect(fake_ray, "auto")
+    assert "_node_ip_address" not in fake_ray.calls[-1] and fake_ray.calls[-1]["address"] == "auto"
+
+
 def test_with_vv_ray_prints_everything_and_a_level_the_user_set_is_kept(fake_ray, monkeypatch):
     monkeypatch.setattr(distributed.log, "level", logging.DEBUG)
     distributed._connect(fake_ray, None)
-    assert fake_ray.calls[-1] == {"address": None, "backend_level": None}
+    assert fake_ray.calls[-1] == {"address": None, "backend_level": None, "_node_ip_address": "127.0.0.1"}
 
     monkeypatch.setattr(distributed.log, "level", logging.WARNING)
     monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "debug")

@@ -13,7 +13,8 @@ The method spec is then prepared on the driver (:func:`vlmcls.methods.build_pipe
 support features) and applied by Ray tasks batch by batch. A stage that needs a pass over all images asks for
 a *gather*: FuDD's workers send their ambiguous pairs with counts, the self-cache gets every feature and first
 logit back to the driver; the small state that results (a pair table, a cache, a metric) travels with the
-pipeline to the final scoring tasks.
+pipeline to the final scoring tasks. The rows carry each image's scores so far between passes
+(:mod:`vlmcls.engines.ray_stages`), so every stage is evaluated once per image, as on one machine.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ..encode.feature_store import FeatureStore, default_feature_root, shards_fo
 from ..sources.listing import DatasetLocation, ImageRecord, locate_dataset
 from ..methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
 from ..results import ClassificationResult
-from .ray_workers import EncoderActor, collect_part, decode_files, decode_rows, decode_shard, rows_by_position, score_batch
+from .ray_stages import RayStagesSoFar
+from .ray_workers import EncoderActor, decode_files, decode_rows, decode_shard, rows_by_position
 from .ray_results import _collect, _steady_rate, _to_result, _write
 
 __all__ = ["OUTPUT_FORMATS", "classify_with_ray"]
@@ -152,9 +154,9 @@ def classify_with_ray(
         context = clf.run_context(class_names, options)
         method_started = time.perf_counter()
         if feats_ds is not None:
-            pipeline, report = build_pipeline(spec, context, _ray_gather(feats_ds, batch_size))
-            scored = feats_ds.map_batches(score_batch, batch_size=batch_size, batch_format="pyarrow",
-                                          fn_kwargs={"pipeline": pipeline, "k": top_k, "explain": options.explain})
+            so_far = RayStagesSoFar(feats_ds, batch_size, options.explain)  # each stage once per image
+            pipeline, report = build_pipeline(spec, context, so_far.gather)
+            scored = so_far.score(pipeline, top_k)
         else:
             pipeline = report = None
             scored = None
@@ -279,17 +281,6 @@ def _dataset_parts(dataset: DatasetLocation, batch_size: int) -> list[dict]:
     return items
 
 
-def _ray_gather(feats_ds, batch_size: int):
-    """The Ray engine's gather: ``collect`` runs in tasks over the feature rows; the driver gets the parts."""
-
-    def gather(upstream, collect):
-        parts = feats_ds.map_batches(collect_part, batch_size=batch_size, batch_format="pyarrow",
-                                     fn_kwargs={"pipeline": upstream, "collect": collect})
-        return [row["part"] for row in parts.iter_rows()]
-
-    return gather
-
-
 # -- driver side ----------------------------------------------------------------------------------------
 
 
@@ -361,8 +352,10 @@ def _connect(ray, address: str | None) -> None:
     # only with -vv. A real failure still reaches the driver as an exception (one line: _worker_start_failures).
     verbose = log.isEnabledFor(logging.DEBUG)
     quiet_logs = {} if verbose else {"logging_level": logging.CRITICAL, "log_to_driver": False}
-    if address is None and not verbose:
-        quiet_logs["include_dashboard"] = False  # only for a local instance this process starts
+    if address is None:  # a local instance this process starts: it listens on this machine only
+        quiet_logs["_node_ip_address"] = "127.0.0.1"
+        if not verbose:
+            quiet_logs["include_dashboard"] = False
     if not verbose:
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.CRITICAL)

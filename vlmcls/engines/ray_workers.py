@@ -2,14 +2,13 @@
 
 Decode tasks read each image once (a file, or a row of a Parquet or Arrow file), hash and decode those same bytes
 (a bad image becomes an error row; an image the feature store already holds is hashed only); encoder actors hold
-the model and write feature-store shards; the other tasks read shards into one row per image, run a gather's
-collect on a batch, score a batch with the prepared pipeline, and give scored rows the written row shape.
+the model and write feature-store shards; the other tasks read shards into one row per image and give scored rows
+the written row shape (the stages run in :mod:`vlmcls.engines.ray_stages`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -25,11 +24,8 @@ from ..errors import ModelLoadError
 from ..encode.feature_store import FeatureStore, read_feats
 from ..sources.listing import ImageRecord, image_data_of
 from ..encode.images import iter_decoded_batches
-from ..results import json_safe, top_k_arrow_type
-from ..scoring import top_k
 
-__all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "collect_part", "score_batch",
-           "located_rows"]
+__all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "located_rows"]
 
 
 def decode_files(batch: dict[str, np.ndarray], *, preprocess, min_side: int | None, known: np.ndarray,
@@ -212,43 +208,6 @@ def _batch_feats(table, dim: int | None = None) -> tuple[torch.Tensor, torch.Ten
     dim = dim or column.type.list_size
     positions = torch.from_numpy(np.asarray(table.column("position").to_numpy(), dtype=np.int64))
     return positions, torch.from_numpy(read_feats(table, dim))
-
-
-def collect_part(table, *, pipeline, collect):
-    """A gather's collect on one batch; the part travels back to the driver as one Python object."""
-    positions, feats = _batch_feats(table)
-    part = np.empty(1, dtype=object)
-    part[0] = collect(positions, feats, pipeline.apply(feats, positions=positions))
-    return {"part": part}
-
-
-def score_batch(table, *, pipeline, k: int, explain: bool):
-    """The prepared pipeline on one batch: the rows of Prediction.to_dict, plus logits and counts for the driver."""
-    import pyarrow as pa
-
-    positions, feats = _batch_feats(table)
-    scores = pipeline.apply(feats, explain, positions=positions)
-    probs = pipeline.probabilities(scores.logits)  # [B, C]
-    values, indices = top_k(probs, k)
-    names = pipeline.class_names
-    ranked = [[{"label": names[int(j)], "prob": round(float(v), 6)} for v, j in zip(values[n], indices[n])]
-              for n in range(feats.shape[0])]
-    labels = scores.labels if scores.labels is not None else [r[0]["label"] for r in ranked]
-    notes = [json.dumps(json_safe(note)) if note else None for note in (scores.notes or [None] * len(ranked))]
-    counts = [json.dumps(scores.counts)] + ["{}"] * (len(ranked) - 1)  # the batch's counts, once
-    unknown = scores.unknown_score.double().tolist() if scores.unknown_score is not None else [None] * len(ranked)
-    label_sets = ([[{"label": c, "score": float(v)} for c, v in row] for row in scores.label_sets]
-                  if scores.label_sets is not None else [None] * len(ranked))
-    return pa.table({
-        "position": pa.array(positions.tolist(), pa.int64()),
-        "label": pa.array(labels, pa.string()),
-        "top_k": pa.array(ranked, top_k_arrow_type()),
-        "explanation": pa.array(notes, pa.string()),
-        "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
-        "counts": pa.array(counts, pa.string()),
-        "unknown_score": pa.array(unknown, pa.float64()),  # the open world's (null without refiner unknown)
-        "labels": pa.array(label_sets, labels_type()),
-    })
 
 
 def labels_type():
