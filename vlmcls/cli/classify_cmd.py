@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..encode.store import Store
 from ..llm.descriptors import DescriptorSet
-from ..engines import LocalEngine, RayEngine, RunRequest
+from ..engines import LocalEngine, RunRequest
 from ..errors import ConfigError
 from ..llm.client import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
@@ -140,6 +140,8 @@ def classify(
             _dry_run(LocalEngine(clf), request, method, quiet)
             return
         if engine == "ray":
+            from ..engines.ray import RayEngine
+
             m = model_options
             runner = RayEngine(m.model, m.device, m.precision, m.batch_size, heic_thumbnails=m.heic_thumbnails,
                                cache_dir=m.cache_dir, **ray_options)

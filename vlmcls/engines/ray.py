@@ -26,8 +26,9 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +37,17 @@ from ..api import Classifier, _is_dataset, as_records, load_classes
 from ..errors import ConfigError, MissingExtraError, ModelLoadError, WorkerError
 from ..encode.feature_store import FeatureStore, default_feature_root, shards_for
 from ..sources.listing import DatasetLocation, ImageRecord, locate_dataset
-from ..methods import DEFAULT_METHOD, MethodOptions, as_options, build_pipeline, parse_spec
+from ..methods import DEFAULT_METHOD, MethodOptions, build_pipeline, parse_spec
 from ..results import ClassificationResult
+from .request import RunRequest
 from .ray_stages import RayStagesSoFar
 from .ray_workers import EncoderActor, decode_files, decode_rows, decode_shard, rows_by_position
 from .ray_results import _collect, _steady_rate, _to_result, _write
 
-__all__ = ["OUTPUT_FORMATS", "classify_with_ray"]
+if TYPE_CHECKING:
+    from .request import ProgressFn
+
+__all__ = ["OUTPUT_FORMATS", "RayEngine", "classify_with_ray", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,36 @@ OUTPUT_FORMATS = ("parquet", "jsonl")
 _INSTALL_HINT = "pip install 'vlmcls[ray]'"
 _DECODE_WORKER_BYTES = 768 * 2**20  # a Python worker with torch and torchvision imported, measured ~0.5 GiB
 _COLLECT_ONLY = ("logits", "counts")  # columns the driver needs, not the written rows
+
+
+@dataclass
+class RayEngine:
+    """Ray Data: the same rows as :class:`LocalEngine`, in the same order, error rows included.
+
+    ``workers`` encoder actors (default: one per GPU, else 7 in 8 of the cluster's CPUs) each load the model once,
+    and only when some image is not in the feature store yet (``feature_store``: a folder every node can reach;
+    default ``<cache>/features``). With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``) are
+    written there as sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the driver
+    (the result holds no predictions, only stats). ``heic_thumbnails``: as :class:`~vlmcls.api.Classifier`'s. The
+    model id must load on every worker node (a shared path for ``local-dir:``). Ray starts locally (listening on
+    127.0.0.1) unless ``address`` is given or Ray is already initialised.
+    """
+
+    model: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 32
+    workers: int | None = None  # encoder actors (default: one per GPU, else 7 in 8 CPUs)
+    address: str | None = None  # an existing cluster ('auto'); default: start Ray locally
+    output_dir: str | Path | None = None  # sharded rows written by the workers
+    output_format: str = "parquet"
+    collect: bool = True  # bring the rows back to the driver
+    cache_dir: str | Path | None = None
+    feature_store: str | Path | None = None
+    heic_thumbnails: bool = False
+
+    def run(self, request: RunRequest, progress: ProgressFn | None = None) -> ClassificationResult:
+        return run_on_ray(self, request)
 
 
 def classify_with_ray(
@@ -76,16 +111,26 @@ def classify_with_ray(
 ) -> ClassificationResult:
     """Classify images on Ray Data with any method spec; same rows, in the same order, as :meth:`Classifier.classify`.
 
-    ``num_workers`` encoder actors (default: one per GPU, else 7 in 8 of the cluster's CPUs) each load the model
-    once, and only when some image is not in the feature store yet (``feature_store``: a folder every node can
-    reach; default ``<cache>/features``). With ``output_dir`` the rows (``Prediction.to_dict`` columns + ``index``)
-    are written there as sharded parquet or JSONL; ``collect=False`` then skips bringing predictions back to the
-    driver (the result holds no predictions, only stats). ``heic_thumbnails``: as :class:`~vlmcls.api.Classifier`'s.
-    The model id must load on every worker node (a shared path for ``local-dir:``). Ray starts locally unless ``ray_address`` is given or Ray is already initialised.
+    The function form of ``RayEngine(model_id, …).run(RunRequest(images, classes, …))``: see
+    :class:`vlmcls.engines.RayEngine` for what each setting does (``num_workers`` is its ``workers``,
+    ``ray_address`` its ``address``).
     """
+    engine = RayEngine(model_id, device, precision, batch_size, workers=num_workers, address=ray_address,
+                       output_dir=output_dir, output_format=output_format, collect=collect, cache_dir=cache_dir,
+                       feature_store=feature_store, heic_thumbnails=heic_thumbnails)
+    return engine.run(RunRequest(images, classes, method, options, top_k, source_options))
+
+
+def run_on_ray(engine: RayEngine, request: RunRequest) -> ClassificationResult:
+    """Carry out ``request`` with ``engine``'s settings (what :meth:`RayEngine.run` calls)."""
+    model_id, device, precision, batch_size = engine.model, engine.device, engine.precision, engine.batch_size
+    num_workers, ray_address, cache_dir, feature_store = engine.workers, engine.address, engine.cache_dir, \
+        engine.feature_store
+    output_dir, output_format, collect = engine.output_dir, engine.output_format, engine.collect
+    images, classes, method, top_k = request.images, request.classes, request.method, request.top_k
+    options, source_options = request.options, dict(request.source_options)
     ray = _import_ray()
     started = time.perf_counter()
-    options = as_options(options)
     spec = parse_spec(method).with_implied(options)  # a bad spec fails before anything loads
     _check_settings(top_k, batch_size, num_workers, output_dir, output_format, collect)
     class_names = load_classes(classes)
@@ -94,7 +139,7 @@ def classify_with_ray(
         raise ConfigError("no images to classify: the image source is empty.")
 
     clf = _driver_classifier(model_id, device, precision, cache_dir)
-    clf.encoder.heic_thumbnails = heic_thumbnails  # the workers decode as the driver's encoder says (and keys)
+    clf.encoder.heic_thumbnails = engine.heic_thumbnails  # the workers decode as the driver's encoder says (and keys)
     if clf.model.weights_fingerprint.startswith("random-"):
         raise ConfigError(
             f"model '{model_id}' has random weights, and every Ray worker would draw other ones. Give a pretrained "
