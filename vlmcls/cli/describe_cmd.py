@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -14,7 +15,7 @@ from ..errors import ConfigError
 from ..llm.client import CallEstimate, LLMClient, LLMConfig, Usage
 from ..methods import DEFAULT_DESCRIBER
 from ._app import App
-from ._options import option_group
+from ._options import CACHE_OPTION, cache_folder, option_group
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
 from ._settings import with_opt
@@ -126,7 +127,7 @@ def describe(
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
     refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
+    cache: Optional[str] = CACHE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary tables."),
     llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
     method_options: dict = None,  # from --opt METHOD.KEY=VALUE (with_opt)
@@ -150,7 +151,9 @@ def describe(
     if not record.asks_llm(config):
         descriptors, rows, usage = record.describe(class_names, config, None, prompts, domain_hint)
     else:
-        with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
+        cache_dir, cached = cache_folder(cache)
+        with (Store(cache_dir) if cached else contextlib.nullcontext()) as store, \
+                LLMClient(llm_config, store, refresh=refresh) as client:
             if dry_run:
                 prompt = load_prompt("descriptors", prompts, getattr(config, "prompt_file", None))
                 render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
