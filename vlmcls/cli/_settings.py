@@ -77,6 +77,7 @@ CLI_RETIRED = {
     "--feature-store": "--ray feature_store=…",
     "--api-key-env": "--llm api_key_env=…", "--llm-timeout": "--llm timeout=…", "--llm-retries": "--llm retries=…",
     "--llm-concurrency": "--llm concurrency=…", "--llm-seed": "--llm seed=…",
+    "--llm-model": "--llm model=…", "--base-url": "--llm base_url=…", "--refresh": "--llm refresh=true",
     "--workers": "--decode workers=…", "--worker-type": "--decode workers=TYPE[:N] (e.g. workers=process:4)",
     "--heic-thumbnails": "--decode heic_thumbnails=true",
     "--cache-dir": "--cache DIR", "--no-cache": "--cache off",
