@@ -78,7 +78,7 @@ def child(kind: str, folder: str, cache: str, batch_size: int, torch_threads: in
         ready = time.perf_counter()
         out = Path(cache) / "rerun.jsonl"
         code = app(["classify", folder, "--classes", ",".join(DEMO_CLASSES), "--model", f"local-dir:{DEMO_MODEL}",
-                    "--cache-dir", cache, "--batch-size", str(batch_size), "-q", "-o", str(out)], standalone_mode=False)
+                    "--cache", cache, "--batch-size", str(batch_size), "-q", "-o", str(out)], standalone_mode=False)
         done = time.perf_counter()
         assert code in (0, None), code
         n = sum(1 for _ in out.open())

@@ -16,7 +16,7 @@ and label agreement on the demo world rendered at 12 MP with the shipped demo mo
 
 Then HEIC (``--heic N``, 0 skips): the photos re-encoded as iPhone-like HEICs (a grid of 512-px tiles plus a
 320×240 thumbnail, x265 preset ultrafast so that making them takes minutes, not an hour): decode time of the
-thumbnail (``--heic-thumbnails``) vs every pixel (the default), ``classify``'s steady rate on them with each (forward-only rate measured around it), the
+thumbnail (``--decode heic_thumbnails=true``) vs every pixel (the default), ``classify``'s steady rate on them with each (forward-only rate measured around it), the
 ViT-B/32 cosine thumbnail vs full, and label agreement on the 12 MP demo world as HEICs.
 """
 
@@ -284,7 +284,7 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
         return t
 
     classify(2, True)
-    for label, thumbnails in (("--heic-thumbnails", True), ("every pixel, the default", False)):
+    for label, thumbnails in (("--decode heic_thumbnails=true", True), ("every pixel, the default", False)):
         before = forward_limit(backend, batch_size, seconds=4.0)
         t_small, t_big = classify(small, thumbnails), classify(len(heics), thumbnails)
         after = forward_limit(backend, batch_size, seconds=4.0)

@@ -124,7 +124,7 @@ def test_the_command_writes_the_audit_the_pruned_file_and_the_report(world, tmp_
     sneaky.write_text(json.dumps({**json.loads(padded.read_text()), "gleebis": ["<script>alert(1)</script>", "a blue colour"]}))
     out, pruned, report = tmp_path / "audit.json", tmp_path / "pruned.json", tmp_path / "audit.html"
     args = ["audit", str(root / "images"), "-c", ",".join(CLASSES), "--descriptors", str(sneaky), "-m", MODEL,
-            "--cache-dir", str(root / "cache"), "-o", str(out), "--write-pruned", str(pruned), "--report", str(report)]
+            "--cache", str(root / "cache"), "-o", str(out), "--write-pruned", str(pruned), "--report", str(report)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     audit = json.loads(out.read_text())
@@ -149,8 +149,9 @@ def test_the_command_writes_the_audit_the_pruned_file_and_the_report(world, tmp_
 
 def test_without_a_file_the_llm_writes_the_descriptors_once(world, tmp_path, llm_server):
     clf, root, _ = world
-    args = ["audit", str(root / "images"), "-c", ",".join(CLASSES), "-m", MODEL, "--cache-dir", str(tmp_path / "c"),
-            "-o", str(tmp_path / "a.json"), "--base-url", llm_server.base_url, "--llm-model", "fake-model", "-q"]
+    args = ["audit", str(root / "images"), "-c", ",".join(CLASSES), "-m", MODEL, "--cache", str(tmp_path / "c"),
+            "-o", str(tmp_path / "a.json"), "--llm", f"base_url={llm_server.base_url}", "--llm", "model=fake-model",
+            "-q"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert len(llm_server.chat_requests) == len(CLASSES)

@@ -82,7 +82,7 @@ def test_a_crafted_file_name_reaches_nothing_outside_the_cache(tmp_path, name):
     with Store(folder) as store:
         assert store.get_json("llm:evil") is None  # not read either
     _craft_row(folder, "llm:evil", MODE_BINARY, filename, None)
-    result = runner.invoke(app, ["cache", "clear", "-y", "--cache-dir", str(folder)], catch_exceptions=False)
+    result = runner.invoke(app, ["cache", "clear", "-y", "--cache", str(folder)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "keep me"
     with Store(folder) as store:
@@ -170,7 +170,7 @@ def test_bulk_reads_give_the_rows_of_one_by_one_reads_on_a_mixed_folder_with_cor
 
     def run(cache_dir: Path, out: str) -> bytes:
         clear_digest_memo()  # as a new process: file digests come from the store
-        result = runner.invoke(app, [*args, "--cache-dir", str(cache_dir), "-o", str(tmp_path / out)],
+        result = runner.invoke(app, [*args, "--cache", str(cache_dir), "-o", str(tmp_path / out)],
                                catch_exceptions=False)
         assert result.exit_code == 1, result.output  # the two bad files
         return (tmp_path / out).read_bytes()
@@ -224,7 +224,7 @@ def test_a_damaged_database_is_one_clear_error_and_cache_clear_fixes_it(tiny_ope
     imagegen.make_class_tree(root, {"a": [(200, 20, 20)]})
     cache_dir = tmp_path / "cache"
     model = f"local-dir:{tiny_open_clip}"
-    args = ["classify", str(root), "--classes", "red,blue", "--model", model, "--cache-dir", str(cache_dir)]
+    args = ["classify", str(root), "--classes", "red,blue", "--model", model, "--cache", str(cache_dir)]
     assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
     db = cache_dir / "cache.db"
     (cache_dir / "cache.db-wal").unlink(missing_ok=True)
@@ -235,7 +235,7 @@ def test_a_damaged_database_is_one_clear_error_and_cache_clear_fixes_it(tiny_ope
     assert str(cache_dir) in message and "vlmcls cache clear" in message
     assert "writable" not in message.split("vlmcls cache clear")[0]  # not the misleading permissions hint
 
-    cleared = runner.invoke(app, ["cache", "clear", "-y", "--cache-dir", str(cache_dir)], catch_exceptions=False)
+    cleared = runner.invoke(app, ["cache", "clear", "-y", "--cache", str(cache_dir)], catch_exceptions=False)
     assert cleared.exit_code == 0, cleared.output
     assert "removed the damaged cache" in cleared.output
     assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
@@ -285,7 +285,7 @@ def test_a_database_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path
         (folder / "cache.db").symlink_to(tmp_path / "elsewhere.db")
     with pytest.raises(CacheError, match="not a regular file"):
         Store(folder)
-    result = runner.invoke(app, ["cache", "clear", "-y", "--cache-dir", str(folder)], catch_exceptions=False)
+    result = runner.invoke(app, ["cache", "clear", "-y", "--cache", str(folder)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not os.path.lexists(folder / "cache.db")
     assert kind == "fifo" or (tmp_path / "elsewhere.db").exists()

@@ -31,7 +31,7 @@ def _classify(folder: Path, out: Path, cache: Path, model: str, *extra: str) -> 
     """The CLI in a new process, as a user re-runs it; returns its exit code (1: some rows are errors)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "vlmcls", "classify", str(folder), "--classes", "cat,dog,bird",
-                           "--model", model, "--cache-dir", str(cache), "-q", "-o", str(out), *extra],
+                           "--model", model, "--cache", str(cache), "-q", "-o", str(out), *extra],
                           capture_output=True, text=True, env=env, timeout=600, cwd=folder.parent)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     return proc.returncode
@@ -72,7 +72,7 @@ def test_a_rerun_after_files_changed_gives_the_rows_of_a_run_on_an_empty_store(t
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     outs = [tmp_path / f"concurrent{i}.jsonl" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "vlmcls", "classify", str(folder), "--classes", "cat,dog,bird",
-                               "--model", model, "--cache-dir", str(cache), "-q", "-o", str(out)],
+                               "--model", model, "--cache", str(cache), "-q", "-o", str(out)],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for out in outs]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
@@ -108,7 +108,7 @@ def test_an_unchanged_folder_reruns_from_its_snapshot_without_opening_an_image(t
     _tree(folder)
     (folder / "notes.png").unlink()
     model = f"local-dir:{tiny_open_clip}"
-    args = ["classify", str(folder), "--classes", "cat,dog", "--model", model, "--cache-dir", str(cache), "-q"]
+    args = ["classify", str(folder), "--classes", "cat,dog", "--model", model, "--cache", str(cache), "-q"]
     assert CliRunner().invoke(app, [*args, "-o", str(tmp_path / "first.jsonl")]).exit_code == 0
     clear_digest_memo()  # as a new process
     counts = count_opens(folder)
@@ -259,7 +259,7 @@ def test_clearing_image_features_or_digests_clears_the_snapshots_holding_them(ti
     _tree(folder)
     model = f"local-dir:{tiny_open_clip}"
     Classifier(model, cache_dir=cache).classify(folder, ["cat", "dog"])
-    cleared = CliRunner().invoke(app, ["cache", "clear", "--kind", kind, "--cache-dir", str(cache), "--yes"])
+    cleared = CliRunner().invoke(app, ["cache", "clear", "--kind", kind, "--cache", str(cache), "--yes"])
     assert cleared.exit_code == 0 and "and 1 folder snapshot holding them" in cleared.output
     clear_digest_memo()
     again = Classifier(model, cache_dir=cache).classify(folder, ["cat", "dog"])
@@ -304,7 +304,7 @@ def test_runs_alternating_between_part_of_a_folder_and_all_of_it_keep_one_snapsh
     def run(source: Path, out: str, store: Path = cache) -> bytes:
         clear_digest_memo()  # as a new process
         result = CliRunner().invoke(app, ["classify", str(source), "--classes", "cat,dog", "--model", model,
-                                          "--cache-dir", str(store), "-q", "-o", str(tmp_path / out)])
+                                          "--cache", str(store), "-q", "-o", str(tmp_path / out)])
         assert result.exit_code == 0, result.output
         return (tmp_path / out).read_bytes()
 

@@ -226,10 +226,11 @@ def test_dataset_flags_reach_the_image_source_in_classify_and_eval(tiny_open_cli
         str(tmp_path / "pets"))
     model = f"local-dir:{tiny_open_clip}"
     out = tmp_path / "p.jsonl"
-    ok = _invoke("classify", tmp_path / "pets", "--classes", "cat,dog", "--model", model, "--image-column", "image",
-                 "--label-column", "label", "--output", out, "-q")
+    ok = _invoke("classify", tmp_path / "pets", "--classes", "cat,dog", "--model", model,
+                 "--dataset", "image_column=image", "--dataset", "label_column=label", "--output", out, "-q")
     assert ok.exit_code == 0, ok.output
     assert [json.loads(line)["true_label"] for line in out.read_text().splitlines()] == ["cat", "dog", "cat"]
     for command in ("classify", "eval"):
-        bad = _invoke(command, tmp_path / "pets", "--classes", "cat,dog", "--model", model, "--image-column", "photo")
+        bad = _invoke(command, tmp_path / "pets", "--classes", "cat,dog", "--model", model,
+                      "--dataset", "image_column=photo")
         assert bad.exit_code == 2 and "no column 'photo'" in " ".join(bad.output.split()), (command, bad.output)

@@ -90,11 +90,12 @@ def test_describe_with_no_server_stops_at_once_naming_the_url_and_writes_nothing
     out = tmp_path / "descriptors.json"
     _warm_imports()
     started = time.perf_counter()
-    result = _invoke("describe", "--classes", DEMO / "classes.txt", "--base-url", url, "--llm-model", "m", "-o", out)
+    result = _invoke("describe", "--classes", DEMO / "classes.txt", "--llm", f"base_url={url}", "--llm", "model=m",
+                     "-o", out)
     assert time.perf_counter() - started < 10
     assert result.exit_code == 3
     message = _one_line(result.output)
-    assert f"cannot connect to the LLM at '{url}'" in message and "--base-url" in message
+    assert f"cannot connect to the LLM at '{url}'" in message and "--llm base_url=" in message
     assert message.count(url) == 1 and "retry" not in message.lower()
     assert not out.exists()
 
@@ -102,8 +103,8 @@ def test_describe_with_no_server_stops_at_once_naming_the_url_and_writes_nothing
 def test_describe_writes_nothing_when_no_class_got_an_answer(llm_server, tmp_path):  # noqa: F811
     llm_server.script(["500"] * 12)
     out = tmp_path / "descriptors.json"
-    result = _invoke("describe", "--classes", "zorblax,quintor", "--base-url", llm_server.base_url, "--llm-model",
-                     "m", "--llm", "retries=0", "-o", out)
+    result = _invoke("describe", "--classes", "zorblax,quintor", "--llm", f"base_url={llm_server.base_url}",
+                     "--llm", "model=m", "--llm", "retries=0", "-o", out)
     assert result.exit_code == 3
     assert "no class got descriptors" in _one_line(result.output)
     assert not out.exists()
@@ -113,7 +114,7 @@ def test_classify_does_not_run_on_names_alone_when_every_class_fell_back(tiny_op
     out = tmp_path / "pred.jsonl"
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     result = _invoke("classify", labelled_folder, "--classes", "cat,dog", "--method", "cbd", "--model",
-                     f"local-dir:{tiny_open_clip}", "--base-url", url, "--llm-model", "m", "-o", out)
+                     f"local-dir:{tiny_open_clip}", "--llm", f"base_url={url}", "--llm", "model=m", "-o", out)
     assert result.exit_code == 3
     assert f"cannot connect to the LLM at '{url}'" in _one_line(result.output)
     assert not out.exists()
@@ -323,7 +324,7 @@ def test_internal_error_exits_4_with_one_line_and_the_traceback_file(tiny_open_c
 def test_ctrl_c_says_how_much_is_cached_and_the_same_command_resumes(tiny_open_clip, labelled_folder,
                                                                      interrupt_encoding):
     args = ["classify", labelled_folder, "--classes", "cat,dog", "--model", f"local-dir:{tiny_open_clip}",
-            "--batch-size", "2", "--workers", "0", "-o", labelled_folder.parent / "p.jsonl"]
+            "--batch-size", "2", "--decode", "workers=0", "-o", labelled_folder.parent / "p.jsonl"]
     restore = interrupt_encoding(2)
     result = _invoke(*args)
     assert result.exit_code == 130

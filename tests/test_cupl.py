@@ -39,7 +39,7 @@ def _plain(text: str) -> str:
 def _classify(images, tmp_path, server, *extra):
     out = tmp_path / "out.jsonl"
     args = ["classify", str(images / "few"), "--classes", FEW, "--model", MODEL, "-o", str(out), "--method", "cupl",
-            "--base-url", server.base_url, "--llm-model", "fake-model", *map(str, extra)]
+            "--llm", f"base_url={server.base_url}", "--llm", "model=fake-model", *map(str, extra)]
     result = runner.invoke(app, args, catch_exceptions=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, rows
@@ -119,7 +119,7 @@ def test_eval_compares_cupl_with_templates_cbd_and_a_refiner(demo_images, tmp_pa
     out = tmp_path / "eval.json"
     args = ["eval", str(demo_images / "test"), "--classes", CLASSES, "--model", MODEL, "-o", str(out),
             "--methods", "templates,cbd,cupl,cupl+tip", "--support", str(demo_images / "support"),
-            "--opt", "cupl.samples=2", "--base-url", llm_server.base_url, "--llm-model", "fake-model"]
+            "--opt", "cupl.samples=2", "--llm", f"base_url={llm_server.base_url}", "--llm", "model=fake-model"]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     runs = {m["method"]: m for m in json.loads(out.read_text())["methods"]}
@@ -135,7 +135,7 @@ def test_a_sentence_file_needs_no_llm(demo_images, tmp_path):
     sentences.write_text(json.dumps({"zorblax": ["A zorblax is a large red striped circle."]}))
     out = tmp_path / "eval.json"
     args = ["eval", str(demo_images / "test"), "--classes", CLASSES, "--model", MODEL, "-o", str(out),
-            "--methods", "cupl", "--opt", f"cupl.file={sentences}", "--base-url", "http://127.0.0.1:9"]
+            "--methods", "cupl", "--opt", f"cupl.file={sentences}", "--llm", "base_url=http://127.0.0.1:9"]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = json.loads(out.read_text())["methods"][0]

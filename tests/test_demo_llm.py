@@ -53,16 +53,16 @@ def _post(url: str, path: str, body: bytes, headers: dict | None = None) -> tupl
 def test_describe_and_cupl_run_offline_against_it_through_the_cli(demo_llm, tmp_path):
     _, url = demo_llm
     described = tmp_path / "descriptors.json"
-    result = runner.invoke(app, ["describe", "--classes", str(DEMO_CLASSES_FILE), "--base-url", url,
-                                 "--llm-model", "vlmcls-demo", "-o", str(described)], catch_exceptions=False)
+    result = runner.invoke(app, ["describe", "--classes", str(DEMO_CLASSES_FILE), "--llm", f"base_url={url}",
+                                 "--llm", "model=vlmcls-demo", "-o", str(described)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     # The facts the shipped descriptor file holds: an LLM asked about one class alone.
     assert json.loads(described.read_text()) == json.loads(DEMO_DESCRIPTORS_FILE.read_text())
 
     out = tmp_path / "cupl.jsonl"
     result = runner.invoke(app, ["classify", str(DEMO_DATA_DIR / "images"), "--classes", str(DEMO_CLASSES_FILE),
-                                 "--method", "cupl", "--model", DEMO_MODEL_ID, "--base-url", url,
-                                 "--llm-model", "vlmcls-demo", "-o", str(out)], catch_exceptions=False)
+                                 "--method", "cupl", "--model", DEMO_MODEL_ID, "--llm", f"base_url={url}",
+                                 "--llm", "model=vlmcls-demo", "-o", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 48 and not any(r["error"] for r in rows)

@@ -315,8 +315,8 @@ runner = CliRunner()
 
 def test_describe_command_writes_the_file_and_reports(llm_server, tmp_path):
     out = tmp_path / "descriptors.json"
-    args = ["--classes", "zorblax,quintor", "--base-url", llm_server.base_url, "--llm-model", "fake-llm",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = ["--classes", "zorblax,quintor", "--llm", f"base_url={llm_server.base_url}", "--llm", "model=fake-llm",
+            "--cache", str(tmp_path / "cache")]
     dry = runner.invoke(describe_cmd.app, args + ["--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "LLM calls" in dry.output and llm_server.chat_requests == []

@@ -275,7 +275,8 @@ def test_prompt_files_of_the_wrong_shape_are_prompt_errors(messages):
 def _classify(tiny, photos, tmp_path, server, *extra):
     out = tmp_path / "out.jsonl"
     args = ["classify", str(photos), "--classes", CLASSES, "--model", f"local-dir:{tiny}", "-o", str(out),
-            *(["--base-url", server.base_url, "--llm-model", "fake-model"] if server else []), *map(str, extra)]
+            *(["--llm", f"base_url={server.base_url}", "--llm", "model=fake-model"] if server else []),
+            *map(str, extra)]
     started = time.monotonic()
     result = runner.invoke(app, args, catch_exceptions=False)
     warnings_file = tmp_path / "out.warnings.jsonl"
@@ -428,7 +429,7 @@ def test_sigterm_says_what_is_cached_and_exits_143(tiny_open_clip, photos, tmp_p
 
     monkeypatch.setattr(models.OpenClipBackend, "encode_images", encode_images)
     args = ["classify", str(photos), "--classes", CLASSES, "--model", f"local-dir:{tiny_open_clip}", "--batch-size",
-            "1", "--workers", "0", "-o", str(tmp_path / "p.jsonl")]
+            "1", "--decode", "workers=0", "-o", str(tmp_path / "p.jsonl")]
     before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's if a test in this process started Ray
     result = runner.invoke(app, args)
     assert result.exit_code == 143, result.output
@@ -438,8 +439,8 @@ def test_sigterm_says_what_is_cached_and_exits_143(tiny_open_clip, photos, tmp_p
 
 def test_describe_takes_one_class(llm_server, tmp_path):
     out = tmp_path / "d.json"
-    result = runner.invoke(app, ["describe", "-c", "zorblax", "-o", str(out), "--base-url", llm_server.base_url,
-                                 "--llm-model", "fake-llm"])
+    result = runner.invoke(app, ["describe", "-c", "zorblax", "-o", str(out),
+                                 "--llm", f"base_url={llm_server.base_url}", "--llm", "model=fake-llm"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == {"zorblax": world.generic_descriptors("zorblax")}
 

@@ -24,7 +24,7 @@ def photos(tmp_path):
 def _run(tiny, photos, tmp_path, server, *extra):
     out = tmp_path / "out.jsonl"
     args = ["classify", str(photos), "--classes", CLASSES, "--model", f"local-dir:{tiny}", "-o", str(out),
-            "--base-url", server.base_url, "--llm-model", "fake-model", *map(str, extra)]
+            "--llm", f"base_url={server.base_url}", "--llm", "model=fake-model", *map(str, extra)]
     result = runner.invoke(app, args, catch_exceptions=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, rows
@@ -76,7 +76,7 @@ def test_fudd_asks_each_unique_pair_once_and_a_rerun_asks_nothing(tiny_open_clip
     _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "cbd", "--export", tmp_path / "cbd")
     descriptors = tmp_path / "cbd" / "descriptors.json"
     offline, rows3 = _run(tiny_open_clip, photos, tmp_path, llm_server, "--method", "fudd", "--opt", "fudd.k=3",
-                          "--pairs", pairs_file, "--descriptors", descriptors, "--base-url", "http://127.0.0.1:9")
+                          "--pairs", pairs_file, "--descriptors", descriptors, "--llm", "base_url=http://127.0.0.1:9")
     assert offline.exit_code == 0, offline.output
     assert [r["label"] for r in rows3] == [r["label"] for r in rows]
 

@@ -194,7 +194,7 @@ def test_rows_carry_unknown_score_and_labels_in_jsonl(demo, small_vocabulary, tm
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--unknown", "--unknown-recall", "1.5"], "unknown.recall must be ≤ 1"),
+    (["--unknown", "--opt", "unknown.recall=1.5"], "unknown.recall must be ≤ 1"),
     (["--unknown", "--opt", "unknown.source=everything"], "unknown.source is 'everything'"),
 ])
 def test_bad_open_world_settings_exit_2_with_one_line(args, message):

@@ -92,7 +92,7 @@ TRUTH = DEMO_DATA_DIR / "two_objects.jsonl"
 def _eval(tmp_path, *extra):
     return runner.invoke(app, ["eval", str(TWO), "--classes", str(DEMO_CLASSES_FILE), "-m", DEMO_MODEL_ID,
                                "--methods", "cbd", "--descriptors", str(DEMO_DESCRIPTORS_FILE),
-                               "--cache-dir", str(tmp_path / "cache"), *extra])
+                               "--cache", str(tmp_path / "cache"), *extra])
 
 
 def test_eval_with_multi_label_truth_reports_map_and_per_class_f1(tmp_path):

@@ -43,7 +43,7 @@ def test_a_non_utf8_file_name_is_classified_and_written_losslessly(tiny_open_cli
     out = tmp_path / "pred.jsonl"
     base = ["classify", str(latin1_folder), "--classes", "red,blue", "--model", f"local-dir:{tiny_open_clip}"]
     if cache == "no-cache":
-        base.append("--no-cache")
+        base += ["--cache", "off"]
     result = runner.invoke(app, base + ["-o", str(out), "--report", str(tmp_path / "report.html")],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -113,7 +113,7 @@ def test_url_credentials_reach_no_output(tiny_open_clip, tmp_path, llm_server):
     url = llm_server.base_url.replace("http://", f"http://alice:{password}@")
     out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
     args = ["-vv", "classify", str(root), "--classes", "zorblax,quintor,flimber", "--model",
-            f"local-dir:{tiny_open_clip}", "--method", "cbd", "--base-url", url, "--llm-model", "fake-model",
+            f"local-dir:{tiny_open_clip}", "--method", "cbd", "--llm", f"base_url={url}", "--llm", "model=fake-model",
             "--llm", "retries=0", "-o", str(out), "--report", str(report)]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 1, result.output  # the failed class is a warning row

@@ -345,9 +345,9 @@ def test_classify_heic_thumbnails_flag_keeps_the_labels_and_changes_only_the_pix
     pytest.importorskip("pillow_heif").register_heif_opener()
     folder = _heic_folder(tmp_path, heic_photos)
     args = ["classify", str(folder), "--classes", "red,green,blue", "--model", f"local-dir:{DEMO_MODEL}",
-            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "-q"]
+            "--device", "cpu", "--cache", str(tmp_path / "cache"), "-q"]
     rows = {}
-    for name, extra in (("every", []), ("thumbs", ["--heic-thumbnails"]), ("again", [])):
+    for name, extra in (("every", []), ("thumbs", ["--decode", "heic_thumbnails=true"]), ("again", [])):
         result = CliRunner().invoke(app, [*args, *extra, "-o", str(tmp_path / f"{name}.jsonl")])
         assert result.exit_code == 0, result.output
         rows[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]

@@ -318,7 +318,7 @@ def test_hf_datasets_on_ray_give_the_single_engine_rows_through_the_cli_and_the_
     for engine in ("single", "ray"):
         out = tmp_path / f"{engine}.jsonl"
         result = CliRunner().invoke(app, ["classify", str(hf_dataset / "ds"), "--classes", ",".join(CLASSES),
-                                          "--model", model_id, "--image-column", "image", "--engine", engine,
+                                          "--model", model_id, "--dataset", "image_column=image", "--engine", engine,
                                           "--batch-size", "2", "--top-k", "3", "-o", str(out), "-q"],
                                     catch_exceptions=False)
         assert result.exit_code == 1, result.output  # three rows without a picture

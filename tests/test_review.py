@@ -32,7 +32,7 @@ def demo_run(tmp_path_factory):
     render_dataset(root / "images", list(DEMO_CLASSES), PER_CLASS, 77)
     out = root / "run" / "out.jsonl"
     result = runner.invoke(app, ["classify", str(root / "images"), "-c", str(DEMO / "demo/classes.txt"),
-                                 "--model", MODEL, "--cache-dir", str(root / "cache"), "--method", "cbd",
+                                 "--model", MODEL, "--cache", str(root / "cache"), "--method", "cbd",
                                  "--opt", f"cbd.descriptors={DEMO / 'demo/descriptors.json'}", "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
@@ -169,7 +169,7 @@ def test_classify_labels_flag_uses_the_review_labels_as_support(review, tmp_path
     settings = json.loads((results.parent / "out.run.json").read_text())
     out = tmp_path / "again.jsonl"
     result = runner.invoke(app, ["classify", settings["images"], "-c", str(DEMO / "demo/classes.txt"), "--model", MODEL,
-                                 "--cache-dir", cache, "--method", "cbd", "--opt",
+                                 "--cache", cache, "--method", "cbd", "--opt",
                                  f"cbd.descriptors={DEMO / 'demo/descriptors.json'}", "--labels",
                                  str(session.log.path), "--opt", "tip.tune=true", "-o", str(out)],
                            terminal_width=200)

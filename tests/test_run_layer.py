@@ -56,6 +56,9 @@ def test_opt_reaches_the_fudd_config_typed(monkeypatch, tmp_path):
     (["--method-option", "fudd_k=5"], "--method-option is now --opt METHOD.KEY=VALUE"),
     (["--ray-address", "auto"], "--ray-address is now --ray address=…"),
     (["--llm-timeout=3"], "--llm-timeout is now --llm timeout=…"),
+    (["--base-url", "x"], "--base-url is now --llm base_url=…"),
+    (["--dataset", "spilt=x"], "--dataset 'spilt=x' is not KEY=VALUE with a known KEY. Did you mean 'split'? "
+                               "Valid: split, image_column, label_column."),
     (["--method", "fud"], "unknown method 'fud' in 'fud'. Did you mean 'fudd'?"),
 ])
 def test_a_bad_or_retired_option_fails_in_one_line_before_anything_loads(args, message, tmp_path):

@@ -57,8 +57,17 @@ def _argument_usage(argument: Any) -> str:
 
 
 class _PlainHelpCommand(typer.core.TyperCommand):
+    runs_methods = False  # see _MethodsCommand
+
     def get_params(self, ctx: Any) -> list[Any]:
         return _plain_metavars(super().get_params(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from ._settings import check_retired_flags
+
+        # a retired flag fails with its new spelling: any, when the command runs methods; else one it now takes
+        check_retired_flags(ctx, args, methods=self.runs_methods)
+        return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -73,11 +82,7 @@ class _PlainHelpCommand(typer.core.TyperCommand):
 class _MethodsCommand(_PlainHelpCommand):
     """A command that runs methods: a flag that became a method option fails with its new spelling (exit 2)."""
 
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        from ._settings import check_retired_flags
-
-        check_retired_flags(ctx, args)
-        return super().parse_args(ctx, args)
+    runs_methods = True
 
 
 class _PlainHelpGroup(typer.core.TyperGroup):

@@ -5,15 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import typer
-
-HEIC_THUMBNAILS_OPTION = typer.Option(
-    False, "--heic-thumbnails", rich_help_panel="Model",
-    help="Decode a HEIC/HEIF photo's embedded thumbnail (an iPhone's 320x240) instead of every pixel when it covers "
-         "the model's input: ~50x less decoding; features within cosine 0.999, cached apart.",
-)
 
 
 def option_group(target: str, params: Sequence[tuple[str, Any, Any]], build: Callable[..., Any]) -> Callable:
@@ -40,15 +34,21 @@ def option_group(target: str, params: Sequence[tuple[str, Any, Any]], build: Cal
     return decorate
 
 
+DATASET_KEYS = {"split": str, "image_column": str, "label_column": str}  # what `as_records` takes for a dataset
 _SOURCE_PARAMS = (
-    ("image_column", Optional[str], typer.Option(None, "--image-column", help="Dataset column holding images.")),
-    ("label_column", Optional[str], typer.Option(None, "--label-column", help="Dataset column holding labels.")),
-    ("split", Optional[str], typer.Option(None, "--split", help="Dataset split (for a DatasetDict).")),
+    ("dataset", Optional[List[str]], typer.Option(
+        None, "--dataset", help="KEY=VALUE for an HF dataset or shards (repeatable): split=NAME (a DatasetDict's "
+        "split; a shard folder's sub-folder), image_column=NAME (the column holding images), label_column=NAME (the "
+        "column holding labels).")),
 )
-# The HF-dataset flags, handed to a command as ``source_options``: the ones given, ready for ``as_records``.
-with_source_options = option_group(
-    "source_options", _SOURCE_PARAMS, lambda **values: {k: v for k, v in values.items() if v}
-)
+
+
+def _source_options(dataset: list[str] | None) -> dict[str, str]:
+    return {key: value for key, value in key_values(dataset, "--dataset", DATASET_KEYS).items() if value}
+
+
+# The dataset flag, handed to a command as ``source_options``: the keys given, ready for ``as_records``.
+with_source_options = option_group("source_options", _SOURCE_PARAMS, _source_options)
 
 
 def key_values(items: Sequence[str] | None, flag: str, valid: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +83,32 @@ def key_values(items: Sequence[str] | None, flag: str, valid: dict[str, Any]) ->
 # -- the model side: one group for every command that loads a model ------------------------------------------
 
 
+CACHE_OFF = "off"
+CACHE_HELP = "Cache folder (default: $VLMCLS_CACHE or cache/); off: read and write no cache (embeddings, LLM answers)."
+CACHE_OPTION = typer.Option(None, "--cache", metavar="DIR", help=CACHE_HELP)
+
+
+def cache_folder(value: str | None, command: str | None = None) -> tuple[str | None, bool]:
+    """``--cache`` as (folder or None for the default, whether to cache). ``command``: one that needs a cache
+    (``cache info``), for which ``off`` is an error."""
+    from ..errors import ConfigError
+
+    if value is not None and value.strip().lower() == CACHE_OFF:
+        if command is not None:
+            raise ConfigError(f"`vlmcls {command}` works on a cache: give --cache DIR, not off.")
+        return None, False
+    return value, True
+
+
+DECODE_KEYS = {"workers": str, "heic_thumbnails": bool}
+DECODE_OPTION = typer.Option(
+    None, "--decode", rich_help_panel="Model",
+    help="KEY=VALUE for decoding images (repeatable): workers=N (threads; default up to 8), thread[:N] or "
+         "process[:N] (forked processes, default one per core); heic_thumbnails=true (a HEIC/HEIF photo's embedded "
+         "thumbnail, an iPhone's 320x240, instead of every pixel when it covers the model's input: ~50x less "
+         "decoding, features within cosine 0.999, cached apart).")
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """What loads the model and decodes the images (the flags of every command that encodes images)."""
@@ -91,13 +117,21 @@ class ModelOptions:
     device: str
     precision: str
     batch_size: int
-    workers: str | None
-    cache_dir: str | None
-    no_cache: bool
-    heic_thumbnails: bool
+    workers: str | None = None  # --decode workers=…
+    cache_dir: str | None = None  # --cache DIR
+    no_cache: bool = False  # --cache off
+    heic_thumbnails: bool = False  # --decode heic_thumbnails=true
+
+    @classmethod
+    def from_flags(cls, model: str, device: str, precision: str, batch_size: int, decode: list[str] | None,
+                   cache: str | None) -> "ModelOptions":
+        given = key_values(decode, "--decode", DECODE_KEYS)
+        cache_dir, enabled = cache_folder(cache)
+        return cls(model, device, precision, batch_size, workers=given.get("workers"), cache_dir=cache_dir,
+                   no_cache=not enabled, heic_thumbnails=given.get("heic_thumbnails", False))
 
     def decoding(self) -> tuple[int | None, str]:
-        """``--workers`` as (count, type): ``8``, ``process``, ``process:4``, ``thread:2``."""
+        """``--decode workers=…`` as (count, type): ``8``, ``process``, ``process:4``, ``thread:2``."""
         from ..errors import ConfigError
 
         text = (self.workers or "").strip().lower()
@@ -109,8 +143,8 @@ class ModelOptions:
         except ValueError:
             number = -1
         if (number is not None and number < 0) or kind not in ("thread", "process", "auto"):
-            raise ConfigError(f"--workers '{self.workers}' is not N, thread[:N] or process[:N] (e.g. 8, process, "
-                              "process:4).")
+            raise ConfigError(f"--decode workers='{self.workers}' is not N, thread[:N] or process[:N] (e.g. "
+                              "workers=8, workers=process, workers=process:4).")
         return number, kind or "auto"
 
     def classifier(self) -> Any:
@@ -127,10 +161,8 @@ _MODEL_PARAMS = (
     ("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Model")),
     ("precision", str, typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp32 on CPU); int8: CPU only, image tower quantised (needs vlmcls[int8]).", rich_help_panel="Model")),
     ("batch_size", int, typer.Option(32, "--batch-size", "-b", min=1, help="Images per forward pass.", rich_help_panel="Model")),
-    ("workers", Optional[str], typer.Option(None, "--workers", help="Decoding workers: N threads (default: up to 8), or process[:N] (forked processes, default one per core).", rich_help_panel="Model")),
-    ("cache_dir", Optional[str], typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/).", rich_help_panel="Model")),
-    ("no_cache", bool, typer.Option(False, "--no-cache", help="Do not read or write the embedding cache.", rich_help_panel="Model")),
-    ("heic_thumbnails", bool, HEIC_THUMBNAILS_OPTION),
+    ("decode", Optional[List[str]], DECODE_OPTION),
+    ("cache", Optional[str], typer.Option(None, "--cache", metavar="DIR", help=CACHE_HELP, rich_help_panel="Model")),
 )
 # Hands a command one ``model_options: ModelOptions`` (model, device, precision, batch size, decoding, cache).
-with_model_options = option_group("model_options", _MODEL_PARAMS, lambda **values: ModelOptions(**values))
+with_model_options = option_group("model_options", _MODEL_PARAMS, ModelOptions.from_flags)

@@ -77,16 +77,23 @@ CLI_RETIRED = {
     "--feature-store": "--ray feature_store=…",
     "--api-key-env": "--llm api_key_env=…", "--llm-timeout": "--llm timeout=…", "--llm-retries": "--llm retries=…",
     "--llm-concurrency": "--llm concurrency=…", "--llm-seed": "--llm seed=…",
-    "--worker-type": "--workers TYPE[:N] (e.g. --workers process:4)",
+    "--llm-model": "--llm model=…", "--base-url": "--llm base_url=…", "--refresh": "--llm refresh=true",
+    "--workers": "--decode workers=…", "--worker-type": "--decode workers=TYPE[:N] (e.g. workers=process:4)",
+    "--heic-thumbnails": "--decode heic_thumbnails=true",
+    "--cache-dir": "--cache DIR", "--no-cache": "--cache off",
+    "--split": "--dataset split=…", "--image-column": "--dataset image_column=…",
+    "--label-column": "--dataset label_column=…",
     "--export-descriptors": "--export DIR (writes DIR/descriptors.json)",
     "--export-pairs": "--export DIR (writes DIR/pairs.json)",
 }
 
 
-def retired_flag(args: list[str], own: set[str]) -> tuple[str, str] | None:
+def retired_flag(args: list[str], own: set[str], methods: bool = True) -> tuple[str, str] | None:
     """The first retired flag in ``args`` that is not one of the command's ``own`` options, with how to write it
-    now; None when there is none."""
-    renamed = {**CLI_RETIRED, **renamed_flags()}
+    now; None when there is none. ``methods``: the command runs methods (their old flags count too); one that does
+    not only hears of the flags whose new spelling it takes (`cache info --cache-dir`)."""
+    renamed = {**CLI_RETIRED, **renamed_flags()} if methods else {
+        old: new for old, new in CLI_RETIRED.items() if new.split()[0] in own}
     for arg in args:
         if arg == "--":
             break
@@ -96,10 +103,10 @@ def retired_flag(args: list[str], own: set[str]) -> tuple[str, str] | None:
     return None
 
 
-def check_retired_flags(ctx: click.Context, args: list[str]) -> None:
-    """Fail with one line (exit 2) when a command that runs methods is given a flag that became an option."""
+def check_retired_flags(ctx: click.Context, args: list[str], methods: bool = True) -> None:
+    """Fail with one line (exit 2) when a command is given a flag that became an option or a KEY=VALUE key."""
     own = {name for param in ctx.command.params for name in (*param.opts, *param.secondary_opts)}
-    found = retired_flag(args, own)
+    found = retired_flag(args, own, methods)
     if found is not None:
         from ._render import EXIT_USAGE, print_error
 

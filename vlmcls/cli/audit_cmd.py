@@ -10,11 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..llm.client import LLMConfig
 from ._options import ModelOptions, with_model_options, with_source_options
 from ._settings import with_opt
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
-from .describe_cmd import DOMAIN_HINT_OPTION, REFRESH_OPTION, render_error_rows, with_llm_config
+from .describe_cmd import DOMAIN_HINT_OPTION, LLMSettings, render_error_rows, with_llm_options
 from .prompts_cmd import PROMPTS_DIR_OPTION
 
 __all__ = ["register", "audit_command", "render_audit"]
@@ -23,14 +22,14 @@ _VERDICT_COLOUR = {"helps": "green", "neutral": "yellow", "hurts": "red"}
 
 
 @handle_errors
-@with_llm_config
+@with_llm_options
 @with_source_options
 @with_model_options
 @with_opt
 def audit_command(
     data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
-    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm-model, --base-url)."),
+    descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm model=…, base_url=…)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save every descriptor's audit as .json: {class: [{descriptor, delta_recall, delta_top1, separation, verdict}, …]}, worst first."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the audit as one self-contained HTML page, in the eval report's style."),
     write_pruned: Optional[Path] = typer.Option(None, "--write-pruned", help="Write the descriptors without the 'hurts' ones here (.json, the format --descriptors reads)."),
@@ -40,10 +39,9 @@ def audit_command(
     show: int = typer.Option(15, "--show", min=0, help="Rows of the terminal table (the worst descriptors)."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    refresh: bool = REFRESH_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
-    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
-    source_options: dict = None,  # from the dataset flags (with_source_options)
+    llm_settings: LLMSettings = None,  # from --llm KEY=VALUE (with_llm_options)
+    source_options: dict = None,  # from --dataset KEY=VALUE (with_source_options)
     model_options: ModelOptions = None,  # from the model flags (with_model_options)
     method_options: dict = None,  # from --opt METHOD.KEY=VALUE (with_opt): the describer's options
 ) -> None:
@@ -52,7 +50,6 @@ def audit_command(
     from ..report.audit import audit_descriptors
     from ..report.audit_page import write_audit_report
     from ..llm.descriptors import ErrorRow
-    from ..llm.client import LLMClient
     from ..methods import DEFAULT_DESCRIBER, METHODS, MethodOptions
     from ..output import check_output_path, write_json
     from ..report.page import check_report_path
@@ -76,7 +73,7 @@ def audit_command(
     if descriptors is not None:
         source = str(descriptors)
     else:  # the client only connects for answers that are not cached
-        with LLMClient(llm_config, clf.store, refresh=refresh) as client:
+        with llm_settings.client(clf.store) as client:
             record = METHODS[DEFAULT_DESCRIBER]  # the method that writes descriptors with the LLM (CbD)
             source, rows, _usage = record.describe(class_names, options.config(DEFAULT_DESCRIBER), client,
                                                    str(prompts) if prompts else None, domain_hint)

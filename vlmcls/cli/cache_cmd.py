@@ -12,17 +12,20 @@ from ..encode.store import Store, default_cache_dir, remove_cache_files
 from ..errors import CacheError, ConfigError
 from ..sources.snapshot import SNAPSHOT_KIND
 from ._app import App
+from ._options import cache_folder
 from ._render import console, handle_errors, key_value_table
 
 CACHE_KINDS = ("image", "text", "llm", "digest")
+_FOLDER_HELP = "Cache folder (default: $VLMCLS_CACHE or cache/)."
 
 app = App(help="Inspect or clear the cache of LLM answers and embeddings.", no_args_is_help=True)
 
 
 @app.command("info")
 @handle_errors
-def info(cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/).")) -> None:
+def info(cache: Optional[str] = typer.Option(None, "--cache", metavar="DIR", help=_FOLDER_HELP)) -> None:
     """Where the cache is, how big it is, and what it holds."""
+    cache_dir, _ = cache_folder(cache, "cache info")
     with Store(cache_dir) as store:
         stats = store.info()
     items = {"directory": stats["directory"], "entries": stats["entries"], "size": f"{stats['size_bytes'] / 2**20:.1f} MiB"}
@@ -34,10 +37,11 @@ def info(cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cach
 @handle_errors
 def clear(
     kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind of entry: image, text, llm, digest (file hashes by path and stat); image and digest also clear the folder snapshots holding them."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder."),
+    cache: Optional[str] = typer.Option(None, "--cache", metavar="DIR", help=_FOLDER_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Remove cached entries (all, or one kind)."""
+    cache_dir, _ = cache_folder(cache, "cache clear")
     if kind is not None and kind not in CACHE_KINDS:
         raise ConfigError(f"unknown cache kind '{kind}'. Valid: {', '.join(CACHE_KINDS)} (or no --kind for all).")
     try:

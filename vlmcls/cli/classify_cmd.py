@@ -16,16 +16,15 @@ from ..encode.store import Store
 from ..llm.descriptors import DescriptorSet
 from ..engines import LocalEngine, RunRequest
 from ..errors import ConfigError
-from ..llm.client import LLMClient, LLMConfig
 from ..methods import DEFAULT_METHOD, spec_help
 from ..report.page import REPORT_SUFFIXES
 from ..output import OUTPUT_SUFFIXES, write_json, write_result, write_rows
 from ..review.run_results import run_settings, run_settings_path
 from .describe_cmd import (
-    with_llm_config,
+    with_llm_options,
     DOMAIN_HINT_OPTION,
     DRY_RUN_OPTION,
-    REFRESH_OPTION,
+    LLMSettings,
     render_estimate,
 )
 from .eval_cmd import REPORT_OPTION
@@ -55,7 +54,7 @@ EXPORT_OPTION = typer.Option(
 
 
 @handle_errors
-@with_llm_config
+@with_llm_options
 @with_source_options
 @with_model_options
 @with_method_options
@@ -71,14 +70,13 @@ def classify(
     export: Optional[Path] = EXPORT_OPTION,
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     watch: bool = typer.Option(False, "--watch", help="Keep the model loaded and re-run when the classes, a method's files, templates or prompt files change (Ctrl-C ends)."),
     watch_limit: Optional[int] = typer.Option(None, "--watch-limit", min=0, hidden=True, help="Stop watching after this many re-runs (for tests and scripts)."),
     engine: str = typer.Option("single", "--engine", help="single (this process) or ray (Ray Data, many workers or machines).", rich_help_panel="Scale out"),
     ray: Optional[List[str]] = RAY_OPTION,
-    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
-    source_options: dict = None,  # from the dataset flags (with_source_options)
+    llm_settings: LLMSettings = None,  # from --llm KEY=VALUE (with_llm_options)
+    source_options: dict = None,  # from --dataset KEY=VALUE (with_source_options)
     model_options: ModelOptions = None,  # from the model flags (with_model_options)
     method_options: dict = None,  # from --opt METHOD.KEY=VALUE and the promoted flags (with_method_options)
 ) -> None:
@@ -124,7 +122,7 @@ def classify(
         clf = model_options.classifier()
     # The client only connects when a stage asks the LLM something, so runs without one need no key.
     store = clf.store if clf is not None else (None if model_options.no_cache else Store(model_options.cache_dir))
-    llm = options.llm = LLMClient(llm_config, store, refresh=refresh)
+    llm = options.llm = llm_settings.client(store)
     outputs = RunOutputs(out_path, report, export, images, source_options, model_options.model, quiet,
                          settings=run_settings(model_options.model, load_classes(classes), method,
                                                _absolute_files(method_options, files), images, source_options, top_k))

@@ -70,7 +70,7 @@ def llm(
     print(server.base_url, flush=True)
     console_err.print(
         f"demo LLM ({MODEL_NAME}) answering the demo classes on {server.base_url}. Ctrl-C stops it.\n"
-        f"use it with: --base-url {server.base_url}", highlight=False, soft_wrap=True)
+        f"use it with: --llm base_url={server.base_url}", highlight=False, soft_wrap=True)
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where a shell started it ignoring it
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does

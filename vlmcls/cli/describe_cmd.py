@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,7 +17,7 @@ from ..errors import ConfigError
 from ..llm.client import CallEstimate, LLMClient, LLMConfig, Usage
 from ..methods import DEFAULT_DESCRIBER
 from ._app import App
-from ._options import option_group
+from ._options import CACHE_OPTION, cache_folder, option_group
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, safe
 from ._settings import with_opt
@@ -24,57 +27,58 @@ __all__ = [
     "app",
     "register",
     "describe",
-    "with_llm_config",
+    "with_llm_options",
+    "LLMSettings",
     "render_usage",
     "render_estimate",
     "render_error_rows",
-    "LLM_MODEL_OPTION",
-    "BASE_URL_OPTION",
-    "REFRESH_OPTION",
     "DRY_RUN_OPTION",
     "DOMAIN_HINT_OPTION",
 ]
 
-# The LLM flags, shared with `vlmcls classify` so every command spells them the same.
-LLM_MODEL_OPTION = typer.Option(
-    LLMConfig.model, "--llm-model", envvar="VLMCLS_LLM_MODEL", help="Chat model name at the endpoint.", rich_help_panel="LLM"
-)
-BASE_URL_OPTION = typer.Option(
-    None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (default: $OPENAI_BASE_URL, else OpenAI).",
-    rich_help_panel="LLM"
-)
-REFRESH_OPTION = typer.Option(False, "--refresh", help="Ask the LLM again instead of reusing cached answers.")
 DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Only say how many LLM calls and about how many tokens this would spend.")
 DOMAIN_HINT_OPTION = typer.Option(None, "--domain-hint", help="What every class is, e.g. 'a kind of bird' (sent in the prompt).")
 
 app = App(help="Generate class descriptors with the LLM (or WaffleCLIP's random ones) into a JSON file.")
 
 
-# --llm KEY=VALUE: the endpoint's less used settings, by key -> (LLMConfig field, type)
-LLM_KEYS = {"api_key_env": ("api_key_env", str), "timeout": ("timeout_s", float), "retries": ("max_retries", int),
-            "concurrency": ("max_concurrency", int), "seed": ("seed", int)}
+# --llm KEY=VALUE: the endpoint's settings, by key -> (LLMConfig field, type); refresh is the client's own
+LLM_KEYS = {"model": ("model", str), "base_url": ("base_url", None), "api_key_env": ("api_key_env", str),
+            "timeout": ("timeout_s", float), "retries": ("max_retries", int), "concurrency": ("max_concurrency", int),
+            "seed": ("seed", int), "refresh": (None, bool)}
+LLM_MODEL_ENV = "VLMCLS_LLM_MODEL"
 LLM_OPTION = typer.Option(
-    None, "--llm", help="KEY=VALUE for the endpoint (repeatable): api_key_env=NAME (the variable holding the key, "
-    "never the key; default OPENAI_API_KEY), timeout=SECONDS (60), retries=N (4), concurrency=N (8), seed=N (0).",
+    None, "--llm", help="KEY=VALUE for the LLM endpoint (repeatable): model=NAME (the chat model; default "
+    f"${LLM_MODEL_ENV}, else {LLMConfig.model}), base_url=URL (an OpenAI-compatible endpoint, e.g. "
+    "http://localhost:11434/v1; default $OPENAI_BASE_URL, else OpenAI), refresh=true (ask again instead of reusing "
+    "cached answers), api_key_env=NAME (the variable holding the key, never the key; default OPENAI_API_KEY), "
+    "timeout=SECONDS (60), retries=N (4), concurrency=N (8), seed=N (0).",
     rich_help_panel="LLM")
 
-_LLM_CONFIG_PARAMS = (  # (parameter, annotation, option): the flags that make one LLMConfig
-    ("llm_model", str, LLM_MODEL_OPTION),
-    ("base_url", Optional[str], BASE_URL_OPTION),
-    ("llm", Optional[List[str]], LLM_OPTION),
-)
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """The endpoint (``config``) and whether to ask again instead of reading cached answers (``refresh``)."""
+
+    config: LLMConfig
+    refresh: bool = False
+
+    def client(self, store: Store | None) -> LLMClient:
+        return LLMClient(self.config, store, refresh=self.refresh)
 
 
-def _llm_config(llm_model, base_url, llm) -> LLMConfig:
+def _llm_settings(llm: list[str] | None) -> LLMSettings:
     from ._options import key_values
 
     given = key_values(llm, "--llm", {key: kind for key, (_, kind) in LLM_KEYS.items()})
-    config = LLMConfig(model=llm_model, base_url=base_url, **{LLM_KEYS[k][0]: v for k, v in given.items()})
-    return config
+    refresh = given.pop("refresh", False)
+    fields = {LLM_KEYS[k][0]: v for k, v in given.items()}
+    fields.setdefault("model", os.environ.get(LLM_MODEL_ENV) or LLMConfig.model)
+    return LLMSettings(LLMConfig(**fields), refresh)
 
 
-# The LLM endpoint flags (--llm-model, --base-url, --llm KEY=VALUE), handed to a command as one ``llm_config``.
-with_llm_config = option_group("llm_config", _LLM_CONFIG_PARAMS, _llm_config)
+# The LLM flag (--llm KEY=VALUE), handed to a command as one ``llm_settings``.
+with_llm_options = option_group("llm_settings", (("llm", Optional[List[str]], LLM_OPTION),), _llm_settings)
 
 
 def render_estimate(estimate: CallEstimate, what: str) -> None:
@@ -116,7 +120,7 @@ def render_error_rows(rows: list, title: str = "fell back") -> None:
 
 @app.callback(invoke_without_command=True)
 @handle_errors
-@with_llm_config
+@with_llm_options
 @with_opt
 def describe(
     classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list."),
@@ -124,11 +128,10 @@ def describe(
     method: str = typer.Option(DEFAULT_DESCRIBER, "--method", help="cbd (ask the LLM) or waffle (random words and characters, no LLM)."),
     domain_hint: Optional[str] = DOMAIN_HINT_OPTION,
     prompts: Optional[Path] = PROMPTS_DIR_OPTION,
-    refresh: bool = REFRESH_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Cache folder (default: $VLMCLS_CACHE or cache/)."),
+    cache: Optional[str] = CACHE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary tables."),
-    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
+    llm_settings: LLMSettings = None,  # from --llm KEY=VALUE (with_llm_options)
     method_options: dict = None,  # from --opt METHOD.KEY=VALUE (with_opt)
 ) -> None:
     """Descriptors for every class, matched by name; exit code 1 when some classes fell back to their name."""
@@ -150,11 +153,12 @@ def describe(
     if not record.asks_llm(config):
         descriptors, rows, usage = record.describe(class_names, config, None, prompts, domain_hint)
     else:
-        with Store(cache_dir) as store, LLMClient(llm_config, store, refresh=refresh) as client:
+        cache_dir, cached = cache_folder(cache)
+        with (Store(cache_dir) if cached else contextlib.nullcontext()) as store, llm_settings.client(store) as client:
             if dry_run:
                 prompt = load_prompt("descriptors", prompts, getattr(config, "prompt_file", None))
                 render_estimate(estimate_descriptors(class_names, client, prompt, domain_hint),
-                                f"{len(class_names)} classes, {llm_config.model} at {client.base_url}")
+                                f"{len(class_names)} classes, {llm_settings.config.model} at {client.base_url}")
                 return
             descriptors, rows, usage = record.describe(class_names, config, client, prompts, domain_hint)
 

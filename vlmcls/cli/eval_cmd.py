@@ -16,15 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..llm.client import LLMConfig
 from ..methods import DEFAULT_COMPARISON, spec_help
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries
-from .describe_cmd import (
-    with_llm_config,
-    DOMAIN_HINT_OPTION,
-    REFRESH_OPTION,
-)
+from .describe_cmd import DOMAIN_HINT_OPTION, LLMSettings, with_llm_options
 from .prompts_cmd import PROMPTS_DIR_OPTION
 from ._benchmark import source_defaults
 from ._options import ModelOptions, with_model_options, with_source_options
@@ -42,7 +37,7 @@ _PER_CLASS_ROWS = 40
 
 
 @handle_errors
-@with_llm_config
+@with_llm_options
 @with_source_options
 @with_model_options
 @with_method_options
@@ -59,10 +54,9 @@ def eval_command(
     unknown_labels: str = typer.Option("error", "--unknown-labels", help="Labels not among the classes: error (stop), or keep (score those images; only a label-space method can get them right)."),
     unknown_folder: Optional[Path] = typer.Option(None, "--unknown-folder", help="Images known to be none of the classes: eval adds open-set metrics (AUROC, FPR at 95 % TPR, in-list accuracy with and without rejection, achieved in-list recall)."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="Several labels per image: a .jsonl ({\"path\", \"labels\": [...]}) or .csv (path, labels separated by ';') file; eval adds mAP and per-class F1 (use with --multi-label)."),
-    refresh: bool = REFRESH_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
-    llm_config: LLMConfig = None,  # from the LLM flags (with_llm_config)
-    source_options: dict = None,  # from the dataset flags (with_source_options)
+    llm_settings: LLMSettings = None,  # from --llm KEY=VALUE (with_llm_options)
+    source_options: dict = None,  # from --dataset KEY=VALUE (with_source_options)
     model_options: ModelOptions = None,  # from the model flags (with_model_options)
     method_options: dict = None,  # from --opt METHOD.KEY=VALUE and the promoted flags (with_method_options)
 ) -> None:
@@ -72,7 +66,6 @@ def eval_command(
     """
     from ..api import load_classes
     from ..report.evaluate import evaluate, options_for_spec, parse_methods
-    from ..llm.client import LLMClient
     from ..methods import MethodOptions, file_options, label_metric
     from ..output import write_json
     from ..report.page import REPORT_SUFFIXES, THUMBNAIL_SIZE, write_report
@@ -108,7 +101,7 @@ def eval_command(
     # The descriptors go in too: with --self-metric they shape the metric, and +frechet runs build it with them.
     metric = label_metric(clf.run_context(class_names, options))
     # The client only connects when a method asks the LLM something, so methods without one need no key.
-    with LLMClient(llm_config, clf.store, refresh=refresh) as client:  # the store stays the Classifier's
+    with llm_settings.client(clf.store) as client:  # the store stays the Classifier's
         options.llm = client
         with progress_bar("encoding images", enabled=not quiet) as progress:
             result = evaluate(clf, data, class_names, names, options, top_k, label_metric=metric,

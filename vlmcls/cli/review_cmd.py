@@ -17,8 +17,8 @@ def review_command(
     results: Path = typer.Argument(..., help="The .jsonl/.json/.parquet `vlmcls classify -o` wrote."),
     port: int = typer.Option(0, "--port", min=0, max=65535, help="The port on 127.0.0.1 (default: a free one)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Print the URL only; open no browser."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The feature store the run used "
-                                             "(default: the run's default, $VLMCLS_CACHE)."),
+    cache: Optional[str] = typer.Option(None, "--cache", metavar="DIR", help="The cache the run used "
+                                        "(default: $VLMCLS_CACHE or cache/)."),
 ) -> None:
     """Serve a review page on 127.0.0.1 (the URL carries a one-time token); Ctrl-C stops it.
 
@@ -26,8 +26,10 @@ def review_command(
     re-scores the run with them as Tip-Adapter's support set, from cached features."""
     from ..review import ReviewSession
     from ..review.server import serve
+    from ._options import cache_folder
 
-    session = ReviewSession(results, cache_dir=str(cache_dir) if cache_dir else None)
+    cache_dir, _ = cache_folder(cache, "review")
+    session = ReviewSession(results, cache_dir=cache_dir)
     console.print(f"reviewing {len(session.rows)} rows of {safe(results)}; labels: {safe(session.log.path)}",
                   highlight=False)
 

@@ -133,7 +133,7 @@ def answer_messages(messages: list[dict[str, Any]], seed: int | None = None) -> 
         known = ", ".join(world.DEMO_CLASSES)
         return DemoAnswer(400, f"the demo LLM answers only about the demo world's {len(world.DEMO_CLASSES)} classes "
                                f"({known}); this {kind} request names {len(classes)} of the {needed} it needs. "
-                               "Use a real endpoint (--base-url) for other classes.", kind, tuple(classes))
+                               "Use a real endpoint (--llm base_url=URL) for other classes.", kind, tuple(classes))
     if kind == "differential":
         a, b = classes[0], classes[1]
         rows = [{"attr_type": t, "a": ca, "b": cb} for t, ca, cb in world.differential_descriptions(a, b)]

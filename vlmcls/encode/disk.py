@@ -66,7 +66,7 @@ class _SafeDisk(diskcache.Disk):
             self._value_path(filename)  # a value folder swapped for a symlink would send the write elsewhere
         except _CorruptEntry as exc:
             raise CacheError(f"not writing into the cache at '{self._directory}': {exc}. Empty it with "
-                             f"`vlmcls cache clear --cache-dir '{self._directory}'`.") from None
+                             f"`vlmcls cache clear --cache '{self._directory}'`.") from None
         return filename, full_path
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> str | bytes:

@@ -101,7 +101,7 @@ def int8_image_tower(
     """The quantised ``tower`` for these weights: read from ``folder/int8/`` when an earlier run built it, else
     exported, quantised and written there (atomically: concurrent runs never see half a file). ``identity``:
     everything that identifies the fp32 image features (the backend's ``image_key_parts``). Without a folder
-    (``--no-cache``) it is built in a temporary folder and not kept."""
+    (``--cache off``) it is built in a temporary folder and not kept."""
     _onnxruntime()
     name = cache_key("int8-image-tower", **identity, recipe=RECIPE).split(":", 1)[1][:40] + ".onnx"
     if folder is None:

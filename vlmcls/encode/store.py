@@ -179,7 +179,7 @@ class Store:
         except OSError as exc:
             raise CacheError(
                 f"cannot create the cache folder '{self.directory}': {exc.strerror or exc}. "
-                f"Point ${_ENV_VAR} (or --cache-dir) at a writable folder."
+                f"Point ${_ENV_VAR} (or --cache DIR) at a writable folder."
             ) from exc
         try:
             _check_settings(self.directory)
@@ -192,12 +192,12 @@ class Store:
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
             return CacheError(
                 f"the cache database in '{self.directory}' is damaged ({exc}). Everything in it can be recomputed: "
-                f"empty it with `vlmcls cache clear --cache-dir '{self.directory}'`, then run again."
+                f"empty it with `vlmcls cache clear --cache '{self.directory}'`, then run again."
             )
         return CacheError(
             f"cannot use the cache in '{self.directory}' ({exc}). If the folder is not writable, point "
-            f"${_ENV_VAR} (or --cache-dir) at one that is; if its database is damaged, empty it with "
-            f"`vlmcls cache clear --cache-dir '{self.directory}'`."
+            f"${_ENV_VAR} (or --cache DIR) at one that is; if its database is damaged, empty it with "
+            f"`vlmcls cache clear --cache '{self.directory}'`."
         )
 
     @contextlib.contextmanager

@@ -126,7 +126,7 @@ class LLMClient:
                         raise ConfigError(
                             f"no API key: the environment variable '{self.config.api_key_env}' is not set, "
                             f"and '{self.display_url}' requires one. Export it (export "
-                            f"{self.config.api_key_env}=...), or point --base-url at a local server."
+                            f"{self.config.api_key_env}=...), or point --llm base_url=URL at a local server."
                         )
                     log.debug("$%s is not set; sending a placeholder key to %s", self.config.api_key_env,
                               self.display_url)
@@ -292,7 +292,7 @@ class LLMClient:
                     self._count_failure()
                     self._unreachable = LLMUnreachableError(
                         f"cannot connect to the LLM at '{self.display_url}' ({self._scrub(str(exc.__cause__ or exc))}). "
-                        "Start the server, or point --base-url (or $OPENAI_BASE_URL) at one that runs."
+                        "Start the server, or point --llm base_url=URL (or $OPENAI_BASE_URL) at one that runs."
                     )
                     raise self._unreachable from None
                 reason = f"connection failed ({self._scrub(str(exc))})"
@@ -365,8 +365,8 @@ class LLMClient:
             self._breaker_message = (
                 f"the LLM at '{self.display_url}' failed {self._failures_in_a_row} requests in a row (last: "
                 f"{reason}), so vlmcls stopped asking it for the rest of this run. Check that the server is up and "
-                "that --base-url, --llm-model and the key are right, then run again: answers already fetched are "
-                "cached and are not asked again."
+                "that --llm base_url=… and model=… and the key are right, then run again: answers already fetched "
+                "are cached and are not asked again."
             )
         log.error("%s", self._breaker_message)
 

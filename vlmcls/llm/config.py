@@ -53,7 +53,7 @@ class LLMConfig:
     def validate(self) -> None:
         problems = []
         if not self.model:
-            problems.append("the model name is empty (pass --llm-model)")
+            problems.append("the model name is empty (pass --llm model=NAME)")
         if self.timeout_s <= 0:
             problems.append(f"timeout '{self.timeout_s}' must be > 0 seconds")
         if self.max_retries < 0:

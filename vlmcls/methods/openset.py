@@ -64,7 +64,7 @@ class UnknownConfig:
                                     "negatives.json) or one per line; read instead of asking the LLM.",
                                     file="file", flag="--negatives")
     recall: float = option(0.95, "Share of in-list images that should keep their class; the threshold is set from "
-                           "the run's own scores, without labels.", minimum=0.0, maximum=1.0, flag="--unknown-recall")
+                           "the run's own scores, without labels.", minimum=0.0, maximum=1.0, was="--unknown-recall")
     threshold: float | None = option(None, "A fixed threshold on the unknown score (instead of one set from "
                                      "unknown.recall).", minimum=0.0, maximum=1.0)
     word: str = option("unknown", "The label given to images that show none of the classes.")

@@ -180,7 +180,7 @@ def audit_descriptors(
     labelled = [r for r in records if r.label is not None]
     if not labelled:
         raise ConfigError(f"no labelled images in '{data}': put the images in one sub-folder per class, or name "
-                          "the dataset's label column with --label-column.")
+                          "the dataset's label column with --dataset label_column=NAME.")
     feats = classifier.encode_images(labelled, progress=progress)
     if feats.errors:
         log.warning("%d images could not be read and are left out of the audit", len(feats.errors))

@@ -241,7 +241,7 @@ def evaluate(
     if not labels:
         raise ConfigError(
             f"no labelled images in '{data}': put the images in one sub-folder per class, or name the dataset's "
-            "label column with --label-column. To classify unlabelled images use `vlmcls classify`."
+            "label column with --dataset label_column=NAME. To classify unlabelled images use `vlmcls classify`."
         )
     known = set(class_names)
     for options in options_by_spec.values():  # a Fréchet label space may hold labels that are not classes

@@ -1,8 +1,9 @@
 """``wds:SPEC``: webdataset tar shards (CLIP_benchmark's benchmark format) listed as :class:`ImageRecord` s.
 
 A spec is a tar file, a brace pattern (``test/{0..3}.tar``, the grammar webdataset itself expands with
-``braceexpand``), a folder of ``*.tar`` (``--split`` picks its sub-folder, as CLIP_benchmark's ``test/``), an
-http(s) URL or an ``hf://datasets/ORG/NAME/...`` path (downloaded once into the cache, then read like a local file).
+``braceexpand``), a folder of ``*.tar`` (``--dataset split=NAME`` picks its sub-folder, as CLIP_benchmark's
+``test/``), an http(s) URL or an ``hf://datasets/ORG/NAME/...`` path (downloaded once into the cache, then read like
+a local file).
 
 Plain :mod:`tarfile`, not webdataset's streaming pipeline: a listing needs each sample's label up front (the truth
 column), each image must be readable alone (one ``pread`` at its offset: read once, on whichever process or Ray
@@ -68,10 +69,11 @@ def expand_spec(spec: str, split: str | None = None) -> list[str]:
         shards = sorted(folder.glob("*.tar"), key=lambda p: _natural(p.name))
         if not shards:
             raise ConfigError(f"no .tar shards in '{folder}'. Give a folder of webdataset shards, or a split "
-                              "sub-folder with --split.")
+                              "sub-folder with --dataset split=NAME.")
         return [str(p) for p in shards]
     if split is not None:
-        raise ConfigError(f"'--split' picks a sub-folder of a shard folder, but '{text}' is not a folder. Drop it.")
+        raise ConfigError(f"'--dataset split=…' picks a sub-folder of a shard folder, but '{text}' is not a folder. "
+                          "Drop it.")
     return list(braceexpand(str(Path(text).expanduser())))
 
 
