@@ -7,15 +7,13 @@ Exit code 1 when some images could not be read or some method failed (the others
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError
 from ..methods import DEFAULT_COMPARISON, spec_help
 from ._preflight import check_outputs
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar, quiet_libraries

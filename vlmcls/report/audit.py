@@ -181,7 +181,9 @@ def audit_descriptors(
     if not labelled:
         raise ConfigError(f"no labelled images in '{data}': put the images in one sub-folder per class, or name "
                           "the dataset's label column with --dataset label_column=NAME.")
-    feats = classifier.encode_images(labelled, progress=progress)
+    from ..engines import LocalEngine, RunRequest
+
+    feats = LocalEngine(classifier).encode(RunRequest(labelled, class_names), progress)  # as eval and classify
     if feats.errors:
         log.warning("%d images could not be read and are left out of the audit", len(feats.errors))
     if not feats.records:
