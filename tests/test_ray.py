@@ -139,7 +139,8 @@ def method_inputs(tmp_path_factory) -> dict:
 
 # Every head and every later stage at least once, a chain of all of them, and a stage named alone (it picks its
 # head): the Ray rows must be the single engine's, explanations included. (Few runs: Ray is slow on a busy box.)
-SPECS = ["name+tip", "templates+tfup", "waffle+frechet", "cupl+tip", "cbd+fudd+tip+tfup+frechet", "fudd"]
+CHAIN = "cbd+fudd+tip+tfup+frechet"
+SPECS = ["name+tip", "templates+tfup", "waffle+frechet", "cupl+tip", CHAIN, "fudd"]
 
 
 @pytest.fixture(scope="module")
@@ -158,17 +159,29 @@ def small_folder(tmp_path_factory) -> Path:
 @pytest.mark.ray
 @pytest.mark.parametrize("spec", SPECS)
 def test_every_method_and_refiner_gives_the_single_engine_rows_on_ray(ray_local, model_id, small_folder, method_inputs,
-                                                                       spec):
+                                                                       spec, tmp_path, monkeypatch):
     options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True, methods={
         "tip": {"support": method_inputs["support"], "tune": True}, "frechet": {"self_metric": True},
         "fudd": {"pairs": str(method_inputs["pairs"]), "k": 3}, "cupl": {"file": str(method_inputs["cupl"])}})
     options = options_for_spec(spec, options)  # only the refiners the spec names, as eval does
     single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
                                                                           options=options, top_k=3)
+    log = tmp_path / "applies.txt"
+    if spec == CHAIN:  # the longest chain also counts how many images each stage scores on the workers
+        _count_stage_applies(spec, log, monkeypatch)
 
     result = classify_with_ray(model_id, small_folder, CLASSES, method=spec, options=options, top_k=3, batch_size=4,
                                num_workers=1, feature_store=method_inputs["store"])
 
+    if spec == CHAIN:  # FuDD's pairs and the self-cache need passes of the stages before them: each scores once
+        seen: dict[str, int] = {}
+        for line in log.read_text().split("\n"):
+            if line:
+                name, images = line.split()
+                seen[name] = seen.get(name, 0) + int(images)
+        shots = sum(1 for f in method_inputs["support"].rglob("*") if f.is_file())  # tip.tune scores them too
+        assert seen == {"cbd": len(result.ok) + shots, "fudd": len(result.ok) + shots, "tip": len(result.ok),
+                        "tfup": len(result.ok), "frechet": len(result.ok)}  # (the head ran once per gather, and again)
     assert_same_rows(result.rows(), single.rows())
     assert_same_tree([r.get("explanation") for r in result.rows()], [r.get("explanation") for r in single.rows()])
     assert torch.allclose(result.probs, single.probs, atol=1e-5)
@@ -397,6 +410,22 @@ def test_cli_engine_ray_matches_the_single_engine(ray_local, model_id, tmp_path)
     assert len(outs["ray"]) == 4
 
 
+def _count_stage_applies(spec: str, log: Path, monkeypatch) -> None:
+    """Every stage of ``spec``, as prepared on the driver, notes its applies in ``log`` (see _count_applies)."""
+    import dataclasses
+
+    import ray.cloudpickle
+    from vlmcls.methods import METHODS
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
+    for name in spec.split("+"):
+        record = METHODS[name]
+
+        def counted(context, config, upstream, gather, report, _prepare=record.prepare, _name=name):
+            return _count_applies(_prepare(context, config, upstream, gather, report), _name, log)
+        monkeypatch.setitem(METHODS, name, dataclasses.replace(record, prepare=counted))
+
+
 def _count_applies(stage, name: str, log: Path):
     """The prepared stage, noting in a file every worker can reach how many images each of its applies saw."""
     own = type(stage).apply
@@ -408,41 +437,3 @@ def _count_applies(stage, name: str, log: Path):
 
     object.__setattr__(stage, "apply", apply)  # this instance only; it travels to the workers with the pipeline
     return stage
-
-
-@pytest.mark.ray
-def test_on_ray_each_stage_scores_each_image_once(ray_local, model_id, small_folder, method_inputs, tmp_path,
-                                                  monkeypatch):
-    """FuDD's pair counts and the self-cache (tfup) each need a pass of the stages before them; the rows carry
-    those scores on, so the head, FuDD and tfup each see every image once (they saw it 3, 2 and 1 times before)."""
-    import dataclasses
-
-    import ray.cloudpickle
-    from vlmcls.methods import METHODS
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test file
-    log = tmp_path / "applies.txt"
-    for name in ("cbd", "fudd", "tfup"):
-        record = METHODS[name]
-
-        def counted(context, config, upstream, gather, report, _prepare=record.prepare, _name=name):
-            return _count_applies(_prepare(context, config, upstream, gather, report), _name, log)
-        monkeypatch.setitem(METHODS, name, dataclasses.replace(record, prepare=counted))
-    options = MethodOptions(descriptors=str(method_inputs["descriptors"]), explain=True,
-                            methods={"fudd": {"pairs": str(method_inputs["pairs"]), "k": 3}})
-    spec = "cbd+fudd+tfup"
-    result = classify_with_ray(model_id, small_folder, CLASSES, method=spec, options=options, top_k=3, batch_size=4,
-                               num_workers=1, feature_store=method_inputs["store"])
-    seen: dict[str, int] = {}
-    for line in log.read_text().split("\n"):
-        if line:
-            name, images = line.split()
-            seen[name] = seen.get(name, 0) + int(images)
-    ok = len(result.ok)
-    assert ok > 0 and seen == {"cbd": ok, "fudd": ok, "tfup": ok}
-    monkeypatch.undo()  # the same rows as the single engine, without the counting wrappers
-    single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
-                                                                          options=options, top_k=3)
-    assert [p.label for p in result.predictions] == [p.label for p in single.predictions]
-    for got, want in zip(result.predictions, single.predictions):
-        assert_same_tree(got.explanation, want.explanation, got.id)
