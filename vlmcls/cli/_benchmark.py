@@ -1,4 +1,5 @@
-"""Defaults a benchmark source brings along: CLIP_benchmark's class names and templates beside its shards."""
+"""Defaults a benchmark source brings along: CLIP_benchmark's class names and templates beside its shards, a hub
+dataset's ClassLabel names."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ def source_defaults(images: Any, source_options: dict, classes: str | None, meth
                     quiet: bool = False) -> tuple[Any, list[str] | None]:
     """(the classes to use, the templates to use when --templates is not given) for ``images``.
 
-    A ``wds:`` source in CLIP_benchmark's layout supplies both; the run says where they came from.
+    A ``wds:`` source in CLIP_benchmark's layout supplies both; an ``hf-dataset:`` source its label column's
+    ClassLabel names. The run says where they came from.
     """
     templates_given = bool((method_options or {}).get("templates", {}).get("templates"))
+    if classes is None and isinstance(images, str) and images.startswith("hf-dataset:"):
+        return _class_label_names(images, source_options, quiet), None
     if not (isinstance(images, str) and images.startswith("wds:")):
         if classes is None:
             raise ConfigError("no classes given. Pass --classes FILE or a comma-separated list.")
@@ -37,3 +41,17 @@ def source_defaults(images: Any, source_options: dict, classes: str | None, meth
             console_err.print(f"templates: {len(templates)} from {listing.layout_files[TEMPLATES_FILE]} "
                               "(give --templates to use others)", highlight=False)
     return classes, templates
+
+
+def _class_label_names(images: str, source_options: dict, quiet: bool) -> list[str]:
+    from ..sources.hub_datasets import open_hub_dataset
+
+    dataset = open_hub_dataset(images, source_options.get("split"), source_options.get("image_column"),
+                               source_options.get("label_column"))
+    if not dataset.class_names:
+        raise ConfigError(f"no classes given and the label column of '{images}' is no ClassLabel with names. "
+                          "Pass --classes FILE or a comma-separated list.")
+    if not quiet:
+        console_err.print(f"classes: {len(dataset.class_names)} from the ClassLabel names of '{images}'",
+                          highlight=False)
+    return dataset.class_names
