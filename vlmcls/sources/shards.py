@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import ConfigError, ImageError
 from .records import IMAGE_EXTENSIONS, ImageRecord
 
-__all__ = ["WDS_PREFIX", "ShardListing", "list_shards", "expand_spec", "read_member", "is_wds"]
+__all__ = ["WDS_PREFIX", "ShardListing", "list_shards", "expand_spec", "read_member", "is_wds", "listing_error"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,16 @@ def _error_record(shard: str, index: int, reason: str) -> ImageRecord:
 
 def _fail(reason: str) -> bytes:
     raise ImageError(reason)
+
+
+def listing_error(record: ImageRecord) -> str | None:
+    """The reason a shard listing made ``record`` an error row (a missing shard, a sample with no image, a cut
+    tar), known without reading anything; None for any other record. Such rows have no label, so a caller that
+    keeps only labelled images (the audit) would drop them silently."""
+    fetch = record.fetch
+    if isinstance(fetch, functools.partial) and fetch.func is _fail:
+        return fetch.args[0]
+    return None
 
 
 def _shard_members(path: str, url: str, first: int, classnames: list[str] | None,
