@@ -36,11 +36,13 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_clip_benchmark(root: Path, samples: list[tuple[str, bytes]], shards: int = 4, *,
                          with_cls: bool = True) -> Path:
-    """``root/test/0.tar`` … with ``NNN.jpg``/``NNN.cls`` members, ``classnames.txt`` and the templates file."""
+    """``root/test/0.tar`` … with ``NNN.jpg``/``NNN.cls`` members, ``test/nshards.txt``, ``classnames.txt`` and the
+    templates file: what CLIP_benchmark's own ``build_wds_dataset`` reads."""
     classes = [line.strip() for line in (DEMO / "classes.txt").read_text().splitlines() if line.strip()]
     (root / "test").mkdir(parents=True, exist_ok=True)
     (root / "classnames.txt").write_text("\n".join(classes) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    (root / "test" / "nshards.txt").write_text(f"{shards}\n")  # CLIP_benchmark's loader requires it
     per_shard = -(-len(samples) // shards)
     for n in range(shards):
         with tarfile.open(root / "test" / f"{n}.tar", "w") as tar:
