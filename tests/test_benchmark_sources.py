@@ -168,3 +168,13 @@ def test_audit_on_shards_takes_labels_from_cls_and_classes_from_classnames_txt(b
             assert "shard not found" in result.output and "4.tar" in result.output
     assert audits["wds"] == audits["folder"] == audits["missing"]
     assert sum(len(rows) for rows in audits["wds"].values()) > 0
+
+
+def test_classify_with_an_output_file_takes_the_shards_class_names(bench, tmp_path):
+    """classify -o on a source that brings its classes (a list, not a file) crashed checking its outputs."""
+    _, wds = bench
+    out = tmp_path / "rows.jsonl"
+    proc = run_cli("classify", f"wds:{wds}/test/{{0..3}}.tar", "--model", shardgen.DEMO_MODEL, "--device", "cpu",
+                   "-q", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 48

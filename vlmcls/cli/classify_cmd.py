@@ -110,7 +110,8 @@ def classify(
     records = None  # the single engine lists the source once, for the run and the report
     if engine == "single":
         records = as_records(images, **source_options)
-    inputs = [images, classes, *(path for _, _, path in files),
+    inputs = [images, *([classes] if isinstance(classes, str) else []),  # a list: a source's own class names
+              *(path for _, _, path in files),
               *map(operator.attrgetter("path_text"), records or [])]  # None for dataset rows
     targets = check_outputs({
         "--output": (output, OUTPUT_SUFFIXES, None),
