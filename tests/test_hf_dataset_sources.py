@@ -91,3 +91,23 @@ def test_eval_on_the_hf_dataset_equals_eval_on_the_folder(hf, tmp_path):
     assert metrics["parquet"] == metrics["folder"] and metrics["saved"] == metrics["folder"]
     # streamed: nothing was copied into datasets' cache
     assert not [p for p in cache.rglob("*") if p.suffix == ".arrow"]
+
+
+def test_parquet_files_behind_an_fsspec_url_stream_as_local_ones(hf):
+    """The code path of a hub dataset's hf:// files (range reads through fsspec), offline: memory:// URLs."""
+    import fsspec
+
+    from vlmcls.sources.parquet_rows import read_parquet_rows
+
+    local = sorted(str(p) for p in (hf[0] / "data").glob("*.parquet"))
+    memory = fsspec.filesystem("memory")
+    urls = []
+    for path in local:
+        url = f"memory://bench28/{Path(path).name}"
+        memory.pipe(url, Path(path).read_bytes())
+        urls.append(url)
+    remote = read_parquet_rows(urls, "demo", "test", "hf-dataset:org/demo")
+    here = read_parquet_rows(local, "demo", "test", "hf-dataset:org/demo")
+    assert [(r.id, r.label) for r in remote.records] == [(r.id, r.label) for r in here.records]
+    assert [read_image_data(r)[0] for r in remote.records] == [read_image_data(r)[0] for r in here.records]
+    assert [file for file, _, _ in remote.location.parts][0] == urls[0]  # Ray tasks open the URL themselves
