@@ -111,3 +111,25 @@ def test_parquet_files_behind_an_fsspec_url_stream_as_local_ones(hf):
     assert [(r.id, r.label) for r in remote.records] == [(r.id, r.label) for r in here.records]
     assert [read_image_data(r)[0] for r in remote.records] == [read_image_data(r)[0] for r in here.records]
     assert [file for file, _, _ in remote.location.parts][0] == urls[0]  # Ray tasks open the URL themselves
+
+
+def test_a_hub_dataset_behind_an_unreachable_endpoint_fails_in_seconds(monkeypatch, tmp_path):
+    """The probe hub models use (vlmcls.hub), for datasets: no retries, one reason, SourceUnreachableError."""
+    import socket
+    import time
+
+    from vlmcls.errors import SourceUnreachableError
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read once at import: patch the value
+    started = time.monotonic()
+    with pytest.raises(SourceUnreachableError, match="cannot be reached.*hf-dataset:DIR"):
+        list_images("hf-dataset:clip-benchmark/wds_cifar10")
+    assert time.monotonic() - started < 5
