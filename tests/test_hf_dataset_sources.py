@@ -133,3 +133,20 @@ def test_a_hub_dataset_behind_an_unreachable_endpoint_fails_in_seconds(monkeypat
     with pytest.raises(SourceUnreachableError, match="cannot be reached.*hf-dataset:DIR"):
         list_images("hf-dataset:clip-benchmark/wds_cifar10")
     assert time.monotonic() - started < 5
+
+
+def test_a_webdataset_hf_dataset_reads_as_wds_with_class_names_not_cls_numbers(tmp_path):
+    """CLIP_benchmark's wds_* hub datasets are webdataset shards: datasets alone would give the bare cls numbers as
+    labels; hf-dataset: reads them as wds: does (classnames.txt, templates, one record per image member)."""
+    samples = shardgen.demo_as_jpeg_folder(tmp_path / "folder")
+    wds = shardgen.write_clip_benchmark(tmp_path / "wds", samples, shards=4)
+    dataset = open_hub_dataset(f"hf-dataset:{wds}", locate=True)
+    as_wds = list_images(f"wds:{wds}", split="test")
+    assert [(r.id, r.label) for r in dataset.records] == [(r.id, r.label) for r in as_wds]
+    assert [r.label for r in dataset.records] == [label for label, _ in samples]
+    assert dataset.class_names == shardgen.demo_classes() and dataset.templates == ["a photo of a {}.",
+                                                                                   "a drawing of a {}."]
+    assert [read_image_data(r)[0] for r in dataset.records] == [data for _, data in samples]
+    assert len(dataset.location.shards) == 4 and not dataset.location.failed  # Ray: one task per shard
+    with pytest.raises(ConfigError, match="label_column"):
+        list_images(f"hf-dataset:{wds}", label_column="cls")

@@ -17,8 +17,8 @@ def source_defaults(images: Any, source_options: dict, classes: str | None, meth
     ClassLabel names. The run says where they came from.
     """
     templates_given = bool((method_options or {}).get("templates", {}).get("templates"))
-    if classes is None and isinstance(images, str) and images.startswith("hf-dataset:"):
-        return _class_label_names(images, source_options, quiet), None
+    if isinstance(images, str) and images.startswith("hf-dataset:"):
+        return _hub_dataset_defaults(images, source_options, classes, templates_given, quiet)
     if not (isinstance(images, str) and images.startswith("wds:")):
         if classes is None:
             raise ConfigError("no classes given. Pass --classes FILE or a comma-separated list.")
@@ -43,15 +43,22 @@ def source_defaults(images: Any, source_options: dict, classes: str | None, meth
     return classes, templates
 
 
-def _class_label_names(images: str, source_options: dict, quiet: bool) -> list[str]:
+def _hub_dataset_defaults(images: str, source_options: dict, classes: str | None, templates_given: bool,
+                          quiet: bool) -> tuple[Any, list[str] | None]:
+    """An hf-dataset: source's ClassLabel names (or, for webdataset shards, their classnames.txt and templates)."""
     from ..sources.hub_datasets import open_hub_dataset
 
     dataset = open_hub_dataset(images, source_options.get("split"), source_options.get("image_column"),
                                source_options.get("label_column"))
-    if not dataset.class_names:
-        raise ConfigError(f"no classes given and the label column of '{images}' is no ClassLabel with names. "
-                          "Pass --classes FILE or a comma-separated list.")
-    if not quiet:
-        console_err.print(f"classes: {len(dataset.class_names)} from the ClassLabel names of '{images}'",
-                          highlight=False)
-    return dataset.class_names
+    templates = dataset.templates if not templates_given else None
+    if classes is None:
+        if not dataset.class_names:
+            raise ConfigError(f"no classes given, and '{images}' names none (no ClassLabel column, no "
+                              "classnames.txt). Pass --classes FILE or a comma-separated list.")
+        classes = dataset.class_names
+        if not quiet:
+            console_err.print(f"classes: {len(classes)} from {dataset.classes_from} of '{images}'", highlight=False)
+    if templates is not None and not quiet:
+        console_err.print(f"templates: {len(templates)} from the shards' templates file (give --templates to use "
+                          "others)", highlight=False)
+    return classes, templates

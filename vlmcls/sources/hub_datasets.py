@@ -4,8 +4,10 @@
 
 Where the dataset is Parquet files (most hub datasets are, or have a Parquet conversion), it is streamed: the files
 datasets resolves are read directly (:mod:`.parquet_rows`), labels first, each image when it is decoded, so nothing is
-downloaded whole and nothing lands in datasets' cache. Other datasets (webdataset tars, scripts' outputs) are loaded
-through ``datasets.load_dataset`` into its cache first. Offline and not cached, a hub id fails in seconds
+downloaded whole and nothing lands in datasets' cache. Webdataset tars (CLIP_benchmark's ``wds_*`` datasets) are
+read as ``wds:`` reads them (:mod:`.shards`: each shard fetched once, labels through ``classnames.txt``, where
+datasets would give the bare ``cls`` numbers). Other datasets are loaded through ``datasets.load_dataset`` into its
+cache first. Offline and not cached, a hub id fails in seconds
 (:class:`~vlmcls.errors.SourceUnreachableError`: exit code 3, one line).
 """
 
@@ -20,6 +22,7 @@ from ..errors import ConfigError, SourceUnreachableError
 from ..hub import hub_endpoint, hub_unreachable_reason, in_hub_cache
 from .columns import DatasetImages, arrow_parts, dataset_columns, dataset_records, load_hf, pick_label_column
 from .parquet_rows import read_parquet_rows
+from .shards import CLASSNAMES_FILE, list_shard_urls, natural_order, refuse_columns, shard_location
 from .records import DatasetLocation, ImageRecord
 
 __all__ = ["HUB_DATASET_PREFIX", "HubDataset", "is_hub_dataset", "check_hub_dataset_id", "open_hub_dataset"]
@@ -36,8 +39,10 @@ class HubDataset:
 
     records: list[ImageRecord]  # each with fetch: read on this process
     location: DatasetLocation | None  # where another process (a Ray task) reads each row's image
-    class_names: list[str] | None  # the label column's ClassLabel names, in label order; None without one
-    streamed: bool  # read from its Parquet files as needed (True), or loaded into datasets' cache first
+    class_names: list[str] | None  # the label column's ClassLabel names, or classnames.txt beside shards; or None
+    streamed: bool  # read from its Parquet files as needed (True), or fetched first (shards, datasets' cache)
+    templates: list[str] | None = None  # CLIP_benchmark's templates file beside webdataset shards
+    classes_from: str = "the ClassLabel names"  # where class_names came from, for the run's log line
 
 
 def is_hub_dataset(source: object) -> bool:
@@ -67,6 +72,13 @@ def open_hub_dataset(source: str, split: str | None = None, image_column: str | 
         rows = read_parquet_rows(files_by_split[split_name], name, split_name, source, image_column, label_column,
                                  where if local else None)
         return HubDataset(rows.records, rows.location, rows.class_names, streamed=True)
+    if builder is not None and builder.name == "webdataset" and files_by_split:  # CLIP_benchmark's wds_* datasets
+        refuse_columns(source, image_column, label_column)
+        urls = natural_order(files_by_split[_pick_split(files_by_split, name, split)])
+        shards = list_shard_urls(urls, source)  # labels by classnames.txt, as wds: reads them
+        origin = shards.layout_files.get(CLASSNAMES_FILE, "")
+        return HubDataset(shards.records, shard_location(shards) if locate else None, shards.classnames,
+                          streamed=False, templates=shards.templates, classes_from=origin)
     import datasets
 
     if saved:  # save_to_disk's Arrow files: read in place

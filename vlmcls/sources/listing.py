@@ -61,9 +61,9 @@ def list_images(
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
     if isinstance(source, str) and source.startswith("wds:"):
-        from .shards import list_shards
+        from .shards import list_shards, refuse_columns
 
-        _only_split(source, image_column, label_column)
+        refuse_columns(source, image_column, label_column)
         return list_shards(source, split).records
     if is_hub_dataset(source):
         return open_hub_dataset(source, split, image_column, label_column).records
@@ -86,14 +86,6 @@ def list_images(
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return [ImageRecord(id=str(path), path=path, label=None, source_index=0)]
     raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
-
-
-def _only_split(source: str, image_column: str | None, label_column: str | None) -> None:
-    """Shards name their members by extension: the column flags do not apply."""
-    given = "image_column" if image_column is not None else "label_column" if label_column is not None else None
-    if given:
-        raise ConfigError(f"'{given}' applies to datasets with columns, not to the shards of '{source}' (images are "
-                          "their image members, labels their .cls members). Drop it.")
 
 
 def locate_dataset(
@@ -135,21 +127,10 @@ def locate_dataset(
 def _locate_shards(source: str, image_column: str | None, label_column: str | None,
                    split: str | None) -> DatasetLocation:
     """A ``wds:`` source's records and the tar members its images are, shard by shard."""
-    from .shards import list_shards
+    from .shards import list_shards, refuse_columns, shard_location
 
-    _only_split(source, image_column, label_column)
-    listing = list_shards(source, split)
-    in_shards = {row for _, members in listing.shards for row, _, _ in members}
-    failed = {}
-    for row, record in enumerate(listing.records):
-        if row not in in_shards:
-            try:
-                record.fetch()
-                failed[row] = "no image"
-            except ImageError as exc:
-                failed[row] = str(exc)
-    records = [ImageRecord(r.id, None, r.label, r.source_index) for r in listing.records]
-    return DatasetLocation(records, "", None, shards=listing.shards, failed=failed)
+    refuse_columns(source, image_column, label_column)
+    return shard_location(list_shards(source, split))
 
 
 def _locate_parquet(path: Path, text: str, image_column: str | None, label_column: str | None,
