@@ -63,37 +63,41 @@ def open_hub_dataset(source: str, split: str | None = None, image_column: str | 
     """List one split of an ``hf-dataset:`` source: streamed from its Parquet files when it has them. ``locate``:
     also say where other processes read each row (``location``; always set for a streamed dataset)."""
     where, name, local = _resolve(source)
-    saved = local and any((Path(where) / f).is_file() for f in ("dataset_dict.json", "state.json"))
-    builder = None if saved else load_hf(lambda ds: ds.load_dataset_builder(where), source)
-    data_files = getattr(getattr(builder, "config", None), "data_files", None) or {}
+    if local and any((Path(where) / f).is_file() for f in ("dataset_dict.json", "state.json")):
+        loaded = load_hf(lambda ds: ds.load_from_disk(where), source)  # save_to_disk's Arrow files, read in place
+        return _loaded(loaded, source, name, where, split, image_column, label_column, locate)
+    builder = load_hf(lambda ds: ds.load_dataset_builder(where), source)
+    data_files = getattr(builder.config, "data_files", None) or {}
     files_by_split = {str(key): [str(f) for f in value] for key, value in data_files.items()}
-    if builder is not None and builder.name == "parquet" and files_by_split:
+    if builder.name == "parquet" and files_by_split:
         split_name = _pick_split(files_by_split, name, split)
         rows = read_parquet_rows(files_by_split[split_name], name, split_name, source, image_column, label_column,
                                  where if local else None)
         return HubDataset(rows.records, rows.location, rows.class_names, streamed=True)
-    if builder is not None and builder.name == "webdataset" and files_by_split:  # CLIP_benchmark's wds_* datasets
+    if builder.name == "webdataset" and files_by_split:  # CLIP_benchmark's wds_* datasets: read as wds: reads them
         refuse_columns(source, image_column, label_column)
-        urls = natural_order(files_by_split[_pick_split(files_by_split, name, split)])
-        shards = list_shard_urls(urls, source)  # labels by classnames.txt, as wds: reads them
-        origin = shards.layout_files.get(CLASSNAMES_FILE, "")
+        shards = list_shard_urls(natural_order(files_by_split[_pick_split(files_by_split, name, split)]), source)
         return HubDataset(shards.records, shard_location(shards) if locate else None, shards.classnames,
-                          streamed=False, templates=shards.templates, classes_from=origin)
+                          streamed=False, templates=shards.templates,
+                          classes_from=shards.layout_files.get(CLASSNAMES_FILE, ""))
+    log.info("dataset '%s' is no Parquet dataset (datasets reads it as '%s'): loading it whole into datasets' cache "
+             "before the first image", name, builder.name)
+    loaded = load_hf(lambda ds: ds.load_dataset(where, split=split), source)
+    return _loaded(loaded, source, name, where if local else None, split, image_column, label_column, locate)
+
+
+def _loaded(loaded, source: str, name: str, base_dir: str | None, split: str | None, image_column: str | None,
+            label_column: str | None, locate: bool) -> HubDataset:
+    """A dataset datasets has loaded (its Arrow files: save_to_disk's, or its cache's)."""
     import datasets
 
-    if saved:  # save_to_disk's Arrow files: read in place
-        loaded = load_hf(lambda ds: ds.load_from_disk(where), source)
-    else:
-        log.info("dataset '%s' is no Parquet dataset (datasets reads it as '%s'): loading it whole into datasets' "
-                 "cache before the first image", name, builder.name)
-        loaded = load_hf(lambda ds: ds.load_dataset(where, split=split), source)
     dataset, split_name, column, labels = dataset_columns(loaded, name, image_column, label_column, split)
-    base_dir = Path(where) if local else None
-    records = dataset_records(name, split_name, labels, DatasetImages(dataset, column, base_dir).read)
+    records = dataset_records(name, split_name, labels,
+                              DatasetImages(dataset, column, Path(base_dir) if base_dir else None).read)
     location = None
-    if locate:  # the cache's Arrow files, in row order
-        location = DatasetLocation(dataset_records(name, split_name, labels, None), column,
-                                   where if local else None, parts=arrow_parts(dataset, source))
+    if locate:  # the Arrow files, in row order
+        location = DatasetLocation(dataset_records(name, split_name, labels, None), column, base_dir,
+                                   parts=arrow_parts(dataset, source))
     label = pick_label_column(dataset.features, label_column, name)
     feature = dataset.features[label] if label is not None else None
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
