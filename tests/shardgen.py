@@ -36,11 +36,13 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_clip_benchmark(root: Path, samples: list[tuple[str, bytes]], shards: int = 4, *,
                          with_cls: bool = True) -> Path:
-    """``root/test/0.tar`` … with ``NNN.jpg``/``NNN.cls`` members, ``classnames.txt`` and the templates file."""
+    """``root/test/0.tar`` … with ``NNN.jpg``/``NNN.cls`` members, ``test/nshards.txt``, ``classnames.txt`` and the
+    templates file: what CLIP_benchmark's own ``build_wds_dataset`` reads."""
     classes = [line.strip() for line in (DEMO / "classes.txt").read_text().splitlines() if line.strip()]
     (root / "test").mkdir(parents=True, exist_ok=True)
     (root / "classnames.txt").write_text("\n".join(classes) + "\n")
     (root / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    (root / "test" / "nshards.txt").write_text(f"{shards}\n")  # CLIP_benchmark's loader requires it
     per_shard = -(-len(samples) // shards)
     for n in range(shards):
         with tarfile.open(root / "test" / f"{n}.tar", "w") as tar:
@@ -49,4 +51,35 @@ def write_clip_benchmark(root: Path, samples: list[tuple[str, bytes]], shards: i
                 add_member(tar, f"{i:03d}.jpg", data)
                 if with_cls:
                     add_member(tar, f"{i:03d}.cls", str(classes.index(label)).encode())
+    return root
+
+
+def demo_classes() -> list[str]:
+    return [line.strip() for line in (DEMO / "classes.txt").read_text().splitlines() if line.strip()]
+
+
+def demo_as_hf_dataset():
+    """The demo images (their own PNG bytes, in the folder's listing order) as a ``datasets.Dataset`` with an
+    Image column and a ClassLabel column named after classes.txt."""
+    import datasets
+
+    classes = demo_classes()
+    images, labels = [], []
+    for folder in sorted(p for p in (DEMO / "images").iterdir() if p.is_dir()):
+        for image in sorted(folder.iterdir()):
+            images.append({"bytes": image.read_bytes(), "path": None})
+            labels.append(classes.index(folder.name))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def write_hf_parquet(root: Path, files: int = 2, row_group: int = 8, split: str = "test") -> Path:
+    """``root/data/SPLIT-0000N-of-0000F.parquet``, a hub dataset repository's layout (what ``datasets.load_dataset``
+    reads from a clone), ``row_group`` rows per row group."""
+    dataset = demo_as_hf_dataset()
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    per_file = -(-len(dataset) // files)
+    for n in range(files):
+        part = dataset.select(range(n * per_file, min(len(dataset), (n + 1) * per_file)))
+        part.to_parquet(str(root / "data" / f"{split}-{n:05d}-of-{files:05d}.parquet"), batch_size=row_group)
     return root

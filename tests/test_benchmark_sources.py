@@ -126,7 +126,8 @@ def test_eval_on_shards_equals_eval_on_the_folder_and_rerun_encodes_nothing(benc
         assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
         assert all(isinstance(v, float) and 0 <= v <= 1 for v in record["metrics"].values())
         assert record["metrics"]["acc1"] == pytest.approx(run["metrics"]["top1"])
-        assert record["model"] == str(shardgen.DEMO.parent / "demo_model") or record["model"]
+        # strings both, as CLIP_benchmark's `build` joins them (model + ' ' + pretrained): no null pretrained
+        assert (record["model"], record["pretrained"]) == (shardgen.DEMO_MODEL, "")
 
 
 def test_hub_dataset_while_offline_exits_3_within_seconds_with_one_line(tmp_path):
@@ -143,3 +144,37 @@ def test_hub_dataset_while_offline_exits_3_within_seconds_with_one_line(tmp_path
 def test_malformed_hub_dataset_ids_are_config_errors(source):
     with pytest.raises(ConfigError, match="hf-dataset:ORG/NAME"):
         list_images(source)
+
+
+def test_audit_on_shards_takes_labels_from_cls_and_classes_from_classnames_txt(bench, tmp_path, monkeypatch):
+    """The audit of the shards is the audit of the folder; a missing shard is an error row (exit 1), not dropped."""
+    from typer.testing import CliRunner
+
+    from vlmcls.cli import app
+
+    folder, wds = bench
+    monkeypatch.setenv("VLMCLS_CACHE", str(tmp_path / "cache"))
+    descriptors = str(shardgen.DEMO / "descriptors.json")
+    audits = {}
+    for name, data, extra in (("folder", str(folder), ["--classes", str(shardgen.DEMO / "classes.txt")]),
+                              ("wds", f"wds:{wds}/test/{{0..3}}.tar", []),  # classes: classnames.txt
+                              ("missing", f"wds:{wds}/test/{{0..4}}.tar", [])):
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(app, ["audit", data, *extra, "--descriptors", descriptors, "-m",
+                                          shardgen.DEMO_MODEL, "-o", str(out), "-q"])
+        assert result.exit_code == (1 if name == "missing" else 0), result.output
+        audits[name] = json.loads(out.read_text())
+        if name == "missing":
+            assert "shard not found" in result.output and "4.tar" in result.output
+    assert audits["wds"] == audits["folder"] == audits["missing"]
+    assert sum(len(rows) for rows in audits["wds"].values()) > 0
+
+
+def test_classify_with_an_output_file_takes_the_shards_class_names(bench, tmp_path):
+    """classify -o on a source that brings its classes (a list, not a file) crashed checking its outputs."""
+    _, wds = bench
+    out = tmp_path / "rows.jsonl"
+    proc = run_cli("classify", f"wds:{wds}/test/{{0..3}}.tar", "--model", shardgen.DEMO_MODEL, "--device", "cpu",
+                   "-q", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 48

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
+from ._benchmark import source_defaults
 from ._options import ModelOptions, with_model_options, with_source_options
 from ._settings import with_opt
 from ._render import EXIT_INPUT_ERRORS, console, console_err, handle_errors, key_value_table, progress_bar
@@ -27,8 +28,8 @@ _VERDICT_COLOUR = {"helps": "green", "neutral": "yellow", "hurts": "red"}
 @with_model_options
 @with_opt
 def audit_command(
-    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
-    classes: str = typer.Option(..., "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name."),
+    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR), wds:SHARDS (labels from their .cls members) or hf-dataset:ORG/NAME|DIR."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt; for hf-dataset: the ClassLabel names."),
     descriptors: Optional[Path] = typer.Option(None, "--descriptors", help="The CbD descriptor JSON to audit; without it the LLM writes the descriptors (--llm model=…, base_url=…)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save every descriptor's audit as .json: {class: [{descriptor, delta_recall, delta_top1, separation, verdict}, …]}, worst first."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the audit as one self-contained HTML page, in the eval report's style."),
@@ -55,6 +56,7 @@ def audit_command(
     from ..report.page import check_report_path
 
     # Everything a user can get wrong is checked before the model loads or any image is encoded.
+    classes, _ = source_defaults(data, source_options, classes, None, quiet)  # the audit keeps CbD's own texts
     class_names = load_classes(classes)
     options = MethodOptions(methods=method_options)
     for path, what in ((output, "output"), (write_pruned, "pruned descriptor file")):

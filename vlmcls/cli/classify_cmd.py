@@ -60,7 +60,7 @@ EXPORT_OPTION = typer.Option(
 @with_method_options
 def classify(
     images: str = typer.Argument(..., metavar="IMAGES", help="A folder (recursive), a .txt list of paths, an image, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR)."),
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt; for hf-dataset: the ClassLabel names."),
     method: str = typer.Option(DEFAULT_METHOD, "--method", help=spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to .jsonl, .csv, .json or .parquet."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to keep per image."),
@@ -107,7 +107,8 @@ def classify(
     records = None  # the single engine lists the source once, for the run and the report
     if engine == "single":
         records = as_records(images, **source_options)
-    inputs = [images, classes, *(path for _, _, path in files),
+    inputs = [images, *([classes] if isinstance(classes, str) else []),  # a list: a source's own class names
+              *(path for _, _, path in files),
               *map(operator.attrgetter("path_text"), records or [])]  # None for dataset rows
     targets = check_outputs({
         "--output": (output, OUTPUT_SUFFIXES, None),

@@ -40,8 +40,8 @@ _PER_CLASS_ROWS = 40
 @with_model_options
 @with_method_options
 def eval_command(
-    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR), wds:SHARDS (webdataset tar shards, brace ranges, CLIP_benchmark's layout) or hf-dataset:ORG/NAME."),
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt."),
+    data: str = typer.Argument(..., help="Labelled images: a folder with one sub-folder per class, or an HF dataset (save_to_disk folder, .parquet, imagefolder:DIR), wds:SHARDS (webdataset tar shards, brace ranges, CLIP_benchmark's layout) or hf-dataset:ORG/NAME (or hf-dataset:DIR, a local copy; Parquet datasets are streamed)."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="A file with one class per line, or a comma-separated list; matched to the labels by name. Default for wds: shards in CLIP_benchmark's layout: their classnames.txt; for hf-dataset: the ClassLabel names."),
     methods: str = typer.Option(DEFAULT_COMPARISON, "--methods", help="Comma-separated method specs to compare on the same image features. " + spec_help(), rich_help_panel="Methods"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Save metrics, costs and predictions of every method as .json."),
     report: Optional[Path] = REPORT_OPTION,

@@ -378,10 +378,6 @@ class HFBackend(ModelBackend):
         return out
 
 
-_HUB_PROBE_TIMEOUT_S = 3.0
-_TRUTHY = ("1", "on", "yes", "true")
-
-
 def _hub_repo(spec: ModelSpec) -> str | None:
     """The HF hub repository this model's weights come from, or None when loading it downloads nothing from the hub."""
     if spec.source in ("hf-hub", "hub"):
@@ -394,40 +390,18 @@ def _hub_repo(spec: ModelSpec) -> str | None:
     return None
 
 
-def _hub_unreachable_reason(endpoint: str) -> str | None:
-    """Why the hub cannot be reached, found within a few seconds; None when it can (or a proxy decides)."""
-    import os
-    import socket
-    from urllib.parse import urlsplit
-
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").strip().lower() in _TRUTHY:
-            return f"{name}={os.environ[name]} is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # only the proxy knows; let the download try
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=_HUB_PROBE_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return f"'{parts.hostname}:{port}' cannot be reached ({exc.strerror or type(exc).__name__})"
-
-
 def check_hub_reachable(spec: ModelSpec) -> None:
     """Fail in seconds, with one message, when a model must come from the HF hub and the hub cannot be reached
     (offline mode, no network): the hub libraries would otherwise retry for most of a minute."""
-    import os
+    from ..hub import hub_endpoint, hub_unreachable_reason, in_hub_cache
 
     repo = _hub_repo(spec)
     if repo is None:
         return
-    from huggingface_hub import constants
-
-    if (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir():
+    if in_hub_cache("models", repo, "snapshots"):
         return  # downloaded before: the hub libraries load it from their cache
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    reason = _hub_unreachable_reason(endpoint)
+    endpoint = hub_endpoint()
+    reason = hub_unreachable_reason(endpoint)
     if reason is not None:
         raise ModelLoadError(
             f"model '{spec.canonical}' must be downloaded from the HF hub ({endpoint}, repository '{repo}'), "

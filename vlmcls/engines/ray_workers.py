@@ -23,6 +23,7 @@ from ..api import NON_FINITE_FEATURE
 from ..errors import ModelLoadError
 from ..encode.feature_store import FeatureStore, read_feats
 from ..sources.listing import ImageRecord, image_data_of
+from ..sources.parquet_rows import open_parquet
 from ..encode.images import iter_decoded_batches
 
 __all__ = ["decode_files", "decode_rows", "decode_shard", "EncoderActor", "rows_by_position", "located_rows"]
@@ -69,10 +70,9 @@ def decode_shard(batch, *, preprocess, min_side: int | None, known: np.ndarray, 
 def _cells(part: dict, column: str, batch_size: int) -> Iterator[list]:
     """The image column's cells of one part, ``batch_size`` at a time, as Python values."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if part["group"] is not None:
-        with pq.ParquetFile(part["file"]) as parquet:
+    if part["group"] is not None:  # a local file, or an hf:// URL a streamed hub dataset reads by row group
+        with open_parquet(part["file"]) as parquet:
             cells = parquet.read_row_group(part["group"], columns=[column]).column(column)
         for start in range(0, len(cells), batch_size):
             yield cells.slice(start, batch_size).to_pylist()

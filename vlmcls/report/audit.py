@@ -167,6 +167,7 @@ def audit_descriptors(
     measures the accuracy before and after pruning on them.
     """
     from ..api import as_records, load_classes
+    from ..sources.shards import listing_error  # a missing shard is an error row without a label
 
     class_names = load_classes(classes)
     dset = descriptors if isinstance(descriptors, DescriptorSet) else DescriptorSet.from_json(descriptors)
@@ -178,6 +179,7 @@ def audit_descriptors(
         raise ConfigError(f"labels not among the {len(class_names)} classes: {shown}. The audit needs every "
                           "labelled image to belong to one of --classes; add them or fix their spelling.")
     labelled = [r for r in records if r.label is not None]
+    broken = [(r, reason) for r in records if r.label is None and (reason := listing_error(r)) is not None]
     if not labelled:
         raise ConfigError(f"no labelled images in '{data}': put the images in one sub-folder per class, or name "
                           "the dataset's label column with --dataset label_column=NAME.")
@@ -193,7 +195,7 @@ def audit_descriptors(
     result = audit_features(feats.feats, labels, class_names, dset, classifier.encoder.encode_texts,
                             logit_scale=classifier.model.logit_scale, holdout=holdout, prune_neutral=prune_neutral,
                             seed=seed, image_ids=[r.id for r in feats.records])
-    result.image_errors = [{"id": rec.id, "error": reason} for rec, reason in feats.errors]
+    result.image_errors = [{"id": rec.id, "error": reason} for rec, reason in broken + list(feats.errors)]
     return result
 
 

@@ -24,11 +24,15 @@ def clip_benchmark_record(report: Any, run: Any, dataset: str | None = None) -> 
     """One method's run of an eval report as CLIP_benchmark's result object."""
     from ..encode.model_ids import parse_model_id
 
-    model, pretrained = report.model, None
+    # CLIP_benchmark's --model and --pretrained, both strings: its `build` joins them (model + ' ' + pretrained),
+    # so a null pretrained breaks it. An id without a named checkpoint (local-dir:, hf-hub:) is open_clip's model
+    # name whole, with pretrained "", as CLIP_benchmark is called for such a model.
+    model, pretrained = report.model or "", ""
     if report.model:
         try:
             spec = parse_model_id(report.model)
-            model, pretrained = spec.name, spec.pretrained
+            if spec.pretrained:
+                model, pretrained = spec.name, spec.pretrained
         except Exception:  # an id only the API's own backend knows: keep it whole
             pass
     metrics = run.metrics

@@ -7,16 +7,12 @@ only, bounded in size, so a FIFO or a link to ``/dev/zero`` named ``*.png`` is a
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from PIL import Image
-
-from ..errors import ConfigError, ImageError, MissingExtraError, SourceUnreachableError
+from ..errors import ConfigError, ImageError
 from ..gcpause import paused_gc
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", "DatasetLocation", "list_images",
@@ -24,6 +20,16 @@ __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_BYTES", "ImageRecord", "ImageData", 
 
 log = logging.getLogger(__name__)
 
+from .columns import (  # noqa: F401  (image_data_of: what callers import from here)
+    arrow_parts,
+    dataset_columns,
+    dataset_records,
+    image_data_of,
+    list_dataset_rows,
+    load_hf,
+)
+from .hub_datasets import is_hub_dataset, open_hub_dataset
+from .parquet_rows import read_parquet_rows
 from .records import (  # noqa: F401  (what callers import from here)
     _ACCEPTED,
     DEFAULT_MAX_BYTES,
@@ -55,17 +61,16 @@ def list_images(
     ``datasets.Dataset`` / ``DatasetDict`` is accepted too.
     """
     if isinstance(source, str) and source.startswith("wds:"):
-        from .shards import list_shards
+        from .shards import list_shards, refuse_columns
 
-        _only_split(source, image_column, label_column)
+        refuse_columns(source, image_column, label_column)
         return list_shards(source, split).records
-    if isinstance(source, str) and source.startswith(HUB_DATASET_PREFIX):
-        loaded, name = _load_hub_dataset(source, split)
-        return _list_dataset_rows(loaded, name, None, image_column, label_column, split)
+    if is_hub_dataset(source):
+        return open_hub_dataset(source, split, image_column, label_column).records
     found = _dataset_source(source)
     if found is not None:
         loaded, name, base_dir = _load_dataset(*found, split)
-        return _list_dataset_rows(loaded, name, base_dir, image_column, label_column, split)
+        return list_dataset_rows(loaded, name, base_dir, image_column, label_column, split)
     text = os.fspath(source)
     path = Path(text).expanduser()
     dataset_options = {"image_column": image_column, "label_column": label_column, "split": split}
@@ -83,14 +88,6 @@ def list_images(
     raise ConfigError(f"cannot read images from '{text}'. {_ACCEPTED}")
 
 
-def _only_split(source: str, image_column: str | None, label_column: str | None) -> None:
-    """Shards name their members by extension: the column flags do not apply."""
-    given = "image_column" if image_column is not None else "label_column" if label_column is not None else None
-    if given:
-        raise ConfigError(f"'{given}' applies to datasets with columns, not to the shards of '{source}' (images are "
-                          "their image members, labels their .cls members). Drop it.")
-
-
 def locate_dataset(
     source: str | os.PathLike | Any,
     *,
@@ -105,6 +102,8 @@ def locate_dataset(
     """
     if isinstance(source, str) and source.startswith("wds:"):
         return _locate_shards(source, image_column, label_column, split)
+    if is_hub_dataset(source):
+        return open_hub_dataset(source, split, image_column, label_column, locate=True).location
     found = _dataset_source(source)
     if found is None:
         return None
@@ -112,8 +111,8 @@ def locate_dataset(
     if kind == "parquet":
         return _locate_parquet(where, text, image_column, label_column, split)
     loaded, name, base_dir = _load_dataset(kind, where, text, split)
-    dataset, split_name, column, labels = _dataset_columns(loaded, name, image_column, label_column, split)
-    records = _dataset_records(name, split_name, labels, None)
+    dataset, split_name, column, labels = dataset_columns(loaded, name, image_column, label_column, split)
+    records = dataset_records(name, split_name, labels, None)
     base = os.path.abspath(base_dir) if base_dir is not None else None
     if kind == "imagefolder":  # its image column holds paths only
         try:
@@ -122,72 +121,26 @@ def locate_dataset(
             files = []
         if files and all(isinstance(f, Path) for f in files):
             return DatasetLocation(records, column, base, files=tuple(str(f) for f in files))
-    return DatasetLocation(records, column, base, parts=_arrow_parts(dataset, text or name))
+    return DatasetLocation(records, column, base, parts=arrow_parts(dataset, text or name))
 
 
 def _locate_shards(source: str, image_column: str | None, label_column: str | None,
                    split: str | None) -> DatasetLocation:
     """A ``wds:`` source's records and the tar members its images are, shard by shard."""
-    from .shards import list_shards
+    from .shards import list_shards, refuse_columns, shard_location
 
-    _only_split(source, image_column, label_column)
-    listing = list_shards(source, split)
-    in_shards = {row for _, members in listing.shards for row, _, _ in members}
-    failed = {}
-    for row, record in enumerate(listing.records):
-        if row not in in_shards:
-            try:
-                record.fetch()
-                failed[row] = "no image"
-            except ImageError as exc:
-                failed[row] = str(exc)
-    records = [ImageRecord(r.id, None, r.label, r.source_index) for r in listing.records]
-    return DatasetLocation(records, "", None, shards=listing.shards, failed=failed)
+    refuse_columns(source, image_column, label_column)
+    return shard_location(list_shards(source, split))
 
 
 def _locate_parquet(path: Path, text: str, image_column: str | None, label_column: str | None,
                     split: str | None) -> DatasetLocation:
     """A Parquet file's rows as ``Dataset.from_parquet`` would list them, from its metadata and label column."""
-    import pyarrow.parquet as pq
-
-    def read(what: Callable[[Any, Any], Any]) -> Any:  # what(the open file, the datasets module)
-        def load(datasets):
-            with pq.ParquetFile(str(path)) as parquet:
-                return what(parquet, datasets)
-        return _load_hf(load, text)
-
-    meta, features = read(lambda parquet, ds: (parquet.metadata, ds.Features.from_arrow_schema(parquet.schema_arrow)))
-    name = path.stem
-    column = _pick_image_column(features, image_column, name)
-    label_column = _pick_label_column(features, label_column, name)
-    if label_column is None:
-        labels = [None] * meta.num_rows
-    else:
-        values = read(lambda parquet, _: parquet.read(columns=[label_column]).column(label_column).to_pylist())
-        labels = _label_names(values, features[label_column])
-    records = _dataset_records(name, split or "train", labels, None)
     file = os.path.abspath(path)
-    parts = tuple((file, group, meta.row_group(group).num_rows) for group in range(meta.num_row_groups))
-    return DatasetLocation(records, column, os.path.dirname(file), parts=parts)
+    rows = read_parquet_rows([file], path.stem, split or "train", text, image_column, label_column,
+                             os.path.dirname(file))
+    return rows.location
 
-
-def _arrow_parts(dataset: Any, name: str) -> tuple[tuple[str, None, int], ...]:
-    """The Arrow files holding a dataset's rows, in row order, with their row counts (read from the files'
-    record batch headers; memory-mapped, so no image is read)."""
-    import pyarrow as pa
-
-    files = [entry["filename"] for entry in dataset.cache_files]
-    parts = []
-    if getattr(dataset, "_indices", None) is None:
-        for file in files:
-            with pa.memory_map(file) as source:
-                parts.append((os.path.abspath(file), None, pa.ipc.open_stream(source).read_all().num_rows))
-    if not parts or sum(rows for _, _, rows in parts) != len(dataset):
-        raise ConfigError(
-            f"the rows of dataset '{name}' are not its Arrow files in order (an in-memory dataset, or one with a "
-            "select/shuffle applied), so Ray workers cannot read them. Save it with save_to_disk and give that folder."
-        )
-    return tuple(parts)
 
 def _dataset_source(source: str | os.PathLike | Any) -> tuple[str, Any, str] | None:
     """(kind, where, the source as given) when ``source`` names an HF dataset: ``memory`` (a Dataset/DatasetDict
@@ -220,11 +173,11 @@ def _load_dataset(kind: str, where: Any, text: str, split: str | None) -> tuple[
     if kind == "memory":
         return where, getattr(getattr(where, "info", None), "dataset_name", None) or "dataset", None
     if kind == "imagefolder":
-        loaded = _load_hf(lambda ds: ds.load_dataset("imagefolder", data_dir=str(where), split=split), text)
+        loaded = load_hf(lambda ds: ds.load_dataset("imagefolder", data_dir=str(where), split=split), text)
         return loaded, where.name, where
     if kind == "saved":
-        return _load_hf(lambda ds: ds.load_from_disk(str(where)), text), where.name, where
-    loaded = _load_hf(lambda ds: ds.Dataset.from_parquet(str(where), split=split or "train"), text)
+        return load_hf(lambda ds: ds.load_from_disk(str(where)), text), where.name, where
+    loaded = load_hf(lambda ds: ds.Dataset.from_parquet(str(where), split=split or "train"), text)
     return loaded, where.stem, where.parent
 
 
@@ -303,197 +256,6 @@ def _list_path_file(list_file: Path) -> list[ImageRecord]:
     return records
 
 
-# -- HF datasets --------------------------------------------------------------------------------------
-
-HUB_DATASET_PREFIX = "hf-dataset:"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def check_hub_dataset_id(source: str) -> str:
-    """The ``ORG/NAME`` of an ``hf-dataset:ORG/NAME`` source; ConfigError when it is not one."""
-    name = source[len(HUB_DATASET_PREFIX):]
-    if not _HUB_ID.match(name):
-        raise ConfigError(f"'{source}' is no hub dataset id. Write hf-dataset:ORG/NAME, e.g. hf-dataset:"
-                          "clip-benchmark/wds_cifar10.")
-    return name
-
-
-def _load_hub_dataset(source: str, split: str | None) -> tuple[Any, str]:
-    """A hub dataset through ``datasets.load_dataset`` (downloaded once into datasets' cache). Offline and not
-    cached: fails in seconds, where datasets would retry for most of a minute."""
-    name = check_hub_dataset_id(source)
-    from huggingface_hub import constants
-
-    from ..encode.models import _hub_unreachable_reason  # the one probe hub models use too
-
-    cached = (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir()
-    if not cached:
-        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-        reason = _hub_unreachable_reason(endpoint)
-        if reason is not None:
-            raise SourceUnreachableError(
-                f"dataset '{name}' must be downloaded from the HF hub ({endpoint}), but {reason} and it is not in "
-                "the local hub cache. Where you have network, save it with datasets' save_to_disk (or download its "
-                "shards) and give that folder here, or wds:DIR."
-            )
-    loaded = _load_hf(lambda ds: ds.load_dataset(name, split=split), source)
-    return loaded, name.split("/")[-1]
-
-
-
 def _is_hf_dataset(obj: Any) -> bool:
     module = type(obj).__module__ or ""
     return module.startswith("datasets.") and type(obj).__name__ in {"Dataset", "DatasetDict"}
-
-
-def _load_hf(load: Callable[[Any], Any], source: str) -> Any:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"reading '{source}' needs the 'datasets' package: pip install datasets"
-        ) from exc
-    try:
-        return load(datasets)
-    except ValueError as exc:  # includes an unknown split
-        raise ConfigError(f"cannot load the dataset '{source}': {exc}") from exc
-    except Exception as exc:  # datasets raises many kinds: FileNotFoundError, ArrowInvalid, …
-        raise ConfigError(
-            f"cannot load the dataset '{source}': {type(exc).__name__}: {exc}. "
-            "Check that it was written by datasets (save_to_disk, to_parquet) or is a folder of images."
-        ) from exc
-
-
-def _list_dataset_rows(
-    loaded: Any,
-    name: str,
-    base_dir: Path | None,
-    image_column: str | None,
-    label_column: str | None,
-    split: str | None,
-) -> list[ImageRecord]:
-    dataset, split_name, image_column, labels = _dataset_columns(loaded, name, image_column, label_column, split)
-    return _dataset_records(name, split_name, labels, _DatasetImages(dataset, image_column, base_dir).read)
-
-
-def _dataset_columns(loaded: Any, name: str, image_column: str | None, label_column: str | None,
-                     split: str | None) -> tuple[Any, str, str, list[str | None]]:
-    """(the split's Dataset, the split's name, the image column, each row's label)."""
-    dataset, split_name = _pick_split(loaded, name, split)
-    features = dataset.features
-    image_column = _pick_image_column(features, image_column, name)
-    label_column = _pick_label_column(features, label_column, name)
-    if label_column is None:
-        return dataset, split_name, image_column, [None] * len(dataset)
-    values = dataset.with_format("arrow")[label_column].to_pylist()  # arrow: ~1000x faster than a row loop
-    return dataset, split_name, image_column, _label_names(values, features[label_column])
-
-
-def _dataset_records(name: str, split_name: str, labels: list[str | None],
-                     read: Callable[[int], ImageData] | None) -> list[ImageRecord]:
-    """One record per row, ``name[split]/index``; ``read(index)`` fetches a row's image (None: read elsewhere)."""
-    with paused_gc():  # 48,000 records would trigger full collections that walk every object alive
-        return [
-            ImageRecord(id=f"{name}[{split_name}]/{index}", path=None, label=label, source_index=index,
-                        fetch=functools.partial(read, index) if read is not None else None)
-            for index, label in enumerate(labels)
-        ]
-
-
-def _pick_split(loaded: Any, name: str, split: str | None) -> tuple[Any, str]:
-    if type(loaded).__name__ != "DatasetDict":
-        own = str(loaded.split) if loaded.split is not None else None
-        if split is not None and own is not None and split != own:
-            raise ConfigError(
-                f"dataset '{name}' holds only the split '{own}', not '{split}'. Drop the split."
-            )
-        return loaded, own or split or "train"
-    splits = list(loaded.keys())
-    if split is None and len(splits) == 1:
-        return loaded[splits[0]], splits[0]
-    if split is None or split not in loaded:
-        what = "has several splits" if split is None else f"has no split '{split}'"
-        raise ConfigError(
-            f"dataset '{name}' {what}; choose one of {', '.join(map(repr, splits))} with split=."
-        )
-    return loaded[split], split
-
-
-def _pick_image_column(features: Any, image_column: str | None, name: str) -> str:
-    import datasets
-
-    columns = list(features)
-    if image_column is not None:
-        if image_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{image_column}'. Columns: {', '.join(columns)}."
-            )
-        return image_column
-    image_columns = [c for c, f in features.items() if isinstance(f, datasets.Image)]
-    if len(image_columns) == 1:
-        return image_columns[0]
-    for fallback in ("image", "img"):
-        if not image_columns and fallback in features:
-            return fallback
-    what = "several image columns" if image_columns else "no image column"
-    raise ConfigError(
-        f"dataset '{name}' has {what} (columns: {', '.join(columns)}). Pick one with image_column=."
-    )
-
-
-def _pick_label_column(features: Any, label_column: str | None, name: str) -> str | None:
-    import datasets
-
-    if label_column is not None:
-        if label_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{label_column}'. Columns: {', '.join(features)}."
-            )
-        return label_column
-    class_label_columns = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
-    if len(class_label_columns) == 1:
-        return class_label_columns[0]
-    return "label" if "label" in features else None
-
-
-def _label_names(values: list, feature: Any) -> list[str | None]:
-    import datasets
-
-    if isinstance(feature, datasets.ClassLabel):
-        # -1 is datasets' "no label" value
-        return [feature.int2str(v) if v is not None and v >= 0 else None for v in values]
-    return [None if v is None else str(v) for v in values]
-
-
-class _DatasetImages:
-    """One image column of a dataset, read without decoding: vlmcls decodes it itself, with its guards."""
-
-    def __init__(self, dataset: Any, column: str, base_dir: Path | None):
-        import datasets
-
-        images = dataset.select_columns([column])
-        if isinstance(images.features[column], datasets.Image):
-            images = images.cast_column(column, datasets.Image(decode=False))
-        self._images = images
-        self._column = column
-        self._base_dir = base_dir
-
-    def read(self, index: int) -> ImageData:
-        return image_data_of(self._images[index][self._column], self._column, self._base_dir)
-
-
-def image_data_of(value: Any, column: str, base_dir: str | os.PathLike | None) -> ImageData:
-    """What one cell of a dataset's image column holds: encoded bytes, a file (a relative path is read from
-    ``base_dir``) or a decoded image. Raises :class:`ImageError` for a cell without an image."""
-    if isinstance(value, dict):  # the Image feature's storage: {"bytes": ..., "path": ...}
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, str) and value:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
-    raise ImageError(f"no image in column '{column}' (found {type(value).__name__})")
-
-

@@ -22,7 +22,7 @@ DEFAULT_MAX_BYTES = 1 << 30
 _ACCEPTED = (
     "Give a folder of images (class sub-folders allowed), a .txt file with one image path per line, "
     "an image file, a dataset folder written by datasets' save_to_disk, a .parquet file, imagefolder:DIR, "
-    "wds:SHARDS (webdataset tar shards) or hf-dataset:ORG/NAME."
+    "wds:SHARDS (webdataset tar shards) or hf-dataset:ORG/NAME (or hf-dataset:DIR, a local copy)."
 )
 
 # What a dataset row hands over: encoded bytes, a file it points at, or an already decoded PIL image.

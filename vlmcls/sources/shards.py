@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ImageError
-from .records import IMAGE_EXTENSIONS, ImageRecord
+from .records import IMAGE_EXTENSIONS, DatasetLocation, ImageRecord
 
-__all__ = ["WDS_PREFIX", "ShardListing", "list_shards", "expand_spec", "read_member", "is_wds"]
+__all__ = ["WDS_PREFIX", "ShardListing", "list_shards", "list_shard_urls", "expand_spec", "read_member", "is_wds",
+           "listing_error", "natural_order", "refuse_columns", "shard_location"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,35 @@ def expand_spec(spec: str, split: str | None = None) -> list[str]:
     return list(braceexpand(str(Path(text).expanduser())))
 
 
+def natural_order(urls: list[str]) -> list[str]:
+    """Shards in the order ``wds:DIR`` lists them: by folder, then ``2.tar`` before ``10.tar``."""
+    return sorted(urls, key=lambda url: (url.rsplit("/", 1)[0], _natural(url.rsplit("/", 1)[-1])))
+
+
+def refuse_columns(source: str, image_column: str | None, label_column: str | None) -> None:
+    """Shards name their members by extension: the column options do not apply."""
+    given = "image_column" if image_column is not None else "label_column" if label_column is not None else None
+    if given:
+        raise ConfigError(f"'{given}' applies to datasets with columns, not to the shards of '{source}' (images are "
+                          "their image members, labels their .cls members). Drop it.")
+
+
+def shard_location(listing: ShardListing) -> DatasetLocation:
+    """Where a Ray task reads each sample of ``listing``: tar members by offset; rows known bad at listing (a missing
+    shard) with their reasons."""
+    in_shards = {row for _, members in listing.shards for row, _, _ in members}
+    failed = {}
+    for row, record in enumerate(listing.records):
+        if row not in in_shards:
+            try:
+                record.fetch()
+                failed[row] = "no image"
+            except ImageError as exc:
+                failed[row] = str(exc)
+    records = [ImageRecord(r.id, None, r.label, r.source_index) for r in listing.records]
+    return DatasetLocation(records, "", None, shards=listing.shards, failed=failed)
+
+
 def _natural(name: str) -> tuple:
     stem = name.split(".")[0]
     return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
@@ -89,7 +119,11 @@ def _is_remote(text: str) -> bool:
 def list_shards(spec: str, split: str | None = None, cache_dir: str | os.PathLike | None = None) -> ShardListing:
     """List every sample of the shards a ``wds:`` spec names: one record per image member, labelled through
     ``classnames.txt`` when found; a shard that cannot be read is one error row, the rest goes on."""
-    urls = expand_spec(spec, split)
+    return list_shard_urls(expand_spec(spec, split), spec, cache_dir)
+
+
+def list_shard_urls(urls: list[str], spec: str, cache_dir: str | os.PathLike | None = None) -> ShardListing:
+    """:func:`list_shards` of shard paths or URLs already expanded (an ``hf-dataset:`` in webdataset format)."""
     records: list[ImageRecord] = []
     shards = []
     paths: list[str | None] = []
@@ -99,7 +133,7 @@ def list_shards(spec: str, split: str | None = None, cache_dir: str | os.PathLik
         except ImageError as exc:
             log.warning("shard '%s' cannot be fetched: %s", url, exc)
             paths.append(None)
-    classnames, templates, found = _layout(urls[0], cache_dir, split)
+    classnames, templates, found = _layout(urls[0], cache_dir)
     for url, path in zip(urls, paths):
         first = len(records)
         if path is None or not os.path.isfile(path):
@@ -120,6 +154,16 @@ def _error_record(shard: str, index: int, reason: str) -> ImageRecord:
 
 def _fail(reason: str) -> bytes:
     raise ImageError(reason)
+
+
+def listing_error(record: ImageRecord) -> str | None:
+    """The reason a shard listing made ``record`` an error row (a missing shard, a sample with no image, a cut
+    tar), known without reading anything; None for any other record. Such rows have no label, so a caller that
+    keeps only labelled images (the audit) would drop them silently."""
+    fetch = record.fetch
+    if isinstance(fetch, functools.partial) and fetch.func is _fail:
+        return fetch.args[0]
+    return None
 
 
 def _shard_members(path: str, url: str, first: int, classnames: list[str] | None,
@@ -199,7 +243,7 @@ def read_member(path: str, offset: int, size: int) -> bytes:
     return data
 
 
-def _layout(first_url: str, cache_dir, split: str | None) -> tuple[list[str] | None, list[str] | None, dict]:
+def _layout(first_url: str, cache_dir) -> tuple[list[str] | None, list[str] | None, dict]:
     """CLIP_benchmark's classnames and templates files: beside the shards, or one folder up (beside ``test/``)."""
     found: dict[str, str] = {}
     texts: dict[str, str] = {}
