@@ -1,17 +1,18 @@
 """What every bench prints beside its figures: the CPU (model and flags), and how busy the machine was.
 
 A rate measured on this 2-core box moves by 2x with what else runs (a cold process, another engineer's tests), so
-each figure says where it was taken, and the benches warm, bracket and alternate their baselines (``bracketed``).
+each figure says where it was taken, and the benches warm, bracket and alternate their baselines (``_timing``).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
-import time
-from typing import Callable
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing, whoever imports this
 
 
 def cpu_description() -> str:
@@ -37,6 +38,17 @@ def cpu_description() -> str:
     return f"CPU: {model}, {os.cpu_count()} CPUs; flags: {fields.get('Flags', 'unknown')}"
 
 
+def cpu_summary() -> str:
+    """``AMD EPYC, 2 CPUs, avx512: yes, vnni: yes (avx512_vnni avx_vnni)``: what a README figure names its CPU by."""
+    line = cpu_description()
+    model, _, flags = line.partition("; flags: ")
+    names = set(flags.split())
+    vnni = sorted(f for f in names if "vnni" in f)
+    avx512 = any(f.startswith("avx512") for f in names)
+    return (f"{model.removeprefix('CPU: ')}, avx512: {'yes' if avx512 else 'no'}, "
+            f"vnni: {'yes (' + ' '.join(vnni) + ')' if vnni else 'no'}")
+
+
 def load_average() -> str:
     try:
         return "load average %.2f %.2f %.2f" % os.getloadavg()
@@ -47,6 +59,7 @@ def load_average() -> str:
 def print_machine(label: str = "start") -> None:
     """The CPU line and the load average, flushed (run once at the start, and ``print_load('end')`` at the end)."""
     print(cpu_description(), flush=True)
+    print(f"CPU summary: {cpu_summary()}", flush=True)
     print_load(label)
 
 
@@ -54,31 +67,5 @@ def print_load(label: str) -> None:
     print(f"{label}: {load_average()} (2 CPUs busy = 2.0; other processes slow every figure)", flush=True)
 
 
-def bracketed(baseline: Callable[[], float], measured: dict[str, Callable[[], float]], rounds: int,
-              warmup: bool = True) -> tuple[list[float], dict[str, list[float]]]:
-    """Seconds of ``baseline`` and of each ``measured`` run, alternating: baseline, every measured run, baseline, …,
-    ending with a baseline, so each measured run has a baseline before and after it (drift shows as a spread of the
-    baseline runs). ``warmup``: one baseline run first, not counted (a cold process runs its first half-minute at
-    about half speed: allocator, oneDNN primitives, page cache)."""
-    if warmup:
-        baseline()
-    base: list[float] = []
-    runs: dict[str, list[float]] = {name: [] for name in measured}
-    for _ in range(rounds):
-        base.append(baseline())
-        for name, run in measured.items():
-            runs[name].append(run())
-    base.append(baseline())
-    return base, runs
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def spread(values: list[float]) -> str:
-    """``median 12.3 s (min 11.9, max 14.0, n 5)``."""
-    return (f"median {statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}, "
-            f"n {len(values)})")
+# The timing logic lives in _timing.py; these names stay importable from here for older callers.
+from _timing import bracketed, spread, timed  # noqa: E402,F401

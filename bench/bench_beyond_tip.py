@@ -8,14 +8,15 @@ for tip and gda (drawn from another seed than the test images). ECE: 15 equal-wi
 
 Speed: a random-init ViT-B/32-shaped SigLIP (transformers, 768-d, patch 32, 224 px; nothing downloaded), N random
 images and 100 classes; the forward pass is the image tower's encode of the N images, and each refiner's extra time
-is ``predict(name+X) − predict(name)`` on the stored features, medians of 3 (gda's 4 shots per class are encoded
-once before timing: the support folder is cached like the images).
+is ``predict(name+X) − predict(name)`` on the stored features (gda's 4 shots per class are encoded once before
+timing: the support folder is cached like the images): every spec run once first, not counted, then ``--repeats``
+alternated rounds with the ``name`` head (the baseline) before and after every refiner run; medians. The forward
+pass is one encode of the N images from an empty store (a first run, cold by design).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate, timed  # noqa: E402
 
 from vlmcls import Classifier  # noqa: E402
 from vlmcls.adapters.metrics import expected_calibration_error  # noqa: E402
@@ -100,7 +105,7 @@ def make_siglip_b32(folder: Path) -> Path:
     return folder
 
 
-def speed(work: Path, count: int) -> None:
+def speed(work: Path, count: int, repeats: int) -> None:
     from PIL import Image
 
     model = make_siglip_b32(work / "siglip_b32")
@@ -119,27 +124,25 @@ def speed(work: Path, count: int) -> None:
     feats = clf.encode_images(work / "speed")
     forward = time.perf_counter() - started
     clf.encode_images(work / "speed_support")  # cached for gda
-    options = {"gda": {"support": str(work / "speed_support")}}
+    support = str(work / "speed_support")
+    options = {"gda": {"support": support}, "tip": {"support": support}}
+    refiners = ("tip", "tfup", "transclip", "gda", "tda")
 
-    def timed(spec: str) -> float:
+    def run(spec: str):
         opts = options_for_spec(spec, MethodOptions(methods=options))
-        runs = []
-        for _ in range(3):
-            started = time.perf_counter()
-            clf.predict(feats, classes, spec, opts)
-            runs.append(time.perf_counter() - started)
-        return statistics.median(runs)
+        return lambda: timed(lambda: clf.predict(feats, classes, spec, opts))
 
-    head = timed("name")
+    rounds = alternate(run("name"), {r: run(f"name+{r}") for r in refiners}, repeats, name="name",
+                       warm_measured=True, verbose=False)
+    head = rounds.median()
     print(f"\nSigLIP ViT-B/32-shaped (random), {len(feats.records)} images, 100 classes: forward pass "
           f"{forward:.1f} s, name head {head:.3f} s\n")
     print("| refiner | extra s | extra / forward pass |")
     print("|---|---|---|")
-    for refiner in ("tip", "tfup", "transclip", "gda", "tda"):
-        if refiner == "tip":
-            options["tip"] = {"support": str(work / "speed_support")}
-        extra = timed(f"name+{refiner}") - head
+    for refiner in refiners:
+        extra = rounds.median(refiner) - head
         print(f"| {refiner} | {extra:.3f} | {extra / forward:.4f} |", flush=True)
+    rounds.print_summary()
 
 
 def main() -> None:
@@ -149,13 +152,16 @@ def main() -> None:
     parser.add_argument("--speed-images", type=int, default=2000)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-table", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated rounds of the speed part")
     args = parser.parse_args()
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_table:
             demo_table(work, args.per_class, args.seed)
         if not args.skip_speed:
-            speed(work, args.speed_images)
+            speed(work, args.speed_images, args.repeats)
+    print_load("end")
 
 
 if __name__ == "__main__":

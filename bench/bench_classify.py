@@ -5,8 +5,11 @@
 
 Everything runs in one process on the same images, labels and (random-init, seeded) ViT-B/32 weights, and prints
 throughputs and the ratios the issue asks for. Model loading is outside every timed region; every first run starts
-from an empty embedding store and an empty file-hash memo. With ``--repeats R`` the compared runs alternate R times
-and the median of each is used (this CPU is a shared VM whose speed drifts by ±10 % between minutes).
+from an empty embedding store and an empty file-hash memo. Each comparison is warm and bracketed
+(``_timing.alternate``): the baseline (the raw open_clip loop, open_clip's encode_text, the HF pipeline) runs once
+uncounted, then ``--repeats R`` rounds alternate baseline and candidates, and the baseline runs once more at the
+end, so each candidate run has a baseline before and after it; medians are compared (this CPU is a shared VM whose
+speed drifts by up to 2x between minutes).
 Beside the end-to-end figures it prints the two bounds: the model forward alone on pixels already on the device,
 and decoding + preprocessing alone on the decode threads.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +30,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import alternate  # noqa: E402
 
 LABELS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "flower", "person", "horse"]
 OTHER_LABELS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "pear", "plum"]
@@ -119,10 +124,6 @@ def decode_rate(paths, preprocess, batch_size: int, workers: int, worker_type: s
     return len(paths) / t
 
 
-def median(values):
-    return statistics.median(values)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=256)
@@ -130,13 +131,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--texts", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the compared runs this many times")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated rounds of each comparison")
     parser.add_argument("--hf-batches", default="8,16,32,64", help="batch sizes tried for the HF pipeline")
     parser.add_argument("--workers", default=None, help="decode thread counts to try for the decode bound, e.g. 4,8,16")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--hf-only", action="store_true", help="only the HF pipeline comparison")
+    parser.add_argument("--skip-other-workers", action="store_true",
+                        help="leave out classify with the other decode worker type from the rounds")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
-    from _machine import print_machine
+    from _machine import print_load, print_machine
 
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,6 +161,7 @@ def main() -> None:
     run_id = iter(range(10**6))
     try:
         run_all(args, work, paths, fig, run_id)
+        print_load("end")
     finally:  # what was measured before a failure is still written
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +178,9 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
     def fresh_cache() -> Path:
         clear_digest_memo()  # a first run hashes every file, as a new process would
         return work / f"cache-{next(run_id)}"
+
+    if args.hf_only:
+        return hf_section(args, work, paths, fig, fresh_cache)
 
     # 0. the two bounds: model forward alone, decoding alone
     torch.manual_seed(0)
@@ -208,38 +216,55 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
     fig["hash_img_s"] = len(paths) / t_hash
     print(f"content hashing        {fig['hash_img_s']:8.1f} img/s", flush=True)
 
-    # 1. raw open_clip loop vs vlmcls classify (same loaded weights), alternating
-    raw_open_clip_loop(backend.model, backend.preprocess, paths[: args.batch_size], args.batch_size, backend.device,
-                       backend.dtype)  # warm-up
-    t_raws, t_firsts = [], []
-    for _ in range(args.repeats):
-        t, _ = timed(lambda: raw_open_clip_loop(backend.model, backend.preprocess, paths, args.batch_size,
-                                                backend.device, backend.dtype), args.device)
-        t_raws.append(t)
-        clf = Classifier(backend, cache_dir=fresh_cache(), batch_size=args.batch_size)
-        t, first = timed(lambda: clf.classify(work / "images", LABELS, method="templates", templates="photo"), args.device)
-        assert first.stats["encoded"] == len(paths)
-        t_firsts.append(t)
-    t_raw, t_first = median(t_raws), median(t_firsts)
-    t_again, again = timed(lambda: clf.classify(work / "images", OTHER_LABELS, method="templates", templates="photo"))
-    assert again.stats["encoded"] == 0
-    fig.update(raw_loop_img_s=len(paths) / t_raw, classify_img_s=len(paths) / t_first,
-               classify_vs_raw=t_raw / t_first, rerun_s=t_again, rerun_speedup=t_first / t_again)
-    print(f"raw open_clip loop     {len(paths) / t_raw:8.1f} img/s  runs {['%.1f' % (len(paths) / t) for t in t_raws]}")
-    print(f"vlmcls classify        {len(paths) / t_first:8.1f} img/s  runs {['%.1f' % (len(paths) / t) for t in t_firsts]}"
-          f"   ratio {t_raw / t_first:.2f}x  (target >= 0.90)")
-    print(f"re-run, other classes  {t_again:8.3f} s      ratio {t_first / t_again:.0f}x faster than first run "
-          f"(target >= 50)", flush=True)
+    # 1. raw open_clip loop (the baseline, warmed, bracketing) vs vlmcls classify from an empty store, then a re-run
+    #    of that store with other classes; alternated rounds, medians
     from vlmcls.encode.images import choose_worker_type
 
     auto_kind = choose_worker_type("auto", as_records([str(p) for p in paths]))
     fig["auto_worker_type"] = auto_kind
-    for kind in {"thread", "process"} - {auto_kind}:
-        c = Classifier(backend, cache_dir=fresh_cache(), batch_size=args.batch_size, worker_type=kind)
-        t, _ = timed(lambda: c.classify(work / "images", LABELS, method="templates", templates="photo"), args.device)
-        fig[f"classify_{kind}_img_s"] = len(paths) / t
-        print(f"vlmcls classify, {kind} workers instead of the default {auto_kind} workers: {len(paths) / t:8.1f} img/s",
-              flush=True)
+    other_kind = ({"thread", "process"} - {auto_kind}).pop()
+    last: dict[str, object] = {}
+
+    def raw() -> float:
+        return timed(lambda: raw_open_clip_loop(backend.model, backend.preprocess, paths, args.batch_size,
+                                                backend.device, backend.dtype), args.device)[0]
+
+    def first_run(worker_type: str | None = None) -> float:
+        extra = {"worker_type": worker_type} if worker_type else {}
+        clf = Classifier(backend, cache_dir=fresh_cache(), batch_size=args.batch_size, **extra)
+        t, first = timed(lambda: clf.classify(work / "images", LABELS, method="templates", templates="photo"),
+                         args.device)
+        assert first.stats["encoded"] == len(paths)
+        if not worker_type:
+            last["clf"] = clf
+        return t
+
+    def rerun() -> float:  # the store of this round's first run: every image feature there, the 8 texts new
+        t, again = timed(lambda: last["clf"].classify(work / "images", OTHER_LABELS, method="templates",
+                                                      templates="photo"), args.device)
+        assert again.stats["encoded"] == 0
+        return t
+
+    measured = {"classify": first_run, "re-run": rerun}
+    if not args.skip_other_workers:
+        measured[f"classify, {other_kind} workers"] = lambda: first_run(other_kind)
+    rounds = alternate(raw, measured, args.repeats, name="raw open_clip loop")
+    t_raw, t_first, t_again = rounds.median(), rounds.median("classify"), rounds.median("re-run")
+    fig.update(raw_loop_img_s=len(paths) / t_raw, classify_img_s=len(paths) / t_first,
+               classify_vs_raw=t_raw / t_first, rerun_s=t_again, rerun_speedup=t_first / t_again,
+               raw_loop_drift=rounds.drift())
+    rates = lambda name: ['%.1f' % (len(paths) / t) for t in rounds.values(name)]  # noqa: E731
+    print(f"raw open_clip loop     {len(paths) / t_raw:8.1f} img/s  runs {rates(None)} (warmed, bracketing)")
+    print(f"vlmcls classify        {len(paths) / t_first:8.1f} img/s  runs {rates('classify')}"
+          f"   ratio {t_raw / t_first:.2f}x  (target >= 0.90)")
+    print(f"re-run, other classes  {t_again:8.3f} s      ratio {t_first / t_again:.0f}x faster than first run "
+          f"(target >= 50)", flush=True)
+    if not args.skip_other_workers:
+        t_other = rounds.median(f"classify, {other_kind} workers")
+        fig[f"classify_{other_kind}_img_s"] = len(paths) / t_other
+        print(f"vlmcls classify, {other_kind} workers instead of the default {auto_kind} workers: "
+              f"{len(paths) / t_other:8.1f} img/s", flush=True)
+    rounds.print_summary()
 
     # 2. text encoding: vlmcls (length-trimmed, causal) vs open_clip encode_text, same outputs
     rng = np.random.default_rng(1)
@@ -252,16 +277,27 @@ def run_all(args, work: Path, paths, fig: dict, run_id) -> None:
             return torch.cat([backend.model.encode_text(tokens[i : i + 256].to(backend.device)).float().cpu()
                               for i in range(0, len(texts), 256)])
 
-    t_ref_cold, _ = timed(reference_text, args.device)
+    t_ref_cold, _ = timed(reference_text, args.device)  # the first calls (every shape new), printed, not compared
     t_fast_cold, _ = timed(lambda: backend.encode_texts(texts, batch_size=256), args.device)
-    t_ref, ref = timed(reference_text, args.device)  # warm: every shape seen once
-    t_fast, fast = timed(lambda: backend.encode_texts(texts, batch_size=256), args.device)
-    diff = (fast - ref).abs().max().item()
+    out: dict[str, object] = {}
+
+    def keep(name, fn):
+        def run() -> float:
+            t, out[name] = timed(fn, args.device)
+            return t
+        return run
+
+    text_rounds = alternate(keep("ref", reference_text),
+                            {"vlmcls": keep("fast", lambda: backend.encode_texts(texts, batch_size=256))},
+                            args.repeats, name="open_clip encode_text", verbose=False)
+    t_ref, t_fast = text_rounds.median(), text_rounds.median("vlmcls")
+    diff = (out["fast"] - out["ref"]).abs().max().item()
     fig.update(text_ref_per_s=len(texts) / t_ref, text_vlmcls_per_s=len(texts) / t_fast, text_ratio=t_ref / t_fast,
                text_max_abs_diff=diff, text_ref_cold_s=t_ref_cold, text_vlmcls_cold_s=t_fast_cold)
     print(f"text (tokenize + encode): open_clip encode_text {len(texts) / t_ref:8.1f} texts/s; vlmcls "
           f"{len(texts) / t_fast:8.1f} texts/s; ratio {t_ref / t_fast:.1f}x (target >= 3), max |diff| {diff:.2e}; "
           f"first calls {t_ref_cold:.2f} s vs {t_fast_cold:.2f} s", flush=True)
+    text_rounds.print_summary()
 
     if not args.skip_hf:
         hf_section(args, work, paths, fig, fresh_cache)
@@ -287,25 +323,34 @@ def hf_section(args, work: Path, paths, fig: dict, fresh_cache) -> None:
         t, _ = timed(lambda: clf.classify(work / "images", LABELS, method="templates", templates="photo"), args.device)
         return t
 
-    t_default, _ = timed(lambda: pipe(str_paths, candidate_labels=LABELS), args.device)
+    batches = [int(b) for b in args.hf_batches.split(",")]
+    ours_at = {bs: (lambda bs=bs: vlmcls_run(bs)) for bs in batches}
+    # the pipeline at its defaults (the baseline, warmed, bracketing) against vlmcls hf: at the run's batch size
+    default_rounds = alternate(lambda: timed(lambda: pipe(str_paths, candidate_labels=LABELS), args.device)[0],
+                               {"vlmcls hf:": ours_at.get(args.batch_size, lambda: vlmcls_run(args.batch_size))},
+                               args.repeats, name="HF pipeline (defaults)")
+    t_default, vs_default = default_rounds.median(), default_rounds.ratio(None, "vlmcls hf:")
     fig["hf_pipeline_default_img_s"] = len(paths) / t_default
-    print(f"HF pipeline (defaults) {len(paths) / t_default:8.1f} img/s", flush=True)
-    print("batch | HF pipeline img/s | vlmcls hf: img/s | ratio")
+    print(f"HF pipeline (defaults) {len(paths) / t_default:8.1f} img/s; vlmcls hf: at batch {args.batch_size} "
+          f"{len(paths) / default_rounds.median('vlmcls hf:'):.1f} img/s: {vs_default:.2f}x",
+          flush=True)
+    default_rounds.print_summary()
+    print("batch | HF pipeline img/s | vlmcls hf: img/s | ratio   (each batch: its own warm, bracketed rounds)")
     best_pipe, best_ours = t_default, float("inf")
-    for bs in [int(b) for b in args.hf_batches.split(",")]:
-        t_pipes, t_ours = [], []
-        for _ in range(args.repeats):
-            t, _ = timed(lambda: pipe(str_paths, candidate_labels=LABELS, batch_size=bs), args.device)
-            t_pipes.append(t)
-            t_ours.append(vlmcls_run(bs))
-        t_pipe, t_our = median(t_pipes), median(t_ours)
+    for bs in batches:
+        r = alternate(lambda: timed(lambda: pipe(str_paths, candidate_labels=LABELS, batch_size=bs), args.device)[0],
+                      {"vlmcls": ours_at[bs]}, args.repeats, name=f"HF pipeline batch {bs}", verbose=False)
+        t_pipe, t_our = r.median(), r.median("vlmcls")
         fig[f"hf_pipeline_batch{bs}_img_s"] = len(paths) / t_pipe
         fig[f"vlmcls_hf_batch{bs}_img_s"] = len(paths) / t_our
         best_pipe, best_ours = min(best_pipe, t_pipe), min(best_ours, t_our)
-        print(f"{bs:5d} | {len(paths) / t_pipe:17.1f} | {len(paths) / t_our:16.1f} | {t_pipe / t_our:.2f}x", flush=True)
-    fig.update(hf_vs_default=t_default / best_ours, hf_best_vs_best=best_pipe / best_ours)
-    print(f"vlmcls hf: best {len(paths) / best_ours:.1f} img/s: {t_default / best_ours:.2f}x the pipeline at its "
-          f"defaults (target >= 2.5), {best_pipe / best_ours:.2f}x the pipeline at its best batch (target >= 1.0)")
+        print(f"{bs:5d} | {len(paths) / t_pipe:17.1f} | {len(paths) / t_our:16.1f} | {t_pipe / t_our:.2f}x   "
+              f"(pipeline drift max/min {r.drift():.2f})", flush=True)
+    fig.update(hf_vs_default=vs_default, hf_best_vs_best=best_pipe / best_ours)
+    print(f"vlmcls hf: best {len(paths) / best_ours:.1f} img/s; at batch {args.batch_size} {vs_default:.2f}x the "
+          f"pipeline at its defaults (target >= 2.5); best {best_pipe / best_ours:.2f}x the pipeline at its best batch "
+          f"(target >= 1.0); "
+          f"medians of {args.repeats} alternated rounds after a warm-up, each pipeline bracketing vlmcls")
 
 
 if __name__ == "__main__":

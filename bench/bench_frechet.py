@@ -3,7 +3,9 @@
 Run: ``python bench/bench_frechet.py`` (``--help`` for sizes). Random recursive trees (each label's parent is
 a uniformly chosen earlier label), observed classes = random leaves, logits = 100 · cos of random unit features.
 The dense form cannot run at 100,000 labels (its |Y| × |Y| float64 matrix would take 80 GB), so the ratio is
-measured side by side on a 2,000-label tree, where both forms run on the same logits and must agree.
+measured side by side on a 2,000-label tree, where both forms run on the same logits and must agree. Every timing is
+warmed and alternated for ``--repeats`` rounds, the baseline (full P on the big tree; the dense form on the small one)
+bracketing its candidate; medians (``_timing.alternate``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate, timed_out  # noqa: E402
 from vlmcls.adapters import LabelMetric, TreeMetric, frechet_mean  # noqa: E402
 
 TARGET_IMAGES_PER_SECOND = 100.0
@@ -49,15 +54,20 @@ def observed_leaves(metric: TreeMetric, leaves: np.ndarray, count: int, seed: in
     return [metric.names[i] for i in rng.choice(leaves, size=count, replace=False)]
 
 
-def timed(function, repeats: int):
-    """Best wall time of ``repeats`` runs (after one warm-up run) and the last result."""
-    result = function()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def compare(baseline, candidate, rounds: int, names: tuple[str, str]):
+    """(median seconds of the baseline, of the candidate, their last results, the Rounds): warmed, alternated,
+    the baseline bracketing the candidate."""
+    last = {}
+
+    def keep(name, fn):
+        def run():
+            seconds, last[name] = timed_out(fn)
+            return seconds
+        return run
+
+    got = alternate(keep(names[0], baseline), {names[1]: keep(names[1], candidate)}, rounds, name=names[0],
+                    warm_measured=True, verbose=False)
+    return got.median(), got.median(names[1]), last[names[0]], last[names[1]], got
 
 
 def dense_squared_distances(metric: TreeMetric) -> np.ndarray:
@@ -84,9 +94,8 @@ def main() -> None:
     parser.add_argument("--small-labels", type=int, default=2_000, help="labels in the tree for the dense ratio")
     parser.add_argument("--top-k", type=int, default=10, help="truncation for the extra top-k run")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the box is shared)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="alternated rounds")
     args = parser.parse_args()
-    from _machine import print_machine
 
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     torch.set_num_threads(args.threads)
@@ -102,7 +111,9 @@ def main() -> None:
         f"tree: {len(metric):,} labels, height {int(metric.depth.max())}, {len(leaves):,} leaves, built in "
         f"{build_seconds:.2f} s; {args.observed:,} observed leaves, closure of {closure:,} labels"
     )
-    seconds, result = timed(lambda: frechet_mean(logits, observed, metric), args.repeats)
+    seconds, seconds_k, result, result_k, big_rounds = compare(
+        lambda: frechet_mean(logits, observed, metric), lambda: frechet_mean(logits, observed, metric, top_k=args.top_k),
+        args.repeats, ("full P", f"top-{args.top_k} P"))
     rate = args.images / seconds
     verdict = "meets" if rate >= TARGET_IMAGES_PER_SECOND else "MISSES"
     print(
@@ -111,12 +122,12 @@ def main() -> None:
     )
     unobserved = sum(label not in set(observed) for label in result.labels)
     print(f"  {unobserved:,} of {args.images:,} predictions are labels that were never prompted")
-    seconds_k, result_k = timed(lambda: frechet_mean(logits, observed, metric, top_k=args.top_k), args.repeats)
     agree = sum(a == b for a, b in zip(result.labels, result_k.labels)) / args.images
     print(
         f"tree Fréchet mean, top-{args.top_k} P: {args.images / seconds_k:,.0f} images/s; mean kept mass "
         f"{result_k.kept_mass.mean().item():.4f}; same prediction as full P for {agree:.1%} of images"
     )
+    big_rounds.print_summary()
 
     small, small_leaves = random_tree(args.small_labels, seed=1)
     small_observed = observed_leaves(small, small_leaves, min(args.observed, len(small_leaves) // 2), seed=1)
@@ -124,8 +135,9 @@ def main() -> None:
     start = time.perf_counter()
     dense = LabelMetric.from_distance_matrix(small.names, np.sqrt(dense_squared_distances(small)))
     dense_build = time.perf_counter() - start
-    tree_seconds, tree_result = timed(lambda: frechet_mean(small_logits, small_observed, small), args.repeats)
-    dense_seconds, dense_result = timed(lambda: frechet_mean(small_logits, small_observed, dense), args.repeats)
+    dense_seconds, tree_seconds, dense_result, tree_result, small_rounds = compare(
+        lambda: frechet_mean(small_logits, small_observed, dense), lambda: frechet_mean(small_logits, small_observed, small),
+        args.repeats, ("dense matrix", "tree"))
     same = sum(a == b for a, b in zip(tree_result.labels, dense_result.labels)) / args.images
     gap = (tree_result.objective - dense_result.objective).abs().max().item()
     print(
@@ -137,7 +149,9 @@ def main() -> None:
         f"  ratio tree/dense speed = {dense_seconds / tree_seconds:.2f}x; predictions agree on {same:.1%}, "
         f"largest objective gap {gap:.1e}"
     )
+    small_rounds.print_summary()
     print(f"  dense at {len(metric):,} labels would need a {len(metric) ** 2 * 8 / 2**30:,.0f} GiB matrix")
+    print_load("end")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ threads, side by side in one run, with the bounds and the label agreement.
     python bench/bench_gpu.py [--images 4096] [--batch-size 256] [--precision fp16] [--repeats 2]
     python bench/bench_gpu.py --device cpu --precision fp32 --images 64 --batch-size 16 --demo-per-class 2  # a check
 
-Random-init (seeded) ViT-B/32 on 500×375 JPEGs (bench_classify's images). Printed, medians over ``--repeats``
-alternating rounds, every classify run on an empty store:
+Random-init (seeded) ViT-B/32 on 500×375 JPEGs (bench_classify's images). ``classify`` with CPU decode threads is
+the baseline: run once first, not counted (with a device-decoding run too: nvJPEG handles, cuDNN/cuBLAS choices),
+then ``--repeats`` rounds alternate it with the other measurements and it runs once more at the end, bracketing
+them (``_timing.alternate``); medians printed, every classify run on an empty store:
 - model forward alone on pixels already on the device (the ceiling),
 - decoding alone, as classify feeds the model: CPU decode threads (PIL, uint8 hand-over) and the device decoder
   (workers read, hash and check headers; nvJPEG decodes each batch; resize/crop on the device),
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import alternate  # noqa: E402
 from bench_classify import LABELS, forward_limit, make_jpegs, sync  # noqa: E402
 
 DEMO_MODEL = ROOT / "vlmcls" / "data" / "demo_model"
@@ -68,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--demo-per-class", type=int, default=20)
     args = parser.parse_args()
-    from _machine import print_machine
+    from _machine import print_load, print_machine
 
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
 
@@ -87,7 +90,6 @@ def main() -> None:
     records = as_records([str(p) for p in paths])
 
     runs = iter(range(10**6))
-    fig: dict[str, list[float]] = {}
 
     def classify(on_device: bool) -> tuple[float, object]:
         clear_digest_memo()  # each run reads and hashes every file, as a first run in a new process does
@@ -97,15 +99,23 @@ def main() -> None:
         clf.predict(feats, LABELS)
         return t, feats
 
-    classify(True)  # warm-up: nvJPEG handles, cuDNN/cuBLAS choices, page cache
     feats = {}
-    for _ in range(args.repeats):
-        fig.setdefault("forward", []).append(forward_limit(backend, args.batch_size))
-        for on_device in (False, True):
-            fig.setdefault(f"decode {on_device}", []).append(decode_only(records, backend, args.batch_size, on_device))
+
+    def classify_rate(on_device: bool):
+        def run() -> float:
             t, feats[on_device] = classify(on_device)
-            fig.setdefault(f"classify {on_device}", []).append(len(paths) / t)
+            return len(paths) / t
+        return run
+
+    rounds = alternate(classify_rate(False),
+                       {"forward": lambda: forward_limit(backend, args.batch_size),
+                        "decode False": lambda: decode_only(records, backend, args.batch_size, False),
+                        "decode True": lambda: decode_only(records, backend, args.batch_size, True),
+                        "classify True": classify_rate(True)},
+                       args.repeats, name="classify False", warm_measured=True)
+    fig = {"classify False": rounds.values(), **{k: rounds.values(k) for k in rounds.runs}}
     med = {k: statistics.median(v) for k, v in fig.items()}
+    print(f"({rounds.method()}; CPU-decode classify drift max/min {rounds.drift():.2f})")
     for on_device, label in ((False, "CPU decode threads"), (True, "device decoding")):
         print(f"{label:20s} decode alone {med[f'decode {on_device}']:8.0f} img/s   classify end to end "
               f"{med[f'classify {on_device}']:8.0f} img/s   runs {[f'{v:.0f}' for v in fig[f'classify {on_device}']]}")
@@ -117,6 +127,7 @@ def main() -> None:
     a, b = feats[True].feats, feats[False].feats
     print(f"ViT-B/32 feature cosine device vs CPU decoding: min {float((a * b).sum(1).min()):.5f}", flush=True)
     demo_agreement(work, args.demo_per_class, args.device)
+    print_load("end")
 
 
 def demo_agreement(work: Path, per_class: int, device: str) -> None:

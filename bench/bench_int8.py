@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import bracketed, print_load, print_machine, spread  # noqa: E402
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import bracketed, spread  # noqa: E402
 from bench_classify import LABELS, make_jpegs, raw_open_clip_loop  # noqa: E402
 
 DEMO_MODEL = f"local-dir:{ROOT / 'vlmcls' / 'data' / 'demo_model'}"

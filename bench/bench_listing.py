@@ -4,8 +4,11 @@
 
 Makes N empty (or, with --tiny, 67-byte PNG) files in 100 class folders under a temp folder, then runs each
 measured step in a fresh Python process (so its peak RSS is its own; `ru_maxrss` of the child) for this checkout and,
-with --tree, another checkout side by side (the "before"). `classify` uses the shipped demo model on CPU; with
-empty files every row is an error row, which is the path issue 27 measured (10^5 empty files: 10 s, 1.2 GB).
+with --tree, another checkout side by side (the "before", the baseline). `classify` uses the shipped demo model on CPU;
+with empty files every row is an error row, which is the path issue 27 measured (10^5 empty files: 10 s, 1.2 GB).
+The baseline tree (the first --tree, else this checkout) runs once first, not counted, then ``--repeats`` rounds
+alternate it with the other trees and it runs once more at the end (``_timing.alternate``); medians of each step's
+seconds and peak memory are printed, with every run's JSON.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ import base64
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate  # noqa: E402
 
 _TINY_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -71,8 +80,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny valid PNGs instead of empty files")
     parser.add_argument("--classify", action="store_true", help="also time a whole classify run")
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to compare")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated rounds")
     options = parser.parse_args()
-    trees = [Path.cwd(), *options.tree]
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
+    here = Path.cwd()
+    trees = [*options.tree, here] if options.tree else [here]  # the baseline first
     for n in options.files:
         with tempfile.TemporaryDirectory(prefix="vlmcls-listing-") as tmp:
             folder = Path(tmp) / "photos"
@@ -80,11 +92,31 @@ def main() -> None:
             make_folder(folder, n, options.tiny)
             print(f"# {n:,} {'tiny PNG' if options.tiny else 'empty'} files made in {time.perf_counter() - started:.1f} s",
                   flush=True)
-            for tree in trees:
-                scratch = Path(tmp) / f"scratch-{trees.index(tree)}"
-                scratch.mkdir()
-                print(json.dumps({"files": n, "tree": str(tree), **measure(tree, folder, options.classify, scratch)}),
-                      flush=True)
+            for i in range(len(trees)):
+                (Path(tmp) / f"scratch-{i}").mkdir()
+
+            def step(i: int):
+                def run() -> dict:
+                    got = measure(trees[i], folder, options.classify, Path(tmp) / f"scratch-{i}")
+                    print(json.dumps({"files": n, "tree": str(trees[i]), **got}), flush=True)
+                    return got
+                return run
+
+            names = [f"{t} ({'this checkout' if t == here else 'before'})" for t in trees]
+            rounds = alternate(step(0), {names[i]: step(i) for i in range(1, len(trees))}, options.repeats,
+                               name=names[0], verbose=False)
+            for i, name in enumerate(names):
+                runs = rounds.baseline if i == 0 else rounds.runs[name]
+                for what in runs[0]:
+                    def number(field: str) -> str:
+                        try:
+                            return f"{statistics.median(float(r[what][field]) for r in runs):.2f}"
+                        except ValueError:
+                            return "?"
+                    print(f"# {n:,} files, {name}: {what} median {number('seconds')} s, peak "
+                          f"{number('peak_rss_mb')} MB ({len(runs)} runs)", flush=True)
+            print(f"# ({rounds.method()})", flush=True)
+    print_load("end")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 
 Small PNGs (64×64, the demo model's input size) are generated at bench time. Every measured run is a new process
 (so peak memory is per run, and a re-run starts as a user's would): it loads the model untimed, then times its work
-and reports that time and its peak resident memory. Alternating in each of ``--repeats`` rounds, medians printed:
+and reports that time and its peak resident memory. The raw loop is the baseline: one raw run first, not counted
+(page cache, .pyc files), then ``--repeats`` rounds alternate it with the runs below, and one more raw run closes,
+so every run has a raw run before and after it (``_timing.alternate``); medians printed:
 
 - the raw open_clip loop (PIL open + convert + the model's transform + encode_image, batch by batch),
 - ``classify`` on ``--images`` images and on an eighth as many (each on an empty store): the steady rate is the
@@ -33,6 +35,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import alternate  # noqa: E402
 
 _PROCESS_START = time.perf_counter()  # near enough to the interpreter's start for a child's start-up
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlmcls" / "data" / "demo_model"
@@ -138,13 +142,13 @@ def main() -> None:
     parser.add_argument("--folder", default=None)
     parser.add_argument("--cache", default=None)
     args = parser.parse_args()
-    from _machine import print_machine
-
-    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         print(json.dumps(child(args.child, args.folder, args.cache, args.batch_size, args.torch_threads)))
         return
+    from _machine import print_load, print_machine
+
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
 
     work = args.work or Path(tempfile.mkdtemp(prefix="vlmcls-overhead-"))
     n_big, n_small = args.images, max(1, args.images // 8)
@@ -154,17 +158,20 @@ def main() -> None:
     print(f"{n_big} and {n_small} PNGs 64x64 made in {time.perf_counter() - t0:.0f} s; demo model; batch "
           f"{args.batch_size}; {os.cpu_count()} CPUs; torch threads {args.torch_threads or 'default'}", flush=True)
     caches = iter(range(10**6))
-    rows: dict[str, list[dict]] = {"raw": [], "small": [], "big": [], "rerun": []}
-    for round_ in range(args.repeats):
-        rows["raw"].append(run_child("raw", big, work / "unused", args.batch_size, args.torch_threads))
-        rows["small"].append(run_child("classify", small, work / f"cache-{os.getpid()}-{next(caches)}", args.batch_size, args.torch_threads))
-        cache = work / f"cache-{os.getpid()}-{next(caches)}"
-        rows["big"].append(run_child("classify", big, cache, args.batch_size, args.torch_threads))
-        rows["rerun"].append(run_child("rerun", big, cache, args.batch_size, args.torch_threads))
-        last = {k: v[-1] for k, v in rows.items()}
-        print(f"round {round_ + 1}: raw {n_big / last['raw']['work_s']:.0f} img/s; classify {n_small} in "
-              f"{last['small']['work_s']:.2f} s, {n_big} in {last['big']['work_s']:.2f} s; re-run "
-              f"{last['rerun']['work_s']:.2f} s beyond a start-up of {last['rerun']['startup_s']:.2f} s", flush=True)
+    big_cache: list[Path] = []
+
+    def classify_big() -> dict:
+        big_cache[:] = [work / f"cache-{os.getpid()}-{next(caches)}"]
+        return run_child("classify", big, big_cache[0], args.batch_size, args.torch_threads)
+
+    rounds = alternate(
+        lambda: run_child("raw", big, work / "unused", args.batch_size, args.torch_threads),
+        {"small": lambda: run_child("classify", small, work / f"cache-{os.getpid()}-{next(caches)}", args.batch_size,
+                                    args.torch_threads),
+         "big": classify_big,
+         "rerun": lambda: run_child("rerun", big, big_cache[0], args.batch_size, args.torch_threads)},
+        args.repeats, name="raw", key=lambda r: r["work_s"])
+    rows: dict[str, list[dict]] = {"raw": rounds.baseline, **rounds.runs}
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in rows[kind])
@@ -173,7 +180,8 @@ def main() -> None:
     steady = statistics.median((n_big - n_small) / (b["work_s"] - s["work_s"]) for b, s in zip(rows["big"], rows["small"]))
     whole = statistics.median(n_big / r["work_s"] for r in rows["big"])
     per_image_ms = 1000 / steady - 1000 / raw_rate
-    print(f"\nmedians of {args.repeats} rounds (this box is shared with other engineers' tests: compare ratios)")
+    print(f"\n{rounds.method()}; raw loop drift max/min {rounds.drift():.2f} (this box is shared with other engineers' "
+          "tests: compare ratios)")
     print(f"raw open_clip loop      {raw_rate:8.0f} img/s  (peak memory {med('raw', 'peak_rss_mb'):.0f} MB)")
     print(f"classify, steady        {steady:8.0f} img/s  = {steady / raw_rate:.2f}x the raw loop (target >= 0.9); "
           f"whole {n_big}-image run {whole:.0f} img/s; {per_image_ms:+.3f} ms per image vs the raw loop")
@@ -183,6 +191,7 @@ def main() -> None:
           f"{1e3 * med('rerun', 'work_s') / n_big:.3f} ms per image); start-up {med('rerun', 'startup_s'):.2f} s; "
           f"whole process {med('rerun', 'process_s'):.2f} s; peak memory {med('rerun', 'peak_rss_mb'):.0f} MB; imported "
           f"torch: {any(r['imported_torch'] for r in rows['rerun'])}", flush=True)
+    print_load("end")
 
 
 if __name__ == "__main__":

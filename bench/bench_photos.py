@@ -4,7 +4,9 @@
 
 Photo-like 4032×3024 JPEGs (q 90, 3-4 MB each: smooth gradients, large shapes, sensor grain) are generated at bench
 time (kept in ``--work`` for a later run). One random-init, seeded ViT-B/32 serves every measurement, loaded once,
-outside every timed region. In each of ``--repeats`` rounds the compared runs alternate; medians are printed:
+outside every timed region. The model's forward-only rate is the baseline: warmed, then ``--repeats`` rounds
+alternate it with the compared runs, and it runs once more at the end, so every run has a baseline before and after
+it (``_timing.alternate``); medians are printed:
 
 - the model's forward-only rate (random pixels, no decoding),
 - ``classify``'s steady rate: the marginal rate between a ``--small``-image and an ``--images``-image run (each on
@@ -37,6 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import alternate  # noqa: E402
 from bench_classify import LABELS, forward_limit, raw_open_clip_loop  # noqa: E402
 
 PHONE_SIZE = (4032, 3024)
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads for every run (on a busy shared box 2 threads spin-wait: use 1)")
     args = parser.parse_args()
-    from _machine import print_machine
+    from _machine import print_load, print_machine
 
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,30 +178,34 @@ def main() -> None:
     raw = paths[: args.raw_images]
     raw_open_clip_loop(backend.model, backend.preprocess, raw[:2], 2, backend.device, backend.dtype)  # warm-up
     classify(2, True)  # warm-up: text features cached per store, so each run below still encodes its texts
-    runs: dict[str, list[float]] = {k: [] for k in ("forward", "reduced", "full", "raw")}
-    for round_ in range(args.repeats):
-        runs["forward"].append(forward_limit(backend, args.batch_size, seconds=4.0))
-        for mode, reduced in (("reduced", True), ("full", False))[: 1 if args.no_full else 2]:
-            t_small, t_big = classify(args.small, reduced), classify(args.images, reduced)
-            runs[mode].append((args.images - args.small) / (t_big - t_small))
-        t, _ = timed(lambda: raw_open_clip_loop(backend.model, backend.preprocess, raw, args.batch_size,
-                                                backend.device, backend.dtype))
-        runs["raw"].append(len(raw) / t)
-        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in runs.items() if v), flush=True)
+    measured = {}
+    for mode, reduced in (("reduced", True), ("full", False))[: 1 if args.no_full else 2]:
+        measured[f"{mode} small"] = lambda reduced=reduced: classify(args.small, reduced)
+        measured[f"{mode} big"] = lambda reduced=reduced: classify(args.images, reduced)
+    measured["raw"] = lambda: len(raw) / timed(lambda: raw_open_clip_loop(
+        backend.model, backend.preprocess, raw, args.batch_size, backend.device, backend.dtype))[0]
+    rounds = alternate(lambda: forward_limit(backend, args.batch_size, seconds=4.0), measured, args.repeats,
+                       name="forward img/s")
+    runs: dict[str, list[float]] = {"forward": rounds.values(), "raw": rounds.values("raw")}
+    for mode in ("reduced", "full")[: 1 if args.no_full else 2]:
+        runs[mode] = [(args.images - args.small) / (big - small)
+                      for small, big in zip(rounds.values(f"{mode} small"), rounds.values(f"{mode} big"))]
     rate = {k: statistics.median(v) for k, v in runs.items() if v}
-    print(f"\nmedians of {args.repeats} alternating rounds (this box is shared: compare ratios, not rates)")
-    print(f"model forward only          {rate['forward']:7.2f} img/s")
+    print(f"\n{rounds.method()}; forward-only drift max/min {rounds.drift():.2f} (this box is shared: compare "
+          "ratios, not rates)")
+    print(f"model forward only          {rate['forward']:7.2f} img/s  runs {['%.2f' % v for v in runs['forward']]}")
     print(f"classify, reduced decoding  {rate['reduced']:7.2f} img/s steady  "
           f"= {rate['reduced'] / rate['forward']:.2f}x the model (target >= 0.8), "
-          f"{rate['reduced'] / rate['raw']:.2f}x the raw loop (target >= 3)")
-    if runs["full"]:
+          f"{rate['reduced'] / rate['raw']:.2f}x the raw loop (target >= 3)  runs {['%.2f' % v for v in runs['reduced']]}")
+    if "full" in runs:
         print(f"classify, full decoding     {rate['full']:7.2f} img/s steady  = {rate['full'] / rate['forward']:.2f}x the model")
     print(f"raw open_clip loop          {rate['raw']:7.2f} img/s ({len(raw)} images, full decode)", flush=True)
 
     margins_section(backend, paths[: min(16, len(paths))])
     demo_paths = demo_agreement(work, args.demo_per_class)
     if args.heic:
-        heic_section(backend, work, paths[: args.heic], demo_paths, args.batch_size)
+        heic_section(backend, work, paths[: args.heic], demo_paths, args.batch_size, args.repeats)
+    print_load("end")
 
 
 def margins_section(backend, paths) -> None:
@@ -247,7 +254,8 @@ def demo_agreement(work: Path, per_class: int) -> None:
     return paths
 
 
-def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path], batch_size: int) -> None:
+def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path], batch_size: int,
+                 repeats: int) -> None:
     """HEIC photos: the embedded thumbnail (reduced decoding, the default) against every pixel."""
     from vlmcls import Classifier
     from vlmcls.encode.decoding import decode_image
@@ -284,14 +292,22 @@ def heic_section(backend, work: Path, jpegs: list[Path], demo_jpegs: list[Path],
         return t
 
     classify(2, True)
-    for label, thumbnails in (("--decode heic_thumbnails=true", True), ("every pixel, the default", False)):
-        before = forward_limit(backend, batch_size, seconds=4.0)
-        t_small, t_big = classify(small, thumbnails), classify(len(heics), thumbnails)
-        after = forward_limit(backend, batch_size, seconds=4.0)
-        rate, forward = (len(heics) - small) / (t_big - t_small), (before + after) / 2
-        print(f"  classify steady ({label}, marginal {small} -> {len(heics)}): {rate:6.2f} img/s = "
-              f"{rate / forward:.2f}x the model's forward pass ({forward:.2f} img/s, measured before and after)",
-              flush=True)
+    modes = (("--decode heic_thumbnails=true", True), ("every pixel, the default", False))
+    measured = {}
+    for label, thumbnails in modes:
+        measured[f"{label} small"] = lambda t=thumbnails: classify(small, t)
+        measured[f"{label} big"] = lambda t=thumbnails: classify(len(heics), t)
+    rounds = alternate(lambda: forward_limit(backend, batch_size, seconds=4.0), measured, repeats,
+                       name="forward img/s")
+    forward = rounds.median()
+    steady = {}
+    for label, _ in modes:
+        steady[label] = statistics.median((len(heics) - small) / (b - s) for s, b in
+                                          zip(rounds.values(f"{label} small"), rounds.values(f"{label} big")))
+        print(f"  classify steady ({label}, marginal {small} -> {len(heics)}): {steady[label]:6.2f} img/s = "
+              f"{steady[label] / forward:.2f}x the model's forward pass ({forward:.2f} img/s)", flush=True)
+    print(f"  thumbnails / every pixel: {steady[modes[0][0]] / steady[modes[1][0]]:.1f}x; {rounds.method()}; "
+          f"forward drift max/min {rounds.drift():.2f}", flush=True)
     demo_heics = make_heics(demo_jpegs, work / "demo12mp-heic")
     out = {}
     for reduced in (True, False):

@@ -7,7 +7,9 @@ Issue 12 (default): FuDD on Ray against the single-process engine, and a Ray re-
 Both engines run ``cbd+fudd`` (descriptor and pair files, so no LLM is needed) on the same JPEGs and must give the
 same rows (labels identical, probabilities within 1e-5); the wall time of each is printed. Then Ray runs again
 with other classes: every feature comes from the feature store (0 images encoded, no encoder actor started), and
-the bench prints how much faster that second Ray run is than the first.
+the bench prints how much faster that second Ray run is than the first. The single engine is the baseline: run once
+first, not counted, then ``--repeats`` rounds alternate it with the two Ray runs (each round's first Ray run on an
+empty feature store) and it runs once more at the end, bracketing them (``_timing.alternate``); medians.
 
 Issue 8 (``--throughput``): throughput per worker of the Ray engine against the single-process engine.
 
@@ -15,7 +17,8 @@ Issue 8 (``--throughput``): throughput per worker of the Ray engine against the 
 
 Both engines classify the same JPEGs with the same random-init, seeded ViT-B/32 (saved to a local-dir: folder, so
 every Ray worker loads the very weights the driver has) and must give the same labels. The single-process engine
-is timed with one torch thread (one worker's worth of compute) and with all cores, its model loaded beforehand.
+is timed with one torch thread (one worker's worth of compute, the baseline: warmed, bracketing) and with all cores,
+its model loaded beforehand, alternated with the Ray runs for ``--repeats`` rounds; medians.
 A Ray run's wall time includes starting its actors and loading the model in each, so besides end-to-end throughput
 the bench reports the engine's steady rate (``stats["steady_images_per_second"]``: rows finished after the first
 batch over the time they took), and divides that by the number of actors.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import alternate  # noqa: E402
 
 LABELS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "flower", "person", "horse"]
 
@@ -92,15 +100,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ray-cpus", type=int, default=None,
                         help="logical CPUs given to Ray (default: cores, at least max(workers) + 1 so decoding can run)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated rounds")
     args = parser.parse_args()
-    from _machine import print_machine
+    from _machine import print_load, print_machine
 
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     if args.throughput:
         args.images, args.workers = args.images or 256, args.workers or "1,2"
-        return throughput(args)
-    args.images, args.workers = args.images or 512, args.workers or "1"
-    return fudd_and_rerun(args)
+        throughput(args)
+    else:
+        args.images, args.workers = args.images or 512, args.workers or "1"
+        fudd_and_rerun(args)
+    print_load("end")
 
 
 LABELS_AGAIN = ["apple", "bridge", "camel", "desk", "eagle", "forest", "guitar", "harbour", "island", "jeep"]
@@ -159,30 +170,43 @@ def fudd_and_rerun(args) -> None:
     runs = {}
     for name, labels in (("first", LABELS), ("again", LABELS_AGAIN)):
         runs[name] = MethodOptions(descriptors=str(descriptor_file(work / f"descriptors-{name}.json", labels)),
-                                   extra={"pairs_file": str(pair_file(work / f"pairs-{name}.json", labels)),
-                                          "fudd_k": 5})
+                                   methods={"fudd": {"pairs": str(pair_file(work / f"pairs-{name}.json", labels)),
+                                                     "k": 5}})
     print(f"{args.images} JPEGs 500x375, ViT-B/32 random-init (seed 0), {spec} (k=5, 45 pairs, from files), batch "
           f"{args.batch_size}, {cores} cores, Ray given {ray_cpus} logical CPUs, {workers} encoder actor(s), "
           f"load average {os.getloadavg()[0]:.1f}")
 
     # The single engine, store off: it encodes every image, as the first Ray run must.
     single_clf = Classifier(model_id, device="cpu", use_cache=False, batch_size=args.batch_size)
-    single_s, single = timed(lambda: single_clf.classify(paths, LABELS, method=spec, options=runs["first"]))
+    last: dict[str, object] = {}
+    stores = iter(range(10**6))
 
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+    def keep(name, fn):
+        def run() -> float:
+            t, last[name] = timed(fn)
+            return t
+        return run
+
+    def ray_first():
+        last["store"] = work / f"feature-store-{next(stores)}"  # empty: every image is encoded
+        return classify_with_ray(model_id, paths, LABELS, method=spec, options=runs["first"],
+                                 batch_size=args.batch_size, num_workers=workers, feature_store=last["store"])
+
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        store = work / "feature-store"
-        ray_s, on_ray = timed(lambda: classify_with_ray(model_id, paths, LABELS, method=spec, options=runs["first"],
-                                                        batch_size=args.batch_size, num_workers=workers,
-                                                        feature_store=store))
-        again_s, again = timed(lambda: classify_with_ray(model_id, paths, LABELS_AGAIN, method=spec,
-                                                         options=runs["again"], batch_size=args.batch_size,
-                                                         num_workers=workers, feature_store=store))
+        rounds = alternate(keep("single", lambda: single_clf.classify(paths, LABELS, method=spec, options=runs["first"])),
+                           {"ray, first run": keep("ray", ray_first),
+                            "ray, again": keep("again", lambda: classify_with_ray(
+                                model_id, paths, LABELS_AGAIN, method=spec, options=runs["again"],
+                                batch_size=args.batch_size, num_workers=workers, feature_store=last["store"]))},
+                           args.repeats, name="single engine")
     finally:
         ray.shutdown()
+    single, on_ray, again = last["single"], last["ray"], last["again"]
+    single_s, ray_s, again_s = rounds.median(), rounds.median("ray, first run"), rounds.median("ray, again")
     single_again = Classifier(model_id, device="cpu", use_cache=False, batch_size=args.batch_size).classify(
         paths, LABELS_AGAIN, method=spec, options=runs["again"])
 
@@ -199,6 +223,7 @@ def fudd_and_rerun(args) -> None:
     print(f"ray first run / single engine: {ray_s / single_s:.2f}x the wall time")
     print(f"ray re-run with other classes: {ray_s / again_s:.1f}x faster than the first ray run "
           f"({again.stats['encoded']} images encoded)")
+    rounds.print_summary()
 
 
 def throughput(args) -> None:
@@ -222,29 +247,47 @@ def throughput(args) -> None:
     rows = []  # (engine, workers, seconds, images/s end-to-end, images/s steady, per worker)
     clf = Classifier(model_id, device="cpu", use_cache=False, batch_size=args.batch_size)
     clf.classify(paths[:4], LABELS)  # warm-up: text features, first-call allocations
-    reference = None
-    for threads in sorted({1, cores}):
-        torch.set_num_threads(threads)
-        seconds, result = timed(lambda: clf.classify(paths, LABELS))
-        reference = reference or [p.label for p in result.predictions]
-        rate = args.images / seconds
-        rows.append((f"single-process, {threads} torch thread(s)", threads, seconds, rate, rate, rate / threads))
-    torch.set_num_threads(1)  # the driver's share: text features only
+    labels: dict[str, list] = {}
+    steady_of: dict[str, list[float]] = {}
 
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+    def single(threads: int):
+        def run() -> float:
+            torch.set_num_threads(threads)
+            seconds, result = timed(lambda: clf.classify(paths, LABELS))
+            labels.setdefault("reference", [p.label for p in result.predictions])
+            torch.set_num_threads(1)  # the driver's share while Ray runs: text features only
+            return seconds
+        return run
+
+    def on_ray(workers: int):
+        def run() -> float:
+            seconds, result = timed(lambda: classify_with_ray(model_id, paths, LABELS, batch_size=args.batch_size,
+                                                              num_workers=workers))
+            labels[f"ray {workers}"] = [p.label for p in result.predictions]
+            steady_of.setdefault(f"ray {workers}", []).append(result.stats["steady_images_per_second"] or float("nan"))
+            return seconds
+        return run
+
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        for workers in worker_counts:
-            seconds, result = timed(lambda: classify_with_ray(model_id, paths, LABELS, batch_size=args.batch_size,
-                                                              num_workers=workers))
-            same = [p.label for p in result.predictions] == reference
-            steady = result.stats["steady_images_per_second"] or float("nan")
-            rows.append((f"ray, {workers} actor(s){'' if same else ' (LABELS DIFFER)'}", workers, seconds,
-                         args.images / seconds, steady, steady / workers))
+        measured = {f"single {cores}": single(cores)} if cores > 1 else {}
+        measured.update({f"ray {w}": on_ray(w) for w in worker_counts})
+        rounds = alternate(single(1), measured, args.repeats, name="single 1")
     finally:
         ray.shutdown()
+    for threads in sorted({1, cores}):
+        seconds = rounds.median(f"single {threads}")
+        rate = args.images / seconds
+        rows.append((f"single-process, {threads} torch thread(s)", threads, seconds, rate, rate, rate / threads))
+    for workers in worker_counts:
+        seconds = rounds.median(f"ray {workers}")
+        same = labels[f"ray {workers}"] == labels["reference"]
+        steady = statistics.median(steady_of[f"ray {workers}"])
+        rows.append((f"ray, {workers} actor(s){'' if same else ' (LABELS DIFFER)'}", workers, seconds,
+                     args.images / seconds, steady, steady / workers))
 
     base = rows[0][5]
     print(f"\n{'engine':<36}{'workers':>8}{'wall s':>9}{'img/s':>8}{'steady':>8}{'per worker':>12}{'vs 1 thread':>13}")
@@ -252,6 +295,7 @@ def throughput(args) -> None:
         print(f"{engine:<36}{workers:>8}{seconds:>9.1f}{rate:>8.1f}{steady:>8.1f}{per_worker:>12.1f}{per_worker / base:>12.2f}x")
     print("\nsteady = images/s once the actors are up (Ray) or with the model loaded (single); per worker = steady /"
           "\nworkers (threads for single); the last column compares it with the single-process engine on one thread.")
+    rounds.print_summary()
 
 
 if __name__ == "__main__":

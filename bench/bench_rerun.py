@@ -8,15 +8,17 @@ any run that needs the model pays first), a re-run with the same classes (every 
 store: no model is built and, the default head scoring numpy arrays, neither torch nor open_clip nor transformers
 is imported), the same re-run with FuDD and a pairs file (its re-rank scores tensors: torch is imported, no model
 is built), a re-run with classes never seen before (the text features are missing: the model is built), and
-``vlmcls --help``. Medians are printed. Target: same classes <= 1.5 s wall.
+``vlmcls --help``. Each kind runs once first, not counted (page cache, .pyc files), then ``--repeats`` alternated
+rounds with ``import torch`` (the baseline, for scale) run before and after every other run (bracketed); medians are
+printed (``_timing.alternate``). Target: same classes <= 1.5 s wall.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate  # noqa: E402
 
 LABELS = "cat,dog,car,tree,house,bird,boat,flower,person,horse"
 
@@ -58,8 +63,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from _machine import print_machine
-
     print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     from bench_classify import make_jpegs
     from bench_ray import save_random_vit_b32
@@ -81,29 +84,34 @@ def main() -> None:
                 "--model", f"local-dir:{ROOT / 'vlmcls' / 'data' / 'demo_model'}", "-q", "-o", str(work / "fudd.jsonl")]
     t_first, err = run(classify(LABELS), env)
     print(f"first run (encodes {args.images} images): {t_first:.1f} s; imported {modules(err)}", flush=True)
-    run(main_job, env)
-    times: dict[str, list[float]] = {"import torch": [], "same classes": [], "README job (fudd)": [],
-                                     "other classes": [], "--help": []}
     imported: dict[str, list[str]] = {}
-    for r in range(args.repeats):
-        times["import torch"].append(run([py, "-c", "import torch"], env)[0])
-        t, err = run(classify(LABELS), env)
-        times["same classes"].append(t)
-        imported["same classes"] = modules(err)
-        t, err = run(main_job, env)
-        times["README job (fudd)"].append(t)
-        imported["README job (fudd)"] = modules(err)
-        fresh = ",".join(f"{name} no{r}" for name in LABELS.split(","))  # never encoded: the model must load
-        t, err = run(classify(fresh), env)
-        times["other classes"].append(t)
-        imported["other classes"] = modules(err)
-        times["--help"].append(run([py, "-m", "vlmcls", "--help"], env)[0])
-    for name, values in times.items():
+    fresh_names = itertools.count()
+
+    def cli(name: str, command) -> callable:
+        def go() -> float:
+            t, err = run(command() if callable(command) else command, env)
+            imported[name] = modules(err)
+            return t
+        return go
+
+    def fresh() -> list[str]:  # classes never encoded: the model must load
+        r = next(fresh_names)
+        return classify(",".join(f"{name} no{r}" for name in LABELS.split(",")))
+
+    rounds = alternate(lambda: run([py, "-c", "import torch"], env)[0],
+                       {"same classes": cli("same classes", lambda: classify(LABELS)),
+                        "README job (fudd)": cli("README job (fudd)", main_job),
+                        "other classes": cli("other classes", fresh),
+                        "--help": lambda: run([py, "-m", "vlmcls", "--help"], env)[0]},
+                       args.repeats, name="import torch", warm_measured=True)
+    for name in ["import torch", *rounds.runs]:
         extra = f"; imported {imported[name]}" if name in imported else ""
-        print(f"{name:18s} {statistics.median(values):6.2f} s  runs {['%.2f' % v for v in values]}{extra}")
-    same = statistics.median(times["same classes"])
+        print(f"{name:18s} {rounds.median(name):6.2f} s  {rounds.describe(name)}{extra}")
+    print(f"({rounds.method()}; import torch drift max/min {rounds.drift():.2f})")
+    same = rounds.median("same classes")
     print(f"re-run, same classes: {same:.2f} s wall (target <= 1.5 s); importing torch alone takes "
-          f"{statistics.median(times['import torch']):.2f} s", flush=True)
+          f"{rounds.median():.2f} s", flush=True)
+    print_load("end")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ store after the warm-up), medians of ``--rounds``. Prints head evaluations per r
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,11 @@ from vlmcls import Classifier
 from vlmcls.methods import MethodOptions, build_pipeline, parse_spec
 from vlmcls.methods.heads import LinearHead
 from vlmcls.methods.pipeline import StagesSoFar, gather_in_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate, timed  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "vlmcls" / "data" / "demo"
 
@@ -53,9 +56,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    cpu = subprocess.run("lscpu | grep -E 'Model name|^Flags' | cut -c1-160", shell=True, capture_output=True,
-                         text=True).stdout.strip()
-    print(cpu)
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     clf = Classifier(f"local-dir:{DEMO.parent / 'demo_model'}", device="cpu")
     classes = [c for c in (DEMO / "classes.txt").read_text().split() if c]
     base = clf.encode_images(DEMO / "images").as_numpy().feats  # [48, D]
@@ -86,17 +87,14 @@ def main() -> None:
         labels_old = run_old(spec, context, feats_t).logits.argmax(1)
         labels_new = run_new(spec, context, feats_t).logits.argmax(1)
         assert torch.equal(labels_old, labels_new), "the two ways must give the same labels"
-        times = {"before": [], "after": []}
-        for fn in (run_old, run_new):  # warm-up
-            fn(spec, context, feats_t)
-        for _ in range(args.rounds):  # alternated: before, after, before, after, …
-            for name, fn in (("before", run_old), ("after", run_new)):
-                started = time.perf_counter()
-                fn(spec, context, feats_t)
-                times[name].append(time.perf_counter() - started)
-        before, after = statistics.median(times["before"]), statistics.median(times["after"])
-        print(f"  {spec_text}: before {before * 1000:.1f} ms, after {after * 1000:.1f} ms (medians of "
-              f"{args.rounds}, alternated) -> {before / after:.2f}x; same labels on all {feats.shape[0]} images")
+        rounds = alternate(lambda: timed(lambda: run_old(spec, context, feats_t)),
+                           {"after": lambda: timed(lambda: run_new(spec, context, feats_t))}, args.rounds,
+                           name="before", warm_measured=True, verbose=False)
+        rounds.print_summary(unit="ms", scale=1000)
+        before, after = rounds.median(), rounds.median("after")
+        print(f"  {spec_text}: before {before * 1000:.1f} ms, after {after * 1000:.1f} ms -> {before / after:.2f}x; "
+              f"same labels on all {feats.shape[0]} images")
+    print_load("end")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,17 @@
 Uses the shipped demo CLIP, the committed descriptor file, and the local OpenAI-compatible test server
 (``tests/llm_server.py``, real HTTP) as the LLM for CuPL's sentences and CbD's descriptors. The audit part pads every
 class's descriptors with three fillers that name no attribute, audits on one half of the images and reports on the
-other, and times the closed-form leave-one-out against re-scoring once per left-out descriptor (medians of
-alternating runs; the ratio is what to read, the box may be shared).
+other, and times the closed-form leave-one-out against re-scoring once per left-out descriptor (both warmed, then
+``--repeats`` alternated rounds with the re-scoring, the baseline, bracketing the closed form; medians; the ratio is
+what to read, the box may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _machine import print_load, print_machine  # noqa: E402
+from _timing import alternate, timed  # noqa: E402
 
 from vlmcls import Classifier  # noqa: E402
 from vlmcls.report.audit import audit_descriptors, audit_features  # noqa: E402
@@ -91,17 +94,12 @@ def audit_part(clf, images: Path, work: Path, repeats: int) -> None:
                 without = DescriptorSet({**padded.to_dict(), c: [x for x in padded[c] if x != d]})
                 clf.predict(feats, CLASSES, "cbd", MethodOptions(descriptors=without))
 
-    closed_form(), one_pass_per_descriptor()  # warm the text store
-    times = {"closed form": [], "one pass per descriptor": []}
-    for _ in range(repeats):
-        for name, fn in (("closed form", closed_form), ("one pass per descriptor", one_pass_per_descriptor)):
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    closed, brute = (statistics.median(times[k]) for k in ("closed form", "one pass per descriptor"))
-    print(f"\nleave-one-out over {sum(len(padded[c]) for c in CLASSES)} descriptors × {len(labels)} images "
-          f"(median of {repeats}, alternating): closed form {1000 * closed:.1f} ms, one pass per descriptor "
-          f"{1000 * brute:.1f} ms, ratio {brute / closed:.1f}×")
+    rounds = alternate(lambda: timed(one_pass_per_descriptor), {"closed form": lambda: timed(closed_form)}, repeats,
+                       name="one pass per descriptor", warm_measured=True, verbose=False)  # the warm-ups fill the store
+    closed, brute = rounds.median("closed form"), rounds.median()
+    print(f"\nleave-one-out over {sum(len(padded[c]) for c in CLASSES)} descriptors × {len(labels)} images: closed "
+          f"form {1000 * closed:.1f} ms, one pass per descriptor {1000 * brute:.1f} ms, ratio {brute / closed:.1f}×")
+    rounds.print_summary(unit="ms", scale=1000)
 
 
 def main() -> None:
@@ -110,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    print_machine()  # the CPU model and flags, and how busy the machine is, with every figure
     work = Path(tempfile.mkdtemp(prefix="vlmcls-cupl-audit-"))
     render_dataset(work / "test", CLASSES, args.per_class, args.seed)
     clf = Classifier(MODEL, cache_dir=work / "cache", batch_size=64)
@@ -123,6 +122,7 @@ def main() -> None:
     finally:
         server.stop()
     audit_part(clf, work / "test", work, args.repeats)
+    print_load("end")
 
 
 if __name__ == "__main__":
