@@ -7,10 +7,24 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist's workers inherit COLUMNS=80/LINES=24, which would fix every console's width when it is made; the
+# tests give each command its width (CliRunner env, terminal_width), as in a run without workers.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 import pytest  # noqa: E402
 
 from tiny_models import make_hf_clip_dir, make_open_clip_dir  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (the default run: ``-n auto --dist loadgroup`` in pyproject.toml) every test that starts
+    Ray runs on one worker, one after another: one Ray instance at a time, its module fixture shared; the other
+    tests fill the other workers."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None or "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +47,10 @@ def tiny_hf_clip(tmp_path_factory):
     return make_hf_clip_dir(tmp_path_factory.mktemp("tiny_hf_clip"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_local():
-    """Ray on this machine for one test module (or the cluster a test already started), shut down after it."""
+    """Ray on this machine, started once for the whole run (or the cluster a test already started), listening on
+    127.0.0.1, shut down at the end: a start costs seconds, and the Ray tests run one after another on one worker."""
     ray = pytest.importorskip("ray")
     started_here = not ray.is_initialized()
     if started_here:
