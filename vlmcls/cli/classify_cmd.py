@@ -42,12 +42,14 @@ _SHOWN_ROWS = 30
 
 
 RAY_KEYS = {"address": str, "workers": int, "output_dir": str, "output_format": str, "collect": bool,
-            "feature_store": str}  # the RayEngine's settings
+            "feature_store": str, "carry_scores": bool}  # the RayEngine's settings
 RAY_OPTION = typer.Option(
     None, "--ray", help="KEY=VALUE for --engine ray (repeatable): address=auto (default: start Ray locally), workers=N "
     "(encoder actors; default one per GPU, else 7 in 8 CPUs), output_dir=DIR (sharded predictions), "
     "output_format=parquet|jsonl, collect=false (leave predictions in output_dir only), feature_store=DIR (image "
-    "features for later runs; default <cache>/features).", rich_help_panel="Scale out")
+    "features for later runs; default <cache>/features), carry_scores=true (rows carry their scores between passes: "
+    "each stage scores each image once; pays when the stages before a gather are costly).",
+    rich_help_panel="Scale out")
 EXPORT_OPTION = typer.Option(
     None, "--export", help="Write the class texts the run used into this folder, one JSON file per kind: "
     "descriptors.json, pairs.json, cupl_sentences.json (each in the format its option reads back).")

@@ -13,8 +13,9 @@ The method spec is then prepared on the driver (:func:`vlmcls.methods.build_pipe
 support features) and applied by Ray tasks batch by batch. A stage that needs a pass over all images asks for
 a *gather*: FuDD's workers send their ambiguous pairs with counts, the self-cache gets every feature and first
 logit back to the driver; the small state that results (a pair table, a cache, a metric) travels with the
-pipeline to the final scoring tasks. The rows carry each image's scores so far between passes
-(:mod:`vlmcls.engines.ray_stages`), so every stage is evaluated once per image, as on one machine.
+pipeline to the final scoring tasks. Each pass runs the stages before it again, unless ``carry_scores``: the rows
+then carry each image's scores so far between passes (:mod:`vlmcls.engines.ray_stages`), so every stage is
+evaluated once per image, as on one machine — at the cost of one more Ray pass per gather.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class RayEngine:
     cache_dir: str | Path | None = None
     feature_store: str | Path | None = None
     heic_thumbnails: bool = False
+    carry_scores: bool = False  # rows carry their scores between passes: each stage once (engines/ray_stages.py)
 
     def run(self, request: RunRequest, progress: ProgressFn | None = None) -> ClassificationResult:
         return run_on_ray(self, request)
@@ -107,6 +109,7 @@ def classify_with_ray(
     cache_dir: str | Path | None = None,
     feature_store: str | Path | None = None,
     heic_thumbnails: bool = False,
+    carry_scores: bool = False,
     **source_options: Any,
 ) -> ClassificationResult:
     """Classify images on Ray Data with any method spec; same rows, in the same order, as :meth:`Classifier.classify`.
@@ -117,7 +120,7 @@ def classify_with_ray(
     """
     engine = RayEngine(model_id, device, precision, batch_size, workers=num_workers, address=ray_address,
                        output_dir=output_dir, output_format=output_format, collect=collect, cache_dir=cache_dir,
-                       feature_store=feature_store, heic_thumbnails=heic_thumbnails)
+                       feature_store=feature_store, heic_thumbnails=heic_thumbnails, carry_scores=carry_scores)
     return engine.run(RunRequest(images, classes, method, options, top_k, source_options))
 
 
@@ -199,7 +202,7 @@ def run_on_ray(engine: RayEngine, request: RunRequest) -> ClassificationResult:
         context = clf.run_context(class_names, options)
         method_started = time.perf_counter()
         if feats_ds is not None:
-            so_far = RayStagesSoFar(feats_ds, batch_size, options.explain)  # each stage once per image
+            so_far = RayStagesSoFar(feats_ds, batch_size, options.explain, carry=engine.carry_scores)
             pipeline, report = build_pipeline(spec, context, so_far.gather)
             scored = so_far.score(pipeline, top_k)
         else:

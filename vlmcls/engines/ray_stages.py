@@ -11,6 +11,12 @@ only the stages added since the last one and the final scoring only the stages n
 
 The columns are plain Arrow (no pickles): a batch's scores are rebuilt from them exactly (float64 logits keep
 float64, float32 stay float32).
+
+It is a choice (``RayEngine(carry_scores=True)``, ``--ray carry_scores=true``), off by default: each gather then
+costs two Ray passes (advance and materialize, then collect) instead of one, and Ray Data's cost per pass and
+batch outweighs re-running cheap stages. Measured (2-core box, demo model, 10,000 images, ``cbd+fudd+tfup``,
+batch 8, warm runs, alternated): re-running 66–76 s, carrying 84–93 s. Carrying pays when the stages before a
+gather are expensive (a heavy plugin stage, a large head over many images); the rows are the same either way.
 """
 
 from __future__ import annotations
@@ -36,13 +42,15 @@ class RayStagesSoFar:
     """Driver side: the feature rows with the scores of the stages applied so far, and which stages those are.
     Its :meth:`gather` is the Ray engine's gather for :func:`~vlmcls.methods.build_pipeline`."""
 
-    def __init__(self, feats_ds: Any, batch_size: int, explain: bool) -> None:
-        self.ds, self.batch_size, self.explain = feats_ds, batch_size, explain
+    def __init__(self, feats_ds: Any, batch_size: int, explain: bool, carry: bool = True) -> None:
+        self.ds, self.batch_size, self.explain, self.carry = feats_ds, batch_size, explain, carry
         self.stages: list[Any] = []
 
     def advance(self, pipeline: Any) -> int:
         """Apply the stages of ``pipeline`` not applied yet (all of them when it does not extend what ran);
-        returns how many stages the rows' scores now hold."""
+        returns how many stages the rows' scores now hold (0 when scores are not carried: each pass runs them)."""
+        if not self.carry:
+            return 0
         done = len(self.stages)
         if done > len(pipeline.stages) or any(a is not b for a, b in zip(pipeline.stages, self.stages)):
             done = 0  # not an extension of what ran: start over from the features
