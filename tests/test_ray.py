@@ -167,14 +167,14 @@ def test_every_method_and_refiner_gives_the_single_engine_rows_on_ray(ray_local,
     single = Classifier(model_id, device="cpu", use_cache=False).classify(small_folder, CLASSES, method=spec,
                                                                           options=options, top_k=3)
     log = tmp_path / "applies.txt"
-    if spec == CHAIN:  # the longest chain carries its scores between passes and counts each stage's images
+    if spec == CHAIN:  # the longest chain counts how many images each stage scores on the workers
         _count_stage_applies(spec, log, monkeypatch)
 
     result = classify_with_ray(model_id, small_folder, CLASSES, method=spec, options=options, top_k=3, batch_size=4,
-                               num_workers=1, feature_store=method_inputs["store"], carry_scores=spec == CHAIN)
+                               num_workers=1, feature_store=method_inputs["store"], carry_scores=spec != "fudd")
 
-    if spec == CHAIN:  # carried scores: FuDD's pairs and the self-cache need passes of the stages before them, yet
-        # each stage scores each image once (the other specs take the default, each pass running them again)
+    if spec == CHAIN:  # FuDD's pairs and the self-cache need passes of the stages before them, yet each stage
+        # scores each image once: the rows carry their scores ('fudd' alone runs with carry_scores=False, re-running)
         seen: dict[str, int] = {}
         for line in log.read_text().split("\n"):
             if line:

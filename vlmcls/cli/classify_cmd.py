@@ -47,8 +47,8 @@ RAY_OPTION = typer.Option(
     None, "--ray", help="KEY=VALUE for --engine ray (repeatable): address=auto (default: start Ray locally), workers=N "
     "(encoder actors; default one per GPU, else 7 in 8 CPUs), output_dir=DIR (sharded predictions), "
     "output_format=parquet|jsonl, collect=false (leave predictions in output_dir only), feature_store=DIR (image "
-    "features for later runs; default <cache>/features), carry_scores=true (rows carry their scores between passes: "
-    "each stage scores each image once; pays when the stages before a gather are costly).",
+    "features for later runs; default <cache>/features), carry_scores=false (each pass re-runs the stages before it "
+    "instead of the rows carrying their scores; keeps no [images × classes] logits in Ray's object store).",
     rich_help_panel="Scale out")
 EXPORT_OPTION = typer.Option(
     None, "--export", help="Write the class texts the run used into this folder, one JSON file per kind: "

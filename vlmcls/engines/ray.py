@@ -13,9 +13,9 @@ The method spec is then prepared on the driver (:func:`vlmcls.methods.build_pipe
 support features) and applied by Ray tasks batch by batch. A stage that needs a pass over all images asks for
 a *gather*: FuDD's workers send their ambiguous pairs with counts, the self-cache gets every feature and first
 logit back to the driver; the small state that results (a pair table, a cache, a metric) travels with the
-pipeline to the final scoring tasks. Each pass runs the stages before it again, unless ``carry_scores``: the rows
-then carry each image's scores so far between passes (:mod:`vlmcls.engines.ray_stages`), so every stage is
-evaluated once per image, as on one machine — at the cost of one more Ray pass per gather.
+pipeline to the final scoring tasks. The rows carry each image's scores so far between passes
+(:mod:`vlmcls.engines.ray_stages`), so every stage is evaluated once per image, as on one machine
+(``carry_scores=False``: each pass runs the stages before it again, one Ray pass fewer per gather).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class RayEngine:
     cache_dir: str | Path | None = None
     feature_store: str | Path | None = None
     heic_thumbnails: bool = False
-    carry_scores: bool = False  # rows carry their scores between passes: each stage once (engines/ray_stages.py)
+    carry_scores: bool = True  # rows carry their scores between passes: each stage once (engines/ray_stages.py)
 
     def run(self, request: RunRequest, progress: ProgressFn | None = None) -> ClassificationResult:
         return run_on_ray(self, request)
@@ -109,7 +109,7 @@ def classify_with_ray(
     cache_dir: str | Path | None = None,
     feature_store: str | Path | None = None,
     heic_thumbnails: bool = False,
-    carry_scores: bool = False,
+    carry_scores: bool = True,
     **source_options: Any,
 ) -> ClassificationResult:
     """Classify images on Ray Data with any method spec; same rows, in the same order, as :meth:`Classifier.classify`.

@@ -12,11 +12,12 @@ only the stages added since the last one and the final scoring only the stages n
 The columns are plain Arrow (no pickles): a batch's scores are rebuilt from them exactly (float64 logits keep
 float64, float32 stay float32).
 
-It is a choice (``RayEngine(carry_scores=True)``, ``--ray carry_scores=true``), off by default: each gather then
-costs two Ray passes (advance and materialize, then collect) instead of one, and Ray Data's cost per pass and
-batch outweighs re-running cheap stages. Measured (2-core box, demo model, 10,000 images, ``cbd+fudd+tfup``,
-batch 8, warm runs, alternated): re-running 66–76 s, carrying 84–93 s. Carrying pays when the stages before a
-gather are expensive (a heavy plugin stage, a large head over many images); the rows are the same either way.
+It is the default; ``RayEngine(carry_scores=False)`` (``--ray carry_scores=false``) re-runs the stages before each
+gather instead, for one Ray pass per gather rather than two and no logits kept between passes (the object store
+holds every image's logits, [N, C] float64, while they are carried: 400 MB for 50,000 images × 1,000 classes).
+Measured (2-core box, demo model, 10,000 images, ``cbd+fudd+tfup``, warm runs, alternated): with scoring batches
+of at least ``SCORE_ROWS`` rows, carrying 33.1–35.6 s, re-running 35.1–36.5 s; with the encoder's batch of 8 as
+the scoring batch (before ``SCORE_ROWS``), 84–94 s and 66–92 s. The rows are the same either way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .ray_workers import _batch_feats, labels_type
 
 __all__ = ["RayStagesSoFar", "advance_batch", "collect_part", "score_batch"]
 
+SCORE_ROWS = 1024  # the least rows per Ray batch when stages run (logits of 1,024 × 5,000 texts: 20 MB)
 _STATE = ("s_logits", "s_logits64", "s_notes", "s_label", "s_unknown", "s_unknown64", "s_labels", "s_counts")
 
 
@@ -43,7 +45,10 @@ class RayStagesSoFar:
     Its :meth:`gather` is the Ray engine's gather for :func:`~vlmcls.methods.build_pipeline`."""
 
     def __init__(self, feats_ds: Any, batch_size: int, explain: bool, carry: bool = True) -> None:
-        self.ds, self.batch_size, self.explain, self.carry = feats_ds, batch_size, explain, carry
+        self.ds, self.explain, self.carry = feats_ds, explain, carry
+        # Scoring is matrix work on features: the encoder's batch (sized for a forward pass) would make thousands of
+        # tiny Ray batches whose per-batch cost dominates (10,000 images at batch 8: 66–92 s, at 1,024 rows 33–45 s).
+        self.batch_size = max(batch_size, SCORE_ROWS)
         self.stages: list[Any] = []
 
     def advance(self, pipeline: Any) -> int:
