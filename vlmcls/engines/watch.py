@@ -14,15 +14,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from ..errors import VlmclsError
 
 if TYPE_CHECKING:
     from ..results import ClassificationResult
-    from . import LocalEngine, RunRequest
+    from .request import RunRequest
 
-__all__ = ["WatchedRun", "watch_runs", "watched_files", "POLL_SECONDS", "SETTLE_SECONDS"]
+
+class Rescorer(Protocol):
+    """What a watch needs of an engine (:class:`~vlmcls.engines.LocalEngine` is one): encode a request's images
+    once, score them again and again."""
+
+    def encode(self, request: RunRequest, progress: Callable[[int, int], None] | None = None) -> Any: ...
+
+    def score(self, request: RunRequest, feats: Any) -> ClassificationResult: ...
+
+__all__ = ["Rescorer", "WatchedRun", "watch_runs", "watched_files", "POLL_SECONDS", "SETTLE_SECONDS"]
 
 POLL_SECONDS = 0.25  # how often file stamps are read: cheap (a stat per file), and an edit shows within a blink
 SETTLE_SECONDS = 2.0  # at most this long waiting for a file being saved to stop changing
@@ -87,7 +96,7 @@ def _wait_until_saved(files: Sequence[Path], stamps: dict, poll: float) -> dict:
     return stamps
 
 
-def watch_runs(engine: LocalEngine, request: RunRequest, files: Sequence[Path] | None = None, *,
+def watch_runs(engine: Rescorer, request: RunRequest, files: Sequence[Path] | None = None, *,
                progress: Callable[[int, int], None] | None = None, max_reruns: int | None = None,
                poll: float = POLL_SECONDS) -> Iterator[WatchedRun]:
     """Run ``request`` once, then again on every edit of ``files`` (default: :func:`watched_files`), yielding each
@@ -122,7 +131,7 @@ def watch_runs(engine: LocalEngine, request: RunRequest, files: Sequence[Path] |
         result = new
 
 
-def _score(engine: LocalEngine, request: RunRequest, feats, encoded: int) -> ClassificationResult:
+def _score(engine: Rescorer, request: RunRequest, feats, encoded: int) -> ClassificationResult:
     """The text side and the scores, on image features already in memory (the class file is read again)."""
     started = time.perf_counter()
     result = engine.score(request, feats)
