@@ -105,8 +105,25 @@ def _tensor(column, wide) -> torch.Tensor:
     return torch.from_numpy(values if wide else values.astype(np.float32))
 
 
+def _matrix_column(matrix: Any, dtype: Any) -> Any:
+    """Rows of a [B, C] matrix as an Arrow list column, straight from its buffer (no Python list per row)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(np.asarray(matrix), dtype=dtype)
+    rows, width = values.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+
+
+def _matrix_of(column) -> np.ndarray:
+    """A list column of equal-length rows as a [B, C] array (the inverse of :func:`_matrix_column`)."""
+    combined = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    flat = combined.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(combined), -1) if len(combined) else flat.reshape(0, 0)
+
+
 def _scores_from_rows(table) -> BatchScores:
-    logits = _tensor(table.column("s_logits").to_pylist(), table.column("s_logits64")[0].as_py())
+    logits = _tensor(_matrix_of(table.column("s_logits")), table.column("s_logits64")[0].as_py())
     notes = table.column("s_notes").to_pylist()
     labels = table.column("s_label").to_pylist()
     unknown = table.column("s_unknown").to_pylist()
@@ -129,7 +146,7 @@ def _state_columns(scores: BatchScores, counts: dict[str, float], rows: int) -> 
     wide = str(getattr(logits, "dtype", "")).endswith("float64")
     unknown = scores.unknown_score
     return {
-        "s_logits": pa.array(np.asarray(logits, dtype=np.float64).tolist(), pa.list_(pa.float64())),
+        "s_logits": _matrix_column(logits, np.float64),
         "s_logits64": pa.array([wide] * rows, pa.bool_()),
         "s_notes": pa.array([json.dumps(json_safe(n)) if n is not None else None for n in scores.notes]
                             if scores.notes is not None else [None] * rows, pa.string()),
@@ -193,7 +210,7 @@ def score_batch(table, *, pipeline, k: int, explain: bool, done: int = 0):
         "label": pa.array(labels, pa.string()),
         "top_k": pa.array(ranked, top_k_arrow_type()),
         "explanation": pa.array(notes, pa.string()),
-        "logits": pa.array(scores.logits.float().tolist(), pa.list_(pa.float32())),
+        "logits": _matrix_column(scores.logits.float(), np.float32),
         "counts": pa.array(batch_counts, pa.string()),
         "unknown_score": pa.array(unknown, pa.float64()),  # the open world's (null without refiner unknown)
         "labels": pa.array(label_sets, labels_type()),

@@ -94,16 +94,19 @@ def pick_split(loaded: Any, name: str, split: str | None) -> tuple[Any, str]:
     return loaded[split], split
 
 
+def _given_column(features: Any, column: str, name: str) -> str:
+    """A column the user named, which the dataset must have."""
+    if column not in features:
+        raise ConfigError(f"dataset '{name}' has no column '{column}'. Columns: {', '.join(features)}.")
+    return column
+
+
 def pick_image_column(features: Any, image_column: str | None, name: str) -> str:
     import datasets
 
     columns = list(features)
     if image_column is not None:
-        if image_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{image_column}'. Columns: {', '.join(columns)}."
-            )
-        return image_column
+        return _given_column(features, image_column, name)
     image_columns = [c for c, f in features.items() if isinstance(f, datasets.Image)]
     if len(image_columns) == 1:
         return image_columns[0]
@@ -120,11 +123,7 @@ def pick_label_column(features: Any, label_column: str | None, name: str) -> str
     import datasets
 
     if label_column is not None:
-        if label_column not in features:
-            raise ConfigError(
-                f"dataset '{name}' has no column '{label_column}'. Columns: {', '.join(features)}."
-            )
-        return label_column
+        return _given_column(features, label_column, name)
     class_label_columns = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
     if len(class_label_columns) == 1:
         return class_label_columns[0]
